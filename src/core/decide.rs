@@ -276,7 +276,10 @@ mod tests {
     #[test]
     fn face_score_threshold() {
         let l = staff(everywhere());
-        assert_eq!(run(&face(0.79), &l, Mode::Normal).reason, Reason::LowFaceScore);
+        assert_eq!(
+            run(&face(0.79), &l, Mode::Normal).reason,
+            Reason::LowFaceScore
+        );
         assert_eq!(run(&face(0.80), &l, Mode::Normal).reason, Reason::Staff);
         assert_eq!(
             run(&face(f64::NAN), &l, Mode::Normal).reason,
@@ -286,7 +289,10 @@ mod tests {
             score: None,
             ..face(1.0)
         };
-        assert_eq!(run(&no_score, &l, Mode::Normal).reason, Reason::LowFaceScore);
+        assert_eq!(
+            run(&no_score, &l, Mode::Normal).reason,
+            Reason::LowFaceScore
+        );
     }
 
     #[test]
@@ -335,14 +341,16 @@ mod tests {
             subject: "E1".into(),
             validity,
         }));
-        let inv = prop::option::of((arb_validity(), prop::option::of(0u32..4), 0u32..5).prop_map(
-            |(validity, max_entries, used)| InvitationMatch {
-                invitation: "INV".into(),
-                validity,
-                max_entries,
-                used,
-            },
-        ));
+        let inv = prop::option::of(
+            (arb_validity(), prop::option::of(0u32..4), 0u32..5).prop_map(
+                |(validity, max_entries, used)| InvitationMatch {
+                    invitation: "INV".into(),
+                    validity,
+                    max_entries,
+                    used,
+                },
+            ),
+        );
         let denied = prop::option::of(Just("lost".to_string()));
         (denied, staff, inv).prop_map(|(denied, staff, invitation)| Lookups {
             denied,

@@ -1,0 +1,598 @@
+//! Configuration: parse the TOML file into plain data, then check it into a `Config` the rest
+//! of the daemon can trust (STYLE: parse, then validate).
+//!
+//! Every error names the file, the line and the key. An unknown key is an error: a typo in a
+//! security config must never be silently ignored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::core::{Direction, Policy};
+
+/// `site`, `gate` and MQTT root are made of `[A-Za-z0-9_-]`, so they can never inject `/`,
+/// `+` or `#` into a topic.
+pub fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("config {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("config {file}:{line}: `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+// ---- raw: what the file says ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gate: Spanned<RawGate>,
+    store: Spanned<RawStore>,
+    #[serde(default)]
+    mqtt: Option<Spanned<RawMqtt>>,
+    #[serde(default)]
+    policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    relay: Vec<Spanned<RawRelay>>,
+    #[serde(default)]
+    reader: Vec<Spanned<RawReader>>,
+    #[serde(default)]
+    lane: Vec<Spanned<RawLane>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    site: String,
+    gate: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+    #[serde(default = "default_quota")]
+    outbox_quota: u64,
+}
+
+fn default_quota() -> u64 {
+    1_000_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_root")]
+    root: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    keep_alive_s: u64,
+    #[serde(default = "default_max_message")]
+    max_message_bytes: usize,
+    #[serde(default = "default_status_interval")]
+    status_interval_s: u64,
+    #[serde(default = "default_inflight")]
+    inflight: u16,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_root() -> String {
+    "acs".into()
+}
+fn default_keep_alive() -> u64 {
+    15
+}
+fn default_max_message() -> usize {
+    32 * 1024 * 1024
+}
+fn default_status_interval() -> u64 {
+    60
+}
+fn default_inflight() -> u16 {
+    64
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default = "default_face_score")]
+    min_face_score: f64,
+}
+
+fn default_face_score() -> f64 {
+    Policy::default().min_face_score
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    name: String,
+    address: String,
+    #[serde(default = "default_unit")]
+    unit: u8,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    registers: RawRelayRegisters,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelayRegisters {
+    #[serde(default = "default_pulse_base")]
+    pulse_base: u16,
+}
+
+impl Default for RawRelayRegisters {
+    fn default() -> Self {
+        Self {
+            pulse_base: default_pulse_base(),
+        }
+    }
+}
+
+fn default_pulse_base() -> u16 {
+    100
+}
+fn default_unit() -> u8 {
+    1
+}
+fn default_timeout() -> u64 {
+    300
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReader {
+    name: String,
+    address: String,
+    #[serde(default = "default_unit")]
+    unit: u8,
+    lane: u16,
+    direction: Direction,
+    #[serde(default = "default_poll")]
+    poll_ms: u64,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    registers: RawReaderRegisters,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReaderRegisters {
+    #[serde(default)]
+    input_base: u16,
+    #[serde(default)]
+    ack_register: u16,
+}
+
+fn default_poll() -> u64 {
+    50
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLane {
+    id: u16,
+    relay: String,
+    #[serde(default)]
+    channel: Option<u16>,
+    #[serde(default = "default_release")]
+    release_ms: u16,
+}
+
+fn default_release() -> u16 {
+    3000
+}
+
+// ---- checked: what the daemon uses ----------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub site: String,
+    pub gate: String,
+    pub store: StoreConfig,
+    pub mqtt: Option<MqttConfig>,
+    pub policy: Policy,
+    pub relays: Vec<RelayConfig>,
+    pub readers: Vec<ReaderConfig>,
+    pub lanes: BTreeMap<u16, LaneConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub outbox_quota: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub root: String,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    pub max_message_bytes: usize,
+    pub status_interval: Duration,
+    pub inflight: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub name: String,
+    pub address: String,
+    pub unit: u8,
+    pub timeout: Duration,
+    pub pulse_base: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReaderConfig {
+    pub name: String,
+    pub address: String,
+    pub unit: u8,
+    pub lane: u16,
+    pub direction: Direction,
+    pub poll: Duration,
+    pub timeout: Duration,
+    pub input_base: u16,
+    pub ack_register: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct LaneConfig {
+    pub id: u16,
+    pub relay: String,
+    /// The lane number `n` on the relay board (registers 100+2n / 101+2n).
+    pub channel: u16,
+    pub release_ms: u16,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Checker { file, text }.check(raw)
+    }
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        let line = self.text[..span.start.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1;
+        Err(ConfigError::Invalid {
+            file: self.file.to_string(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        })
+    }
+
+    fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let gspan = raw.gate.span();
+        let gate = raw.gate.into_inner();
+        for (key, v) in [("gate.site", &gate.site), ("gate.gate", &gate.gate)] {
+            if !is_safe_name(v) {
+                return self.err(
+                    gspan.clone(),
+                    key,
+                    format!("`{v}` must be 1..=64 of [A-Za-z0-9_-]"),
+                );
+            }
+        }
+
+        let sspan = raw.store.span();
+        let store = raw.store.into_inner();
+        if store.outbox_quota < 1000 {
+            return self.err(sspan, "store.outbox_quota", "must be at least 1000 events");
+        }
+
+        let mqtt = match raw.mqtt {
+            None => None,
+            Some(m) => {
+                let span = m.span();
+                let m = m.into_inner();
+                if m.host.is_empty() {
+                    return self.err(span, "mqtt.host", "must not be empty");
+                }
+                if !is_safe_name(&m.root) {
+                    return self.err(
+                        span,
+                        "mqtt.root",
+                        format!("`{}` must be of [A-Za-z0-9_-]", m.root),
+                    );
+                }
+                if !(1..=65535).contains(&m.keep_alive_s) {
+                    return self.err(span, "mqtt.keep_alive_s", "must be 1..=65535 seconds");
+                }
+                if !(64 * 1024..=256 * 1024 * 1024).contains(&m.max_message_bytes) {
+                    return self.err(span, "mqtt.max_message_bytes", "must be 64 KiB..=256 MiB");
+                }
+                if !(1..=1000).contains(&m.inflight) {
+                    return self.err(span, "mqtt.inflight", "must be 1..=1000");
+                }
+                if m.status_interval_s == 0 {
+                    return self.err(span, "mqtt.status_interval_s", "must be at least 1");
+                }
+                let client_id = m
+                    .client_id
+                    .unwrap_or_else(|| format!("gated-{}-{}", gate.site, gate.gate));
+                Some(MqttConfig {
+                    host: m.host,
+                    port: m.port,
+                    root: m.root,
+                    client_id,
+                    keep_alive: Duration::from_secs(m.keep_alive_s),
+                    max_message_bytes: m.max_message_bytes,
+                    status_interval: Duration::from_secs(m.status_interval_s),
+                    inflight: m.inflight,
+                })
+            }
+        };
+
+        let policy = match raw.policy {
+            None => Policy::default(),
+            Some(p) => {
+                let span = p.span();
+                let p = p.into_inner();
+                if !(0.0..=1.0).contains(&p.min_face_score) {
+                    return self.err(span, "policy.min_face_score", "must be within 0..=1");
+                }
+                Policy {
+                    min_face_score: p.min_face_score,
+                }
+            }
+        };
+
+        let mut names = HashSet::new();
+        let mut relays = Vec::new();
+        for (i, r) in raw.relay.into_iter().enumerate() {
+            let span = r.span();
+            let r = r.into_inner();
+            let key = |k: &str| format!("relay[{i}].{k}");
+            self.check_device(&span, &key("name"), &r.name, &mut names)?;
+            self.check_address(&span, &key("address"), &r.address)?;
+            self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
+            relays.push(RelayConfig {
+                name: r.name,
+                address: r.address,
+                unit: r.unit,
+                timeout: Duration::from_millis(r.timeout_ms),
+                pulse_base: r.registers.pulse_base,
+            });
+        }
+
+        let mut lanes = BTreeMap::new();
+        for (i, l) in raw.lane.into_iter().enumerate() {
+            let span = l.span();
+            let l = l.into_inner();
+            if !relays.iter().any(|r| r.name == l.relay) {
+                return self.err(
+                    span,
+                    &format!("lane[{i}].relay"),
+                    format!("no [[relay]] is named `{}`", l.relay),
+                );
+            }
+            if !(100..=60_000).contains(&l.release_ms) {
+                return self.err(
+                    span,
+                    &format!("lane[{i}].release_ms"),
+                    "must be 100..=60000",
+                );
+            }
+            let channel = l.channel.unwrap_or(l.id);
+            if channel > 31 {
+                return self.err(span, &format!("lane[{i}].channel"), "must be 0..=31");
+            }
+            if lanes.contains_key(&l.id) {
+                return self.err(
+                    span,
+                    &format!("lane[{i}].id"),
+                    format!("lane {} is defined twice", l.id),
+                );
+            }
+            lanes.insert(
+                l.id,
+                LaneConfig {
+                    id: l.id,
+                    relay: l.relay,
+                    channel,
+                    release_ms: l.release_ms,
+                },
+            );
+        }
+
+        let mut readers = Vec::new();
+        for (i, r) in raw.reader.into_iter().enumerate() {
+            let span = r.span();
+            let r = r.into_inner();
+            let key = |k: &str| format!("reader[{i}].{k}");
+            self.check_device(&span, &key("name"), &r.name, &mut names)?;
+            self.check_address(&span, &key("address"), &r.address)?;
+            self.check_ms(&span, &key("poll_ms"), r.poll_ms, 5, 10_000)?;
+            self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
+            if !lanes.contains_key(&r.lane) {
+                return self.err(span, &key("lane"), format!("no [[lane]] has id {}", r.lane));
+            }
+            readers.push(ReaderConfig {
+                name: r.name,
+                address: r.address,
+                unit: r.unit,
+                lane: r.lane,
+                direction: r.direction,
+                poll: Duration::from_millis(r.poll_ms),
+                timeout: Duration::from_millis(r.timeout_ms),
+                input_base: r.registers.input_base,
+                ack_register: r.registers.ack_register,
+            });
+        }
+
+        Ok(Config {
+            site: gate.site,
+            gate: gate.gate,
+            store: StoreConfig {
+                path: store.path,
+                outbox_quota: store.outbox_quota,
+            },
+            mqtt,
+            policy,
+            relays,
+            readers,
+            lanes,
+        })
+    }
+
+    fn check_device(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        name: &str,
+        names: &mut HashSet<String>,
+    ) -> Result<(), ConfigError> {
+        if !is_safe_name(name) {
+            return self.err(
+                span.clone(),
+                key,
+                format!("`{name}` must be 1..=64 of [A-Za-z0-9_-]"),
+            );
+        }
+        if !names.insert(name.to_string()) {
+            return self.err(
+                span.clone(),
+                key,
+                format!("device name `{name}` is used twice"),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_address(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        addr: &str,
+    ) -> Result<(), ConfigError> {
+        let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return self.err(span.clone(), key, format!("`{addr}` is not HOST:PORT"));
+        }
+        Ok(())
+    }
+
+    fn check_ms(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        v: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<(), ConfigError> {
+        if !(min..=max).contains(&v) {
+            return self.err(span.clone(), key, format!("{v} is outside {min}..={max}"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const EXAMPLE: &str = include_str!("../config/gated.example.toml");
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = Config::parse("gated.example.toml", EXAMPLE).expect("example config must parse");
+        assert_eq!(c.site, "hq");
+        assert!(!c.readers.is_empty());
+        assert!(c.mqtt.is_some());
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse("t.toml", text)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    const MINIMAL: &str = "[gate]\nsite = \"hq\"\ngate = \"g1\"\n[store]\npath = \"x.db\"\n";
+
+    #[test]
+    fn unknown_keys_are_errors_with_line() {
+        let e = err(&format!("{MINIMAL}outbox_qouta = 5\n"));
+        assert!(e.contains("outbox_qouta") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = format!(
+            "{MINIMAL}[[relay]]\nname = \"r\"\naddress = \"127.0.0.1:1\"\n[[lane]]\nid = 0\nrelay = \"nope\"\n"
+        );
+        let e = err(&text);
+        assert!(
+            e.contains("t.toml:9") && e.contains("lane[0].relay") && e.contains("nope"),
+            "{e}"
+        );
+        let e = err("[gate]\nsite = \"h/q\"\ngate = \"g\"\n[store]\npath = \"x\"\n");
+        assert!(e.contains("gate.site") && e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn reader_must_name_a_lane() {
+        let text = format!(
+            "{MINIMAL}[[reader]]\nname = \"r1\"\naddress = \"127.0.0.1:1\"\nlane = 3\ndirection = \"in\"\n"
+        );
+        let e = err(&text);
+        assert!(e.contains("reader[0].lane") && e.contains(":6:"), "{e}");
+    }
+}

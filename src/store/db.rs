@@ -1,0 +1,717 @@
+//! `Db`: every SQL statement of gated, run synchronously on the store's owner thread (or
+//! directly by tests). Callers pass `now`; nothing here reads the clock except UUIDv7 ids.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use uuid::Uuid;
+
+use super::{StoreError, schema};
+use crate::core::{
+    self, Credential, CredentialKind, Direction, InvitationMatch, Lookups, Mode, Policy,
+    StaffMatch, UnixMs, Validity, Verdict,
+};
+use crate::sync::contract::{
+    Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions, Override,
+    PassEvent, Refusal, Snapshot, format_ts, parse_ts,
+};
+
+/// Who this gate is; stamped on every event.
+#[derive(Clone, Debug)]
+pub struct GateId {
+    pub site: String,
+    pub gate: String,
+}
+
+/// Which mailbox event a pass came from, so a restart never decides it twice.
+#[derive(Clone, Debug)]
+pub struct MailboxPos {
+    pub reader: String,
+    pub head_seq: u16,
+}
+
+/// A credential to decide and record.
+#[derive(Clone, Debug)]
+pub struct PassInput {
+    pub from: Option<MailboxPos>,
+    pub lane: u16,
+    pub direction: Direction,
+    pub credential: Credential,
+    pub mode: Mode,
+    pub now: UnixMs,
+}
+
+#[derive(Clone, Debug)]
+pub enum PassOutcome {
+    /// Decided and committed: the relay may now be commanded (G1).
+    Recorded { verdict: Verdict, event: PassEvent },
+    /// This mailbox event was recorded before (a restart, or an ack that did not arrive): ack
+    /// it again, decide nothing.
+    AlreadyRecorded,
+}
+
+/// One row of the outbox, ready to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRow {
+    pub rowid: i64,
+    pub stream: Stream,
+    pub payload: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Event,
+    Alarm,
+}
+
+impl Stream {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Alarm => "alarm",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub oldest_ts: Option<UnixMs>,
+}
+
+/// What an applied list update did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Applied {
+        version: u64,
+    },
+    /// The version already in force came again (the retained snapshot on reconnect).
+    AlreadyInForce {
+        version: u64,
+    },
+}
+
+/// The outbox fill level at which an `outbox_high` alarm is raised (G4).
+const HIGH_WATER_PERCENT: u64 = 80;
+
+pub struct Db {
+    conn: Connection,
+    gate: GateId,
+    policy: Policy,
+    quota: u64,
+    pending: u64,
+    high_alarm_raised: bool,
+}
+
+impl Db {
+    pub fn open(path: &Path, gate: GateId, policy: Policy, quota: u64) -> Result<Db, StoreError> {
+        let mut conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Invalid(format!(
+                "{}: journal_mode is {mode}, not wal (is it on a file system without shared memory?)",
+                path.display()
+            )));
+        }
+        // FULL: the WAL is synced at each commit, so a committed pass survives power loss (G2).
+        // Group commit in `record_passes` bounds what that costs.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
+        let pending: u64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        let high_alarm_raised = pending * 100 >= quota * HIGH_WATER_PERCENT;
+        Ok(Db {
+            conn,
+            gate,
+            policy,
+            quota,
+            pending,
+            high_alarm_raised,
+        })
+    }
+
+    pub fn gate(&self) -> &GateId {
+        &self.gate
+    }
+
+    // ---- passes ------------------------------------------------------------------------------
+
+    /// Decides and records a batch of passes in one transaction: one fsync for all (group
+    /// commit). All or nothing: on error none is recorded and every caller is told.
+    pub fn record_passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut added = 0;
+        for input in inputs {
+            let o = record_pass(&tx, &self.gate, &self.policy, input)?;
+            if matches!(o, PassOutcome::Recorded { .. }) {
+                added += 1;
+            }
+            out.push(o);
+        }
+        tx.commit()?;
+        self.pending += added;
+        self.after_insert(inputs.last().map_or(0, |i| i.now))?;
+        Ok(out)
+    }
+
+    /// Records an event that is not a credential decision: an override, a mode change.
+    pub fn record_event(
+        &mut self,
+        draft: EventDraft,
+        now: UnixMs,
+    ) -> Result<PassEvent, StoreError> {
+        let tx = self.conn.transaction()?;
+        let event = insert_event(&tx, &self.gate, draft, now)?;
+        tx.commit()?;
+        self.pending += 1;
+        self.after_insert(now)?;
+        Ok(event)
+    }
+
+    pub fn record_alarm(
+        &mut self,
+        alarm: &str,
+        source: &str,
+        detail: &str,
+        now: UnixMs,
+    ) -> Result<Alarm, StoreError> {
+        let tx = self.conn.transaction()?;
+        let a = insert_alarm(&tx, &self.gate, alarm, source, detail, now)?;
+        tx.commit()?;
+        self.pending += 1;
+        Ok(a)
+    }
+
+    /// Raises `outbox_high` once when the outbox crosses 80% of its quota, and again after it
+    /// has fallen below 70%. Nothing is ever deleted to make room (G4).
+    fn after_insert(&mut self, now: UnixMs) -> Result<(), StoreError> {
+        if !self.high_alarm_raised && self.pending * 100 >= self.quota * HIGH_WATER_PERCENT {
+            self.high_alarm_raised = true;
+            let detail = format!(
+                "{} of {} outbox entries await the broker; nothing is deleted to make room",
+                self.pending, self.quota
+            );
+            self.record_alarm("outbox_high", "outbox", &detail, now)?;
+        }
+        Ok(())
+    }
+
+    // ---- outbox ------------------------------------------------------------------------------
+
+    /// Up to `limit` unacknowledged rows after `after_rowid`, oldest first.
+    pub fn pending(&self, after_rowid: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT rowid, stream, payload FROM outbox WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        )?;
+        let rows = st
+            .query_map(params![after_rowid, limit as i64], |r| {
+                let stream: String = r.get(1)?;
+                Ok(OutboxRow {
+                    rowid: r.get(0)?,
+                    stream: if stream == "alarm" {
+                        Stream::Alarm
+                    } else {
+                        Stream::Event
+                    },
+                    payload: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The broker acknowledged these rows: they leave the outbox.
+    pub fn acked(&mut self, rowids: &[i64]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut removed = 0;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM outbox WHERE rowid = ?1")?;
+            for id in rowids {
+                removed += st.execute([id])? as u64;
+            }
+        }
+        tx.commit()?;
+        self.pending = self.pending.saturating_sub(removed);
+        if self.high_alarm_raised && self.pending * 100 < self.quota * 70 {
+            self.high_alarm_raised = false;
+        }
+        Ok(())
+    }
+
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let oldest: Option<i64> = self
+            .conn
+            .query_row("SELECT ts FROM outbox ORDER BY rowid LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(OutboxStats {
+            pending: self.pending,
+            oldest_ts: oldest,
+        })
+    }
+
+    // ---- lists -------------------------------------------------------------------------------
+
+    pub fn list_versions(&self) -> Result<ListVersions, StoreError> {
+        Ok(ListVersions {
+            staff: self.list_version(ListName::Staff)?,
+            visitors: self.list_version(ListName::Visitors)?,
+            deny: self.list_version(ListName::Deny)?,
+        })
+    }
+
+    pub fn list_version(&self, list: ListName) -> Result<u64, StoreError> {
+        Ok(version_in_force(&self.conn, list)?)
+    }
+
+    /// Replaces a list atomically: one transaction, so a decision reads the old list or the
+    /// new one, never a mix. A version not newer than the one in force changes nothing.
+    pub fn apply_snapshot(&mut self, s: &Snapshot) -> Result<Result<Applied, Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let current = version_in_force(&tx, s.list)?;
+        if s.version == current {
+            return Ok(Ok(Applied::AlreadyInForce { version: current }));
+        }
+        if s.version < current {
+            return Ok(Err(Refusal::Stale(format!(
+                "version {} is older than {} in force",
+                s.version, current
+            ))));
+        }
+        match s.list {
+            ListName::Staff => {
+                tx.execute_batch("DELETE FROM staff_credential; DELETE FROM staff;")?
+            }
+            ListName::Visitors => {
+                tx.execute_batch("DELETE FROM invitation_credential; DELETE FROM invitation;")?
+            }
+            ListName::Deny => tx.execute_batch("DELETE FROM deny;")?,
+        }
+        if let Err(refusal) = upsert_entries(&tx, &s.entries)? {
+            return Ok(Err(refusal)); // dropping `tx` rolls back
+        }
+        set_version(&tx, s.list, s.version, s.issued_at.as_deref())?;
+        tx.commit()?;
+        Ok(Ok(Applied::Applied { version: s.version }))
+    }
+
+    /// Applies changes on top of `base`, only when `base` is the version in force.
+    pub fn apply_delta(&mut self, d: &Delta) -> Result<Result<Applied, Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let current = version_in_force(&tx, d.list)?;
+        if d.version == current {
+            return Ok(Ok(Applied::AlreadyInForce { version: current }));
+        }
+        if d.version < current {
+            return Ok(Err(Refusal::Stale(format!(
+                "version {} is older than {} in force",
+                d.version, current
+            ))));
+        }
+        if d.base != current {
+            return Ok(Err(Refusal::VersionGap(format!(
+                "delta is based on version {} but {} is in force; waiting for the snapshot",
+                d.base, current
+            ))));
+        }
+        for key in &d.remove {
+            remove_entry(&tx, d.list, key)?;
+        }
+        if let Err(refusal) = upsert_entries(&tx, &d.upsert)? {
+            return Ok(Err(refusal));
+        }
+        set_version(&tx, d.list, d.version, None)?;
+        tx.commit()?;
+        Ok(Ok(Applied::Applied { version: d.version }))
+    }
+
+    /// What the lists say of one credential (for decisions, and for tests).
+    pub fn lookup(&self, kind: CredentialKind, id: &str) -> Result<Lookups, StoreError> {
+        Ok(lookup(&self.conn, kind, id)?)
+    }
+
+    // ---- small state -------------------------------------------------------------------------
+
+    pub fn mode(&self) -> Result<Mode, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM state WHERE key = 'mode'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<(), StoreError> {
+        let v = serde_json::to_string(&mode).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.conn.execute(
+            "INSERT INTO state (key, value) VALUES ('mode', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [v],
+        )?;
+        Ok(())
+    }
+
+    /// Used entries of an invitation (for tests and status).
+    pub fn invitation_used(&self, invitation: &str) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT used FROM invitation_usage WHERE invitation = ?1",
+                [invitation],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+}
+
+// ---- statements run inside a transaction ---------------------------------------------------
+
+/// The fields of an event that the caller decides; id, seq and ts are the store's.
+#[derive(Clone, Debug)]
+pub struct EventDraft {
+    pub lane: u16,
+    pub direction: Direction,
+    pub credential: Option<Credential>,
+    pub subject: Option<String>,
+    pub reason: core::Reason,
+    pub override_: Option<Override>,
+}
+
+fn record_pass(
+    tx: &Transaction,
+    gate: &GateId,
+    policy: &Policy,
+    input: &PassInput,
+) -> Result<PassOutcome, StoreError> {
+    let cred = &input.credential;
+    if let Some(pos) = &input.from {
+        let seen: Option<(i64, String, String)> = tx
+            .prepare_cached("SELECT head_seq, kind, cred_id FROM reader_head WHERE reader = ?1")?
+            .query_row([&pos.reader], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        // The credential must match too: a reader that rebooted and restarted its numbering
+        // must not have a new pass swallowed as a duplicate.
+        if seen.is_some_and(|(s, k, id)| {
+            s == i64::from(pos.head_seq) && k == cred.kind.as_str() && id == cred.id
+        }) {
+            return Ok(PassOutcome::AlreadyRecorded);
+        }
+    }
+    let lookups = lookup(tx, cred.kind, &cred.id)?;
+    let verdict = core::decide(cred, &lookups, &gate.gate, input.mode, policy, input.now);
+    if let Some(inv) = &verdict.consumes_entry {
+        tx.prepare_cached(
+            "INSERT INTO invitation_usage (invitation, used) VALUES (?1, 1)
+             ON CONFLICT (invitation) DO UPDATE SET used = used + 1",
+        )?
+        .execute([inv])?;
+    }
+    let event = insert_event(
+        tx,
+        gate,
+        EventDraft {
+            lane: input.lane,
+            direction: input.direction,
+            credential: Some(cred.clone()),
+            subject: verdict.subject.clone(),
+            reason: verdict.reason,
+            override_: None,
+        },
+        input.now,
+    )?;
+    if let Some(pos) = &input.from {
+        tx.prepare_cached(
+            "INSERT INTO reader_head (reader, head_seq, kind, cred_id, event_id)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (reader) DO UPDATE SET head_seq = excluded.head_seq,
+               kind = excluded.kind, cred_id = excluded.cred_id, event_id = excluded.event_id",
+        )?
+        .execute(params![
+            pos.reader,
+            pos.head_seq,
+            cred.kind.as_str(),
+            cred.id,
+            event.id
+        ])?;
+    }
+    Ok(PassOutcome::Recorded { verdict, event })
+}
+
+fn next_seq(tx: &Transaction, stream: Stream) -> rusqlite::Result<u64> {
+    tx.prepare_cached("UPDATE seq_counter SET last = last + 1 WHERE stream = ?1 RETURNING last")?
+        .query_row([stream.as_str()], |r| r.get(0))
+}
+
+fn insert_outbox(
+    tx: &Transaction,
+    stream: Stream,
+    seq: u64,
+    id: &str,
+    now: UnixMs,
+    payload: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (stream, seq, id, ts, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![stream.as_str(), seq, id, now, payload])?;
+    Ok(())
+}
+
+fn insert_event(
+    tx: &Transaction,
+    gate: &GateId,
+    d: EventDraft,
+    now: UnixMs,
+) -> Result<PassEvent, StoreError> {
+    let seq = next_seq(tx, Stream::Event)?;
+    let event = PassEvent {
+        id: Uuid::now_v7().to_string(),
+        seq,
+        site: gate.site.clone(),
+        gate: gate.gate.clone(),
+        lane: d.lane,
+        direction: d.direction,
+        ts: format_ts(now),
+        credential: d.credential.map(|c| CredentialJson {
+            kind: c.kind,
+            id: c.id,
+            score: c.score,
+        }),
+        subject: d.subject,
+        decision: d.reason.decision(),
+        reason: d.reason,
+        override_: d.override_,
+        passed: None,
+        snapshot: None,
+        ref_: None,
+    };
+    let payload = serde_json::to_string(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    insert_outbox(tx, Stream::Event, seq, &event.id, now, &payload)?;
+    Ok(event)
+}
+
+fn insert_alarm(
+    tx: &Transaction,
+    gate: &GateId,
+    alarm: &str,
+    source: &str,
+    detail: &str,
+    now: UnixMs,
+) -> Result<Alarm, StoreError> {
+    let seq = next_seq(tx, Stream::Alarm)?;
+    let a = Alarm {
+        id: Uuid::now_v7().to_string(),
+        seq,
+        site: gate.site.clone(),
+        gate: gate.gate.clone(),
+        ts: format_ts(now),
+        alarm: alarm.to_string(),
+        source: source.to_string(),
+        detail: detail.to_string(),
+    };
+    let payload = serde_json::to_string(&a).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    insert_outbox(tx, Stream::Alarm, seq, &a.id, now, &payload)?;
+    Ok(a)
+}
+
+fn version_in_force(conn: &Connection, list: ListName) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT version FROM list_version WHERE list = ?1")?
+        .query_row([list.as_str()], |r| r.get(0))
+}
+
+fn set_version(
+    tx: &Transaction,
+    list: ListName,
+    version: u64,
+    issued_at: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE list_version SET version = ?2, issued_at = ?3 WHERE list = ?1",
+        params![list.as_str(), version, issued_at],
+    )?;
+    Ok(())
+}
+
+fn ts_opt(s: &Option<String>) -> Option<UnixMs> {
+    // Already validated by the contract parser; an unparsable time cannot reach here.
+    s.as_deref().and_then(|s| parse_ts(s).ok())
+}
+
+fn gates_json(gates: &[String]) -> String {
+    serde_json::Value::from(gates.to_vec()).to_string()
+}
+
+fn remove_entry(tx: &Transaction, list: ListName, key: &str) -> rusqlite::Result<()> {
+    match list {
+        ListName::Staff => {
+            tx.execute("DELETE FROM staff WHERE subject = ?1", [key])?;
+        }
+        ListName::Visitors => {
+            tx.execute("DELETE FROM invitation WHERE invitation = ?1", [key])?;
+        }
+        ListName::Deny => {
+            if let Some((kind, id)) = key.split_once(':') {
+                tx.execute(
+                    "DELETE FROM deny WHERE kind = ?1 AND cred_id = ?2",
+                    [kind, id],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts or replaces entries. A credential already held by another entry is refused: one
+/// card must never open as two people.
+fn upsert_entries(tx: &Transaction, entries: &Entries) -> Result<Result<(), Refusal>, StoreError> {
+    match entries {
+        Entries::Staff(v) => {
+            let mut del = tx.prepare_cached("DELETE FROM staff WHERE subject = ?1")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO staff (subject, name, valid_from, valid_until, gates)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut cred = tx.prepare_cached(
+                "INSERT INTO staff_credential (kind, cred_id, subject) VALUES (?1, ?2, ?3)",
+            )?;
+            for e in v {
+                del.execute([&e.subject])?;
+                ins.execute(params![
+                    e.subject,
+                    e.name,
+                    ts_opt(&e.valid_from),
+                    ts_opt(&e.valid_until),
+                    gates_json(&e.gates)
+                ])?;
+                for c in &e.credentials {
+                    if let Err(r) = insert_credential(&mut cred, c, &e.subject)? {
+                        return Ok(Err(r));
+                    }
+                }
+            }
+        }
+        Entries::Visitors(v) => {
+            let mut del = tx.prepare_cached("DELETE FROM invitation WHERE invitation = ?1")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO invitation (invitation, visitor, host, valid_from, valid_until, gates, max_entries)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut cred = tx.prepare_cached(
+                "INSERT INTO invitation_credential (kind, cred_id, invitation) VALUES (?1, ?2, ?3)",
+            )?;
+            for e in v {
+                del.execute([&e.invitation])?;
+                ins.execute(params![
+                    e.invitation,
+                    e.visitor,
+                    e.host,
+                    ts_opt(&e.valid_from),
+                    ts_opt(&e.valid_until),
+                    gates_json(&e.gates),
+                    e.max_entries
+                ])?;
+                for c in &e.credentials {
+                    if let Err(r) = insert_credential(&mut cred, c, &e.invitation)? {
+                        return Ok(Err(r));
+                    }
+                }
+            }
+        }
+        Entries::Deny(v) => {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO deny (kind, cred_id, reason) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, cred_id) DO UPDATE SET reason = excluded.reason",
+            )?;
+            for e in v {
+                ins.execute(params![e.kind.as_str(), e.id, e.reason])?;
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn insert_credential(
+    st: &mut rusqlite::CachedStatement<'_>,
+    c: &CredentialRef,
+    owner: &str,
+) -> Result<Result<(), Refusal>, StoreError> {
+    match st.execute(params![c.kind.as_str(), c.id, owner]) {
+        Ok(_) => Ok(Ok(())),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Ok(Err(Refusal::Malformed(format!(
+                "credential {}:{} of `{owner}` is already held by another entry",
+                c.kind.as_str(),
+                c.id
+            ))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_gates(s: String) -> Vec<String> {
+    // Written by `gates_json` from validated input; a corrupt value grants nowhere.
+    serde_json::from_str(&s).unwrap_or_default()
+}
+
+fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result<Lookups> {
+    let k = kind.as_str();
+    let denied = conn
+        .prepare_cached("SELECT coalesce(reason, '') FROM deny WHERE kind = ?1 AND cred_id = ?2")?
+        .query_row([k, id], |r| r.get::<_, String>(0))
+        .optional()?;
+    let staff = conn
+        .prepare_cached(
+            "SELECT s.subject, s.valid_from, s.valid_until, s.gates
+             FROM staff_credential c JOIN staff s ON s.subject = c.subject
+             WHERE c.kind = ?1 AND c.cred_id = ?2",
+        )?
+        .query_row([k, id], |r| {
+            Ok(StaffMatch {
+                subject: r.get(0)?,
+                validity: Validity {
+                    valid_from: r.get(1)?,
+                    valid_until: r.get(2)?,
+                    gates: parse_gates(r.get(3)?),
+                },
+            })
+        })
+        .optional()?;
+    let invitation = conn
+        .prepare_cached(
+            "SELECT i.invitation, i.valid_from, i.valid_until, i.gates, i.max_entries,
+                    coalesce(u.used, 0)
+             FROM invitation_credential c JOIN invitation i ON i.invitation = c.invitation
+             LEFT JOIN invitation_usage u ON u.invitation = i.invitation
+             WHERE c.kind = ?1 AND c.cred_id = ?2",
+        )?
+        .query_row([k, id], |r| {
+            Ok(InvitationMatch {
+                invitation: r.get(0)?,
+                validity: Validity {
+                    valid_from: r.get(1)?,
+                    valid_until: r.get(2)?,
+                    gates: parse_gates(r.get(3)?),
+                },
+                max_entries: r.get(4)?,
+                used: r.get(5)?,
+            })
+        })
+        .optional()?;
+    Ok(Lookups {
+        denied,
+        staff,
+        invitation,
+    })
+}

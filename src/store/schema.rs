@@ -1,0 +1,121 @@
+//! Append-only migrations, tracked with `PRAGMA user_version` (as cargo's `util/sqlite.rs`
+//! does). Each migration runs once, in a transaction. Never edit a migration that has shipped:
+//! add a new one at the end.
+
+use rusqlite::{Connection, Transaction};
+
+type Migration = fn(&Transaction) -> rusqlite::Result<()>;
+
+const MIGRATIONS: &[Migration] = &[v1];
+
+fn v1(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        r#"
+        -- Version in force of each list; 0 = none received yet.
+        CREATE TABLE list_version (
+            list      TEXT PRIMARY KEY,
+            version   INTEGER NOT NULL,
+            issued_at TEXT
+        );
+        INSERT INTO list_version (list, version) VALUES ('staff', 0), ('visitors', 0), ('deny', 0);
+
+        -- Times are Unix milliseconds (NULL = open-ended); gates a JSON array of gate ids or "*".
+        CREATE TABLE staff (
+            subject     TEXT PRIMARY KEY,
+            name        TEXT,
+            valid_from  INTEGER,
+            valid_until INTEGER,
+            gates       TEXT NOT NULL
+        );
+        CREATE TABLE staff_credential (
+            kind    TEXT NOT NULL,
+            cred_id TEXT NOT NULL,
+            subject TEXT NOT NULL REFERENCES staff(subject) ON DELETE CASCADE,
+            PRIMARY KEY (kind, cred_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX staff_credential_subject ON staff_credential(subject);
+
+        CREATE TABLE invitation (
+            invitation  TEXT PRIMARY KEY,
+            visitor     TEXT,
+            host        TEXT,
+            valid_from  INTEGER,
+            valid_until INTEGER,
+            gates       TEXT NOT NULL,
+            max_entries INTEGER
+        );
+        CREATE TABLE invitation_credential (
+            kind       TEXT NOT NULL,
+            cred_id    TEXT NOT NULL,
+            invitation TEXT NOT NULL REFERENCES invitation(invitation) ON DELETE CASCADE,
+            PRIMARY KEY (kind, cred_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX invitation_credential_invitation ON invitation_credential(invitation);
+        -- Kept apart from `invitation` so that a new snapshot of the list does not give back
+        -- entries already used.
+        CREATE TABLE invitation_usage (
+            invitation TEXT PRIMARY KEY,
+            used       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE deny (
+            kind    TEXT NOT NULL,
+            cred_id TEXT NOT NULL,
+            reason  TEXT,
+            PRIMARY KEY (kind, cred_id)
+        ) WITHOUT ROWID;
+
+        -- Events and alarms not yet acknowledged by the broker, oldest first by rowid. A row is
+        -- deleted only when the PUBACK for the message that carried it arrives (G3).
+        CREATE TABLE outbox (
+            rowid   INTEGER PRIMARY KEY,
+            stream  TEXT NOT NULL CHECK (stream IN ('event', 'alarm')),
+            seq     INTEGER NOT NULL,
+            id      TEXT NOT NULL,
+            ts      INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            UNIQUE (stream, seq)
+        );
+        -- The last seq given out per stream, so seq has no gaps across restarts and deletes.
+        CREATE TABLE seq_counter (
+            stream TEXT PRIMARY KEY,
+            last   INTEGER NOT NULL
+        );
+        INSERT INTO seq_counter (stream, last) VALUES ('event', 0), ('alarm', 0);
+
+        -- The last mailbox event recorded per reader, so a restart never decides it twice.
+        CREATE TABLE reader_head (
+            reader   TEXT PRIMARY KEY,
+            head_seq INTEGER NOT NULL,
+            kind     TEXT NOT NULL,
+            cred_id  TEXT NOT NULL,
+            event_id TEXT NOT NULL
+        );
+
+        -- Small state: mode, …
+        CREATE TABLE state (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        "#,
+    )
+}
+
+/// Brings the schema up to date. Refuses a database from a newer gated.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Ok(Err(format!(
+            "the database has schema version {current}, newer than this gated knows ({}); \
+             refusing to touch it",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        m(&tx)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}

@@ -1,0 +1,315 @@
+//! Store tests against a real SQLite file.
+
+use super::*;
+use crate::core::{Credential, CredentialKind, Direction, Mode, Reason};
+use crate::sync::contract::{ListName, parse_delta, parse_snapshot};
+
+const NOW: i64 = 1_795_000_000_000;
+
+fn gate() -> GateId {
+    GateId {
+        site: "hq".into(),
+        gate: "east-1".into(),
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> Db {
+    Db::open(&dir.path().join("g.db"), gate(), Policy::default(), 1000).expect("open db")
+}
+
+fn card(id: &str) -> Credential {
+    Credential {
+        kind: CredentialKind::Card,
+        id: id.into(),
+        score: None,
+    }
+}
+
+fn pass(id: &str, from: Option<(&str, u16)>) -> PassInput {
+    PassInput {
+        from: from.map(|(r, s)| MailboxPos {
+            reader: r.into(),
+            head_seq: s,
+        }),
+        lane: 0,
+        direction: Direction::In,
+        credential: card(id),
+        mode: Mode::Normal,
+        now: NOW,
+    }
+}
+
+fn staff_snapshot(version: u64, cards: &[(&str, &str)]) -> crate::sync::contract::Snapshot {
+    let entries: Vec<String> = cards
+        .iter()
+        .map(|(subj, c)| {
+            format!(
+                r#"{{"subject":"{subj}","credentials":[{{"kind":"card","id":"{c}"}}],"gates":["*"]}}"#
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"list":"staff","site":"hq","version":{version},"entries":[{}]}}"#,
+        entries.join(",")
+    );
+    parse_snapshot(ListName::Staff, body.as_bytes()).expect("test snapshot")
+}
+
+fn record_one(db: &mut Db, input: PassInput) -> PassOutcome {
+    db.record_passes(&[input]).expect("record").remove(0)
+}
+
+fn reason(o: &PassOutcome) -> Reason {
+    match o {
+        PassOutcome::Recorded { verdict, .. } => verdict.reason,
+        PassOutcome::AlreadyRecorded => panic!("expected a decision"),
+    }
+}
+
+#[test]
+fn seq_has_no_gaps_across_reopen_and_acks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    for i in 0..3 {
+        record_one(&mut db, pass(&format!("c{i}"), None));
+    }
+    let rows = db.pending(0, 10).expect("pending");
+    assert_eq!(rows.len(), 3);
+    db.acked(&[rows[0].rowid, rows[1].rowid, rows[2].rowid])
+        .expect("ack");
+    drop(db);
+    let mut db = open(&dir);
+    let o = record_one(&mut db, pass("c9", None));
+    let PassOutcome::Recorded { event, .. } = o else {
+        panic!("recorded")
+    };
+    assert_eq!(event.seq, 4, "seq continues after acks and a restart");
+    assert_eq!(db.outbox_stats().expect("stats").pending, 1);
+}
+
+#[test]
+fn a_mailbox_event_is_decided_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    assert_eq!(
+        reason(&record_one(&mut db, pass("x", Some(("r1", 7))))),
+        Reason::UnknownCredential
+    );
+    assert!(matches!(
+        record_one(&mut db, pass("x", Some(("r1", 7)))),
+        PassOutcome::AlreadyRecorded
+    ));
+    // Same seq, other credential (the reader rebooted): a new pass.
+    assert!(matches!(
+        record_one(&mut db, pass("y", Some(("r1", 7)))),
+        PassOutcome::Recorded { .. }
+    ));
+    // Another reader with the same seq is its own mailbox.
+    assert!(matches!(
+        record_one(&mut db, pass("x", Some(("r2", 7)))),
+        PassOutcome::Recorded { .. }
+    ));
+    assert_eq!(db.pending(0, 100).expect("pending").len(), 3);
+}
+
+#[test]
+fn snapshot_versions_stale_and_repeat() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let s2 = staff_snapshot(2, &[("E1", "100")]);
+    assert_eq!(
+        db.apply_snapshot(&s2).expect("db"),
+        Ok(Applied::Applied { version: 2 })
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::Staff
+    );
+    assert_eq!(
+        db.apply_snapshot(&s2).expect("db"),
+        Ok(Applied::AlreadyInForce { version: 2 })
+    );
+    let s1 = staff_snapshot(1, &[("E9", "900")]);
+    assert_eq!(
+        db.apply_snapshot(&s1).expect("db").unwrap_err().code(),
+        "stale"
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("900", None))),
+        Reason::UnknownCredential
+    );
+    // The version in force survives a restart, so an old snapshot replayed later is refused.
+    drop(db);
+    let mut db = open(&dir);
+    assert_eq!(db.list_version(ListName::Staff).expect("v"), 2);
+    assert_eq!(
+        db.apply_snapshot(&s1).expect("db").unwrap_err().code(),
+        "stale"
+    );
+    let s3 = staff_snapshot(3, &[("E2", "200")]);
+    db.apply_snapshot(&s3).expect("db").expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::UnknownCredential
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("200", None))),
+        Reason::Staff
+    );
+}
+
+#[test]
+fn a_refused_snapshot_leaves_the_list_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "100")]))
+        .expect("db")
+        .expect("applied");
+    // Two subjects with one card: refused, rolled back.
+    let bad = staff_snapshot(2, &[("E2", "200"), ("E3", "200")]);
+    let r = db.apply_snapshot(&bad).expect("db").unwrap_err();
+    assert_eq!(r.code(), "malformed");
+    assert!(r.detail().contains("card:200"), "{r}");
+    assert_eq!(db.list_version(ListName::Staff).expect("v"), 1);
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::Staff
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("200", None))),
+        Reason::UnknownCredential
+    );
+}
+
+#[test]
+fn deltas_apply_only_on_their_base() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    db.apply_snapshot(&staff_snapshot(5, &[("E1", "100"), ("E2", "200")]))
+        .expect("db")
+        .expect("applied");
+    let gap = parse_delta(
+        ListName::Staff,
+        br#"{"list":"staff","site":"hq","version":7,"base":6,"remove":["E1"]}"#,
+    )
+    .expect("delta");
+    assert_eq!(
+        db.apply_delta(&gap).expect("db").unwrap_err().code(),
+        "version_gap"
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::Staff
+    );
+    let d = parse_delta(
+        ListName::Staff,
+        br#"{"list":"staff","site":"hq","version":6,"base":5,"remove":["E1"],
+            "upsert":[{"subject":"E3","credentials":[{"kind":"card","id":"300"}],"gates":["east-1"]}]}"#,
+    )
+    .expect("delta");
+    assert_eq!(
+        db.apply_delta(&d).expect("db"),
+        Ok(Applied::Applied { version: 6 })
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::UnknownCredential
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("200", None))),
+        Reason::Staff
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("300", None))),
+        Reason::Staff
+    );
+}
+
+#[test]
+fn invitation_entries_are_counted_and_survive_a_new_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let body = |v: u64| {
+        format!(
+            r#"{{"list":"visitors","site":"hq","version":{v},"entries":[{{"invitation":"INV-1",
+            "visitor":"Zhang San","host":"E1","credentials":[{{"kind":"qr","id":"tok"}}],
+            "gates":["east-1"],"max_entries":2}}]}}"#
+        )
+    };
+    let snap = parse_snapshot(ListName::Visitors, body(1).as_bytes()).expect("snap");
+    db.apply_snapshot(&snap).expect("db").expect("applied");
+    let qr = |input: &mut PassInput| input.credential.kind = CredentialKind::Qr;
+    let mut p = pass("tok", None);
+    qr(&mut p);
+    assert_eq!(reason(&record_one(&mut db, p.clone())), Reason::Visitor);
+    let snap = parse_snapshot(ListName::Visitors, body(2).as_bytes()).expect("snap");
+    db.apply_snapshot(&snap).expect("db").expect("applied");
+    assert_eq!(reason(&record_one(&mut db, p.clone())), Reason::Visitor);
+    assert_eq!(reason(&record_one(&mut db, p)), Reason::EntriesExhausted);
+    assert_eq!(db.invitation_used("INV-1").expect("used"), 2);
+}
+
+#[test]
+fn outbox_high_water_raises_one_alarm_and_deletes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir); // quota 1000
+    let inputs: Vec<PassInput> = (0..850).map(|i| pass(&format!("c{i}"), None)).collect();
+    for chunk in inputs.chunks(50) {
+        db.record_passes(chunk).expect("record");
+    }
+    let rows = db.pending(0, 2000).expect("pending");
+    let alarms: Vec<_> = rows.iter().filter(|r| r.stream == Stream::Alarm).collect();
+    assert_eq!(alarms.len(), 1, "one outbox_high alarm");
+    assert!(alarms[0].payload.contains("outbox_high"));
+    assert_eq!(rows.len(), 851, "no event was deleted");
+}
+
+#[test]
+fn journal_is_wal_on_a_real_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(&dir));
+    let conn = rusqlite::Connection::open(dir.path().join("g.db")).expect("open");
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(mode, "wal");
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("pragma");
+    assert!(v >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_passes_share_commits_and_keep_seq_dense() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Store::open(&dir.path().join("g.db"), gate(), Policy::default(), 100_000).expect("store");
+    let mut tasks = Vec::new();
+    for lane in 0..8u16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                let mut p = pass(&format!("{lane}-{i}"), Some((&format!("r{lane}"), i + 1)));
+                p.lane = lane;
+                match store.pass(p).await.expect("pass") {
+                    PassOutcome::Recorded { event, .. } => seqs.push(event.seq),
+                    PassOutcome::AlreadyRecorded => panic!("new mailbox events"),
+                }
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    let pending = store
+        .call(|db| db.outbox_stats())
+        .await
+        .expect("stats")
+        .pending;
+    assert_eq!(pending, 400);
+}

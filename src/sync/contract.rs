@@ -1,0 +1,677 @@
+//! The MQTT contract of DESIGN.md as types: topics, pass events, alarms, list bodies, acks and
+//! status. Parsing here is strict (unknown fields in what the centre sends are refused: a typo
+//! in a list must never widen access), and every check names what was wrong.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{CredentialKind, Decision, Direction, Reason, UnixMs};
+
+/// Topic names for one gate. `site` and `gate` are validated to `[A-Za-z0-9_-]` by config, so
+/// they can never inject `/`, `+` or `#`.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    pub root: String,
+    pub site: String,
+    pub gate: String,
+}
+
+impl Topics {
+    fn gate_topic(&self, leaf: &str) -> String {
+        format!("{}/{}/{}/{}", self.root, self.site, self.gate, leaf)
+    }
+    pub fn event(&self) -> String {
+        self.gate_topic("event")
+    }
+    pub fn alarm(&self) -> String {
+        self.gate_topic("alarm")
+    }
+    pub fn status(&self) -> String {
+        self.gate_topic("status")
+    }
+    pub fn ack(&self) -> String {
+        self.gate_topic("ack")
+    }
+    pub fn cmd(&self) -> String {
+        self.gate_topic("cmd")
+    }
+    pub fn list(&self, list: ListName) -> String {
+        format!("{}/{}/lists/{}", self.root, self.site, list.as_str())
+    }
+    pub fn list_delta(&self, list: ListName) -> String {
+        format!("{}/delta", self.list(list))
+    }
+    /// Which list a downlink topic carries, and whether it is a delta.
+    pub fn parse_list_topic(&self, topic: &str) -> Option<(ListName, bool)> {
+        ListName::ALL.into_iter().find_map(|l| {
+            if topic == self.list(l) {
+                Some((l, false))
+            } else if topic == self.list_delta(l) {
+                Some((l, true))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// Formats a time the way the contract does: RFC 3339, UTC, milliseconds, `Z`.
+pub fn format_ts(ms: UnixMs) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn parse_ts(s: &str) -> Result<UnixMs, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CredentialJson {
+    pub kind: CredentialKind,
+    pub id: String,
+    pub score: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    /// `panel` or `remote`.
+    pub source: String,
+    /// What was pressed or sent: `open_entry`, `open_exit`, `hold_open`, `lockdown`, …
+    pub input: String,
+}
+
+/// One pass event, exactly the contract's fields (plus `ref` for later facts of a pass).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassEvent {
+    pub id: String,
+    pub seq: u64,
+    pub site: String,
+    pub gate: String,
+    pub lane: u16,
+    pub direction: Direction,
+    pub ts: String,
+    pub credential: Option<CredentialJson>,
+    pub subject: Option<String>,
+    pub decision: Decision,
+    pub reason: Reason,
+    #[serde(rename = "override")]
+    pub override_: Option<Override>,
+    pub passed: Option<bool>,
+    pub snapshot: Option<String>,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub ref_: Option<String>,
+}
+
+/// One alarm: a device fault, the outbox filling up, a failed relay command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    pub id: String,
+    pub seq: u64,
+    pub site: String,
+    pub gate: String,
+    pub ts: String,
+    /// A code: `device_fault`, `device_recovered`, `outbox_high`, `relay_failed`, `store_error`.
+    pub alarm: String,
+    /// The device or component concerned.
+    pub source: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListName {
+    Staff,
+    Visitors,
+    Deny,
+}
+
+impl ListName {
+    pub const ALL: [ListName; 3] = [Self::Staff, Self::Visitors, Self::Deny];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Staff => "staff",
+            Self::Visitors => "visitors",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRef {
+    pub kind: CredentialKind,
+    pub id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffEntry {
+    pub subject: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub credentials: Vec<CredentialRef>,
+    #[serde(default)]
+    pub valid_from: Option<String>,
+    #[serde(default)]
+    pub valid_until: Option<String>,
+    pub gates: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorEntry {
+    pub invitation: String,
+    #[serde(default)]
+    pub visitor: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    pub credentials: Vec<CredentialRef>,
+    #[serde(default)]
+    pub valid_from: Option<String>,
+    #[serde(default)]
+    pub valid_until: Option<String>,
+    pub gates: Vec<String>,
+    #[serde(default)]
+    pub max_entries: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyEntry {
+    pub kind: CredentialKind,
+    pub id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The entries of one list, typed by list.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entries {
+    Staff(Vec<StaffEntry>),
+    Visitors(Vec<VisitorEntry>),
+    Deny(Vec<DenyEntry>),
+}
+
+impl Entries {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Staff(v) => v.len(),
+            Self::Visitors(v) => v.len(),
+            Self::Deny(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A full list, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub list: ListName,
+    pub site: String,
+    pub version: u64,
+    pub issued_at: Option<String>,
+    pub entries: Entries,
+}
+
+/// Changes on top of `base`, validated. `remove` holds subjects (staff), invitation ids
+/// (visitors) or `kind:id` (deny).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delta {
+    pub list: ListName,
+    pub site: String,
+    pub version: u64,
+    pub base: u64,
+    pub upsert: Entries,
+    pub remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    list: ListName,
+    site: String,
+    version: u64,
+    #[serde(default)]
+    issued_at: Option<String>,
+    entries: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelta {
+    list: ListName,
+    site: String,
+    version: u64,
+    base: u64,
+    #[serde(default)]
+    upsert: Option<serde_json::Value>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Why a list or command was refused: the `error` of an ack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not JSON, or JSON of the wrong shape, or a field out of range.
+    Malformed(String),
+    /// The body names a different list than its topic.
+    WrongList(String),
+    /// For another site.
+    WrongSite(String),
+    /// Not newer than the version in force.
+    Stale(String),
+    /// A delta whose base is not the version in force.
+    VersionGap(String),
+    TooLarge(String),
+    /// Not signed, or not signed by a key the gate trusts (see `sync::envelope`).
+    BadSignature(String),
+    UnknownKey(String),
+    /// The store could not apply it; the lists in force are unchanged.
+    StoreError(String),
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::WrongList(_) => "wrong_list",
+            Self::WrongSite(_) => "wrong_site",
+            Self::Stale(_) => "stale",
+            Self::VersionGap(_) => "version_gap",
+            Self::TooLarge(_) => "too_large",
+            Self::BadSignature(_) => "bad_signature",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::StoreError(_) => "store_error",
+        }
+    }
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Malformed(d)
+            | Self::WrongList(d)
+            | Self::WrongSite(d)
+            | Self::Stale(d)
+            | Self::VersionGap(d)
+            | Self::TooLarge(d)
+            | Self::BadSignature(d)
+            | Self::UnknownKey(d)
+            | Self::StoreError(d) => d,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.detail())
+    }
+}
+
+const MAX_ID_LEN: usize = 64;
+
+fn malformed(what: impl Into<String>) -> Refusal {
+    Refusal::Malformed(what.into())
+}
+
+fn check_id(what: &str, s: &str) -> Result<(), Refusal> {
+    if s.is_empty() || s.len() > MAX_ID_LEN || s.chars().any(|c| c.is_control()) {
+        return Err(malformed(format!(
+            "{what} `{}` must be 1..={MAX_ID_LEN} bytes without control characters",
+            s.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn check_credentials(at: &str, creds: &[CredentialRef]) -> Result<(), Refusal> {
+    for (i, c) in creds.iter().enumerate() {
+        // Credentials travel through the reader mailbox as ASCII (DESIGN.md device profile).
+        if !c.id.is_ascii() {
+            return Err(malformed(format!("{at}.credentials[{i}].id is not ASCII")));
+        }
+        check_id(&format!("{at}.credentials[{i}].id"), &c.id)?;
+    }
+    Ok(())
+}
+
+fn check_window(at: &str, from: &Option<String>, until: &Option<String>) -> Result<(), Refusal> {
+    let parse = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(parse_ts)
+            .transpose()
+            .map_err(|e| malformed(format!("{at}.{field}: {e}")))
+    };
+    let (f, u) = (parse("valid_from", from)?, parse("valid_until", until)?);
+    if let (Some(f), Some(u)) = (f, u)
+        && f > u
+    {
+        return Err(malformed(format!("{at}: valid_from is after valid_until")));
+    }
+    Ok(())
+}
+
+fn check_gates(at: &str, gates: &[String]) -> Result<(), Refusal> {
+    if gates.is_empty() {
+        return Err(malformed(format!(
+            "{at}.gates is empty (use [\"*\"] for every gate)"
+        )));
+    }
+    for g in gates {
+        if g != "*" && !crate::config::is_safe_name(g) {
+            return Err(malformed(format!(
+                "{at}.gates: `{}` is not a gate id",
+                g.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `[3].valid_until` for a path inside a list; empty for the root.
+fn path_suffix(p: &serde_path_to_error::Path) -> String {
+    let s = p.to_string();
+    match s.as_str() {
+        "." => String::new(),
+        s if s.starts_with('[') => s.to_string(),
+        s => format!(".{s}"),
+    }
+}
+
+/// Deserializes JSON naming the path of the field that was wrong.
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Refusal> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        malformed(format!("{what}{at}: {}", e.inner()))
+    })
+}
+
+fn parse_entries(list: ListName, value: serde_json::Value, what: &str) -> Result<Entries, Refusal> {
+    let err = |e: serde_path_to_error::Error<serde_json::Error>| {
+        malformed(format!("{what}{}: {}", path_suffix(e.path()), e.inner()))
+    };
+    let entries = match list {
+        ListName::Staff => Entries::Staff(serde_path_to_error::deserialize(value).map_err(err)?),
+        ListName::Visitors => {
+            Entries::Visitors(serde_path_to_error::deserialize(value).map_err(err)?)
+        }
+        ListName::Deny => Entries::Deny(serde_path_to_error::deserialize(value).map_err(err)?),
+    };
+    validate_entries(&entries, what)?;
+    Ok(entries)
+}
+
+fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
+    let mut keys = HashSet::new();
+    let mut dup = |key: String, at: &str| {
+        if keys.insert(key.clone()) {
+            Ok(())
+        } else {
+            Err(malformed(format!("{at}: `{key}` appears twice")))
+        }
+    };
+    match entries {
+        Entries::Staff(v) => {
+            for (i, e) in v.iter().enumerate() {
+                let at = format!("{what}[{i}]");
+                check_id(&format!("{at}.subject"), &e.subject)?;
+                dup(e.subject.clone(), &at)?;
+                check_credentials(&at, &e.credentials)?;
+                check_window(&at, &e.valid_from, &e.valid_until)?;
+                check_gates(&at, &e.gates)?;
+            }
+        }
+        Entries::Visitors(v) => {
+            for (i, e) in v.iter().enumerate() {
+                let at = format!("{what}[{i}]");
+                check_id(&format!("{at}.invitation"), &e.invitation)?;
+                dup(e.invitation.clone(), &at)?;
+                check_credentials(&at, &e.credentials)?;
+                check_window(&at, &e.valid_from, &e.valid_until)?;
+                check_gates(&at, &e.gates)?;
+            }
+        }
+        Entries::Deny(v) => {
+            for (i, e) in v.iter().enumerate() {
+                let at = format!("{what}[{i}]");
+                check_id(&format!("{at}.id"), &e.id)?;
+                dup(format!("{}:{}", e.kind.as_str(), e.id), &at)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates a snapshot body for the list its topic names.
+pub fn parse_snapshot(topic_list: ListName, body: &[u8]) -> Result<Snapshot, Refusal> {
+    let raw: RawSnapshot = from_json("snapshot body", body)?;
+    if raw.list != topic_list {
+        return Err(Refusal::WrongList(format!(
+            "body is list `{}` but the topic is `{}`",
+            raw.list.as_str(),
+            topic_list.as_str()
+        )));
+    }
+    if let Some(t) = &raw.issued_at {
+        parse_ts(t).map_err(|e| malformed(format!("issued_at: {e}")))?;
+    }
+    let entries = parse_entries(raw.list, raw.entries, "entries")?;
+    Ok(Snapshot {
+        list: raw.list,
+        site: raw.site,
+        version: raw.version,
+        issued_at: raw.issued_at,
+        entries,
+    })
+}
+
+/// Parses and validates a delta body for the list its topic names.
+pub fn parse_delta(topic_list: ListName, body: &[u8]) -> Result<Delta, Refusal> {
+    let raw: RawDelta = from_json("delta body", body)?;
+    if raw.list != topic_list {
+        return Err(Refusal::WrongList(format!(
+            "body is list `{}` but the topic is `{}`",
+            raw.list.as_str(),
+            topic_list.as_str()
+        )));
+    }
+    if raw.version <= raw.base {
+        return Err(malformed(format!(
+            "delta version {} is not above its base {}",
+            raw.version, raw.base
+        )));
+    }
+    let upsert = parse_entries(
+        raw.list,
+        raw.upsert.unwrap_or(serde_json::Value::Array(vec![])),
+        "upsert",
+    )?;
+    for (i, key) in raw.remove.iter().enumerate() {
+        check_id(&format!("remove[{i}]"), key)?;
+        if raw.list == ListName::Deny {
+            let ok = key
+                .split_once(':')
+                .is_some_and(|(k, id)| CredentialKind::parse(k).is_some() && !id.is_empty());
+            if !ok {
+                return Err(malformed(format!("remove[{i}]: deny keys are `kind:id`")));
+            }
+        }
+    }
+    Ok(Delta {
+        list: raw.list,
+        site: raw.site,
+        version: raw.version,
+        base: raw.base,
+        upsert,
+        remove: raw.remove,
+    })
+}
+
+/// The result of applying a list update or command, published on `ack`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    #[serde(rename = "ref")]
+    pub ref_: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Human-readable detail of a refusal (an extension of the contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub ts: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    pub pending: u64,
+    pub oldest_ts: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListVersions {
+    pub staff: u64,
+    pub visitors: u64,
+    pub deny: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub online: bool,
+    pub version: String,
+    pub ts: String,
+    pub mode: String,
+    pub lists: ListVersions,
+    pub outbox: OutboxStatus,
+    pub devices: std::collections::BTreeMap<String, String>,
+    pub clock: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics {
+            root: "acs".into(),
+            site: "hq".into(),
+            gate: "east-1".into(),
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_the_contract() {
+        let t = topics();
+        assert_eq!(t.event(), "acs/hq/east-1/event");
+        assert_eq!(t.list(ListName::Staff), "acs/hq/lists/staff");
+        assert_eq!(t.list_delta(ListName::Deny), "acs/hq/lists/deny/delta");
+        assert_eq!(
+            t.parse_list_topic("acs/hq/lists/visitors/delta"),
+            Some((ListName::Visitors, true))
+        );
+        assert_eq!(
+            t.parse_list_topic("acs/hq/lists/staff"),
+            Some((ListName::Staff, false))
+        );
+        assert_eq!(t.parse_list_topic("acs/other/lists/staff"), None);
+    }
+
+    #[test]
+    fn the_design_snapshot_parses() {
+        let body = br#"{"list":"staff","site":"hq","version":42,"issued_at":"2026-11-21T07:00:00Z",
+ "entries":[{"subject":"E1001","name":"Li Wei",
+   "credentials":[{"kind":"card","id":"0012345678"},{"kind":"face","id":"P1001"}],
+   "valid_from":null,"valid_until":"2027-12-31T23:59:59Z","gates":["*"]}]}"#;
+        let s = parse_snapshot(ListName::Staff, body).expect("valid snapshot");
+        assert_eq!(s.version, 42);
+        assert_eq!(s.entries.len(), 1);
+    }
+
+    #[test]
+    fn refusals_name_what_was_wrong() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            (b"not json", "malformed", "snapshot body"),
+            (br#"{"list":"deny","site":"hq","version":1,"entries":[]}"#, "wrong_list", "deny"),
+            (br#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1","credentials":[],"gates":["*"],"valid_untill":"x"}]}"#, "malformed", "valid_untill"),
+            (br#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1","credentials":[],"gates":[]}]}"#, "malformed", "gates is empty"),
+            (br#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1","credentials":[],"gates":["a/#"]}]}"#, "malformed", "not a gate id"),
+            (br#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1","credentials":[],"gates":["*"],"valid_until":"tomorrow"}]}"#, "malformed", "valid_until"),
+            (br#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1","credentials":[],"gates":["*"]},{"subject":"E1","credentials":[],"gates":["*"]}]}"#, "malformed", "twice"),
+            (br#"{"list":"staff","site":"hq","version":-1,"entries":[]}"#, "malformed", "version"),
+        ];
+        for (body, code, needle) in cases {
+            let e = parse_snapshot(ListName::Staff, body).expect_err("must be refused");
+            assert_eq!(e.code(), *code, "{e}");
+            assert!(
+                e.detail().contains(needle),
+                "`{e}` should mention `{needle}`"
+            );
+        }
+    }
+
+    #[test]
+    fn delta_checks() {
+        let ok = br#"{"list":"deny","site":"hq","version":4,"base":3,"upsert":[{"kind":"card","id":"9"}],"remove":["card:7"]}"#;
+        assert!(parse_delta(ListName::Deny, ok).is_ok());
+        let bad_key = br#"{"list":"deny","site":"hq","version":4,"base":3,"remove":["7"]}"#;
+        assert_eq!(
+            parse_delta(ListName::Deny, bad_key).unwrap_err().code(),
+            "malformed"
+        );
+        let backwards = br#"{"list":"staff","site":"hq","version":3,"base":3}"#;
+        assert_eq!(
+            parse_delta(ListName::Staff, backwards).unwrap_err().code(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn event_serializes_every_contract_field() {
+        let e = PassEvent {
+            id: "x".into(),
+            seq: 1,
+            site: "hq".into(),
+            gate: "g".into(),
+            lane: 0,
+            direction: Direction::In,
+            ts: format_ts(0),
+            credential: None,
+            subject: None,
+            decision: Decision::Denied,
+            reason: Reason::UnknownCredential,
+            override_: None,
+            passed: None,
+            snapshot: None,
+            ref_: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).expect("serializes");
+        for k in [
+            "id",
+            "seq",
+            "site",
+            "gate",
+            "lane",
+            "direction",
+            "ts",
+            "credential",
+            "subject",
+            "decision",
+            "reason",
+            "override",
+            "passed",
+            "snapshot",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["reason"], "unknown_credential");
+    }
+}
