@@ -1,0 +1,444 @@
+//! The control port: a line-based TCP protocol for a person (or a test) driving simulated
+//! devices by name — present a card, read the pulses, pull the fire alarm, inject a fault.
+//!
+//! One command per line; every reply ends with a line that starts with `ok` or `error: `, and
+//! may be preceded by data lines (`pulses`, `status`, `help`). Bad input gets an error naming
+//! what was wrong, and the connection stays usable. `help` lists the commands.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_modbus::ExceptionCode;
+
+use crate::reader::{KIND_CARD, KIND_FACE, KIND_PIN, KIND_QR};
+use crate::{Fault, SimError, SimReader, SimRelay, SimServer};
+
+/// Longest command line accepted; a longer one is refused and skipped, so a runaway paste
+/// cannot make the simulator buffer without bound.
+const MAX_LINE: usize = 1024;
+/// Score used for `present READER face CRED` without a score: a clear match, since a person
+/// at a terminal who leaves it out wants the face to pass.
+const DEFAULT_FACE_SCORE: u16 = 950;
+/// Longest latency the control port accepts, so a typo cannot hang a device for days.
+const MAX_LATENCY_MS: u64 = 600_000;
+
+/// A simulated device the control port knows by name.
+#[derive(Debug, Clone)]
+pub enum Device {
+    Reader(SimReader),
+    Relay(SimRelay),
+}
+
+impl Device {
+    fn server(&self) -> &SimServer {
+        match self {
+            Device::Reader(reader) => reader.server(),
+            Device::Relay(relay) => relay.server(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Device::Reader(_) => "reader",
+            Device::Relay(_) => "relay",
+        }
+    }
+}
+
+/// The devices of a simulator run, by name. Names are single words so that commands can be
+/// split on whitespace.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    by_name: BTreeMap<String, Device>,
+}
+
+impl Devices {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_reader(&mut self, name: &str, reader: SimReader) -> Result<(), SimError> {
+        self.add(name, Device::Reader(reader))
+    }
+
+    pub fn add_relay(&mut self, name: &str, relay: SimRelay) -> Result<(), SimError> {
+        self.add(name, Device::Relay(relay))
+    }
+
+    fn add(&mut self, name: &str, device: Device) -> Result<(), SimError> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(SimError::BadName(name.to_owned()));
+        }
+        if self.by_name.contains_key(name) {
+            return Err(SimError::DuplicateName(name.to_owned()));
+        }
+        self.by_name.insert(name.to_owned(), device);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Device> {
+        self.by_name.get(name)
+    }
+
+    /// Devices in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Device)> {
+        self.by_name
+            .iter()
+            .map(|(name, device)| (name.as_str(), device))
+    }
+
+    fn lookup(&self, name: &str) -> Result<&Device, String> {
+        self.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            format!("unknown device '{name}' (known: {})", known.join(", "))
+        })
+    }
+
+    fn reader(&self, name: &str) -> Result<&SimReader, String> {
+        match self.lookup(name)? {
+            Device::Reader(reader) => Ok(reader),
+            other => Err(format!("'{name}' is a {}, not a reader", other.kind())),
+        }
+    }
+
+    fn relay(&self, name: &str) -> Result<&SimRelay, String> {
+        match self.lookup(name)? {
+            Device::Relay(relay) => Ok(relay),
+            other => Err(format!("'{name}' is a {}, not a relay", other.kind())),
+        }
+    }
+}
+
+/// Serves the control protocol on `listener` until the returned future is dropped (which also
+/// closes its connections). Each connection is served in its own task, so a person idling in
+/// `nc` does not block a test.
+pub async fn serve_control(listener: TcpListener, devices: Devices) {
+    let devices = Arc::new(devices);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tracing::debug!(%peer, "control connection");
+                    connections.spawn(serve_connection(stream, Arc::clone(&devices)));
+                }
+                Err(err) => {
+                    // E.g. out of file descriptors: wait instead of spinning.
+                    tracing::warn!(%err, "control port accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow with every `nc` session.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, devices: Arc<Devices>) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
+        let n = match (&mut read).take(limit).read_until(b'\n', &mut line).await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::debug!(%err, "control connection read failed");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let reply = if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+            // Refuse and skip the rest of the line, with bounded memory, and keep serving.
+            if skip_line(&mut read).await.is_err() {
+                return;
+            }
+            vec![format!("error: line longer than {MAX_LINE} bytes")]
+        } else {
+            let text = String::from_utf8_lossy(&line);
+            let command = text.trim();
+            if matches!(command, "quit" | "exit") {
+                let _ = write.write_all(b"ok bye\n").await;
+                return;
+            }
+            execute(&devices, command)
+        };
+        let mut text = String::new();
+        for reply_line in reply {
+            text.push_str(&reply_line);
+            text.push('\n');
+        }
+        if write.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Discards input up to and including the next newline (or to the end of the stream).
+async fn skip_line<R: AsyncBufRead + Unpin>(read: &mut R) -> std::io::Result<()> {
+    loop {
+        let buf = read.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            read.consume(end + 1);
+            return Ok(());
+        }
+        let len = buf.len();
+        read.consume(len);
+    }
+}
+
+/// Runs one command line and returns the reply lines; the last one starts with `ok` or
+/// `error: `. An empty line gets no reply.
+pub fn execute(devices: &Devices, line: &str) -> Vec<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let Some((&command, args)) = words.split_first() else {
+        return Vec::new();
+    };
+    let result = match command {
+        "present" => present(devices, args),
+        "pulses" => pulses(devices, args),
+        "bump" => bump(devices, args),
+        "fire" => contact(devices, args, "fire", SimRelay::set_fire),
+        "tamper" => contact(devices, args, "tamper", SimRelay::set_tamper),
+        "fault" => fault(devices, args),
+        "status" => status(devices, args),
+        "help" => Ok(help()),
+        other => Err(format!("unknown command '{other}' (try: help)")),
+    };
+    result.unwrap_or_else(|err| vec![format!("error: {err}")])
+}
+
+type Reply = Result<Vec<String>, String>;
+
+fn present(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str = "usage: present READER card|qr|face|pin CREDENTIAL [SCORE]";
+    let (name, kind, credential, score) = match args {
+        [name, kind, credential] => (name, kind, credential, None),
+        [name, kind, credential, score] => (name, kind, credential, Some(score)),
+        _ => return Err(USAGE.to_owned()),
+    };
+    let reader = devices.reader(name)?;
+    let kind = match *kind {
+        "card" => KIND_CARD,
+        "qr" => KIND_QR,
+        "face" => KIND_FACE,
+        "pin" => KIND_PIN,
+        other => {
+            return Err(format!(
+                "unknown kind '{other}' (expected card, qr, face or pin)"
+            ));
+        }
+    };
+    let score = match score {
+        Some(score) => score
+            .parse::<u16>()
+            .ok()
+            .filter(|score| *score <= 1000)
+            .ok_or_else(|| format!("bad score '{score}' (expected 0..1000, in thousandths)"))?,
+        None if kind == KIND_FACE => DEFAULT_FACE_SCORE,
+        None => 0,
+    };
+    let seq = reader
+        .present(kind, credential, score)
+        .map_err(|err| err.to_string())?;
+    Ok(vec![format!("ok seq={seq}")])
+}
+
+fn pulses(devices: &Devices, args: &[&str]) -> Reply {
+    let [name] = args else {
+        return Err("usage: pulses RELAY".to_owned());
+    };
+    let pulses = devices.relay(name)?.pulses();
+    let mut lines: Vec<String> = pulses
+        .iter()
+        .map(|pulse| {
+            format!(
+                "lane={} dir={} ms={} at={}",
+                pulse.lane,
+                direction_name(pulse.exit),
+                pulse.ms,
+                rfc3339(pulse.at)
+            )
+        })
+        .collect();
+    lines.push(format!("ok {} pulses", pulses.len()));
+    Ok(lines)
+}
+
+fn bump(devices: &Devices, args: &[&str]) -> Reply {
+    let [name, lane, direction] = args else {
+        return Err("usage: bump RELAY LANE in|out".to_owned());
+    };
+    let relay = devices.relay(name)?;
+    let exit = parse_direction(direction)?;
+    let lanes = relay.lanes();
+    let counter = lane
+        .parse::<u16>()
+        .ok()
+        .and_then(|lane| relay.try_bump_counter(lane, exit))
+        .ok_or_else(|| lane_error(name, lane, lanes))?;
+    Ok(vec![format!("ok counter={counter}")])
+}
+
+fn lane_error(name: &str, lane: &str, lanes: u16) -> String {
+    match lanes {
+        0 => format!("bad lane '{lane}' ({name} has no lanes)"),
+        n => format!("bad lane '{lane}' ({name} has lanes 0..{})", n - 1),
+    }
+}
+
+fn contact(devices: &Devices, args: &[&str], what: &str, set: fn(&SimRelay, bool)) -> Reply {
+    let [name, state] = args else {
+        return Err(format!("usage: {what} RELAY on|off"));
+    };
+    let relay = devices.relay(name)?;
+    let on = match *state {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("bad state '{other}' (expected on or off)")),
+    };
+    set(relay, on);
+    Ok(vec![format!("ok {what}={state}")])
+}
+
+fn fault(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str =
+        "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage";
+    let Some((name, spec)) = args.split_first() else {
+        return Err(USAGE.to_owned());
+    };
+    let server = devices.lookup(name)?.server();
+    let fault = parse_fault(spec).map_err(|err| format!("{err}; {USAGE}"))?;
+    server.set_fault(fault);
+    // A fault is the whole socket's: say which devices it hit, so nobody is surprised that
+    // another reader on the same address went dark too.
+    let addr = server.local_addr();
+    let sharing: Vec<&str> = devices
+        .iter()
+        .filter(|(_, device)| device.server().local_addr() == addr)
+        .map(|(name, _)| name)
+        .collect();
+    Ok(vec![format!(
+        "ok fault={} on {addr} ({})",
+        server.fault(),
+        sharing.join(", ")
+    )])
+}
+
+fn parse_fault(spec: &[&str]) -> Result<Fault, String> {
+    match spec {
+        ["none"] => Ok(Fault::None),
+        ["noreply"] => Ok(Fault::NoReply),
+        ["disconnect"] => Ok(Fault::Disconnect),
+        ["garbage"] => Ok(Fault::Garbage),
+        ["latency", ms] => ms
+            .strip_suffix("ms")
+            .unwrap_or(ms)
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= MAX_LATENCY_MS)
+            .map(|ms| Fault::Latency(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("bad latency '{ms}' (expected 0..{MAX_LATENCY_MS} ms)")),
+        ["exception", code] => {
+            let parsed = match code.strip_prefix("0x") {
+                Some(hex) => u8::from_str_radix(hex, 16),
+                None => code.parse::<u8>(),
+            };
+            parsed
+                .ok()
+                .filter(|code| *code != 0)
+                .map(|code| Fault::Exception(ExceptionCode::new(code)))
+                .ok_or_else(|| {
+                    format!("bad exception code '{code}' (expected 1..255, e.g. 2 or 0x06)")
+                })
+        }
+        [] => Err("missing fault".to_owned()),
+        other => Err(format!("unknown fault '{}'", other.join(" "))),
+    }
+}
+
+fn status(devices: &Devices, args: &[&str]) -> Reply {
+    if !args.is_empty() {
+        return Err("usage: status".to_owned());
+    }
+    let mut lines = Vec::new();
+    for (name, device) in devices.iter() {
+        let server = device.server();
+        let common = format!(
+            "addr={} fault={} connections={}",
+            server.local_addr(),
+            server.fault(),
+            server.connections()
+        );
+        lines.push(match device {
+            Device::Reader(reader) => format!(
+                "{name} reader unit={} queued={} acked={} {common}",
+                reader.unit(),
+                reader.queued(),
+                reader.acked().len()
+            ),
+            Device::Relay(relay) => format!(
+                "{name} relay unit={} lanes={} pulses={} fire={} tamper={} {common}",
+                relay.unit(),
+                relay.lanes(),
+                relay.pulses().len(),
+                on_off(relay.fire()),
+                on_off(relay.tamper())
+            ),
+        });
+    }
+    lines.push(format!("ok {} devices", devices.by_name.len()));
+    Ok(lines)
+}
+
+fn help() -> Vec<String> {
+    [
+        "present READER card|qr|face|pin CREDENTIAL [SCORE]   queue an event; SCORE 0..1000, face default 950",
+        "pulses RELAY                                         the pulses the daemon commanded",
+        "bump RELAY LANE in|out                               count one person through a lane",
+        "fire RELAY on|off                                    fire alarm contact",
+        "tamper RELAY on|off                                  cabinet tamper contact",
+        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage",
+        "                                                     for every device on DEVICE's address",
+        "status                                               devices, queues, faults",
+        "quit                                                 close this connection",
+        "ok",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn parse_direction(word: &str) -> Result<bool, String> {
+    match word {
+        "in" => Ok(false),
+        "out" => Ok(true),
+        other => Err(format!("bad direction '{other}' (expected in or out)")),
+    }
+}
+
+fn direction_name(exit: bool) -> &'static str {
+    if exit { "out" } else { "in" }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    DateTime::<Utc>::from(at).to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -1,0 +1,510 @@
+//! The Modbus TCP side: one listener per [`SimServer`], hosting reader and relay units by unit
+//! id, with fault injection.
+//!
+//! Requests are decoded and answered by tokio-modbus's own server, so the daemon talks to a
+//! real Modbus TCP stack. The simulator adds two layers around it:
+//!
+//! - a per-connection [`Service`] that routes each request to its unit's register model and
+//!   applies the request-level faults (no reply, latency, exception). A unit id the server does
+//!   not host gets no reply at all, like an absent device on a bus;
+//! - a per-connection transport wrapper (`SimStream`) around the TCP stream, for the faults
+//!   tokio-modbus cannot express: closing connections on demand (disconnect) and replacing the
+//!   encoded response with bytes that are not a frame (garbage).
+//!
+//! Faults are set on the whole server, because a fault is a property of the device at the end
+//! of the socket (a dead box, a bad cable), not of one unit behind it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_modbus::server::Service;
+use tokio_modbus::server::tcp::Server;
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+use crate::lock;
+use crate::modbus::Now;
+use crate::reader::{ReaderRegisters, ReaderState, SimReader};
+use crate::relay::{RelayRegisters, RelayState, SimRelay};
+
+/// A fault of the device on a socket. It applies to every unit of the [`SimServer`] and to
+/// every connection, open or new, until another fault (or [`Fault::None`]) is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Healthy: every request is answered at once.
+    #[default]
+    None,
+    /// Requests are read but never answered; connections stay open. The client times out.
+    NoReply,
+    /// Every request is handled and answered after this delay (its effect, e.g. a pulse,
+    /// happens after the delay too, as on a slow device).
+    Latency(Duration),
+    /// Every request to a hosted unit is answered with this exception.
+    Exception(ExceptionCode),
+    /// Every open connection is closed, and new ones are closed as soon as they are accepted
+    /// (the TCP handshake itself succeeds: the kernel completes it before the server sees it).
+    Disconnect,
+    /// Every answer is replaced by random bytes that are not a valid frame. The bytes are
+    /// shaped like an MBAP header with a complete length but a nonzero protocol id, so a
+    /// client rejects them at once instead of waiting for more; requests still take effect.
+    Garbage,
+}
+
+impl fmt::Display for Fault {
+    /// The control port's spelling, e.g. `latency 200ms` or `exception 2`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::None => f.write_str("none"),
+            Fault::NoReply => f.write_str("noreply"),
+            Fault::Latency(delay) => write!(f, "latency {}ms", delay.as_millis()),
+            Fault::Exception(code) => write!(f, "exception {}", u8::from(*code)),
+            Fault::Disconnect => f.write_str("disconnect"),
+            Fault::Garbage => f.write_str("garbage"),
+        }
+    }
+}
+
+/// What every connection of a server watches.
+#[derive(Debug, Clone, Default)]
+struct Control {
+    fault: Fault,
+    /// Bumped each time `Disconnect` is set. A connection remembers the epoch it was accepted
+    /// in and closes when it changes, so even a `Disconnect` that is cleared again before the
+    /// connection's task runs still closes it.
+    epoch: u64,
+    shutdown: bool,
+    /// Set by the accept task when it has stopped and the listener is closed.
+    stopped: bool,
+}
+
+impl Control {
+    fn drops(&self, epoch: u64) -> bool {
+        self.shutdown || self.epoch != epoch
+    }
+}
+
+/// A hosted unit: the register model behind one unit id.
+#[derive(Debug, Clone)]
+enum Unit {
+    Reader(Arc<Mutex<ReaderState>>),
+    Relay(Arc<Mutex<RelayState>>),
+}
+
+impl Unit {
+    fn handle(&self, req: &Request<'_>, now: Now) -> Result<Response, ExceptionCode> {
+        match self {
+            Unit::Reader(state) => lock(state).handle(req, now),
+            Unit::Relay(state) => lock(state).handle(req, now),
+        }
+    }
+}
+
+struct Shared {
+    local_addr: SocketAddr,
+    units: Mutex<HashMap<u8, Unit>>,
+    control: watch::Sender<Control>,
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    fn request_shutdown(&self) {
+        self.control.send_modify(|control| control.shutdown = true);
+    }
+
+    fn unit(&self, id: u8) -> Option<Unit> {
+        lock(&self.units).get(&id).cloned()
+    }
+
+    /// Decides whether to serve a new connection. `None` closes it at once (the stream is
+    /// dropped), which is how `Disconnect` refuses clients.
+    fn accept(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Connection, SimStream)> {
+        let control = self.control.borrow().clone();
+        if control.shutdown || control.fault == Fault::Disconnect {
+            tracing::debug!(%peer, server = %self.local_addr, "connection refused (disconnect fault)");
+            return None;
+        }
+        // Requests and responses are small and strictly alternate; without this, Nagle's
+        // algorithm can hold a response back and distort latency benchmarks.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
+        }
+        tracing::debug!(%peer, server = %self.local_addr, "connection accepted");
+        let epoch = control.epoch;
+        let connection = Connection {
+            shared: Arc::clone(self),
+            epoch,
+        };
+        Some((connection, SimStream::new(stream, Arc::clone(self), epoch)))
+    }
+
+    /// Answers one request, faults included. `Ok(None)` sends nothing.
+    async fn answer(
+        &self,
+        req: SlaveRequest<'static>,
+        epoch: u64,
+    ) -> Result<Option<Response>, ExceptionCode> {
+        let fault = self.control.borrow().fault.clone();
+        match fault {
+            Fault::NoReply => return Ok(None),
+            Fault::Latency(delay) => {
+                // A connection dropped during the delay must not answer afterwards.
+                let mut control = self.control.subscribe();
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = dropped(&mut control, epoch) => return Ok(None),
+                }
+            }
+            _ => {}
+        }
+        let Some(unit) = self.unit(req.slave) else {
+            return Ok(None);
+        };
+        if let Fault::Exception(code) = fault {
+            return Err(code);
+        }
+        unit.handle(&req.request, Now::read()).map(Some)
+    }
+}
+
+/// Resolves when a connection accepted in `epoch` must close: on `Disconnect`, on shutdown, or
+/// when the server is gone.
+async fn dropped(control: &mut watch::Receiver<Control>, epoch: u64) {
+    // Err means the sender is gone, i.e. the server too: close as well.
+    let _ = control.wait_for(|control| control.drops(epoch)).await;
+}
+
+/// The tokio-modbus service of one connection.
+struct Connection {
+    shared: Arc<Shared>,
+    epoch: u64,
+}
+
+impl Service for Connection {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let epoch = self.epoch;
+        Box::pin(async move { shared.answer(req, epoch).await })
+    }
+}
+
+/// The TCP stream of one connection, as tokio-modbus's server sees it. It reads end-of-stream
+/// once the connection must be dropped (so the server's request loop ends and closes the
+/// socket), and swaps outgoing bytes for garbage while [`Fault::Garbage`] is set.
+struct SimStream {
+    inner: TcpStream,
+    control: watch::Receiver<Control>,
+    /// Resolves when this connection must close; polled from the read and write paths so that
+    /// a change of fault wakes a connection that is idle in a read.
+    drop_signal: Pin<Box<dyn Future<Output = ()> + Send>>,
+    is_dropped: bool,
+    /// Garbage still to send, and how much of it has gone out.
+    garbage: Vec<u8>,
+    garbage_sent: usize,
+    shared: Arc<Shared>,
+}
+
+impl SimStream {
+    fn new(inner: TcpStream, shared: Arc<Shared>, epoch: u64) -> Self {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let mut control = shared.control.subscribe();
+        Self {
+            inner,
+            control: shared.control.subscribe(),
+            drop_signal: Box::pin(async move { dropped(&mut control, epoch).await }),
+            is_dropped: false,
+            garbage: Vec::new(),
+            garbage_sent: 0,
+            shared,
+        }
+    }
+
+    fn poll_dropped(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.is_dropped && self.drop_signal.as_mut().poll(cx).is_ready() {
+            self.is_dropped = true;
+        }
+        self.is_dropped
+    }
+
+    fn poll_send_garbage(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.garbage_sent < self.garbage.len() {
+            let rest = &self.garbage[self.garbage_sent..];
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.garbage_sent += n;
+        }
+        self.garbage.clear();
+        self.garbage_sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SimStream {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn dropped_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "dropped by the simulator")
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.poll_dropped(cx) {
+            // End of stream: tokio-modbus ends the connection's loop and drops the socket.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.poll_dropped(cx) {
+            return Poll::Ready(Err(dropped_error()));
+        }
+        ready!(this.poll_send_garbage(cx))?;
+        if this.control.borrow().fault == Fault::Garbage {
+            // Take the real bytes as written and queue garbage in their place; flush sends it.
+            this.garbage = garbage(buf.len());
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.poll_dropped(cx) {
+            return Poll::Ready(Err(dropped_error()));
+        }
+        ready!(this.poll_send_garbage(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_garbage(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Random bytes standing in for a response of `len` bytes. They look like an MBAP header whose
+/// length matches what is sent, so a Modbus TCP client has the whole "frame" at once and
+/// rejects it on the protocol id (forced nonzero) instead of waiting for more bytes.
+fn garbage(len: usize) -> Vec<u8> {
+    let len = len.max(9);
+    let mut rng = rand::rng();
+    let mut bytes = vec![0; len];
+    rng.fill(&mut bytes[..]);
+    bytes[2] = rng.random_range(1..=u8::MAX);
+    let body = u16::try_from(len - 6).unwrap_or(u16::MAX);
+    bytes[4..6].copy_from_slice(&body.to_be_bytes());
+    bytes
+}
+
+/// Accepts connections until shutdown. tokio-modbus's `serve` returns only on an accept error
+/// (e.g. out of file descriptors), and then its connections are cancelled with it; the loop
+/// serves again after a pause instead of leaving the port dead, and clients reconnect.
+async fn run(server: Server, shared: Arc<Shared>) {
+    let mut control = shared.control.subscribe();
+    let on_connected = |stream: TcpStream, peer: SocketAddr| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, io::Error>(shared.accept(stream, peer)) }
+    };
+    let on_process_error = |err: io::Error| {
+        tracing::debug!(%err, "modbus connection ended with an error");
+    };
+    loop {
+        tokio::select! {
+            result = server.serve(&on_connected, on_process_error) => {
+                if let Err(err) = result {
+                    tracing::warn!(%err, addr = %shared.local_addr, "accept failed; serving again shortly");
+                }
+            }
+            () = shutdown_requested(&mut control) => break,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = shutdown_requested(&mut control) => break,
+        }
+    }
+    // Dropping `server` here closes the listener; the connections were cancelled when the
+    // `serve` future was dropped.
+    drop(server);
+    tracing::debug!(addr = %shared.local_addr, "modbus server stopped");
+    shared.control.send_modify(|control| control.stopped = true);
+}
+
+async fn shutdown_requested(control: &mut watch::Receiver<Control>) {
+    let _ = control.wait_for(|control| control.shutdown).await;
+}
+
+/// A simulated device on one Modbus TCP socket, hosting one or more units. Cheap to clone; the
+/// server stops when [`shutdown`](Self::shutdown) is called or when the last handle to it
+/// (including the [`SimReader`] and [`SimRelay`] handles of its units) is dropped.
+#[derive(Clone)]
+pub struct SimServer {
+    shared: Arc<Shared>,
+    /// Shared by the handles only (not by the accept task or connections), so that dropping
+    /// the last handle stops the server.
+    _alive: Arc<Alive>,
+}
+
+struct Alive(Arc<Shared>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.request_shutdown();
+    }
+}
+
+impl fmt::Debug for SimServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimServer")
+            .field("addr", &self.shared.local_addr)
+            .field("fault", &self.fault())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimServer {
+    /// Listens on `addr` (use `127.0.0.1:0` for a free port) and serves in a spawned task.
+    /// Must be called inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr) -> io::Result<SimServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            local_addr,
+            units: Mutex::new(HashMap::new()),
+            control: watch::Sender::new(Control::default()),
+            connections: AtomicUsize::new(0),
+        });
+        tokio::spawn(run(Server::new(listener), Arc::clone(&shared)));
+        tracing::debug!(addr = %local_addr, "modbus server listening");
+        Ok(SimServer {
+            _alive: Arc::new(Alive(Arc::clone(&shared))),
+            shared,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Hosts a reader at `unit`, replacing whatever that unit id hosted before.
+    pub fn add_reader(&self, unit: u8, regs: ReaderRegisters) -> SimReader {
+        let state = Arc::new(Mutex::new(ReaderState::new(regs)));
+        self.host(unit, Unit::Reader(Arc::clone(&state)));
+        SimReader::new(unit, state, self.clone())
+    }
+
+    /// Hosts a relay board with `lanes` lanes at `unit`, replacing whatever that unit id hosted
+    /// before.
+    pub fn add_relay(&self, unit: u8, lanes: u16, regs: RelayRegisters) -> SimRelay {
+        let state = Arc::new(Mutex::new(RelayState::new(lanes, regs)));
+        self.host(unit, Unit::Relay(Arc::clone(&state)));
+        SimRelay::new(unit, state, self.clone())
+    }
+
+    fn host(&self, id: u8, unit: Unit) {
+        if lock(&self.shared.units).insert(id, unit).is_some() {
+            tracing::warn!(addr = %self.shared.local_addr, unit = id, "unit replaced");
+        }
+    }
+
+    /// Sets the fault of the device on this socket (all its units, all connections).
+    pub fn set_fault(&self, fault: Fault) {
+        self.shared.control.send_modify(|control| {
+            if fault == Fault::Disconnect {
+                control.epoch = control.epoch.wrapping_add(1);
+            }
+            control.fault = fault;
+        });
+    }
+
+    pub fn fault(&self) -> Fault {
+        self.shared.control.borrow().fault.clone()
+    }
+
+    /// Connections open now. Useful to see that a client reconnected, or did not.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops listening and closes every connection. Returns at once; await
+    /// [`stopped`](Self::stopped) to know the port is free again.
+    pub fn shutdown(&self) {
+        self.shared.request_shutdown();
+    }
+
+    /// Resolves once the server has stopped listening after a shutdown.
+    pub async fn stopped(&self) {
+        let mut control = self.shared.control.subscribe();
+        let _ = control.wait_for(|control| control.stopped).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_never_a_valid_mbap_frame() {
+        for len in [0, 1, 9, 12, 260] {
+            let bytes = garbage(len);
+            assert!(bytes.len() >= 9 && bytes.len() >= len);
+            assert_ne!(&bytes[2..4], &[0, 0], "protocol id must be nonzero");
+            let body = usize::from(u16::from_be_bytes([bytes[4], bytes[5]]));
+            assert_eq!(
+                body + 6,
+                bytes.len(),
+                "the length covers exactly what is sent"
+            );
+        }
+    }
+
+    #[test]
+    fn fault_prints_as_the_control_port_spells_it() {
+        assert_eq!(
+            Fault::Latency(Duration::from_millis(250)).to_string(),
+            "latency 250ms"
+        );
+        assert_eq!(
+            Fault::Exception(ExceptionCode::ServerDeviceBusy).to_string(),
+            "exception 6"
+        );
+        assert_eq!(Fault::NoReply.to_string(), "noreply");
+    }
+}
