@@ -545,6 +545,41 @@ impl Checker<'_> {
     }
 }
 
+/// One paragraph saying what a checked config configures, for `gated check-config`.
+pub fn describe(c: &Config) -> String {
+    let mut out = format!(
+        "ok: site `{}` gate `{}`; store {}; mqtt {}",
+        c.site,
+        c.gate,
+        c.store.path.display(),
+        c.mqtt
+            .as_ref()
+            .map(|m| format!("{}:{} (root `{}`)", m.host, m.port, m.root))
+            .unwrap_or_else(|| "off (events wait in the outbox)".into())
+    );
+    for l in c.lanes.values() {
+        out += &format!(
+            "\n  lane {}: relay `{}` channel {}, release {} ms",
+            l.id, l.relay, l.channel, l.release_ms
+        );
+    }
+    for r in &c.readers {
+        out += &format!(
+            "\n  reader `{}` at {} unit {}: lane {} {}, poll {} ms",
+            r.name,
+            r.address,
+            r.unit,
+            r.lane,
+            r.direction.as_str(),
+            r.poll.as_millis()
+        );
+    }
+    for r in &c.relays {
+        out += &format!("\n  relay `{}` at {} unit {}", r.name, r.address, r.unit);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,10 @@
 //! gated: the gate access-control daemon. See ARCHITECTURE.md for the map.
 
+pub mod clock;
 pub mod config;
 pub mod core;
+pub mod demo;
+pub mod gate;
+pub mod hw;
 pub mod store;
 pub mod sync;

@@ -315,7 +315,9 @@ mod tests {
             },
         });
         assert_eq!(run(&card("1"), &l, Mode::Normal).reason, Reason::Visitor);
-        l.invitation.as_mut().map(|i| i.used = 1);
+        if let Some(i) = l.invitation.as_mut() {
+            i.used = 1;
+        }
         let v = run(&card("1"), &l, Mode::Normal);
         assert_eq!(v.reason, Reason::Expired);
         assert_eq!(v.subject.as_deref(), Some("E1"));

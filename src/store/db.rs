@@ -42,6 +42,8 @@ pub struct PassInput {
 }
 
 #[derive(Clone, Debug)]
+// Almost every outcome is `Recorded`; boxing it would add an allocation to every pass.
+#[allow(clippy::large_enum_variant)]
 pub enum PassOutcome {
     /// Decided and committed: the relay may now be commanded (G1).
     Recorded { verdict: Verdict, event: PassEvent },

@@ -67,8 +67,10 @@ fn v1(tx: &Transaction) -> rusqlite::Result<()> {
 
         -- Events and alarms not yet acknowledged by the broker, oldest first by rowid. A row is
         -- deleted only when the PUBACK for the message that carried it arrives (G3).
+        -- AUTOINCREMENT: rowids are never reused, even after the outbox empties, so "after the
+        -- last row sent" always means "newer" to the uplink's cursor.
         CREATE TABLE outbox (
-            rowid   INTEGER PRIMARY KEY,
+            rowid   INTEGER PRIMARY KEY AUTOINCREMENT,
             stream  TEXT NOT NULL CHECK (stream IN ('event', 'alarm')),
             seq     INTEGER NOT NULL,
             id      TEXT NOT NULL,

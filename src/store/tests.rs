@@ -88,6 +88,23 @@ fn seq_has_no_gaps_across_reopen_and_acks() {
 }
 
 #[test]
+fn outbox_positions_only_grow_even_after_it_empties() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    record_one(&mut db, pass("a", None));
+    let first = db.pending(0, 10).expect("pending");
+    db.acked(&[first[0].rowid]).expect("ack");
+    record_one(&mut db, pass("b", None));
+    let next = db.pending(first[0].rowid, 10).expect("pending");
+    assert_eq!(
+        next.len(),
+        1,
+        "a row added after the outbox emptied sorts after the cursor"
+    );
+    assert!(next[0].rowid > first[0].rowid);
+}
+
+#[test]
 fn a_mailbox_event_is_decided_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut db = open(&dir);

@@ -1,0 +1,224 @@
+//! Wiring: opens the store, starts one task per device and the MQTT sync, and stops them all
+//! on SIGTERM or Ctrl-C. Also `Shared`, what every task holds: the store handle, the health
+//! registry, the gate mode, and the channels that report decisions and wake the uplink.
+
+use anyhow::Context as _;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::config::Config;
+use crate::core::Mode;
+use crate::hw::health::Health;
+use crate::hw::{DeviceError, reader, relay};
+use crate::store::{GateId, Store, StoreError};
+use crate::sync::contract::PassEvent;
+
+/// A decision as the lane saw it, for the log and the demo.
+#[derive(Clone, Debug)]
+pub struct Decided {
+    pub reader: String,
+    pub event: PassEvent,
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub health: Health,
+    pub mode: watch::Receiver<Mode>,
+    pub decisions: broadcast::Sender<Decided>,
+    /// Signalled whenever a row enters the outbox, so the uplink sends it at once. A channel
+    /// of one (not a `Notify`): a signal sent while the uplink is busy stays until it looks.
+    pub outbox_kick: mpsc::Sender<()>,
+}
+
+impl Shared {
+    /// Records a device's health; a change between ok and a fault is an alarm (G7).
+    pub async fn report(&self, device: &str, r: Result<(), DeviceError>) {
+        let state = match &r {
+            Ok(()) => "ok",
+            Err(e) => e.state(),
+        };
+        let Some(prev) = self.health.set(device, state) else {
+            return; // unchanged
+        };
+        match (&r, prev.as_deref()) {
+            (Ok(()), None) => {} // first contact
+            (Ok(()), Some(_)) => {
+                tracing::info!(device, "device recovered");
+                let _ = self
+                    .alarm("device_recovered", device, "device answers again")
+                    .await;
+            }
+            (Err(e), _) => {
+                tracing::warn!(device, error = %e, "device fault");
+                let _ = self.alarm("device_fault", device, &e.to_string()).await;
+            }
+        }
+    }
+
+    /// Puts an alarm in the outbox.
+    pub async fn alarm(&self, code: &str, source: &str, detail: &str) -> Result<(), StoreError> {
+        let (code, source, detail) = (code.to_string(), source.to_string(), detail.to_string());
+        let now = crate::clock::now_ms();
+        let r = self
+            .store
+            .call(move |db| db.record_alarm(&code, &source, &detail, now))
+            .await;
+        match r {
+            Ok(_) => {
+                self.kick_outbox();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "alarm could not be recorded");
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the uplink there is something new; a signal already pending is enough.
+    pub fn kick_outbox(&self) {
+        let _ = self.outbox_kick.try_send(());
+    }
+
+    pub fn publish_decision(&self, reader: &str, event: &PassEvent) {
+        self.kick_outbox();
+        tracing::info!(
+            target: "gated::pass",
+            reader,
+            lane = event.lane,
+            direction = event.direction.as_str(),
+            seq = event.seq,
+            credential = event.credential.as_ref().map(|c| format!("{}:{}", c.kind.as_str(), c.id)).unwrap_or_default(),
+            subject = event.subject.as_deref().unwrap_or("-"),
+            reason = ?event.reason,
+            "{:?}", event.decision
+        );
+        let _ = self.decisions.send(Decided {
+            reader: reader.to_string(),
+            event: event.clone(),
+        });
+    }
+}
+
+/// A running gate: its shared handles, and the way to stop it.
+pub struct Gate {
+    pub shared: Shared,
+    shutdown: watch::Sender<bool>,
+    sync: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gate {
+    /// Opens the store and starts every task. Returns once they are running.
+    pub fn start(cfg: &Config) -> anyhow::Result<Gate> {
+        if let Some(dir) = cfg
+            .store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("store: cannot create {}", dir.display()))?;
+        }
+        let gate = GateId {
+            site: cfg.site.clone(),
+            gate: cfg.gate.clone(),
+        };
+        let store = Store::open(
+            &cfg.store.path,
+            gate,
+            cfg.policy.clone(),
+            cfg.store.outbox_quota,
+        )?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (mode_tx, mode_rx) = watch::channel(Mode::Normal);
+        let (outbox_kick, kick_rx) = mpsc::channel(1);
+        let shared = Shared {
+            store,
+            health: Health::default(),
+            mode: mode_rx,
+            decisions: broadcast::channel(1024).0,
+            outbox_kick,
+        };
+        // The persisted mode (lockdown survives a restart), read once at start.
+        let s = shared.store.clone();
+        tokio::spawn(async move {
+            match s.call(|db| db.mode()).await {
+                Ok(m) => {
+                    let _ = mode_tx.send(m);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the persisted mode"),
+            }
+            // Keep the sender alive for the gate's life: commands will change the mode.
+            mode_tx.closed().await;
+        });
+
+        let mut relays = std::collections::HashMap::new();
+        for r in &cfg.relays {
+            relays.insert(
+                r.name.clone(),
+                relay::spawn(r.clone(), shared.clone(), shutdown_rx.clone()),
+            );
+        }
+        for r in &cfg.readers {
+            let lane = cfg
+                .lanes
+                .get(&r.lane)
+                .context("reader lane checked by config")?;
+            let relay = relays
+                .get(&lane.relay)
+                .context("lane relay checked by config")?;
+            reader::spawn(
+                r.clone(),
+                lane.clone(),
+                relay.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+            );
+        }
+        let sync_shared = shared.clone();
+        let sync = cfg.mqtt.as_ref().map(move |m| {
+            let topics = crate::sync::contract::Topics {
+                root: m.root.clone(),
+                site: cfg.site.clone(),
+                gate: cfg.gate.clone(),
+            };
+            tokio::spawn(crate::sync::link::run(
+                m.clone(),
+                topics,
+                sync_shared,
+                kick_rx,
+                shutdown_rx,
+            ))
+        });
+        Ok(Gate {
+            shared,
+            shutdown,
+            sync,
+        })
+    }
+
+    /// Stops every task; the sync publishes an offline status first.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(s) = self.sync.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s).await;
+        }
+    }
+}
+
+/// `gated run`: runs until SIGTERM or Ctrl-C.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let gate = Gate::start(&cfg)?;
+    tracing::info!(site = %cfg.site, gate = %cfg.gate, readers = cfg.readers.len(), relays = cfg.relays.len(),
+        mqtt = cfg.mqtt.as_ref().map(|m| format!("{}:{}", m.host, m.port)).unwrap_or_else(|| "off".into()),
+        "gated running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    gate.stop().await;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The reader task: polls one reader's (or face terminal's) mailbox, has each new event
+//! decided and recorded, pulses the relay on a grant, then acks the mailbox.
+//!
+//! Order per event (G1): record (committed) → relay pulse → ack. A crash anywhere leaves the
+//! event either unrecorded (it is still in the device: decided after restart) or recorded (the
+//! mailbox still shows it: acked after restart without a second decision).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::modbus::ModbusTcp;
+use super::relay::RelayHandle;
+use super::{Backoff, DeviceError};
+use crate::config::{LaneConfig, ReaderConfig};
+use crate::core::{Credential, CredentialKind};
+use crate::gate::Shared;
+use crate::store::{MailboxPos, PassInput, PassOutcome};
+
+/// Registers read per poll: head_seq, kind, score, len, 32 of credential bytes.
+pub const MAILBOX_LEN: u16 = 36;
+const MAX_CRED_LEN: usize = 64;
+
+/// A mailbox as read, decoded. `Err` names what is wrong with a garbled event.
+#[derive(Debug, PartialEq)]
+pub enum Mailbox {
+    Empty,
+    Event {
+        head_seq: u16,
+        credential: Result<Credential, String>,
+    },
+}
+
+/// Decodes the reference profile's reader registers. Pure, so it is tested on hostile input.
+pub fn decode(regs: &[u16]) -> Mailbox {
+    let Some(&head_seq) = regs.first() else {
+        return Mailbox::Empty;
+    };
+    if head_seq == 0 {
+        return Mailbox::Empty;
+    }
+    Mailbox::Event {
+        head_seq,
+        credential: decode_credential(regs),
+    }
+}
+
+fn decode_credential(regs: &[u16]) -> Result<Credential, String> {
+    if regs.len() < usize::from(MAILBOX_LEN) {
+        return Err(format!(
+            "mailbox has {} registers, expected {MAILBOX_LEN}",
+            regs.len()
+        ));
+    }
+    let kind = match regs[1] {
+        1 => CredentialKind::Card,
+        2 => CredentialKind::Qr,
+        3 => CredentialKind::Face,
+        4 => CredentialKind::Pin,
+        k => return Err(format!("kind {k} is not 1..=4")),
+    };
+    let score = regs[2];
+    let len = usize::from(regs[3]);
+    if len == 0 || len > MAX_CRED_LEN {
+        return Err(format!("credential length {len} is not 1..={MAX_CRED_LEN}"));
+    }
+    let bytes: Vec<u8> = regs[4..36]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .take(len)
+        .collect();
+    if !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "credential bytes are not printable ASCII: {bytes:02x?}"
+        ));
+    }
+    let id = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let score = match kind {
+        CredentialKind::Face => {
+            if score > 1000 {
+                return Err(format!("face score {score} is above 1000"));
+            }
+            Some(f64::from(score) / 1000.0)
+        }
+        _ => None,
+    };
+    Ok(Credential { kind, id, score })
+}
+
+pub fn spawn(
+    cfg: ReaderConfig,
+    lane: LaneConfig,
+    relay: RelayHandle,
+    shared: Shared,
+    shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(run(cfg, lane, relay, shared, shutdown));
+}
+
+async fn run(
+    cfg: ReaderConfig,
+    lane: LaneConfig,
+    relay: RelayHandle,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = match poll_once(&cfg, &lane, &relay, &shared, &mut conn).await {
+            Ok(handled) => {
+                backoff.reset();
+                // An event was handled: look again at once, the next may be queued behind it.
+                if handled { Duration::ZERO } else { cfg.poll }
+            }
+            Err(e) => {
+                shared.report(&cfg.name, Err(e)).await;
+                backoff.next_delay().max(cfg.poll)
+            }
+        };
+    }
+}
+
+/// One poll: `Ok(true)` when an event was handled.
+async fn poll_once(
+    cfg: &ReaderConfig,
+    lane: &LaneConfig,
+    relay: &RelayHandle,
+    shared: &Shared,
+    conn: &mut ModbusTcp,
+) -> Result<bool, DeviceError> {
+    let regs = conn
+        .read_input_registers(cfg.input_base, MAILBOX_LEN)
+        .await?;
+    shared.report(&cfg.name, Ok(())).await;
+    let (head_seq, credential) = match decode(&regs) {
+        Mailbox::Empty => return Ok(false),
+        Mailbox::Event {
+            head_seq,
+            credential,
+        } => (head_seq, credential),
+    };
+    let credential = match credential {
+        Ok(c) => c,
+        Err(what) => {
+            // Nothing can be decided on a garbled event; it is kept as an alarm, then acked so
+            // that the lane does not stall behind it. It never grants.
+            let detail = format!("mailbox event {head_seq} dropped: {what}");
+            tracing::warn!(reader = %cfg.name, "{detail}");
+            if shared
+                .alarm("reader_garbage", &cfg.name, &detail)
+                .await
+                .is_err()
+            {
+                return Ok(false); // keep the event in the device until the store can log it
+            }
+            conn.write_single_register(cfg.ack_register, head_seq)
+                .await?;
+            return Ok(true);
+        }
+    };
+    let input = PassInput {
+        from: Some(MailboxPos {
+            reader: cfg.name.clone(),
+            head_seq,
+        }),
+        lane: lane.id,
+        direction: cfg.direction,
+        credential,
+        mode: *shared.mode.borrow(),
+        now: crate::clock::now_ms(),
+    };
+    match shared.store.pass(input).await {
+        Ok(PassOutcome::Recorded { verdict, event }) => {
+            shared.health.set("store", "ok");
+            if verdict.granted() {
+                let r = relay
+                    .pulse(lane.channel, cfg.direction, lane.release_ms)
+                    .await;
+                if let Err(e) = r {
+                    let detail = format!(
+                        "pass {} granted but lane {} {} was not released: {e}",
+                        event.id,
+                        lane.id,
+                        cfg.direction.as_str()
+                    );
+                    tracing::error!(reader = %cfg.name, "{detail}");
+                    let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
+                }
+            }
+            shared.publish_decision(&cfg.name, &event);
+        }
+        Ok(PassOutcome::AlreadyRecorded) => {
+            tracing::info!(reader = %cfg.name, head_seq, "mailbox event already recorded; acking it again");
+        }
+        Err(e) => {
+            // No pass without a record (G1): the event stays in the device mailbox, nobody is
+            // released, and it is decided once the store works again.
+            tracing::error!(reader = %cfg.name, error = %e, "store unavailable; pass not decided");
+            shared.health.set("store", "error");
+            return Ok(false);
+        }
+    }
+    conn.write_single_register(cfg.ack_register, head_seq)
+        .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(seq: u16, kind: u16, score: u16, cred: &[u8]) -> Vec<u16> {
+        let mut r = vec![seq, kind, score, cred.len() as u16];
+        let mut bytes = cred.to_vec();
+        bytes.resize(64, 0);
+        r.extend(bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])));
+        r
+    }
+
+    #[test]
+    fn decodes_the_reference_profile() {
+        assert_eq!(decode(&regs(0, 1, 0, b"x")), Mailbox::Empty);
+        let Mailbox::Event {
+            head_seq,
+            credential,
+        } = decode(&regs(7, 1, 0, b"0012345678"))
+        else {
+            panic!("event")
+        };
+        assert_eq!(head_seq, 7);
+        let c = credential.expect("valid");
+        assert_eq!(
+            (c.kind, c.id.as_str(), c.score),
+            (CredentialKind::Card, "0012345678", None)
+        );
+        let Mailbox::Event { credential, .. } = decode(&regs(8, 3, 912, b"P1001")) else {
+            panic!("event")
+        };
+        assert_eq!(credential.expect("valid").score, Some(0.912));
+        let long = [b'A'; 64];
+        let Mailbox::Event { credential, .. } = decode(&regs(9, 2, 0, &long)) else {
+            panic!("event")
+        };
+        assert_eq!(credential.expect("valid").id.len(), 64);
+    }
+
+    #[test]
+    fn refuses_garbage_with_a_reason() {
+        let cases: Vec<(Vec<u16>, &str)> = vec![
+            (regs(1, 9, 0, b"x"), "kind 9"),
+            (regs(1, 1, 0, b""), "length 0"),
+            (
+                {
+                    let mut r = regs(1, 1, 0, b"x");
+                    r[3] = 65;
+                    r
+                },
+                "length 65",
+            ),
+            (regs(1, 1, 0, b"a\x07b"), "printable"),
+            (regs(1, 3, 1001, b"P1"), "score 1001"),
+            (vec![1, 1, 0], "registers"),
+        ];
+        for (r, needle) in cases {
+            let Mailbox::Event { credential, .. } = decode(&r) else {
+                panic!("event")
+            };
+            let e = credential.expect_err("garbage");
+            assert!(e.contains(needle), "`{e}` should mention `{needle}`");
+        }
+    }
+}
