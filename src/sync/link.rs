@@ -170,6 +170,7 @@ impl<'a> Connection<'a> {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(broker = %format!("{}:{}", self.cfg.host, self.cfg.port), error = %e, "MQTT connection lost");
+                        self.on_connection_error(&e).await;
                         break End::Lost { was_connected: self.connected };
                     }
                     None => break End::Lost { was_connected: self.connected },
@@ -249,6 +250,29 @@ impl<'a> Connection<'a> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A packet over the transport's ceiling cannot be read, so it cannot be acked
+    /// `too_large`; and if it is retained it comes again on every reconnect. Say so loudly: the
+    /// fix is the broker's `max_packet_size` (see config/mosquitto.example.conf).
+    async fn on_connection_error(&self, e: &rumqttc::ConnectionError) {
+        use rumqttc::mqttbytes::Error as Wire;
+        if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            Wire::PayloadSizeLimitExceeded(len),
+        )) = e
+        {
+            let detail = format!(
+                "the broker sent a {len}-byte packet, over the {}-byte ceiling (twice \
+                 mqtt.max_message_bytes); it was dropped with the connection. Limit \
+                 max_packet_size on the broker",
+                self.cfg.max_message_bytes.saturating_mul(2)
+            );
+            tracing::error!("{detail}");
+            let _ = self
+                .shared
+                .alarm("oversize_packet", "broker", &detail)
+                .await;
+        }
     }
 
     fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, tag: Tag) -> bool {

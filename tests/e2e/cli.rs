@@ -1,0 +1,86 @@
+//! The command line as a person uses it: check-config and the demo.
+
+use std::process::Command;
+
+use crate::util::*;
+
+fn gated(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gated"))
+        .args(args)
+        .output()
+        .expect("run gated")
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_key_and_line_of_an_error() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gated.example.toml");
+    let out = gated(&["check-config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("site `hq` gate `east-1`"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example)
+        .expect("example")
+        .replace("poll_ms = 50", "poll_ms = 50\npol_ms = 10");
+    std::fs::write(&bad, text).expect("write");
+    let out = gated(&["check-config", bad.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pol_ms") && err.contains("line "), "{err}");
+}
+
+#[test]
+fn demo_offline_plays_the_scene() {
+    let out = gated(&["demo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+    let expect = [
+        ("GRANTED staff", "relay=released"),
+        ("DENIED  unknown_credential", "relay=closed"),
+        ("GRANTED visitor", "relay=released"),
+        ("GRANTED visitor", "relay=released"),
+        ("DENIED  entries_exhausted", "relay=closed"),
+        ("DENIED  low_face_score", "relay=closed"),
+        ("GRANTED staff", "relay=released"),
+    ];
+    assert_eq!(lines.len(), expect.len(), "{text}");
+    for (line, (verdict, relay)) in lines.iter().zip(expect) {
+        assert!(
+            line.contains(verdict) && line.contains(relay),
+            "`{line}` should say {verdict}, {relay}"
+        );
+    }
+    assert!(text.contains("7 events wait in the outbox"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_mqtt_exits_once_every_event_is_acknowledged() {
+    let broker = Broker::start().await;
+    let centre = Centre::connect(broker.port).await;
+    let addr = format!("127.0.0.1:{}", broker.port);
+    let out = tokio::task::spawn_blocking(move || gated(&["demo", "--mqtt", &addr]))
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every event is acknowledged"));
+    let seqs: Vec<u64> = centre
+        .on(EVENT)
+        .iter()
+        .filter_map(|m| m.json()["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+}

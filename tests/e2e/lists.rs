@@ -1,0 +1,214 @@
+//! c. a snapshot pushed over MQTT takes effect at once and is acked and shown in status.
+//! d. malformed, stale, other-site, wrong-shape and oversize lists are refused with their
+//!    reason, and the list in force stays in force.
+
+use std::time::{Duration, Instant};
+
+use hw_sim::KIND_CARD;
+
+use crate::util::*;
+
+async fn swipe(w: &World, card: &str) -> serde_json::Value {
+    let before = w.centre.on(EVENT).len();
+    w.devices
+        .reader1
+        .present(KIND_CARD, card, 0)
+        .expect("present");
+    wait_for("the event of a swipe", DEADLINE, || {
+        w.centre.on(EVENT).get(before).map(Msg::json)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_a_pushed_snapshot_is_in_force_within_a_second() {
+    let w = World::start().await;
+    assert_eq!(
+        swipe(&w, "0055500001").await["reason"],
+        "unknown_credential"
+    );
+    let t0 = Instant::now();
+    w.centre
+        .publish(
+            STAFF_TOPIC,
+            staff_snapshot("hq", 2, &[("E1001", "0012345678"), ("E2002", "0055500001")]),
+            true,
+        )
+        .await;
+    let ack = wait_for("the ack of staff@2", Duration::from_secs(1), || {
+        w.centre
+            .on(ACK)
+            .iter()
+            .map(Msg::json)
+            .find(|a| a["ref"] == "staff@2")
+    })
+    .await;
+    eprintln!(
+        "snapshot push to ack: {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(ack["error"].is_null());
+    let e = swipe(&w, "0055500001").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "the new card must be accepted within 1 s"
+    );
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("staff"), Some("E2002"))
+    );
+    w.centre
+        .wait_json("status with staff version 2", STATUS, |s| {
+            s["lists"]["staff"] == 2
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_bad_lists_are_refused_with_their_reason_and_change_nothing() {
+    let w = World::start().await;
+    w.centre
+        .publish(
+            STAFF_TOPIC,
+            staff_snapshot("hq", 5, &[("E1001", "0012345678")]),
+            true,
+        )
+        .await;
+    w.centre
+        .wait_json("staff@5 applied", ACK, |a| {
+            a["ref"] == "staff@5" && a["ok"] == true
+        })
+        .await;
+
+    // Above max_message_bytes (256 KiB), below the transport's ceiling (twice that).
+    let huge = staff_snapshot(
+        "hq",
+        9,
+        &(0..2000)
+            .map(|i| (format!("E{i}"), format!("9{i:09}")))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        (262_145..524_288).contains(&huge.len()),
+        "{} bytes",
+        huge.len()
+    );
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("not JSON", "{not json".into(), "malformed", "staff"),
+        (
+            "JSON of the wrong shape",
+            r#"{"list":"staff","site":"hq"}"#.into(),
+            "malformed",
+            "staff",
+        ),
+        (
+            "garbage bytes",
+            String::from_utf8_lossy(&[0xff, 0x00, 0x13, 0x37]).into_owned(),
+            "malformed",
+            "staff",
+        ),
+        (
+            "an older version",
+            staff_snapshot("hq", 4, &[("E9", "0066600001")]),
+            "stale",
+            "staff@4",
+        ),
+        (
+            "another site",
+            staff_snapshot("elsewhere", 6, &[("E9", "0066600001")]),
+            "wrong_site",
+            "staff@6",
+        ),
+        (
+            "another list on this topic",
+            r#"{"list":"deny","site":"hq","version":7,"entries":[]}"#.into(),
+            "wrong_list",
+            "staff",
+        ),
+        ("too large", huge, "too_large", "staff"),
+    ];
+    for (what, body, code, reference) in cases {
+        let before = w.centre.on(ACK).len();
+        w.centre.publish(STAFF_TOPIC, body, true).await;
+        let ack = wait_for(&format!("the ack of {what}"), DEADLINE, || {
+            w.centre.on(ACK).get(before).map(Msg::json)
+        })
+        .await;
+        assert_eq!(ack["ok"], false, "{what}: {ack}");
+        assert_eq!(ack["error"], code, "{what}: {ack}");
+        assert_eq!(ack["ref"], reference, "{what}: {ack}");
+        assert!(
+            !ack["detail"].as_str().unwrap_or("").is_empty(),
+            "{what}: the ack says why"
+        );
+    }
+    // The list in force is still version 5: its card opens, the refused lists' cards do not.
+    assert_eq!(swipe(&w, "0012345678").await["reason"], "staff");
+    assert_eq!(
+        swipe(&w, "0066600001").await["reason"],
+        "unknown_credential"
+    );
+    w.centre
+        .wait_json("status still at staff version 5", STATUS, |s| {
+            s["lists"]["staff"] == 5
+        })
+        .await;
+    assert!(
+        w.centre
+            .on(STATUS)
+            .iter()
+            .all(|m| m.json()["lists"]["staff"].as_u64() <= Some(5)),
+        "no refused version was ever in force"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_over_the_transport_ceiling_raises_an_alarm_and_the_gate_recovers() {
+    let w = World::start().await;
+    let cards: Vec<(String, String)> = (0..4000)
+        .map(|i| (format!("E{i}"), format!("9{i:09}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let huge = staff_snapshot("hq", 9, &refs);
+    assert!(
+        huge.len() > 524_288,
+        "{} bytes must exceed twice max_message_bytes",
+        huge.len()
+    );
+    w.centre.publish(STAFF_TOPIC, huge, true).await;
+    let alarm = w
+        .centre
+        .wait_json("an oversize_packet alarm", ALARM, |a| {
+            a["alarm"] == "oversize_packet"
+        })
+        .await;
+    assert!(
+        alarm["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_packet_size"),
+        "{alarm}"
+    );
+    // The admin clears the retained message; the gate reconnects and takes a good list.
+    w.centre.publish(STAFF_TOPIC, Vec::new(), true).await;
+    w.centre
+        .publish(
+            STAFF_TOPIC,
+            staff_snapshot("hq", 10, &[("E5", "0077700001")]),
+            true,
+        )
+        .await;
+    w.centre
+        .wait_json("staff@10 applied", ACK, |a| {
+            a["ref"] == "staff@10" && a["ok"] == true
+        })
+        .await;
+    assert_eq!(swipe(&w, "0077700001").await["reason"], "staff");
+}

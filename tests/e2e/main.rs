@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `gated` binary, hw-sim devices over Modbus TCP, and a real
+//! mosquitto, checked through an MQTT subscriber exactly as an operator would see them.
+
+mod cli;
+mod lists;
+mod outage;
+mod pass;
+mod util;

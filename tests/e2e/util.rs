@@ -1,0 +1,444 @@
+//! The shared harness: a real mosquitto on a free port, hw-sim devices on free ports, the real
+//! `gated` binary, and an MQTT subscriber that records what an operator would see. Waits are
+//! on conditions with a deadline, never fixed sleeps; nothing is shared between tests.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hw_sim::{ReaderRegisters, RelayRegisters, SimReader, SimRelay, SimServer};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// Polls `cond` until it returns `Some`, failing the test after `deadline`.
+pub async fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- mosquitto -------------------------------------------------------------------------------
+
+/// A mosquitto of the test's own, on a free port, with persistence in a temporary directory
+/// (so a subscriber's session survives a broker restart, as the operator's would).
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Broker {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        b.spawn().await;
+        b
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write our
+        // private temporary directory: persistence would fail silently. Stay the test's user
+        // (the setting is ignored when not root).
+        let user = Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into());
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nuser {user}\npersistence true\n\
+                 persistence_location {dir}/\nlog_dest file {dir}/mosquitto.log\nlog_type all\n",
+                port = self.port,
+                dir = self.dir.path().display(),
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start mosquitto ({e}). The tests need the real broker: \
+                     install it with `apt-get install -y mosquitto` (Debian) or run `.ci/run`"
+                )
+            });
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("mosquitto to listen", DEADLINE, || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Stops the broker (SIGTERM, so it saves its sessions), as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
+            eprintln!("---- mosquitto log ----\n{log}");
+        }
+    }
+}
+
+// ---- MQTT client as the centre sees it -------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl Msg {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// Subscribes to `acs/#` with a persistent session and records every message.
+pub struct Centre {
+    pub client: AsyncClient,
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Centre {
+    pub async fn connect(port: u16) -> Centre {
+        let id = format!("centre-{}-{}", std::process::id(), free_port());
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(64 << 20, 64 << 20);
+        let (client, mut el) = AsyncClient::new(o, 256);
+        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let subscribed = Arc::new(tokio::sync::Notify::new());
+        let (m, s, c) = (msgs.clone(), subscribed.clone(), client.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c.subscribe("acs/#", QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => s.notify_one(),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        m.lock().expect("lock").push(Msg {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(DEADLINE, subscribed.notified())
+            .await
+            .expect("the centre's subscription was not acknowledged");
+        Centre { client, msgs, task }
+    }
+
+    pub fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().expect("lock").clone()
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    /// Publishes as the admin would: QoS 1, retained for snapshots.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.into())
+            .await
+            .expect("queue publish");
+    }
+
+    /// Waits for the first message on `topic` that satisfies `pred`, and returns its JSON.
+    pub async fn wait_json(&self, what: &str, topic: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(what, DEADLINE, || {
+            self.on(topic)
+                .into_iter()
+                .map(|m| m.json())
+                .find(|v| pred(v))
+        })
+        .await
+    }
+}
+
+impl Drop for Centre {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---- simulated devices -----------------------------------------------------------------------
+
+/// The reference gate: reader1 on lane 0 (entry), reader2 on lane 1 (exit), one relay board.
+pub struct Devices {
+    pub reader1_srv: SimServer,
+    pub reader2_srv: SimServer,
+    pub relay_srv: SimServer,
+    pub reader1: SimReader,
+    pub reader2: SimReader,
+    pub relay: SimRelay,
+}
+
+impl Devices {
+    pub async fn start() -> Devices {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let reader1_srv = SimServer::bind(any).await.expect("bind reader1");
+        let reader2_srv = SimServer::bind(any).await.expect("bind reader2");
+        let relay_srv = SimServer::bind(any).await.expect("bind relay");
+        Devices {
+            reader1: reader1_srv.add_reader(1, ReaderRegisters::default()),
+            reader2: reader2_srv.add_reader(1, ReaderRegisters::default()),
+            relay: relay_srv.add_relay(1, 2, RelayRegisters::default()),
+            reader1_srv,
+            reader2_srv,
+            relay_srv,
+        }
+    }
+}
+
+// ---- the daemon --------------------------------------------------------------------------------
+
+pub struct Daemon {
+    config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+pub fn config_text(db: &Path, broker_port: u16, d: &Devices) -> String {
+    format!(
+        r#"[gate]
+site = "hq"
+gate = "east-1"
+[store]
+path = "{db}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+keep_alive_s = 5
+status_interval_s = 60
+max_message_bytes = 262144
+[policy]
+min_face_score = 0.8
+[[relay]]
+name = "relay1"
+address = "{relay}"
+timeout_ms = 200
+[[lane]]
+id = 0
+relay = "relay1"
+release_ms = 3000
+[[lane]]
+id = 1
+relay = "relay1"
+release_ms = 2500
+[[reader]]
+name = "reader1"
+address = "{r1}"
+lane = 0
+direction = "in"
+poll_ms = 20
+timeout_ms = 200
+[[reader]]
+name = "reader2"
+address = "{r2}"
+lane = 1
+direction = "out"
+poll_ms = 20
+timeout_ms = 200
+"#,
+        db = db.display(),
+        relay = d.relay_srv.local_addr(),
+        r1 = d.reader1_srv.local_addr(),
+        r2 = d.reader2_srv.local_addr(),
+    )
+}
+
+impl Daemon {
+    /// Writes the config into `dir` and starts `gated run` on it.
+    pub fn start(dir: &Path, config: &str) -> Daemon {
+        let path = dir.join("gated.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut d = Daemon {
+            config: path,
+            child: None,
+            log: dir.join("gated.log"),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_gated"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("GATED_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gated");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush, close or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- gated log ----\n{}", self.log());
+        }
+    }
+}
+
+// ---- lists -----------------------------------------------------------------------------------
+
+pub fn staff_snapshot(site: &str, version: u64, cards: &[(&str, &str)]) -> String {
+    let entries: Vec<Value> = cards
+        .iter()
+        .map(|(subject, card)| {
+            serde_json::json!({"subject": subject, "name": format!("Person {subject}"),
+                "credentials": [{"kind": "card", "id": card}],
+                "valid_from": null, "valid_until": "2099-12-31T23:59:59Z", "gates": ["*"]})
+        })
+        .collect();
+    serde_json::json!({"list": "staff", "site": site, "version": version,
+        "issued_at": "2026-11-21T07:00:00Z", "entries": entries})
+    .to_string()
+}
+
+/// One running gate with everything it talks to.
+pub struct World {
+    pub broker: Broker,
+    pub centre: Centre,
+    pub devices: Devices,
+    pub daemon: Daemon,
+    /// Holds the database and config until the test ends.
+    _dir: tempfile::TempDir,
+}
+
+pub const STAFF_TOPIC: &str = "acs/hq/lists/staff";
+pub const EVENT: &str = "acs/hq/east-1/event";
+pub const ALARM: &str = "acs/hq/east-1/alarm";
+pub const STATUS: &str = "acs/hq/east-1/status";
+pub const ACK: &str = "acs/hq/east-1/ack";
+
+impl World {
+    /// Broker, centre, devices and a daemon that has applied staff list version 1
+    /// (E1001 with card 0012345678).
+    pub async fn start() -> World {
+        let broker = Broker::start().await;
+        let centre = Centre::connect(broker.port).await;
+        centre
+            .publish(
+                STAFF_TOPIC,
+                staff_snapshot("hq", 1, &[("E1001", "0012345678")]),
+                true,
+            )
+            .await;
+        let devices = Devices::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config_text(&dir.path().join("gated.db"), broker.port, &devices);
+        let daemon = Daemon::start(dir.path(), &config);
+        let w = World {
+            broker,
+            centre,
+            devices,
+            daemon,
+            _dir: dir,
+        };
+        w.centre
+            .wait_json("the ack of staff@1", ACK, |a| {
+                a["ref"] == "staff@1" && a["ok"] == true
+            })
+            .await;
+        w
+    }
+
+    /// Events received so far, parsed.
+    pub fn events(&self) -> Vec<Value> {
+        self.centre.on(EVENT).iter().map(Msg::json).collect()
+    }
+}
