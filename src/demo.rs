@@ -142,7 +142,7 @@ direction = "in"
         face = face_srv.local_addr(),
     );
     let cfg = Config::parse("demo config", &toml).context("demo config")?;
-    let gate = Gate::start(&cfg)?;
+    let gate = Gate::start(&cfg).await?;
     let store = gate.shared.store.clone();
     for (list, body) in [(ListName::Staff, STAFF), (ListName::Visitors, VISITORS)] {
         let snap = parse_snapshot(list, body.as_bytes())

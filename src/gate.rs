@@ -103,13 +103,16 @@ impl Shared {
 /// A running gate: its shared handles, and the way to stop it.
 pub struct Gate {
     pub shared: Shared,
+    /// The one writer of the gate mode (overrides and commands will set it).
+    #[allow(dead_code)]
+    mode: watch::Sender<Mode>,
     shutdown: watch::Sender<bool>,
     sync: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gate {
     /// Opens the store and starts every task. Returns once they are running.
-    pub fn start(cfg: &Config) -> anyhow::Result<Gate> {
+    pub async fn start(cfg: &Config) -> anyhow::Result<Gate> {
         if let Some(dir) = cfg
             .store
             .path
@@ -129,8 +132,9 @@ impl Gate {
             cfg.policy.clone(),
             cfg.store.outbox_quota,
         )?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let (mode_tx, mode_rx) = watch::channel(Mode::Normal);
+        // The persisted mode (a lockdown survives a restart), read before any lane starts.
+        let mode = store.call(|db| db.mode()).await?;
+        let (mode_tx, mode_rx) = watch::channel(mode);
         let (outbox_kick, kick_rx) = mpsc::channel(1);
         let shared = Shared {
             store,
@@ -139,19 +143,8 @@ impl Gate {
             decisions: broadcast::channel(1024).0,
             outbox_kick,
         };
-        // The persisted mode (lockdown survives a restart), read once at start.
-        let s = shared.store.clone();
-        tokio::spawn(async move {
-            match s.call(|db| db.mode()).await {
-                Ok(m) => {
-                    let _ = mode_tx.send(m);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot read the persisted mode"),
-            }
-            // Keep the sender alive for the gate's life: commands will change the mode.
-            mode_tx.closed().await;
-        });
 
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut relays = std::collections::HashMap::new();
         for r in &cfg.relays {
             relays.insert(
@@ -192,6 +185,7 @@ impl Gate {
         });
         Ok(Gate {
             shared,
+            mode: mode_tx,
             shutdown,
             sync,
         })
@@ -208,7 +202,7 @@ impl Gate {
 
 /// `gated run`: runs until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let gate = Gate::start(&cfg)?;
+    let gate = Gate::start(&cfg).await?;
     tracing::info!(site = %cfg.site, gate = %cfg.gate, readers = cfg.readers.len(), relays = cfg.relays.len(),
         mqtt = cfg.mqtt.as_ref().map(|m| format!("{}:{}", m.host, m.port)).unwrap_or_else(|| "off".into()),
         "gated running");

@@ -5,4 +5,5 @@ mod cli;
 mod lists;
 mod outage;
 mod pass;
+mod tidy;
 mod util;

@@ -38,6 +38,19 @@ pub async fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() 
 
 // ---- mosquitto -------------------------------------------------------------------------------
 
+/// Debian installs mosquitto in /usr/sbin, which is not on every user's PATH.
+fn mosquitto_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("mosquitto"))
+            .collect::<Vec<_>>()
+    });
+    on_path
+        .chain([PathBuf::from("/usr/sbin/mosquitto")])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("mosquitto"))
+}
+
 /// A mosquitto of the test's own, on a free port, with persistence in a temporary directory
 /// (so a subscriber's session survives a broker restart, as the operator's would).
 pub struct Broker {
@@ -54,11 +67,19 @@ impl Broker {
             dir,
             child: None,
         };
-        b.spawn().await;
-        b
+        // A free port can be taken by another test between our probe and mosquitto's bind:
+        // then try another one.
+        for _ in 0..5 {
+            if b.spawn().await {
+                return b;
+            }
+            b.port = free_port();
+        }
+        panic!("mosquitto would not start; its log:\n{}", b.log());
     }
 
-    async fn spawn(&mut self) {
+    /// Starts mosquitto on `self.port`; false when it exited at once (port taken).
+    async fn spawn(&mut self) -> bool {
         let conf = self.dir.path().join("mosquitto.conf");
         // Started as root, mosquitto drops to the `mosquitto` user, which cannot write our
         // private temporary directory: persistence would fail silently. Stay the test's user
@@ -80,7 +101,7 @@ impl Broker {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
+        let mut child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -89,15 +110,26 @@ impl Broker {
             .unwrap_or_else(|e| {
                 panic!(
                     "cannot start mosquitto ({e}). The tests need the real broker: \
-                     install it with `apt-get install -y mosquitto` (Debian) or run `.ci/run`"
+                     install it with `apt-get install -y mosquitto` (Debian), or run `tests/run`, \
+                     which does"
                 )
             });
-        self.child = Some(child);
         let port = self.port;
-        wait_for("mosquitto to listen", DEADLINE, || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        let up = wait_for("mosquitto to listen or exit", DEADLINE, || {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(true);
+            }
+            matches!(child.try_wait(), Ok(Some(_))).then_some(false)
         })
         .await;
+        if up {
+            self.child = Some(child);
+        }
+        up
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Stops the broker (SIGTERM, so it saves its sessions), as an outage would.
@@ -114,7 +146,11 @@ impl Broker {
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
         self.stop();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "mosquitto did not restart; its log:\n{}",
+            self.log()
+        );
     }
 }
 

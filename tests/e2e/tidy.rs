@@ -1,0 +1,43 @@
+//! Architecture invariants that a grep can enforce (as rust-analyzer's tidy test does).
+
+use std::path::Path;
+
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src/core") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("read source");
+            out.push((path.display().to_string(), text));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_core_does_no_io_and_reads_no_clock() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let files = sources(&core);
+    assert!(!files.is_empty(), "src/core has sources");
+    let forbidden = [
+        "tokio::",
+        "rusqlite::",
+        "rumqttc::",
+        "tokio_modbus::",
+        "rppal::",
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "::now(",
+    ];
+    for (path, text) in files {
+        for word in forbidden {
+            assert!(
+                !text.contains(word),
+                "{path} names `{word}`: the core must stay pure"
+            );
+        }
+    }
+}
