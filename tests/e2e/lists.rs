@@ -212,3 +212,52 @@ async fn a_packet_over_the_transport_ceiling_raises_an_alarm_and_the_gate_recove
         .await;
     assert_eq!(swipe(&w, "0077700001").await["reason"], "staff");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_apply_on_their_base_and_the_deny_list_wins() {
+    let w = World::start().await;
+    let delta_topic = "acs/hq/lists/staff/delta";
+    let gap = r#"{"list":"staff","site":"hq","version":4,"base":3,"remove":["E1001"]}"#;
+    w.centre.publish(delta_topic, gap, false).await;
+    let ack = w
+        .centre
+        .wait_json("the gap's ack", ACK, |a| a["ref"] == "staff@4")
+        .await;
+    assert_eq!(
+        (ack["ok"].as_bool(), ack["error"].as_str()),
+        (Some(false), Some("version_gap"))
+    );
+    assert_eq!(
+        swipe(&w, "0012345678").await["reason"],
+        "staff",
+        "nothing changed"
+    );
+
+    let delta = r#"{"list":"staff","site":"hq","version":2,"base":1,
+        "upsert":[{"subject":"E3003","credentials":[{"kind":"card","id":"0033300003"}],"gates":["east-1"]}]}"#;
+    w.centre.publish(delta_topic, delta, false).await;
+    w.centre
+        .wait_json("staff@2 applied", ACK, |a| {
+            a["ref"] == "staff@2" && a["ok"] == true
+        })
+        .await;
+    assert_eq!(swipe(&w, "0033300003").await["reason"], "staff");
+
+    let deny = r#"{"list":"deny","site":"hq","version":1,
+        "entries":[{"kind":"card","id":"0012345678","reason":"reported lost"}]}"#;
+    w.centre.publish("acs/hq/lists/deny", deny, true).await;
+    w.centre
+        .wait_json("deny@1 applied", ACK, |a| {
+            a["ref"] == "deny@1" && a["ok"] == true
+        })
+        .await;
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(
+        (e["decision"].as_str(), e["reason"].as_str()),
+        (Some("denied"), Some("denylisted"))
+    );
+    assert_eq!(
+        e["subject"], "E1001",
+        "the event still names whose card it was"
+    );
+}
