@@ -332,8 +332,8 @@ impl Checker<'_> {
 
         let sspan = raw.store.span();
         let store = raw.store.into_inner();
-        if store.outbox_quota < 1000 {
-            return self.err(sspan, "store.outbox_quota", "must be at least 1000 events");
+        if !(1000..=1_000_000_000_000).contains(&store.outbox_quota) {
+            return self.err(sspan, "store.outbox_quota", "must be 1000..=10^12 events");
         }
 
         let mqtt = match raw.mqtt {

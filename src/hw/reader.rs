@@ -107,12 +107,13 @@ async fn run(
     let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut wait = Duration::ZERO;
+    let mut seen = Seen::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = match poll_once(&cfg, &lane, &relay, &shared, &mut conn).await {
+        wait = match poll_once(&cfg, &lane, &relay, &shared, &mut conn, &mut seen).await {
             Ok(handled) => {
                 backoff.reset();
                 // An event was handled: look again at once, the next may be queued behind it.
@@ -126,6 +127,28 @@ async fn run(
     }
 }
 
+/// What this task remembers of its mailbox, so that a misbehaving device cannot make it spin.
+#[derive(Default)]
+struct Seen {
+    /// The last head this task acked successfully.
+    acked: Option<u16>,
+    /// The last garbled head alarmed about: one alarm per event, not one per poll.
+    garbage: Option<u16>,
+}
+
+impl Seen {
+    /// A device that still shows the event just acked has not taken the ack: a fault, which
+    /// backs the task off instead of re-acking in a tight loop.
+    fn check_kept(&self, head_seq: u16) -> Result<(), DeviceError> {
+        if self.acked == Some(head_seq) {
+            return Err(DeviceError::Garbage(format!(
+                "device still shows event {head_seq} after it was acked"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One poll: `Ok(true)` when an event was handled.
 async fn poll_once(
     cfg: &ReaderConfig,
@@ -133,6 +156,7 @@ async fn poll_once(
     relay: &RelayHandle,
     shared: &Shared,
     conn: &mut ModbusTcp,
+    seen: &mut Seen,
 ) -> Result<bool, DeviceError> {
     let regs = conn
         .read_input_registers(cfg.input_base, MAILBOX_LEN)
@@ -150,17 +174,22 @@ async fn poll_once(
         Err(what) => {
             // Nothing can be decided on a garbled event; it is kept as an alarm, then acked so
             // that the lane does not stall behind it. It never grants.
-            let detail = format!("mailbox event {head_seq} dropped: {what}");
-            tracing::warn!(reader = %cfg.name, "{detail}");
-            if shared
-                .alarm("reader_garbage", &cfg.name, &detail)
-                .await
-                .is_err()
-            {
-                return Ok(false); // keep the event in the device until the store can log it
+            seen.check_kept(head_seq)?;
+            if seen.garbage != Some(head_seq) {
+                let detail = format!("mailbox event {head_seq} dropped: {what}");
+                tracing::warn!(reader = %cfg.name, "{detail}");
+                if shared
+                    .alarm("reader_garbage", &cfg.name, &detail)
+                    .await
+                    .is_err()
+                {
+                    return Ok(false); // keep it in the device until the store can log it
+                }
+                seen.garbage = Some(head_seq);
             }
             conn.write_single_register(cfg.ack_register, head_seq)
                 .await?;
+            seen.acked = Some(head_seq);
             return Ok(true);
         }
     };
@@ -196,6 +225,7 @@ async fn poll_once(
             shared.publish_decision(&cfg.name, &event);
         }
         Ok(PassOutcome::AlreadyRecorded) => {
+            seen.check_kept(head_seq)?;
             tracing::info!(reader = %cfg.name, head_seq, "mailbox event already recorded; acking it again");
         }
         Err(e) => {
@@ -208,6 +238,7 @@ async fn poll_once(
     }
     conn.write_single_register(cfg.ack_register, head_seq)
         .await?;
+    seen.acked = Some(head_seq);
     Ok(true)
 }
 

@@ -158,7 +158,9 @@ impl Db {
         }
         tx.commit()?;
         self.pending += added;
-        self.after_insert(inputs.last().map_or(0, |i| i.now))?;
+        // The passes are committed: whatever happens to the alarm, they stay recorded and
+        // their lanes may open.
+        self.after_insert(inputs.last().map_or(0, |i| i.now));
         Ok(out)
     }
 
@@ -172,7 +174,7 @@ impl Db {
         let event = insert_event(&tx, &self.gate, draft, now)?;
         tx.commit()?;
         self.pending += 1;
-        self.after_insert(now)?;
+        self.after_insert(now);
         Ok(event)
     }
 
@@ -192,16 +194,17 @@ impl Db {
 
     /// Raises `outbox_high` once when the outbox crosses 80% of its quota, and again after it
     /// has fallen below 70%. Nothing is ever deleted to make room (G4).
-    fn after_insert(&mut self, now: UnixMs) -> Result<(), StoreError> {
+    fn after_insert(&mut self, now: UnixMs) {
         if !self.high_alarm_raised && self.pending * 100 >= self.quota * HIGH_WATER_PERCENT {
             self.high_alarm_raised = true;
             let detail = format!(
                 "{} of {} outbox entries await the broker; nothing is deleted to make room",
                 self.pending, self.quota
             );
-            self.record_alarm("outbox_high", "outbox", &detail, now)?;
+            if let Err(e) = self.record_alarm("outbox_high", "outbox", &detail, now) {
+                tracing::error!(error = %e, "{detail}; the alarm could not be recorded");
+            }
         }
-        Ok(())
     }
 
     // ---- outbox ------------------------------------------------------------------------------

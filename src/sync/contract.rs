@@ -313,6 +313,17 @@ impl std::fmt::Display for Refusal {
 }
 
 const MAX_ID_LEN: usize = 64;
+/// Versions are stored as SQLite integers (i64); a larger one could never be superseded.
+const MAX_VERSION: u64 = i64::MAX as u64;
+
+fn check_version(what: &str, v: u64) -> Result<(), Refusal> {
+    if v == 0 || v > MAX_VERSION {
+        return Err(malformed(format!(
+            "{what} {v} is not within 1..={MAX_VERSION}"
+        )));
+    }
+    Ok(())
+}
 
 fn malformed(what: impl Into<String>) -> Refusal {
     Refusal::Malformed(what.into())
@@ -462,6 +473,7 @@ pub fn parse_snapshot(topic_list: ListName, body: &[u8]) -> Result<Snapshot, Ref
             topic_list.as_str()
         )));
     }
+    check_version("version", raw.version)?;
     if let Some(t) = &raw.issued_at {
         parse_ts(t).map_err(|e| malformed(format!("issued_at: {e}")))?;
     }
@@ -485,6 +497,7 @@ pub fn parse_delta(topic_list: ListName, body: &[u8]) -> Result<Delta, Refusal> 
             topic_list.as_str()
         )));
     }
+    check_version("version", raw.version)?;
     if raw.version <= raw.base {
         return Err(malformed(format!(
             "delta version {} is not above its base {}",
@@ -624,6 +637,16 @@ mod tests {
         let bad_key = br#"{"list":"deny","site":"hq","version":4,"base":3,"remove":["7"]}"#;
         assert_eq!(
             parse_delta(ListName::Deny, bad_key).unwrap_err().code(),
+            "malformed"
+        );
+        let huge = br#"{"list":"staff","site":"hq","version":9223372036854775808,"base":3}"#;
+        assert_eq!(
+            parse_delta(ListName::Staff, huge).unwrap_err().code(),
+            "malformed"
+        );
+        let zero = br#"{"list":"staff","site":"hq","version":0,"entries":[]}"#;
+        assert_eq!(
+            parse_snapshot(ListName::Staff, zero).unwrap_err().code(),
             "malformed"
         );
         let backwards = br#"{"list":"staff","site":"hq","version":3,"base":3}"#;

@@ -1,27 +1,31 @@
-//! The MQTT link: one task owns the broker connection. It drains the outbox (uplink), applies
-//! lists (downlink), and keeps the retained status current.
+//! The MQTT link: two connections to the broker, each the one owner of its job.
+//!
+//! - The uplink (client id `mqtt.client_id`, with the last will) drains the outbox and keeps
+//!   the retained status current. It subscribes to nothing, so nothing the broker holds for
+//!   the gate (a huge or hostile retained list) can stand between it and its PUBACKs.
+//! - The downlink (client id `{client_id}-lists`) subscribes to the site's lists, applies them
+//!   and publishes the acks. If a list poisons its connection, events still flow.
 //!
 //! G3, at least once and in order: a row leaves the outbox only when the PUBACK for the
 //! message that carried it arrives. rumqttc announces each QoS 1 publish as
 //! `Outgoing::Publish(pkid)` in the order publishes were queued, so a FIFO of what was queued
 //! maps packet ids to outbox rows; PUBACK then names the row.
 //!
-//! The event loop is driven by its own task and its events are forwarded over a channel:
-//! `EventLoop::poll` is not cancel-safe (a request taken from the queue can be lost mid-write),
-//! so it must never be a branch of a `select!` that other branches can win.
-//!
 //! Every connection gets a fresh rumqttc client and event loop. rumqttc drops queued and
 //! in-flight publishes on a clean-session reconnect (and keeps nothing across restarts), so
-//! after every ConnAck the outbox is sent again from its oldest row. Recreating the pair also
-//! guarantees no publish of a dead connection can slip out of order on the next one.
+//! after every ConnAck the outbox is sent again from its oldest row. The event loop is driven
+//! by its own task and its events forwarded over a channel: `EventLoop::poll` is not
+//! cancel-safe (a request taken from the queue can be lost mid-write), so it must never be a
+//! branch of a `select!` that other branches can win.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use super::contract::{ListName, OutboxStatus, Status, Topics, format_ts};
+use super::contract::{ListName, ListVersions, OutboxStatus, Status, Topics, format_ts};
 use super::downlink;
 use super::envelope::Envelope;
 use crate::config::MqttConfig;
@@ -35,30 +39,87 @@ enum Tag {
     Other,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    Uplink,
+    Downlink,
+}
+
 /// Acknowledged rows are deleted from the outbox in batches, at least this often.
 const ACK_FLUSH: Duration = Duration::from_millis(20);
 const ACK_BATCH: usize = 256;
+/// A connection that stayed up this long was healthy: the next failure starts the backoff
+/// over. One that died sooner (a broker that refuses us, a poisoned subscription) keeps
+/// backing off, up to `MAX_BACKOFF`.
+const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Runs both connections until shutdown.
 pub async fn run(
     cfg: MqttConfig,
     topics: Topics,
     shared: Shared,
-    mut kick: mpsc::Receiver<()>,
+    kick: mpsc::Receiver<()>,
+    shutdown: watch::Receiver<bool>,
+) {
+    // The downlink tells the uplink when list versions change, so status shows them at once.
+    let link = std::sync::Arc::new(Link {
+        cfg,
+        topics,
+        shared,
+        lists_changed: watch::channel(0u64).0,
+    });
+    let down = tokio::spawn(run_role(
+        Role::Downlink,
+        link.clone(),
+        None,
+        shutdown.clone(),
+    ));
+    run_role(Role::Uplink, link, Some(kick), shutdown).await;
+    let _ = down.await;
+}
+
+/// What both roles need.
+struct Link {
+    cfg: MqttConfig,
+    topics: Topics,
+    shared: Shared,
+    lists_changed: watch::Sender<u64>,
+}
+
+async fn run_role(
+    role: Role,
+    link: std::sync::Arc<Link>,
+    mut kick: Option<mpsc::Receiver<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     let envelope = Envelope::Unsigned;
+    // An oversize packet is alarmed once, not on every reconnect it causes.
+    let mut oversize_alarmed = false;
     loop {
-        let end = Connection::new(&cfg, &topics, &shared, &envelope)
-            .run(&mut kick, &mut shutdown)
-            .await;
+        let started = Instant::now();
+        let mut conn = Connection::new(role, &link, &envelope);
+        let end = conn.run(kick.as_mut(), &mut shutdown).await;
+        if let End::Lost(Some(e)) = &end {
+            if is_oversize(e) {
+                if !oversize_alarmed {
+                    oversize_alarmed = true;
+                    conn.alarm_oversize(e).await;
+                }
+            } else if conn.connected {
+                oversize_alarmed = false;
+            }
+        }
         match end {
             End::Shutdown => return,
-            End::Lost { was_connected } => {
-                if was_connected {
+            End::Lost(_) => {
+                if role == Role::Uplink {
+                    link.shared.health.set("broker", "disconnected");
+                }
+                if started.elapsed() >= HEALTHY_UPTIME {
                     backoff.reset();
                 }
-                shared.health.set("broker", "disconnected");
             }
         }
         // rumqttc retries at once on its own (#703): wait here, with jitter.
@@ -72,34 +133,48 @@ pub async fn run(
 
 enum End {
     Shutdown,
-    Lost { was_connected: bool },
+    Lost(Option<ConnectionError>),
 }
 
-fn options(cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+fn is_oversize(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
+}
+
+fn options(role: Role, cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
+    let id = match role {
+        Role::Uplink => cfg.client_id.clone(),
+        Role::Downlink => format!("{}-lists", cfg.client_id),
+    };
+    let mut o = MqttOptions::new(id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(cfg.inflight);
     // Incoming leaves room above our own limit, so that an oversize list reaches us and is
     // acked `too_large` instead of breaking the connection on every reconnect.
     o.set_max_packet_size(cfg.max_message_bytes.saturating_mul(2), 1024 * 1024);
-    o.set_last_will(LastWill::new(
-        topics.status(),
-        br#"{"online":false}"#.to_vec(),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    if role == Role::Uplink {
+        o.set_last_will(LastWill::new(
+            topics.status(),
+            br#"{"online":false}"#.to_vec(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     o
 }
 
 struct Connection<'a> {
-    cfg: &'a MqttConfig,
-    topics: &'a Topics,
-    shared: &'a Shared,
+    role: Role,
+    link: &'a Link,
     envelope: &'a Envelope,
     client: AsyncClient,
     /// What the event loop task saw; it ends after the first error.
-    events: mpsc::UnboundedReceiver<Result<Event, rumqttc::ConnectionError>>,
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
     poller: tokio::task::JoinHandle<()>,
     connected: bool,
     /// Publishes queued with the client but not yet announced by the event loop.
@@ -110,32 +185,30 @@ struct Connection<'a> {
     cursor: i64,
     /// Rows acknowledged but not yet deleted from the outbox.
     acked: Vec<i64>,
+    /// The last outbox read failed: retry on the next flush tick, not only on the next kick.
+    fill_failed: bool,
 }
 
 impl<'a> Connection<'a> {
-    fn new(
-        cfg: &'a MqttConfig,
-        topics: &'a Topics,
-        shared: &'a Shared,
-        envelope: &'a Envelope,
-    ) -> Self {
+    fn new(role: Role, link: &'a Link, envelope: &'a Envelope) -> Self {
         // Room for the whole window plus acks and status, so `try_publish` never finds it full.
-        let cap = usize::from(cfg.inflight) + 64;
-        let (client, mut eventloop) = AsyncClient::new(options(cfg, topics), cap);
-        let (tx, events) = mpsc::unbounded_channel();
+        let cap = usize::from(link.cfg.inflight) + 64;
+        let (client, mut eventloop) = AsyncClient::new(options(role, &link.cfg, &link.topics), cap);
+        // Bounded: while a large list is being applied, the poller waits instead of reading
+        // (and buffering) more of what the broker sends.
+        let (tx, events) = mpsc::channel(256);
         let poller = tokio::spawn(async move {
             loop {
                 let ev = eventloop.poll().await;
                 let last = matches!(ev, Err(_) | Ok(Event::Outgoing(Outgoing::Disconnect)));
-                if tx.send(ev).is_err() || last {
+                if tx.send(ev).await.is_err() || last {
                     return;
                 }
             }
         });
         Self {
-            cfg,
-            topics,
-            shared,
+            role,
+            link,
             envelope,
             client,
             events,
@@ -145,40 +218,49 @@ impl<'a> Connection<'a> {
             inflight: HashMap::new(),
             cursor: 0,
             acked: Vec::new(),
+            fill_failed: false,
         }
     }
 
+    fn broker(&self) -> String {
+        format!("{}:{}", self.link.cfg.host, self.link.cfg.port)
+    }
+
     async fn run(
-        mut self,
-        kick: &mut mpsc::Receiver<()>,
+        &mut self,
+        mut kick: Option<&mut mpsc::Receiver<()>>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
+        let uplink = self.role == Role::Uplink;
         let mut flush = tokio::time::interval(ACK_FLUSH);
-        let mut status_tick = tokio::time::interval(self.cfg.status_interval);
-        let mut health = self.shared.health.watch();
+        let mut status_tick = tokio::time::interval(self.link.cfg.status_interval);
+        let mut health = self.link.shared.health.watch();
+        let mut lists = self.link.lists_changed.subscribe();
         let end = loop {
             tokio::select! {
                 ev = self.events.recv() => match ev {
-                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
-                        break End::Lost { was_connected: self.connected };
-                    }
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | None => break End::Lost(None),
                     Some(Ok(ev)) => {
                         if let Err(why) = self.on_event(ev).await {
-                            tracing::warn!(broker = %self.cfg.host, "{why}; reconnecting");
-                            break End::Lost { was_connected: self.connected };
+                            tracing::warn!(broker = %self.broker(), role = ?self.role, "{why}; reconnecting");
+                            break End::Lost(None);
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(broker = %format!("{}:{}", self.cfg.host, self.cfg.port), error = %e, "MQTT connection lost");
-                        self.on_connection_error(&e).await;
-                        break End::Lost { was_connected: self.connected };
+                        tracing::warn!(broker = %self.broker(), role = ?self.role, error = %e, "MQTT connection lost");
+                        break End::Lost(Some(e));
                     }
-                    None => break End::Lost { was_connected: self.connected },
                 },
-                Some(()) = kick.recv(), if self.connected => self.fill().await,
-                _ = flush.tick() => self.flush_acks().await,
-                _ = status_tick.tick(), if self.connected => self.publish_status(true).await,
-                Ok(()) = health.changed(), if self.connected => self.publish_status(true).await,
+                Some(()) = recv_kick(&mut kick), if self.connected => self.fill().await,
+                _ = flush.tick(), if uplink => {
+                    self.flush_acks().await;
+                    if self.fill_failed {
+                        self.fill().await;
+                    }
+                }
+                _ = status_tick.tick(), if uplink && self.connected => self.publish_status(true).await,
+                Ok(()) = health.changed(), if uplink && self.connected => self.publish_status(true).await,
+                Ok(()) = lists.changed(), if uplink && self.connected => self.publish_status(true).await,
                 _ = shutdown.changed() => {
                     self.goodbye().await;
                     break End::Shutdown;
@@ -196,23 +278,36 @@ impl<'a> Connection<'a> {
                 if ack.code != rumqttc::ConnectReturnCode::Success {
                     return Err(format!("broker refused the connection: {:?}", ack.code));
                 }
-                tracing::info!(broker = %format!("{}:{}", self.cfg.host, self.cfg.port), "MQTT connected");
+                tracing::info!(broker = %self.broker(), role = ?self.role, "MQTT connected");
                 self.connected = true;
-                self.shared.health.set("broker", "ok");
-                let subs = ListName::ALL
-                    .into_iter()
-                    .flat_map(|l| [self.topics.list(l), self.topics.list_delta(l)])
-                    .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
-                self.client
-                    .try_subscribe_many(subs)
-                    .map_err(|e| format!("subscribe failed: {e}"))?;
-                self.publish_status(true).await;
-                // Everything unacknowledged goes again, oldest first.
-                self.cursor = 0;
-                self.fill().await;
+                match self.role {
+                    Role::Uplink => {
+                        self.link.shared.health.set("broker", "ok");
+                        self.publish_status(true).await;
+                        // Everything unacknowledged goes again, oldest first.
+                        self.cursor = 0;
+                        self.fill().await;
+                    }
+                    Role::Downlink => {
+                        let subs = ListName::ALL
+                            .into_iter()
+                            .flat_map(|l| {
+                                [self.link.topics.list(l), self.link.topics.list_delta(l)]
+                            })
+                            .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                        self.client
+                            .try_subscribe_many(subs)
+                            .map_err(|e| format!("subscribe failed: {e}"))?;
+                    }
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let tag = self.queued.pop_front().unwrap_or(Tag::Other);
+                // Every publish of ours is in `queued`; an announcement without one means the
+                // mapping cannot be trusted: start over on a new connection.
+                let tag = self
+                    .queued
+                    .pop_front()
+                    .ok_or_else(|| format!("publish {pkid} announced but none was queued"))?;
                 self.inflight.insert(pkid, tag);
             }
             Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
@@ -226,53 +321,65 @@ impl<'a> Connection<'a> {
                         self.flush_acks().await;
                     }
                 }
-                self.fill().await;
-            }
-            Event::Incoming(Packet::Publish(p)) => {
-                let now = crate::clock::now_ms();
-                let ack = downlink::handle(
-                    self.topics,
-                    self.envelope,
-                    self.cfg.max_message_bytes,
-                    &self.shared.store,
-                    &p.topic,
-                    p.payload,
-                    now,
-                )
-                .await;
-                if let Some(ack) = ack {
-                    let body = serde_json::to_vec(&ack).unwrap_or_default();
-                    self.publish(self.topics.ack(), body, false, Tag::Other);
-                    // The list versions changed (or not): status says which are in force.
-                    self.publish_status(true).await;
+                if self.role == Role::Uplink {
+                    self.fill().await;
                 }
+            }
+            Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
+                self.on_list(&p.topic, p.payload).await;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// A packet over the transport's ceiling cannot be read, so it cannot be acked
-    /// `too_large`; and if it is retained it comes again on every reconnect. Say so loudly: the
-    /// fix is the broker's `max_packet_size` (see config/mosquitto.example.conf).
-    async fn on_connection_error(&self, e: &rumqttc::ConnectionError) {
-        use rumqttc::mqttbytes::Error as Wire;
-        if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-            Wire::PayloadSizeLimitExceeded(len),
-        )) = e
+    async fn on_list(&mut self, topic: &str, payload: bytes::Bytes) {
+        let link = self.link;
+        let now = crate::clock::now_ms();
+        let Some(ack) = downlink::handle(
+            &link.topics,
+            self.envelope,
+            link.cfg.max_message_bytes,
+            &link.shared.store,
+            topic,
+            payload,
+            now,
+        )
+        .await
+        else {
+            return;
+        };
+        // After a gap (or a failed apply) the snapshot in force must come again: resubscribing
+        // to the snapshot topic makes the broker resend the retained one.
+        if matches!(ack.error.as_deref(), Some("version_gap" | "store_error"))
+            && let Some((list, _)) = link.topics.parse_list_topic(topic)
         {
-            let detail = format!(
-                "the broker sent a {len}-byte packet, over the {}-byte ceiling (twice \
-                 mqtt.max_message_bytes); it was dropped with the connection. Limit \
-                 max_packet_size on the broker",
-                self.cfg.max_message_bytes.saturating_mul(2)
-            );
-            tracing::error!("{detail}");
-            let _ = self
-                .shared
-                .alarm("oversize_packet", "broker", &detail)
-                .await;
+            let t = link.topics.list(list);
+            let _ = self.client.try_unsubscribe(t.clone());
+            let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
         }
+        let body = serde_json::to_vec(&ack).unwrap_or_default();
+        self.publish(link.topics.ack(), body, false, Tag::Other);
+        link.lists_changed.send_modify(|v| *v += 1);
+    }
+
+    /// A packet over the transport's ceiling cannot be read, so it cannot be acked
+    /// `too_large`; if it is retained it comes again on every reconnect of the downlink. Say so
+    /// loudly: the fix is the broker's `max_packet_size` (config/mosquitto.example.conf), or
+    /// clearing the retained message. Events keep flowing on the uplink meanwhile.
+    async fn alarm_oversize(&self, e: &ConnectionError) {
+        let detail = format!(
+            "the broker sent a packet over the {}-byte ceiling (twice mqtt.max_message_bytes): \
+             {e}. The list connection drops it and retries with backoff; limit max_packet_size \
+             on the broker, or clear the retained message",
+            self.link.cfg.max_message_bytes.saturating_mul(2)
+        );
+        tracing::error!("{detail}");
+        let _ = self
+            .link
+            .shared
+            .alarm("oversize_packet", "broker", &detail)
+            .await;
     }
 
     fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, tag: Tag) -> bool {
@@ -293,7 +400,7 @@ impl<'a> Connection<'a> {
 
     /// Queues outbox rows until the window is full.
     async fn fill(&mut self) {
-        let window = usize::from(self.cfg.inflight);
+        let window = usize::from(self.link.cfg.inflight);
         while self.connected {
             let room = window.saturating_sub(self.queued.len() + self.inflight.len());
             if room == 0 {
@@ -301,6 +408,7 @@ impl<'a> Connection<'a> {
             }
             let after = self.cursor;
             let rows = match self
+                .link
                 .shared
                 .store
                 .call(move |db| db.pending(after, room))
@@ -309,9 +417,11 @@ impl<'a> Connection<'a> {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
+                    self.fill_failed = true;
                     return;
                 }
             };
+            self.fill_failed = false;
             if rows.is_empty() {
                 return;
             }
@@ -321,8 +431,8 @@ impl<'a> Connection<'a> {
                     continue; // acked, delete pending
                 }
                 let topic = match row.stream {
-                    Stream::Event => self.topics.event(),
-                    Stream::Alarm => self.topics.alarm(),
+                    Stream::Event => self.link.topics.event(),
+                    Stream::Alarm => self.link.topics.alarm(),
                 };
                 if !self.publish(
                     topic,
@@ -344,32 +454,33 @@ impl<'a> Connection<'a> {
         let rows = std::mem::take(&mut self.acked);
         let n = rows.len();
         let retry = rows.clone();
-        if let Err(e) = self.shared.store.call(move |db| db.acked(&rows)).await {
+        if let Err(e) = self.link.shared.store.call(move |db| db.acked(&rows)).await {
             // Keep them; they are deleted on the next flush (or sent again after a restart).
             tracing::error!(error = %e, rows = n, "cannot delete acknowledged rows");
             self.acked = retry;
         }
     }
 
-    /// Builds the status. A free-standing borrow of `Shared`, not of `self`: the event loop is
-    /// not `Sync`, so `&self` must not be held across an await.
+    /// Builds the status. A free-standing borrow of `Shared`, not of `self`: the client is not
+    /// `Sync`, so `&self` must not be held across an await.
     async fn status(shared: &Shared, online: bool) -> Status {
         let store = shared
             .store
             .call(|db| Ok((db.list_versions()?, db.outbox_stats()?)))
             .await;
-        let (lists, outbox) = match store {
+        let (lists, outbox, store_state) = match store {
             Ok((l, o)) => (
                 l,
                 OutboxStatus {
                     pending: o.pending,
                     oldest_ts: o.oldest_ts.map(format_ts),
                 },
+                None,
             ),
             Err(e) => {
                 tracing::error!(error = %e, "status: store unavailable");
                 (
-                    super::contract::ListVersions {
+                    ListVersions {
                         staff: 0,
                         visitors: 0,
                         deny: 0,
@@ -378,11 +489,16 @@ impl<'a> Connection<'a> {
                         pending: 0,
                         oldest_ts: None,
                     },
+                    Some("unavailable"),
                 )
             }
         };
         let mut devices = shared.health.snapshot();
         devices.remove("broker");
+        if let Some(s) = store_state {
+            // Zeros above would read as "no lists, nothing pending": say they are unknown.
+            devices.insert("store".into(), s.into());
+        }
         Status {
             online,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -397,9 +513,9 @@ impl<'a> Connection<'a> {
     }
 
     async fn publish_status(&mut self, online: bool) {
-        let s = Self::status(self.shared, online).await;
+        let s = Self::status(&self.link.shared, online).await;
         let body = serde_json::to_vec(&s).unwrap_or_default();
-        self.publish(self.topics.status(), body, true, Tag::Other);
+        self.publish(self.link.topics.status(), body, true, Tag::Other);
     }
 
     /// On shutdown: say we are going offline (retained), then disconnect cleanly.
@@ -407,13 +523,12 @@ impl<'a> Connection<'a> {
         if !self.connected {
             return;
         }
-        self.publish_status(false).await;
+        if self.role == Role::Uplink {
+            self.publish_status(false).await;
+        }
         let _ = self.client.try_disconnect();
         let drain = async {
-            loop {
-                let Some(ev) = self.events.recv().await else {
-                    return;
-                };
+            while let Some(ev) = self.events.recv().await {
                 match ev {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(Tag::Outbox(rowid)) = self.inflight.remove(&ack.pkid) {
@@ -421,8 +536,9 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        let tag = self.queued.pop_front().unwrap_or(Tag::Other);
-                        self.inflight.insert(pkid, tag);
+                        if let Some(tag) = self.queued.pop_front() {
+                            self.inflight.insert(pkid, tag);
+                        }
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
                     Ok(_) => {}
@@ -430,5 +546,13 @@ impl<'a> Connection<'a> {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+}
+
+/// The uplink's outbox signal; the downlink has none and never wakes on it.
+async fn recv_kick(kick: &mut Option<&mut mpsc::Receiver<()>>) -> Option<()> {
+    match kick {
+        Some(k) => k.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -80,6 +80,12 @@ async fn d_bad_lists_are_refused_with_their_reason_and_change_nothing() {
             a["ref"] == "staff@5" && a["ok"] == true
         })
         .await;
+    w.centre
+        .wait_json("status at staff version 5", STATUS, |s| {
+            s["lists"]["staff"] == 5
+        })
+        .await;
+    let statuses_at_5 = w.centre.on(STATUS).len();
 
     // Above max_message_bytes (256 KiB), below the transport's ceiling (twice that).
     let huge = staff_snapshot(
@@ -152,17 +158,22 @@ async fn d_bad_lists_are_refused_with_their_reason_and_change_nothing() {
         swipe(&w, "0066600001").await["reason"],
         "unknown_credential"
     );
-    w.centre
-        .wait_json("status still at staff version 5", STATUS, |s| {
-            s["lists"]["staff"] == 5
-        })
-        .await;
+    // Each ack is followed by a status; wait for all of them, then none may show another
+    // version than 5.
+    wait_for("a status after every refusal", DEADLINE, || {
+        (w.centre.on(STATUS).len() > statuses_at_5 + 6).then_some(())
+    })
+    .await;
+    let versions: Vec<_> = w
+        .centre
+        .on(STATUS)
+        .iter()
+        .skip(statuses_at_5)
+        .map(|m| m.json()["lists"]["staff"].clone())
+        .collect();
     assert!(
-        w.centre
-            .on(STATUS)
-            .iter()
-            .all(|m| m.json()["lists"]["staff"].as_u64() <= Some(5)),
-        "no refused version was ever in force"
+        versions.iter().all(|v| v == 5),
+        "staff versions in status after the refusals: {versions:?}"
     );
 }
 

@@ -176,3 +176,49 @@ async fn g_a_silent_reader_raises_an_alarm_shows_in_status_and_spares_the_other_
         .wait_json("lane 0's grant", EVENT, |e| e["lane"] == 0)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_mailbox_event_is_an_alarm_never_a_grant_and_the_lane_goes_on() {
+    let w = World::start().await;
+    let bad = w
+        .devices
+        .reader1
+        .present_raw(9, b"0012345678", 0)
+        .expect("present garbage");
+    let alarm = w
+        .centre
+        .wait_json("a reader_garbage alarm", ALARM, |a| {
+            a["alarm"] == "reader_garbage"
+        })
+        .await;
+    assert!(
+        alarm["detail"].as_str().unwrap_or("").contains("kind 9"),
+        "{alarm}"
+    );
+    wait_for("the garbled event to be acked", DEADLINE, || {
+        w.devices.reader1.acked().contains(&bad).then_some(())
+    })
+    .await;
+    // The lane is not stuck behind it, and the garbage opened nothing.
+    w.devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    let e = w.centre.wait_json("the next pass", EVENT, |_| true).await;
+    assert_eq!(
+        (e["seq"].as_u64(), e["reason"].as_str()),
+        (Some(1), Some("staff"))
+    );
+    assert_eq!(
+        w.devices.relay.pulses().len(),
+        1,
+        "only the valid card opened the lane"
+    );
+    let garbage_alarms = w
+        .centre
+        .on(ALARM)
+        .iter()
+        .filter(|m| m.json()["alarm"] == "reader_garbage")
+        .count();
+    assert_eq!(garbage_alarms, 1);
+}
