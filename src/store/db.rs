@@ -273,66 +273,157 @@ impl Db {
     }
 
     pub fn list_version(&self, list: ListName) -> Result<u64, StoreError> {
-        Ok(version_in_force(&self.conn, list)?)
+        Ok(in_force(&self.conn, list)?.version)
     }
 
-    /// Replaces a list atomically: one transaction, so a decision reads the old list or the
-    /// new one, never a mix. A version not newer than the one in force changes nothing.
+    /// Replaces a list in one call: every step of the chunked apply, back to back. The daemon
+    /// uses `Store::apply_snapshot`, which lets passes run between the steps.
     pub fn apply_snapshot(&mut self, s: &Snapshot) -> Result<Result<Applied, Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let current = version_in_force(&tx, s.list)?;
-        if s.version == current {
-            return Ok(Ok(Applied::AlreadyInForce { version: current }));
-        }
-        if s.version < current {
-            return Ok(Err(Refusal::Stale(format!(
-                "version {} is older than {} in force",
-                s.version, current
-            ))));
-        }
-        match s.list {
-            ListName::Staff => {
-                tx.execute_batch("DELETE FROM staff_credential; DELETE FROM staff;")?
+        let generation = match self.snapshot_begin(s.list, s.version)? {
+            Err(r) => return Ok(Err(r)),
+            Ok(SnapshotStep::AlreadyInForce { version }) => {
+                return Ok(Ok(Applied::AlreadyInForce { version }));
             }
-            ListName::Visitors => {
-                tx.execute_batch("DELETE FROM invitation_credential; DELETE FROM invitation;")?
-            }
-            ListName::Deny => tx.execute_batch("DELETE FROM deny;")?,
+            Ok(SnapshotStep::Write { generation }) => generation,
+        };
+        if let Err(r) = self.snapshot_write(s.list, generation, &s.entries, 0..s.entries.len())? {
+            self.snapshot_abort(s.list, generation)?;
+            return Ok(Err(r));
         }
-        if let Err(refusal) = upsert_entries(&tx, &s.entries)? {
-            return Ok(Err(refusal)); // dropping `tx` rolls back
-        }
-        set_version(&tx, s.list, s.version, s.issued_at.as_deref())?;
-        tx.commit()?;
-        Ok(Ok(Applied::Applied { version: s.version }))
+        let applied =
+            self.snapshot_commit(s.list, s.version, generation, s.issued_at.as_deref())?;
+        while self.drop_stale_generations(s.list, SNAPSHOT_CHUNK)? > 0 {}
+        Ok(applied)
     }
 
-    /// Applies changes on top of `base`, only when `base` is the version in force.
+    /// Snapshot step 1: checks the version against the one in force and picks the generation
+    /// to write the new list into, clearing what an interrupted apply may have left there.
+    pub fn snapshot_begin(
+        &mut self,
+        list: ListName,
+        version: u64,
+    ) -> Result<Result<SnapshotStep, Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let current = in_force(&tx, list)?;
+        if let Err(r) = check_newer(list, version, current.version) {
+            return Ok(r.map(|a| match a {
+                Applied::AlreadyInForce { version } | Applied::Applied { version } => {
+                    SnapshotStep::AlreadyInForce { version }
+                }
+            }));
+        }
+        let generation = current.generation + 1;
+        for table in tables(list) {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE gen > ?1"),
+                [current.generation],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Ok(SnapshotStep::Write { generation }))
+    }
+
+    /// Snapshot step 2: writes `entries[range]` into generation `gen`, invisible to decisions.
+    pub fn snapshot_write(
+        &mut self,
+        list: ListName,
+        generation: i64,
+        entries: &Entries,
+        range: std::ops::Range<usize>,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        if let Err(r) = upsert_entries(&tx, list, generation, entries, range)? {
+            return Ok(Err(r));
+        }
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Snapshot step 3: brings generation `gen` into force, if its version is still newer.
+    /// One short transaction: this is the atomic switch from the old list to the new.
+    pub fn snapshot_commit(
+        &mut self,
+        list: ListName,
+        version: u64,
+        generation: i64,
+        issued_at: Option<&str>,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let current = in_force(&tx, list)?;
+        if let Err(r) = check_newer(list, version, current.version) {
+            return Ok(r);
+        }
+        tx.execute(
+            "UPDATE list_version SET version = ?2, gen = ?3, issued_at = ?4 WHERE list = ?1",
+            params![list.as_str(), version, generation, issued_at],
+        )?;
+        tx.commit()?;
+        Ok(Ok(Applied::Applied { version }))
+    }
+
+    /// After a refused chunk: removes what was written of generation `gen`.
+    pub fn snapshot_abort(&mut self, list: ListName, generation: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for table in tables(list) {
+            tx.execute(&format!("DELETE FROM {table} WHERE gen = ?1"), [generation])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Snapshot step 4: deletes up to `limit` rows of each of the list's tables from
+    /// generations older than the one in force. Returns how many rows went.
+    pub fn drop_stale_generations(
+        &mut self,
+        list: ListName,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let generation = in_force(&tx, list)?.generation;
+        let mut n = 0;
+        for (table, key) in keyed_tables(list) {
+            n += tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE ({key}) IN
+                     (SELECT {key} FROM {table} WHERE gen < ?1 LIMIT ?2)"
+                ),
+                params![generation, limit as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Applies changes on top of `base`, only when `base` is the version in force. A delta is
+    /// small: it changes the generation in force in place, in one transaction.
     pub fn apply_delta(&mut self, d: &Delta) -> Result<Result<Applied, Refusal>, StoreError> {
         let tx = self.conn.transaction()?;
-        let current = version_in_force(&tx, d.list)?;
-        if d.version == current {
-            return Ok(Ok(Applied::AlreadyInForce { version: current }));
+        let current = in_force(&tx, d.list)?;
+        if let Err(r) = check_newer(d.list, d.version, current.version) {
+            return Ok(r);
         }
-        if d.version < current {
-            return Ok(Err(Refusal::Stale(format!(
-                "version {} is older than {} in force",
-                d.version, current
-            ))));
-        }
-        if d.base != current {
+        if d.base != current.version {
             return Ok(Err(Refusal::VersionGap(format!(
                 "delta is based on version {} but {} is in force; waiting for the snapshot",
-                d.base, current
+                d.base, current.version
             ))));
         }
         for key in &d.remove {
-            remove_entry(&tx, d.list, key)?;
+            remove_entry(&tx, d.list, current.generation, key)?;
         }
-        if let Err(refusal) = upsert_entries(&tx, &d.upsert)? {
+        if let Err(refusal) = upsert_entries(
+            &tx,
+            d.list,
+            current.generation,
+            &d.upsert,
+            0..d.upsert.len(),
+        )? {
             return Ok(Err(refusal));
         }
-        set_version(&tx, d.list, d.version, None)?;
+        tx.execute(
+            "UPDATE list_version SET version = ?2 WHERE list = ?1",
+            params![d.list.as_str(), d.version],
+        )?;
         tx.commit()?;
         Ok(Ok(Applied::Applied { version: d.version }))
     }
@@ -529,22 +620,70 @@ fn insert_alarm(
     Ok(a)
 }
 
-fn version_in_force(conn: &Connection, list: ListName) -> rusqlite::Result<u64> {
-    conn.prepare_cached("SELECT version FROM list_version WHERE list = ?1")?
-        .query_row([list.as_str()], |r| r.get(0))
+/// How many entries one snapshot transaction writes, and how many stale rows one cleanup
+/// transaction deletes: small enough that a pass waits at most one chunk.
+pub const SNAPSHOT_CHUNK: usize = 2000;
+
+/// Where a snapshot apply stands after its first step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotStep {
+    AlreadyInForce { version: u64 },
+    Write { generation: i64 },
 }
 
-fn set_version(
-    tx: &Transaction,
-    list: ListName,
+struct InForce {
     version: u64,
-    issued_at: Option<&str>,
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE list_version SET version = ?2, issued_at = ?3 WHERE list = ?1",
-        params![list.as_str(), version, issued_at],
-    )?;
+    generation: i64,
+}
+
+fn in_force(conn: &Connection, list: ListName) -> rusqlite::Result<InForce> {
+    conn.prepare_cached("SELECT version, gen FROM list_version WHERE list = ?1")?
+        .query_row([list.as_str()], |r| {
+            Ok(InForce {
+                version: r.get(0)?,
+                generation: r.get(1)?,
+            })
+        })
+}
+
+/// `Ok(())` when `version` is newer than the one in force; otherwise the answer to give:
+/// the same version again is a no-op (the retained snapshot on reconnect), an older one is
+/// refused as stale.
+fn check_newer(list: ListName, version: u64, current: u64) -> Result<(), Result<Applied, Refusal>> {
+    if version == current {
+        return Err(Ok(Applied::AlreadyInForce { version }));
+    }
+    if version < current {
+        return Err(Err(Refusal::Stale(format!(
+            "{} version {version} is older than {current} in force",
+            list.as_str()
+        ))));
+    }
     Ok(())
+}
+
+/// A list's tables.
+fn tables(list: ListName) -> &'static [&'static str] {
+    match list {
+        ListName::Staff => &["staff", "staff_credential"],
+        ListName::Visitors => &["invitation", "invitation_credential"],
+        ListName::Deny => &["deny"],
+    }
+}
+
+/// A list's tables with their primary keys (they are WITHOUT ROWID).
+fn keyed_tables(list: ListName) -> &'static [(&'static str, &'static str)] {
+    match list {
+        ListName::Staff => &[
+            ("staff", "gen, subject"),
+            ("staff_credential", "kind, cred_id, gen"),
+        ],
+        ListName::Visitors => &[
+            ("invitation", "gen, invitation"),
+            ("invitation_credential", "kind, cred_id, gen"),
+        ],
+        ListName::Deny => &[("deny", "kind, cred_id, gen")],
+    }
 }
 
 fn ts_opt(s: &Option<String>) -> Option<UnixMs> {
@@ -556,19 +695,38 @@ fn gates_json(gates: &[String]) -> String {
     serde_json::Value::from(gates.to_vec()).to_string()
 }
 
-fn remove_entry(tx: &Transaction, list: ListName, key: &str) -> rusqlite::Result<()> {
+fn remove_entry(
+    tx: &Transaction,
+    list: ListName,
+    generation: i64,
+    key: &str,
+) -> rusqlite::Result<()> {
     match list {
         ListName::Staff => {
-            tx.execute("DELETE FROM staff WHERE subject = ?1", [key])?;
+            tx.execute(
+                "DELETE FROM staff WHERE gen = ?1 AND subject = ?2",
+                params![generation, key],
+            )?;
+            tx.execute(
+                "DELETE FROM staff_credential WHERE gen = ?1 AND subject = ?2",
+                params![generation, key],
+            )?;
         }
         ListName::Visitors => {
-            tx.execute("DELETE FROM invitation WHERE invitation = ?1", [key])?;
+            tx.execute(
+                "DELETE FROM invitation WHERE gen = ?1 AND invitation = ?2",
+                params![generation, key],
+            )?;
+            tx.execute(
+                "DELETE FROM invitation_credential WHERE gen = ?1 AND invitation = ?2",
+                params![generation, key],
+            )?;
         }
         ListName::Deny => {
             if let Some((kind, id)) = key.split_once(':') {
                 tx.execute(
-                    "DELETE FROM deny WHERE kind = ?1 AND cred_id = ?2",
-                    [kind, id],
+                    "DELETE FROM deny WHERE gen = ?1 AND kind = ?2 AND cred_id = ?3",
+                    params![generation, kind, id],
                 )?;
             }
         }
@@ -576,22 +734,28 @@ fn remove_entry(tx: &Transaction, list: ListName, key: &str) -> rusqlite::Result
     Ok(())
 }
 
-/// Inserts or replaces entries. A credential already held by another entry is refused: one
-/// card must never open as two people.
-fn upsert_entries(tx: &Transaction, entries: &Entries) -> Result<Result<(), Refusal>, StoreError> {
+/// Inserts or replaces `entries[range]` in generation `gen`. A credential already held by
+/// another entry is refused: one card must never open as two people.
+fn upsert_entries(
+    tx: &Transaction,
+    list: ListName,
+    generation: i64,
+    entries: &Entries,
+    range: std::ops::Range<usize>,
+) -> Result<Result<(), Refusal>, StoreError> {
     match entries {
         Entries::Staff(v) => {
-            let mut del = tx.prepare_cached("DELETE FROM staff WHERE subject = ?1")?;
             let mut ins = tx.prepare_cached(
-                "INSERT INTO staff (subject, name, valid_from, valid_until, gates)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut cred = tx.prepare_cached(
-                "INSERT INTO staff_credential (kind, cred_id, subject) VALUES (?1, ?2, ?3)",
+                "INSERT INTO staff_credential (kind, cred_id, gen, subject) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for e in v {
-                del.execute([&e.subject])?;
+            for e in v.get(range).unwrap_or_default() {
+                remove_entry(tx, list, generation, &e.subject)?;
                 ins.execute(params![
+                    generation,
                     e.subject,
                     e.name,
                     ts_opt(&e.valid_from),
@@ -599,24 +763,26 @@ fn upsert_entries(tx: &Transaction, entries: &Entries) -> Result<Result<(), Refu
                     gates_json(&e.gates)
                 ])?;
                 for c in &e.credentials {
-                    if let Err(r) = insert_credential(&mut cred, c, &e.subject)? {
+                    if let Err(r) = insert_credential(&mut cred, c, generation, &e.subject)? {
                         return Ok(Err(r));
                     }
                 }
             }
         }
         Entries::Visitors(v) => {
-            let mut del = tx.prepare_cached("DELETE FROM invitation WHERE invitation = ?1")?;
             let mut ins = tx.prepare_cached(
-                "INSERT INTO invitation (invitation, visitor, host, valid_from, valid_until, gates, max_entries)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO invitation (gen, invitation, visitor, host, valid_from, valid_until,
+                                         gates, max_entries)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             let mut cred = tx.prepare_cached(
-                "INSERT INTO invitation_credential (kind, cred_id, invitation) VALUES (?1, ?2, ?3)",
+                "INSERT INTO invitation_credential (kind, cred_id, gen, invitation)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for e in v {
-                del.execute([&e.invitation])?;
+            for e in v.get(range).unwrap_or_default() {
+                remove_entry(tx, list, generation, &e.invitation)?;
                 ins.execute(params![
+                    generation,
                     e.invitation,
                     e.visitor,
                     e.host,
@@ -626,7 +792,7 @@ fn upsert_entries(tx: &Transaction, entries: &Entries) -> Result<Result<(), Refu
                     e.max_entries
                 ])?;
                 for c in &e.credentials {
-                    if let Err(r) = insert_credential(&mut cred, c, &e.invitation)? {
+                    if let Err(r) = insert_credential(&mut cred, c, generation, &e.invitation)? {
                         return Ok(Err(r));
                     }
                 }
@@ -634,11 +800,11 @@ fn upsert_entries(tx: &Transaction, entries: &Entries) -> Result<Result<(), Refu
         }
         Entries::Deny(v) => {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO deny (kind, cred_id, reason) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (kind, cred_id) DO UPDATE SET reason = excluded.reason",
+                "INSERT INTO deny (kind, cred_id, gen, reason) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, cred_id, gen) DO UPDATE SET reason = excluded.reason",
             )?;
-            for e in v {
-                ins.execute(params![e.kind.as_str(), e.id, e.reason])?;
+            for e in v.get(range).unwrap_or_default() {
+                ins.execute(params![e.kind.as_str(), e.id, generation, e.reason])?;
             }
         }
     }
@@ -648,9 +814,10 @@ fn upsert_entries(tx: &Transaction, entries: &Entries) -> Result<Result<(), Refu
 fn insert_credential(
     st: &mut rusqlite::CachedStatement<'_>,
     c: &CredentialRef,
+    generation: i64,
     owner: &str,
 ) -> Result<Result<(), Refusal>, StoreError> {
-    match st.execute(params![c.kind.as_str(), c.id, owner]) {
+    match st.execute(params![c.kind.as_str(), c.id, generation, owner]) {
         Ok(_) => Ok(Ok(())),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -673,14 +840,19 @@ fn parse_gates(s: String) -> Vec<String> {
 fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result<Lookups> {
     let k = kind.as_str();
     let denied = conn
-        .prepare_cached("SELECT coalesce(reason, '') FROM deny WHERE kind = ?1 AND cred_id = ?2")?
+        .prepare_cached(
+            "SELECT coalesce(reason, '') FROM deny
+             WHERE kind = ?1 AND cred_id = ?2
+               AND gen = (SELECT gen FROM list_version WHERE list = 'deny')",
+        )?
         .query_row([k, id], |r| r.get::<_, String>(0))
         .optional()?;
     let staff = conn
         .prepare_cached(
             "SELECT s.subject, s.valid_from, s.valid_until, s.gates
-             FROM staff_credential c JOIN staff s ON s.subject = c.subject
-             WHERE c.kind = ?1 AND c.cred_id = ?2",
+             FROM staff_credential c JOIN staff s ON s.gen = c.gen AND s.subject = c.subject
+             WHERE c.kind = ?1 AND c.cred_id = ?2
+               AND c.gen = (SELECT gen FROM list_version WHERE list = 'staff')",
         )?
         .query_row([k, id], |r| {
             Ok(StaffMatch {
@@ -697,9 +869,11 @@ fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result
         .prepare_cached(
             "SELECT i.invitation, i.valid_from, i.valid_until, i.gates, i.max_entries,
                     coalesce(u.used, 0)
-             FROM invitation_credential c JOIN invitation i ON i.invitation = c.invitation
+             FROM invitation_credential c
+             JOIN invitation i ON i.gen = c.gen AND i.invitation = c.invitation
              LEFT JOIN invitation_usage u ON u.invitation = i.invitation
-             WHERE c.kind = ?1 AND c.cred_id = ?2",
+             WHERE c.kind = ?1 AND c.cred_id = ?2
+               AND c.gen = (SELECT gen FROM list_version WHERE list = 'visitors')",
         )?
         .query_row([k, id], |r| {
             Ok(InvitationMatch {

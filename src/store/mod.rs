@@ -9,15 +9,16 @@ mod schema;
 
 pub use db::{
     Applied, Db, EventDraft, GateId, MailboxPos, OutboxRow, OutboxStats, PassInput, PassOutcome,
-    Stream,
+    SNAPSHOT_CHUNK, SnapshotStep, Stream,
 };
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
 
 use crate::core::Policy;
+use crate::sync::contract::{Refusal, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -89,6 +90,50 @@ impl Store {
         })))
         .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Replaces a list without holding up decisions: the new list is written as a new
+    /// generation in chunks of `SNAPSHOT_CHUNK` entries, each its own job, so passes queued
+    /// meanwhile run between chunks. One short transaction then brings it into force, and the
+    /// old generation is deleted in chunks after that.
+    pub async fn apply_snapshot(
+        &self,
+        s: Snapshot,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let s = Arc::new(s);
+        let (list, version) = (s.list, s.version);
+        let generation = match self
+            .call(move |db| db.snapshot_begin(list, version))
+            .await?
+        {
+            Err(r) => return Ok(Err(r)),
+            Ok(SnapshotStep::AlreadyInForce { version }) => {
+                return Ok(Ok(Applied::AlreadyInForce { version }));
+            }
+            Ok(SnapshotStep::Write { generation }) => generation,
+        };
+        let n = s.entries.len();
+        for start in (0..n).step_by(SNAPSHOT_CHUNK) {
+            let (chunk, range) = (s.clone(), start..(start + SNAPSHOT_CHUNK).min(n));
+            let written = self
+                .call(move |db| db.snapshot_write(list, generation, &chunk.entries, range))
+                .await?;
+            if let Err(r) = written {
+                self.call(move |db| db.snapshot_abort(list, generation))
+                    .await?;
+                return Ok(Err(r));
+            }
+        }
+        let s2 = s.clone();
+        let applied = self
+            .call(move |db| db.snapshot_commit(list, version, generation, s2.issued_at.as_deref()))
+            .await?;
+        while self
+            .call(move |db| db.drop_stale_generations(list, SNAPSHOT_CHUNK))
+            .await?
+            > 0
+        {}
+        Ok(applied)
     }
 
     async fn send(&self, job: Job) -> Result<(), StoreError> {

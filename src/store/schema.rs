@@ -11,46 +11,59 @@ const MIGRATIONS: &[Migration] = &[v1];
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
         r#"
-        -- Version in force of each list; 0 = none received yet.
+        -- Version in force of each list (0 = none received yet), and the generation of rows
+        -- that holds it. A snapshot is written as a new generation, in chunks that interleave
+        -- with passes, and comes into force by changing `gen` here in one short transaction:
+        -- decisions see the old list or the new one, never a mix, and never wait for the copy.
         CREATE TABLE list_version (
             list      TEXT PRIMARY KEY,
             version   INTEGER NOT NULL,
+            gen       INTEGER NOT NULL,
             issued_at TEXT
         );
-        INSERT INTO list_version (list, version) VALUES ('staff', 0), ('visitors', 0), ('deny', 0);
+        INSERT INTO list_version (list, version, gen)
+            VALUES ('staff', 0, 0), ('visitors', 0, 0), ('deny', 0, 0);
 
         -- Times are Unix milliseconds (NULL = open-ended); gates a JSON array of gate ids or "*".
         CREATE TABLE staff (
-            subject     TEXT PRIMARY KEY,
+            gen         INTEGER NOT NULL,
+            subject     TEXT NOT NULL,
             name        TEXT,
             valid_from  INTEGER,
             valid_until INTEGER,
-            gates       TEXT NOT NULL
-        );
+            gates       TEXT NOT NULL,
+            PRIMARY KEY (gen, subject)
+        ) WITHOUT ROWID;
+        -- The primary key makes a credential unique within a generation: one card never opens
+        -- as two people.
         CREATE TABLE staff_credential (
             kind    TEXT NOT NULL,
             cred_id TEXT NOT NULL,
-            subject TEXT NOT NULL REFERENCES staff(subject) ON DELETE CASCADE,
-            PRIMARY KEY (kind, cred_id)
+            gen     INTEGER NOT NULL,
+            subject TEXT NOT NULL,
+            PRIMARY KEY (kind, cred_id, gen)
         ) WITHOUT ROWID;
-        CREATE INDEX staff_credential_subject ON staff_credential(subject);
+        CREATE INDEX staff_credential_subject ON staff_credential(gen, subject);
 
         CREATE TABLE invitation (
-            invitation  TEXT PRIMARY KEY,
+            gen         INTEGER NOT NULL,
+            invitation  TEXT NOT NULL,
             visitor     TEXT,
             host        TEXT,
             valid_from  INTEGER,
             valid_until INTEGER,
             gates       TEXT NOT NULL,
-            max_entries INTEGER
-        );
+            max_entries INTEGER,
+            PRIMARY KEY (gen, invitation)
+        ) WITHOUT ROWID;
         CREATE TABLE invitation_credential (
             kind       TEXT NOT NULL,
             cred_id    TEXT NOT NULL,
-            invitation TEXT NOT NULL REFERENCES invitation(invitation) ON DELETE CASCADE,
-            PRIMARY KEY (kind, cred_id)
+            gen        INTEGER NOT NULL,
+            invitation TEXT NOT NULL,
+            PRIMARY KEY (kind, cred_id, gen)
         ) WITHOUT ROWID;
-        CREATE INDEX invitation_credential_invitation ON invitation_credential(invitation);
+        CREATE INDEX invitation_credential_invitation ON invitation_credential(gen, invitation);
         -- Kept apart from `invitation` so that a new snapshot of the list does not give back
         -- entries already used.
         CREATE TABLE invitation_usage (
@@ -61,8 +74,9 @@ fn v1(tx: &Transaction) -> rusqlite::Result<()> {
         CREATE TABLE deny (
             kind    TEXT NOT NULL,
             cred_id TEXT NOT NULL,
+            gen     INTEGER NOT NULL,
             reason  TEXT,
-            PRIMARY KEY (kind, cred_id)
+            PRIMARY KEY (kind, cred_id, gen)
         ) WITHOUT ROWID;
 
         -- Events and alarms not yet acknowledged by the broker, oldest first by rowid. A row is

@@ -330,3 +330,134 @@ async fn concurrent_passes_share_commits_and_keep_seq_dense() {
         .pending;
     assert_eq!(pending, 400);
 }
+
+fn count(db_path: &std::path::Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db_path).expect("open");
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_snapshot_lets_passes_through_and_switches_atomically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let store = Store::open(&path, gate(), Policy::default(), 1_000_000).expect("store");
+    store
+        .apply_snapshot(staff_snapshot(1, &[("OLD", "1")]))
+        .await
+        .expect("db")
+        .expect("applied");
+    // Version 2: 10k entries (five chunks), without the old card, with a new one at the end.
+    let cards: Vec<(String, String)> = (0..10_000)
+        .map(|i| (format!("E{i}"), format!("{}", 100_000 + i)))
+        .collect();
+    let refs: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let apply = {
+        let store = store.clone();
+        let snap = staff_snapshot(2, &refs);
+        tokio::spawn(async move { store.apply_snapshot(snap).await })
+    };
+    // Swipe the old and the newest card in turn while the apply runs. Each decision shows
+    // which list it saw: the old card granted or the new one refused means the old list.
+    let saw_old = |card: &str, r: Reason| (card == "1") == (r == Reason::Staff);
+    let mut seen = Vec::new();
+    let mut during = 0;
+    for card in ["1", "109999"].iter().cycle() {
+        if apply.is_finished() {
+            break;
+        }
+        seen.push(saw_old(
+            card,
+            reason(&store.pass(pass(card, None)).await.expect("pass")),
+        ));
+        during += 1;
+    }
+    assert_eq!(
+        apply.await.expect("join").expect("db"),
+        Ok(Applied::Applied { version: 2 })
+    );
+    for card in ["1", "109999"] {
+        seen.push(saw_old(
+            card,
+            reason(&store.pass(pass(card, None)).await.expect("pass")),
+        ));
+    }
+    // Old list, then new list, and never back: no decision saw a mix.
+    let switch = seen
+        .iter()
+        .position(|old| !old)
+        .expect("the new list came into force");
+    assert!(seen[switch..].iter().all(|old| !old), "{seen:?}");
+    assert!(
+        during > 0,
+        "passes were decided while the snapshot was being written"
+    );
+    eprintln!("{during} passes decided during a 10k-entry snapshot apply");
+    assert_eq!(
+        count(&path, "staff"),
+        10_000,
+        "the old generation was deleted"
+    );
+    assert_eq!(count(&path, "staff_credential"), 10_000);
+}
+
+#[test]
+fn a_refused_chunk_and_an_interrupted_apply_leave_the_list_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut db = Db::open(&path, gate(), Policy::default(), 1000).expect("open");
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "100")]))
+        .expect("db")
+        .expect("applied");
+
+    // An apply that stops after writing (a crash): invisible, and cleared by the next begin.
+    let s2 = staff_snapshot(2, &[("E2", "200")]);
+    let Ok(SnapshotStep::Write { generation }) = db.snapshot_begin(ListName::Staff, 2).expect("db")
+    else {
+        panic!("begin")
+    };
+    db.snapshot_write(ListName::Staff, generation, &s2.entries, 0..1)
+        .expect("db")
+        .expect("written");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("200", None))),
+        Reason::UnknownCredential
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::Staff
+    );
+
+    // A later snapshot whose second chunk holds a duplicate card: refused whole.
+    let mut cards: Vec<(String, String)> = (0..SNAPSHOT_CHUNK + 10)
+        .map(|i| (format!("E{i}"), format!("{}", 500_000 + i)))
+        .collect();
+    cards.push(("DUP".into(), "500001".into()));
+    let refs: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let r = db
+        .apply_snapshot(&staff_snapshot(3, &refs))
+        .expect("db")
+        .unwrap_err();
+    assert_eq!(r.code(), "malformed", "{r}");
+    assert_eq!(db.list_version(ListName::Staff).expect("v"), 1);
+    assert_eq!(
+        reason(&record_one(&mut db, pass("100", None))),
+        Reason::Staff
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("500000", None))),
+        Reason::UnknownCredential
+    );
+    drop(db);
+    assert_eq!(
+        count(&path, "staff"),
+        1,
+        "nothing of the refused or interrupted applies remains"
+    );
+}

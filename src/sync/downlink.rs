@@ -100,12 +100,10 @@ async fn apply(
         ));
         return (reference, Err(r));
     }
-    let r = store
-        .call(move |db| match &update {
-            Update::Snapshot(s) => db.apply_snapshot(s),
-            Update::Delta(d) => db.apply_delta(d),
-        })
-        .await;
+    let r = match update {
+        Update::Snapshot(s) => store.apply_snapshot(s).await,
+        Update::Delta(d) => store.call(move |db| db.apply_delta(&d)).await,
+    };
     let result = match r {
         Ok(inner) => inner,
         Err(e) => Err(Refusal::StoreError(e.to_string())),
