@@ -232,26 +232,30 @@ pub struct Delta {
     pub remove: Vec<String>,
 }
 
+/// The frame of a list message. `entries` stays raw text until the list is known, then is
+/// parsed straight into its typed entries (no intermediate `Value` tree: a large list would
+/// cost several times its size in memory).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSnapshot {
+struct RawSnapshot<'a> {
     list: ListName,
     site: String,
     version: u64,
     #[serde(default)]
     issued_at: Option<String>,
-    entries: serde_json::Value,
+    #[serde(borrow)]
+    entries: &'a serde_json::value::RawValue,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDelta {
+struct RawDelta<'a> {
     list: ListName,
     site: String,
     version: u64,
     base: u64,
-    #[serde(default)]
-    upsert: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    upsert: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     remove: Vec<String>,
 }
@@ -394,7 +398,7 @@ fn path_suffix(p: &serde_path_to_error::Path) -> String {
 }
 
 /// Deserializes JSON naming the path of the field that was wrong.
-fn from_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Refusal> {
+fn from_json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, Refusal> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -407,16 +411,16 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<
     })
 }
 
-fn parse_entries(list: ListName, value: serde_json::Value, what: &str) -> Result<Entries, Refusal> {
-    let err = |e: serde_path_to_error::Error<serde_json::Error>| {
-        malformed(format!("{what}{}: {}", path_suffix(e.path()), e.inner()))
-    };
+fn parse_entries(list: ListName, raw: &str, what: &str) -> Result<Entries, Refusal> {
+    fn typed<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T, Refusal> {
+        let de = &mut serde_json::Deserializer::from_str(raw);
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| malformed(format!("{what}{}: {}", path_suffix(e.path()), e.inner())))
+    }
     let entries = match list {
-        ListName::Staff => Entries::Staff(serde_path_to_error::deserialize(value).map_err(err)?),
-        ListName::Visitors => {
-            Entries::Visitors(serde_path_to_error::deserialize(value).map_err(err)?)
-        }
-        ListName::Deny => Entries::Deny(serde_path_to_error::deserialize(value).map_err(err)?),
+        ListName::Staff => Entries::Staff(typed(raw, what)?),
+        ListName::Visitors => Entries::Visitors(typed(raw, what)?),
+        ListName::Deny => Entries::Deny(typed(raw, what)?),
     };
     validate_entries(&entries, what)?;
     Ok(entries)
@@ -477,7 +481,7 @@ pub fn parse_snapshot(topic_list: ListName, body: &[u8]) -> Result<Snapshot, Ref
     if let Some(t) = &raw.issued_at {
         parse_ts(t).map_err(|e| malformed(format!("issued_at: {e}")))?;
     }
-    let entries = parse_entries(raw.list, raw.entries, "entries")?;
+    let entries = parse_entries(raw.list, raw.entries.get(), "entries")?;
     Ok(Snapshot {
         list: raw.list,
         site: raw.site,
@@ -504,11 +508,7 @@ pub fn parse_delta(topic_list: ListName, body: &[u8]) -> Result<Delta, Refusal> 
             raw.version, raw.base
         )));
     }
-    let upsert = parse_entries(
-        raw.list,
-        raw.upsert.unwrap_or(serde_json::Value::Array(vec![])),
-        "upsert",
-    )?;
+    let upsert = parse_entries(raw.list, raw.upsert.map_or("[]", |r| r.get()), "upsert")?;
     for (i, key) in raw.remove.iter().enumerate() {
         check_id(&format!("remove[{i}]"), key)?;
         if raw.list == ListName::Deny {

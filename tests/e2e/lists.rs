@@ -243,6 +243,22 @@ async fn deltas_apply_on_their_base_and_the_deny_list_wins() {
         "staff",
         "nothing changed"
     );
+    // After a gap the gate asks for the snapshot again (it resubscribes), so the retained
+    // staff@1 is delivered and acked a second time.
+    wait_for(
+        "the retained snapshot again after the gap",
+        DEADLINE,
+        || {
+            let n = w
+                .centre
+                .on(ACK)
+                .iter()
+                .filter(|m| m.json()["ref"] == "staff@1")
+                .count();
+            (n >= 2).then_some(())
+        },
+    )
+    .await;
 
     let delta = r#"{"list":"staff","site":"hq","version":2,"base":1,
         "upsert":[{"subject":"E3003","credentials":[{"kind":"card","id":"0033300003"}],"gates":["east-1"]}]}"#;
