@@ -435,25 +435,44 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
             Err(malformed(format!("{at}: `{key}` appears twice")))
         }
     };
+    // Staff entries and invitations are checked alike: a key, credentials, a window, gates.
+    let mut holder = |at: String,
+                      key_name: &str,
+                      key: &str,
+                      creds: &[CredentialRef],
+                      window: (&Option<String>, &Option<String>),
+                      gates: &[String]| {
+        check_id(&format!("{at}.{key_name}"), key)?;
+        dup(key.to_string(), &at)?;
+        check_credentials(&at, creds)?;
+        check_window(&at, window.0, window.1)?;
+        check_gates(&at, gates)
+    };
     match entries {
         Entries::Staff(v) => {
             for (i, e) in v.iter().enumerate() {
-                let at = format!("{what}[{i}]");
-                check_id(&format!("{at}.subject"), &e.subject)?;
-                dup(e.subject.clone(), &at)?;
-                check_credentials(&at, &e.credentials)?;
-                check_window(&at, &e.valid_from, &e.valid_until)?;
-                check_gates(&at, &e.gates)?;
+                let window = (&e.valid_from, &e.valid_until);
+                holder(
+                    format!("{what}[{i}]"),
+                    "subject",
+                    &e.subject,
+                    &e.credentials,
+                    window,
+                    &e.gates,
+                )?;
             }
         }
         Entries::Visitors(v) => {
             for (i, e) in v.iter().enumerate() {
-                let at = format!("{what}[{i}]");
-                check_id(&format!("{at}.invitation"), &e.invitation)?;
-                dup(e.invitation.clone(), &at)?;
-                check_credentials(&at, &e.credentials)?;
-                check_window(&at, &e.valid_from, &e.valid_until)?;
-                check_gates(&at, &e.gates)?;
+                let window = (&e.valid_from, &e.valid_until);
+                holder(
+                    format!("{what}[{i}]"),
+                    "invitation",
+                    &e.invitation,
+                    &e.credentials,
+                    window,
+                    &e.gates,
+                )?;
             }
         }
         Entries::Deny(v) => {

@@ -146,26 +146,10 @@ async fn f_sigkill_loses_nothing_and_decides_nothing_twice() {
 /// would lose it here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_puback_was_lost_is_sent_again() {
-    let broker = Broker::start().await;
-    let centre = Centre::connect(broker.port).await;
-    centre
-        .publish(
-            STAFF_TOPIC,
-            staff_snapshot("hq", 1, &[("E1001", "0012345678")]),
-            true,
-        )
-        .await;
-    let proxy = Proxy::start(broker.port).await;
-    let devices = Devices::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config_text(&dir.path().join("gated.db"), proxy.port, &devices);
-    let _daemon = Daemon::start(dir.path(), &config);
-    centre
-        .wait_json("staff@1 applied", ACK, |a| a["ref"] == "staff@1")
-        .await;
-
+    let w = World::through_proxy().await;
+    let (centre, proxy) = (&w.centre, w.proxy.as_ref().expect("a proxy"));
     proxy.blackhole_replies(true);
-    devices
+    w.devices
         .reader1
         .present(KIND_CARD, "0012345678", 0)
         .expect("present");

@@ -436,6 +436,8 @@ pub struct World {
     pub centre: Centre,
     pub devices: Devices,
     pub daemon: Daemon,
+    /// Between the daemon and the broker, when the test asked for one.
+    pub proxy: Option<Proxy>,
     /// Holds the database and config until the test ends.
     _dir: tempfile::TempDir,
 }
@@ -450,6 +452,15 @@ impl World {
     /// Broker, centre, devices and a daemon that has applied staff list version 1
     /// (E1001 with card 0012345678).
     pub async fn start() -> World {
+        Self::build(false).await
+    }
+
+    /// The same, with the daemon reaching the broker through a `Proxy`.
+    pub async fn through_proxy() -> World {
+        Self::build(true).await
+    }
+
+    async fn build(with_proxy: bool) -> World {
         let broker = Broker::start().await;
         let centre = Centre::connect(broker.port).await;
         centre
@@ -460,14 +471,20 @@ impl World {
             )
             .await;
         let devices = Devices::start().await;
+        let proxy = match with_proxy {
+            true => Some(Proxy::start(broker.port).await),
+            false => None,
+        };
+        let port = proxy.as_ref().map_or(broker.port, |p| p.port);
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = config_text(&dir.path().join("gated.db"), broker.port, &devices);
+        let config = config_text(&dir.path().join("gated.db"), port, &devices);
         let daemon = Daemon::start(dir.path(), &config);
         let w = World {
             broker,
             centre,
             devices,
             daemon,
+            proxy,
             _dir: dir,
         };
         w.centre
