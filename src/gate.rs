@@ -7,7 +7,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::Config;
 use crate::core::Mode;
-use crate::hw::health::Health;
+use crate::hw::health::{Health, Transition};
 use crate::hw::{DeviceError, reader, relay};
 use crate::store::{GateId, Store, StoreError};
 use crate::sync::contract::PassEvent;
@@ -31,26 +31,23 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Records a device's health; a change between ok and a fault is an alarm (G7).
+    /// Records an observation of a device; a fault, and a confirmed recovery, are alarms (G7).
     pub async fn report(&self, device: &str, r: Result<(), DeviceError>) {
-        let state = match &r {
-            Ok(()) => "ok",
-            Err(e) => e.state(),
-        };
-        let Some(prev) = self.health.set(device, state) else {
-            return; // unchanged
-        };
-        match (&r, prev.as_deref()) {
-            (Ok(()), None) => {} // first contact
-            (Ok(()), Some(_)) => {
-                tracing::info!(device, "device recovered");
-                let _ = self
-                    .alarm("device_recovered", device, "device answers again")
-                    .await;
-            }
-            (Err(e), _) => {
+        let observed = r.as_ref().map(|_| ()).map_err(DeviceError::state);
+        match self.health.observe(device, observed) {
+            Transition::None => {}
+            Transition::Fault => {
+                let e = r.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(device, error = %e, "device fault");
-                let _ = self.alarm("device_fault", device, &e.to_string()).await;
+                let _ = self.alarm("device_fault", device, &e).await;
+            }
+            Transition::Recovered => {
+                tracing::info!(device, "device recovered");
+                let detail = format!(
+                    "device answers again (without error for {} s)",
+                    crate::hw::health::RECOVERY_HOLD.as_secs()
+                );
+                let _ = self.alarm("device_recovered", device, &detail).await;
             }
         }
     }

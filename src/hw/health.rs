@@ -1,50 +1,187 @@
 //! The devices' health, as status shows it: `"ok"`, `"timeout"`, `"disconnected"`, …
-//! Device tasks write; the status publisher reads, and watches for changes.
+//! Device tasks report each observation; the status publisher reads, and watches for changes.
+//!
+//! Hysteresis keeps a flapping device from flooding the outbox with alarms (G4): a device is
+//! faulty at its first error (one `device_fault` per episode, whatever kinds of error follow),
+//! and recovered only after it has answered without error for `RECOVERY_HOLD`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+/// How long a faulty device must answer without error before it counts as recovered.
+pub const RECOVERY_HOLD: Duration = Duration::from_secs(3);
+
+/// One device's health.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceHealth {
+    Ok,
+    /// Faulty; `state` is the last error's kind; `answering_since` is when the current run of
+    /// good answers began, if one has.
+    Faulty {
+        state: &'static str,
+        answering_since: Option<Instant>,
+    },
+}
+
+impl DeviceHealth {
+    pub fn state(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Faulty { state, .. } => state,
+        }
+    }
+}
+
+/// What an observation calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Fault,
+    Recovered,
+}
+
+/// The pure step: previous health (None = never seen), an observation (`Err(kind)` for a
+/// failure), and now. Returns the new health and the alarm to raise, if any.
+pub fn step(
+    prev: Option<&DeviceHealth>,
+    observed: Result<(), &'static str>,
+    now: Instant,
+) -> (DeviceHealth, Transition) {
+    match (prev, observed) {
+        (None | Some(DeviceHealth::Ok), Ok(())) => (DeviceHealth::Ok, Transition::None),
+        (None | Some(DeviceHealth::Ok), Err(state)) => (
+            DeviceHealth::Faulty {
+                state,
+                answering_since: None,
+            },
+            Transition::Fault,
+        ),
+        (Some(DeviceHealth::Faulty { .. }), Err(state)) => (
+            DeviceHealth::Faulty {
+                state,
+                answering_since: None,
+            },
+            Transition::None,
+        ),
+        (
+            Some(DeviceHealth::Faulty {
+                state,
+                answering_since,
+            }),
+            Ok(()),
+        ) => {
+            let since = answering_since.unwrap_or(now);
+            if now.duration_since(since) >= RECOVERY_HOLD {
+                (DeviceHealth::Ok, Transition::Recovered)
+            } else {
+                let health = DeviceHealth::Faulty {
+                    state,
+                    answering_since: Some(since),
+                };
+                (health, Transition::None)
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Health {
-    states: Arc<Mutex<BTreeMap<String, String>>>,
-    /// Bumped on every change. A `watch` (not a `Notify`) so that a change made while nobody
-    /// was waiting is still seen by the next `changed()`.
+    devices: Arc<Mutex<BTreeMap<String, DeviceHealth>>>,
+    /// Bumped on every change of a shown state. A `watch` (not a `Notify`) so that a change
+    /// made while nobody was waiting is still seen by the next `changed()`.
     version: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Self {
-            states: Arc::default(),
+            devices: Arc::default(),
             version: Arc::new(watch::channel(0).0),
         }
     }
 }
 
 impl Health {
-    /// Records `device`'s state; returns the previous state when it changed.
-    pub fn set(&self, device: &str, state: &str) -> Option<Option<String>> {
-        let mut m = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let prev = m.insert(device.to_string(), state.to_string());
-        if prev.as_deref() == Some(state) {
-            return None;
-        }
+    /// Records an observation of `device`; returns the alarm it calls for.
+    pub fn observe(&self, device: &str, observed: Result<(), &'static str>) -> Transition {
+        let mut m = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = m.get(device);
+        let before = prev.map(DeviceHealth::state);
+        let (next, transition) = step(prev, observed, Instant::now());
+        let changed = before != Some(next.state());
+        m.insert(device.to_string(), next);
         drop(m);
-        self.version.send_modify(|v| *v += 1);
-        Some(prev)
+        if changed {
+            self.version.send_modify(|v| *v += 1);
+        }
+        transition
+    }
+
+    /// Sets a component's state directly, without hysteresis (the broker link, the store).
+    pub fn set(&self, device: &str, state: &'static str) {
+        let health = match state {
+            "ok" => DeviceHealth::Ok,
+            s => DeviceHealth::Faulty {
+                state: s,
+                answering_since: None,
+            },
+        };
+        let mut m = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = m.get(device).map(DeviceHealth::state) != Some(state);
+        m.insert(device.to_string(), health);
+        drop(m);
+        if changed {
+            self.version.send_modify(|v| *v += 1);
+        }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, String> {
-        self.states
+        self.devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.state().to_string()))
+            .collect()
     }
 
     /// A receiver whose `changed()` resolves after each change.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_fault_alarm_per_episode_and_recovery_after_the_hold() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (h, t) = step(None, Ok(()), at(0));
+        assert_eq!((h.state(), t), ("ok", Transition::None));
+        let (h, t) = step(Some(&h), Err("timeout"), at(10));
+        assert_eq!((h.state(), t), ("timeout", Transition::Fault));
+        // Flapping: errors of other kinds and short good runs raise nothing.
+        let (h, t) = step(Some(&h), Err("disconnected"), at(20));
+        assert_eq!((h.state(), t), ("disconnected", Transition::None));
+        let (h, t) = step(Some(&h), Ok(()), at(30));
+        assert_eq!((h.state(), t), ("disconnected", Transition::None));
+        let (h, t) = step(Some(&h), Err("timeout"), at(2_000));
+        assert_eq!(t, Transition::None, "a new error restarts the hold");
+        let (h, _) = step(Some(&h), Ok(()), at(2_010));
+        let (h, t) = step(Some(&h), Ok(()), at(4_000));
+        assert_eq!((h.state(), t), ("timeout", Transition::None));
+        let (h, t) = step(Some(&h), Ok(()), at(2_010 + 3_000));
+        assert_eq!((h.state(), t), ("ok", Transition::Recovered));
+    }
+
+    #[test]
+    fn a_device_down_at_start_is_a_fault() {
+        let (h, t) = step(None, Err("disconnected"), Instant::now());
+        assert_eq!((h.state(), t), ("disconnected", Transition::Fault));
     }
 }

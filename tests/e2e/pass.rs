@@ -222,3 +222,27 @@ async fn a_garbled_mailbox_event_is_an_alarm_never_a_grant_and_the_lane_goes_on(
         .count();
     assert_eq!(garbage_alarms, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_reader_raises_one_fault_not_a_flood() {
+    let w = World::start().await;
+    // The flapping itself: the device drops out and comes back every 100 ms, for 2 s.
+    for _ in 0..10 {
+        w.devices.reader1_srv.set_fault(Fault::Disconnect);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w.devices.reader1_srv.set_fault(Fault::None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.centre
+        .wait_json("the recovery once it is steady", ALARM, |a| {
+            a["alarm"] == "device_recovered" && a["source"] == "reader1"
+        })
+        .await;
+    let faults = w
+        .centre
+        .on(ALARM)
+        .iter()
+        .filter(|m| m.json()["alarm"] == "device_fault")
+        .count();
+    assert_eq!(faults, 1, "one fault episode, one alarm");
+}
