@@ -21,7 +21,7 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Check a config file and print what it configures, or each error with its line and key.
+    /// Check a config file and print what it configures, or its first error with the line and key.
     ///
     /// Example: gated check-config config/gated.example.toml
     CheckConfig {
