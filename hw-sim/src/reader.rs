@@ -70,6 +70,9 @@ pub(crate) struct ReaderState {
     /// When each seq became the head. Keyed by seq, so it holds at most 65535 entries however
     /// long a benchmark runs; a wrapped seq overwrites its predecessor.
     head_since: HashMap<u16, SystemTime>,
+    /// How many more valid acks to accept and not act on: a device that keeps showing an
+    /// event it was told to drop (a slow scan cycle, a queue restored after a reboot).
+    ignore_acks: usize,
 }
 
 impl ReaderState {
@@ -81,6 +84,7 @@ impl ReaderState {
             ack_value: 0,
             acked: Vec::new(),
             head_since: HashMap::new(),
+            ignore_acks: 0,
         }
     }
 
@@ -140,6 +144,10 @@ impl ReaderState {
         // Only the head's own seq drops it: a stale or wrong ack (a daemon that restarted, a
         // retried write) must never drop an event that was not recorded.
         if value == 0 || self.queue.front().is_none_or(|head| head.seq != value) {
+            return;
+        }
+        if self.ignore_acks > 0 {
+            self.ignore_acks -= 1;
             return;
         }
         self.queue.pop_front();
@@ -244,6 +252,12 @@ impl SimReader {
     /// The seq at the head of the queue, if any: what input `head_seq` reads now.
     pub fn head(&self) -> Option<u16> {
         lock(&self.state).queue.front().map(|event| event.seq)
+    }
+
+    /// Makes the reader accept the next `n` acks of its head without dropping it, as a device
+    /// that keeps showing an acknowledged event would.
+    pub fn ignore_next_acks(&self, n: usize) {
+        lock(&self.state).ignore_acks = n;
     }
 
     /// The seqs the daemon acknowledged, in the order it did.

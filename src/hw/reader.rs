@@ -137,15 +137,27 @@ struct Seen {
 }
 
 impl Seen {
-    /// A device that still shows the event just acked has not taken the ack: a fault, which
-    /// backs the task off instead of re-acking in a tight loop.
-    fn check_kept(&self, head_seq: u16) -> Result<(), DeviceError> {
-        if self.acked == Some(head_seq) {
+    /// Forgets what no longer shows: the memory is only ever about the head in front of us.
+    fn observe_head(&mut self, head: Option<u16>) {
+        if self.acked != head {
+            self.acked = None;
+        }
+        if self.garbage != head {
+            self.garbage = None;
+        }
+    }
+
+    /// After (re-)acking `head_seq`: a device that still showed the event it had been told to
+    /// drop has not taken the ack. The ack was written again; report a fault, so that the task
+    /// backs off instead of re-acking in a tight loop.
+    fn acked_now(&mut self, head_seq: u16, kept: bool) -> Result<bool, DeviceError> {
+        self.acked = Some(head_seq);
+        if kept {
             return Err(DeviceError::Garbage(format!(
-                "device still shows event {head_seq} after it was acked"
+                "device still showed event {head_seq} after it was acked; acked it again"
             )));
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -163,18 +175,22 @@ async fn poll_once(
         .await?;
     shared.report(&cfg.name, Ok(())).await;
     let (head_seq, credential) = match decode(&regs) {
-        Mailbox::Empty => return Ok(false),
+        Mailbox::Empty => {
+            seen.observe_head(None);
+            return Ok(false);
+        }
         Mailbox::Event {
             head_seq,
             credential,
         } => (head_seq, credential),
     };
+    seen.observe_head(Some(head_seq));
+    let kept = seen.acked == Some(head_seq);
     let credential = match credential {
         Ok(c) => c,
         Err(what) => {
             // Nothing can be decided on a garbled event; it is kept as an alarm, then acked so
             // that the lane does not stall behind it. It never grants.
-            seen.check_kept(head_seq)?;
             if seen.garbage != Some(head_seq) {
                 let detail = format!("mailbox event {head_seq} dropped: {what}");
                 tracing::warn!(reader = %cfg.name, "{detail}");
@@ -189,8 +205,7 @@ async fn poll_once(
             }
             conn.write_single_register(cfg.ack_register, head_seq)
                 .await?;
-            seen.acked = Some(head_seq);
-            return Ok(true);
+            return seen.acked_now(head_seq, kept);
         }
     };
     let input = PassInput {
@@ -225,7 +240,6 @@ async fn poll_once(
             shared.publish_decision(&cfg.name, &event);
         }
         Ok(PassOutcome::AlreadyRecorded) => {
-            seen.check_kept(head_seq)?;
             tracing::info!(reader = %cfg.name, head_seq, "mailbox event already recorded; acking it again");
         }
         Err(e) => {
@@ -238,8 +252,7 @@ async fn poll_once(
     }
     conn.write_single_register(cfg.ack_register, head_seq)
         .await?;
-    seen.acked = Some(head_seq);
-    Ok(true)
+    seen.acked_now(head_seq, kept)
 }
 
 #[cfg(test)]

@@ -279,32 +279,33 @@ impl Db {
     /// Replaces a list in one call: every step of the chunked apply, back to back. The daemon
     /// uses `Store::apply_snapshot`, which lets passes run between the steps.
     pub fn apply_snapshot(&mut self, s: &Snapshot) -> Result<Result<Applied, Refusal>, StoreError> {
-        let generation = match self.snapshot_begin(s.list, s.version)? {
+        let list = s.list;
+        let generation = match self.snapshot_begin(list, s.version)? {
             Err(r) => return Ok(Err(r)),
             Ok(SnapshotStep::AlreadyInForce { version }) => {
                 return Ok(Ok(Applied::AlreadyInForce { version }));
             }
             Ok(SnapshotStep::Write { generation }) => generation,
         };
-        if let Err(r) = self.snapshot_write(s.list, generation, &s.entries, 0..s.entries.len())? {
-            self.snapshot_abort(s.list, generation)?;
+        while self.drop_generations(list, Generations::Unfinished, SNAPSHOT_CHUNK)? > 0 {}
+        if let Err(r) = self.snapshot_write(list, generation, &s.entries, 0..s.entries.len())? {
+            while self.drop_generations(list, Generations::Unfinished, SNAPSHOT_CHUNK)? > 0 {}
             return Ok(Err(r));
         }
-        let applied =
-            self.snapshot_commit(s.list, s.version, generation, s.issued_at.as_deref())?;
-        while self.drop_stale_generations(s.list, SNAPSHOT_CHUNK)? > 0 {}
+        let applied = self.snapshot_commit(list, s.version, generation, s.issued_at.as_deref())?;
+        while self.drop_generations(list, Generations::Stale, SNAPSHOT_CHUNK)? > 0 {}
         Ok(applied)
     }
 
     /// Snapshot step 1: checks the version against the one in force and picks the generation
-    /// to write the new list into, clearing what an interrupted apply may have left there.
+    /// to write the new list into. What an interrupted apply left there must be dropped
+    /// (`Generations::Unfinished`) before writing.
     pub fn snapshot_begin(
         &mut self,
         list: ListName,
         version: u64,
     ) -> Result<Result<SnapshotStep, Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let current = in_force(&tx, list)?;
+        let current = in_force(&self.conn, list)?;
         if let Err(r) = check_newer(list, version, current.version) {
             return Ok(r.map(|a| match a {
                 Applied::AlreadyInForce { version } | Applied::Applied { version } => {
@@ -312,15 +313,9 @@ impl Db {
                 }
             }));
         }
-        let generation = current.generation + 1;
-        for table in tables(list) {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE gen > ?1"),
-                [current.generation],
-            )?;
-        }
-        tx.commit()?;
-        Ok(Ok(SnapshotStep::Write { generation }))
+        Ok(Ok(SnapshotStep::Write {
+            generation: current.generation + 1,
+        }))
     }
 
     /// Snapshot step 2: writes `entries[range]` into generation `gen`, invisible to decisions.
@@ -339,8 +334,9 @@ impl Db {
         Ok(Ok(()))
     }
 
-    /// Snapshot step 3: brings generation `gen` into force, if its version is still newer.
-    /// One short transaction: this is the atomic switch from the old list to the new.
+    /// Snapshot step 3: brings generation `generation` into force, if its version is still
+    /// newer and no other apply switched the list meanwhile. One short transaction: this is
+    /// the atomic switch from the old list to the new.
     pub fn snapshot_commit(
         &mut self,
         list: ListName,
@@ -353,6 +349,13 @@ impl Db {
         if let Err(r) = check_newer(list, version, current.version) {
             return Ok(r);
         }
+        if current.generation + 1 != generation {
+            return Err(StoreError::Invalid(format!(
+                "{} generation {generation} was written while {} came into force",
+                list.as_str(),
+                current.generation
+            )));
+        }
         tx.execute(
             "UPDATE list_version SET version = ?2, gen = ?3, issued_at = ?4 WHERE list = ?1",
             params![list.as_str(), version, generation, issued_at],
@@ -361,31 +364,26 @@ impl Db {
         Ok(Ok(Applied::Applied { version }))
     }
 
-    /// After a refused chunk: removes what was written of generation `gen`.
-    pub fn snapshot_abort(&mut self, list: ListName, generation: i64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        for table in tables(list) {
-            tx.execute(&format!("DELETE FROM {table} WHERE gen = ?1"), [generation])?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Snapshot step 4: deletes up to `limit` rows of each of the list's tables from
-    /// generations older than the one in force. Returns how many rows went.
-    pub fn drop_stale_generations(
+    /// Deletes up to `limit` rows of each of the list's tables from the generations named,
+    /// relative to the one in force. Returns how many rows went; call until 0.
+    pub fn drop_generations(
         &mut self,
         list: ListName,
+        which: Generations,
         limit: usize,
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let generation = in_force(&tx, list)?.generation;
+        let cond = match which {
+            Generations::Stale => "gen < ?1",
+            Generations::Unfinished => "gen > ?1",
+        };
         let mut n = 0;
         for (table, key) in keyed_tables(list) {
             n += tx.execute(
                 &format!(
                     "DELETE FROM {table} WHERE ({key}) IN
-                     (SELECT {key} FROM {table} WHERE gen < ?1 LIMIT ?2)"
+                     (SELECT {key} FROM {table} WHERE {cond} LIMIT ?2)"
                 ),
                 params![generation, limit as i64],
             )?;
@@ -624,6 +622,14 @@ fn insert_alarm(
 /// transaction deletes: small enough that a pass waits at most one chunk.
 pub const SNAPSHOT_CHUNK: usize = 2000;
 
+/// Generations other than the one in force: older ones (replaced, to clean up) or newer ones
+/// (written by an apply that has not come, or never will come, into force).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generations {
+    Stale,
+    Unfinished,
+}
+
 /// Where a snapshot apply stands after its first step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotStep {
@@ -660,15 +666,6 @@ fn check_newer(list: ListName, version: u64, current: u64) -> Result<(), Result<
         ))));
     }
     Ok(())
-}
-
-/// A list's tables.
-fn tables(list: ListName) -> &'static [&'static str] {
-    match list {
-        ListName::Staff => &["staff", "staff_credential"],
-        ListName::Visitors => &["invitation", "invitation_credential"],
-        ListName::Deny => &["deny"],
-    }
 }
 
 /// A list's tables with their primary keys (they are WITHOUT ROWID).

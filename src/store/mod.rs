@@ -8,8 +8,8 @@ mod db;
 mod schema;
 
 pub use db::{
-    Applied, Db, EventDraft, GateId, MailboxPos, OutboxRow, OutboxStats, PassInput, PassOutcome,
-    SNAPSHOT_CHUNK, SnapshotStep, Stream,
+    Applied, Db, EventDraft, GateId, Generations, MailboxPos, OutboxRow, OutboxStats, PassInput,
+    PassOutcome, SNAPSHOT_CHUNK, SnapshotStep, Stream,
 };
 
 use std::path::Path;
@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 use crate::core::Policy;
-use crate::sync::contract::{Refusal, Snapshot};
+use crate::sync::contract::{ListName, Refusal, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,7 +95,8 @@ impl Store {
     /// Replaces a list without holding up decisions: the new list is written as a new
     /// generation in chunks of `SNAPSHOT_CHUNK` entries, each its own job, so passes queued
     /// meanwhile run between chunks. One short transaction then brings it into force, and the
-    /// old generation is deleted in chunks after that.
+    /// old generation is deleted in chunks after that. The downlink applies one update at a
+    /// time; a second concurrent apply of the same list would fail at the switch.
     pub async fn apply_snapshot(
         &self,
         s: Snapshot,
@@ -108,10 +109,14 @@ impl Store {
         {
             Err(r) => return Ok(Err(r)),
             Ok(SnapshotStep::AlreadyInForce { version }) => {
+                // The retained snapshot on reconnect: a chance to finish a cleanup that a
+                // restart interrupted.
+                self.drop_generations(list, Generations::Stale).await;
                 return Ok(Ok(Applied::AlreadyInForce { version }));
             }
             Ok(SnapshotStep::Write { generation }) => generation,
         };
+        self.drop_generations(list, Generations::Unfinished).await;
         let n = s.entries.len();
         for start in (0..n).step_by(SNAPSHOT_CHUNK) {
             let (chunk, range) = (s.clone(), start..(start + SNAPSHOT_CHUNK).min(n));
@@ -119,8 +124,7 @@ impl Store {
                 .call(move |db| db.snapshot_write(list, generation, &chunk.entries, range))
                 .await?;
             if let Err(r) = written {
-                self.call(move |db| db.snapshot_abort(list, generation))
-                    .await?;
+                self.drop_generations(list, Generations::Unfinished).await;
                 return Ok(Err(r));
             }
         }
@@ -128,12 +132,26 @@ impl Store {
         let applied = self
             .call(move |db| db.snapshot_commit(list, version, generation, s2.issued_at.as_deref()))
             .await?;
-        while self
-            .call(move |db| db.drop_stale_generations(list, SNAPSHOT_CHUNK))
-            .await?
-            > 0
-        {}
+        self.drop_generations(list, Generations::Stale).await;
         Ok(applied)
+    }
+
+    /// Deletes the given generations in chunks. A failure is logged, not returned: the list in
+    /// force is not affected, and the next snapshot tries again.
+    async fn drop_generations(&self, list: ListName, which: Generations) {
+        loop {
+            match self
+                .call(move |db| db.drop_generations(list, which, SNAPSHOT_CHUNK))
+                .await
+            {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(list = list.as_str(), ?which, error = %e, "list cleanup failed; it will be retried with the next snapshot");
+                    return;
+                }
+            }
+        }
     }
 
     async fn send(&self, job: Job) -> Result<(), StoreError> {

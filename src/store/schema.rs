@@ -78,6 +78,7 @@ fn v1(tx: &Transaction) -> rusqlite::Result<()> {
             reason  TEXT,
             PRIMARY KEY (kind, cred_id, gen)
         ) WITHOUT ROWID;
+        CREATE INDEX deny_gen ON deny(gen);
 
         -- Events and alarms not yet acknowledged by the broker, oldest first by rowid. A row is
         -- deleted only when the PUBACK for the message that carried it arrives (G3).

@@ -413,7 +413,7 @@ fn a_refused_chunk_and_an_interrupted_apply_leave_the_list_in_force() {
         .expect("db")
         .expect("applied");
 
-    // An apply that stops after writing (a crash): invisible, and cleared by the next begin.
+    // An apply that stops after writing (a crash): invisible, and cleared by the next apply.
     let s2 = staff_snapshot(2, &[("E2", "200")]);
     let Ok(SnapshotStep::Write { generation }) = db.snapshot_begin(ListName::Staff, 2).expect("db")
     else {

@@ -45,6 +45,16 @@ enum Role {
     Downlink,
 }
 
+impl Role {
+    /// The name status shows this connection's state under.
+    fn component(self) -> &'static str {
+        match self {
+            Self::Uplink => "broker",
+            Self::Downlink => "mqtt_lists",
+        }
+    }
+}
+
 /// Acknowledged rows are deleted from the outbox in batches, at least this often.
 const ACK_FLUSH: Duration = Duration::from_millis(20);
 const ACK_BATCH: usize = 256;
@@ -101,26 +111,22 @@ async fn run_role(
         let started = Instant::now();
         let mut conn = Connection::new(role, &link, &envelope);
         let end = conn.run(kick.as_mut(), &mut shutdown).await;
-        if let End::Lost(Some(e)) = &end {
-            if is_oversize(e) {
-                if !oversize_alarmed {
-                    oversize_alarmed = true;
-                    conn.alarm_oversize(e).await;
-                }
-            } else if conn.connected {
-                oversize_alarmed = false;
-            }
+        let healthy = conn.connected && started.elapsed() >= HEALTHY_UPTIME;
+        if healthy {
+            // A connection that stayed up ends any oversize episode: a new one is alarmed.
+            oversize_alarmed = false;
+            backoff.reset();
+        }
+        if let End::Lost(Some(e)) = &end
+            && is_oversize(e)
+            && !oversize_alarmed
+        {
+            oversize_alarmed = true;
+            conn.alarm_oversize(e).await;
         }
         match end {
             End::Shutdown => return,
-            End::Lost(_) => {
-                if role == Role::Uplink {
-                    link.shared.health.set("broker", "disconnected");
-                }
-                if started.elapsed() >= HEALTHY_UPTIME {
-                    backoff.reset();
-                }
-            }
+            End::Lost(_) => link.shared.health.set(role.component(), "disconnected"),
         }
         // rumqttc retries at once on its own (#703): wait here, with jitter.
         let delay = backoff.next_delay();
@@ -280,9 +286,9 @@ impl<'a> Connection<'a> {
                 }
                 tracing::info!(broker = %self.broker(), role = ?self.role, "MQTT connected");
                 self.connected = true;
+                self.link.shared.health.set(self.role.component(), "ok");
                 match self.role {
                     Role::Uplink => {
-                        self.link.shared.health.set("broker", "ok");
                         self.publish_status(true).await;
                         // Everything unacknowledged goes again, oldest first.
                         self.cursor = 0;
@@ -349,9 +355,10 @@ impl<'a> Connection<'a> {
         else {
             return;
         };
-        // After a gap (or a failed apply) the snapshot in force must come again: resubscribing
-        // to the snapshot topic makes the broker resend the retained one.
-        if matches!(ack.error.as_deref(), Some("version_gap" | "store_error"))
+        // After a gap the snapshot must come again: resubscribing to the snapshot topic makes
+        // the broker resend the retained one. (Not after a store error: that would rewrite a
+        // large list in a loop on a full disk; the next reconnect brings it again.)
+        if ack.error.as_deref() == Some("version_gap")
             && let Some((list, _)) = link.topics.parse_list_topic(topic)
         {
             let t = link.topics.list(list);

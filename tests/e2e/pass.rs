@@ -246,3 +246,48 @@ async fn a_flapping_reader_raises_one_fault_not_a_flood() {
         .count();
     assert_eq!(faults, 1, "one fault episode, one alarm");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_keeps_an_acked_event_is_acked_again_and_the_lane_goes_on() {
+    let w = World::start().await;
+    w.devices.reader1.ignore_next_acks(1);
+    let first = w
+        .devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    let second = w
+        .devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    let alarm = w
+        .centre
+        .wait_json("a device_fault for the kept event", ALARM, |a| {
+            a["alarm"] == "device_fault" && a["source"] == "reader1"
+        })
+        .await;
+    assert!(
+        alarm["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("still showed event"),
+        "{alarm}"
+    );
+    wait_for("both events acked", DEADLINE, || {
+        let acked = w.devices.reader1.acked();
+        (acked.contains(&first) && acked.contains(&second)).then_some(())
+    })
+    .await;
+    let events = wait_for("two pass events", DEADLINE, || {
+        let e = w.events();
+        (e.len() >= 2).then_some(e)
+    })
+    .await;
+    assert_eq!(
+        events.len(),
+        2,
+        "the kept event was decided once, not again"
+    );
+    assert_eq!(w.devices.relay.pulses().len(), 2, "one pulse per pass");
+}
