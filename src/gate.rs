@@ -100,9 +100,6 @@ impl Shared {
 /// A running gate: its shared handles, and the way to stop it.
 pub struct Gate {
     pub shared: Shared,
-    /// The one writer of the gate mode (overrides and commands will set it).
-    #[allow(dead_code)]
-    mode: watch::Sender<Mode>,
     shutdown: watch::Sender<bool>,
     sync: Option<tokio::task::JoinHandle<()>>,
 }
@@ -130,8 +127,9 @@ impl Gate {
             cfg.store.outbox_quota,
         )?;
         // The persisted mode (a lockdown survives a restart), read before any lane starts.
+        // Nothing changes it yet; commands and the guard panel will, through a sender kept here.
         let mode = store.call(|db| db.mode()).await?;
-        let (mode_tx, mode_rx) = watch::channel(mode);
+        let (_, mode_rx) = watch::channel(mode);
         let (outbox_kick, kick_rx) = mpsc::channel(1);
         let shared = Shared {
             store,
@@ -182,7 +180,6 @@ impl Gate {
         });
         Ok(Gate {
             shared,
-            mode: mode_tx,
             shutdown,
             sync,
         })

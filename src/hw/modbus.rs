@@ -70,11 +70,6 @@ impl ModbusTcp {
         }
     }
 
-    /// Drops the connection; the next call reconnects.
-    pub fn disconnect(&mut self) {
-        self.ctx = None;
-    }
-
     pub async fn read_input_registers(
         &mut self,
         addr: u16,

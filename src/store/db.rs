@@ -137,10 +137,6 @@ impl Db {
         })
     }
 
-    pub fn gate(&self) -> &GateId {
-        &self.gate
-    }
-
     // ---- passes ------------------------------------------------------------------------------
 
     /// Decides and records a batch of passes in one transaction: one fsync for all (group
@@ -162,20 +158,6 @@ impl Db {
         // their lanes may open.
         self.after_insert(inputs.last().map_or(0, |i| i.now));
         Ok(out)
-    }
-
-    /// Records an event that is not a credential decision: an override, a mode change.
-    pub fn record_event(
-        &mut self,
-        draft: EventDraft,
-        now: UnixMs,
-    ) -> Result<PassEvent, StoreError> {
-        let tx = self.conn.transaction()?;
-        let event = insert_event(&tx, &self.gate, draft, now)?;
-        tx.commit()?;
-        self.pending += 1;
-        self.after_insert(now);
-        Ok(event)
     }
 
     pub fn record_alarm(
@@ -426,11 +408,6 @@ impl Db {
         Ok(Ok(Applied::Applied { version: d.version }))
     }
 
-    /// What the lists say of one credential (for decisions, and for tests).
-    pub fn lookup(&self, kind: CredentialKind, id: &str) -> Result<Lookups, StoreError> {
-        Ok(lookup(&self.conn, kind, id)?)
-    }
-
     // ---- small state -------------------------------------------------------------------------
 
     pub fn mode(&self) -> Result<Mode, StoreError> {
@@ -442,16 +419,6 @@ impl Db {
             .optional()?;
         Ok(v.and_then(|v| serde_json::from_str(&v).ok())
             .unwrap_or_default())
-    }
-
-    pub fn set_mode(&mut self, mode: Mode) -> Result<(), StoreError> {
-        let v = serde_json::to_string(&mode).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.conn.execute(
-            "INSERT INTO state (key, value) VALUES ('mode', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [v],
-        )?;
-        Ok(())
     }
 
     /// Used entries of an invitation (for tests and status).
@@ -472,7 +439,7 @@ impl Db {
 
 /// The fields of an event that the caller decides; id, seq and ts are the store's.
 #[derive(Clone, Debug)]
-pub struct EventDraft {
+struct EventDraft {
     pub lane: u16,
     pub direction: Direction,
     pub credential: Option<Credential>,

@@ -8,8 +8,8 @@ mod db;
 mod schema;
 
 pub use db::{
-    Applied, Db, EventDraft, GateId, Generations, MailboxPos, OutboxRow, OutboxStats, PassInput,
-    PassOutcome, SNAPSHOT_CHUNK, SnapshotStep, Stream,
+    Applied, Db, GateId, Generations, MailboxPos, OutboxRow, OutboxStats, PassInput, PassOutcome,
+    SNAPSHOT_CHUNK, SnapshotStep, Stream,
 };
 
 use std::path::Path;

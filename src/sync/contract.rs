@@ -34,9 +34,6 @@ impl Topics {
     pub fn ack(&self) -> String {
         self.gate_topic("ack")
     }
-    pub fn cmd(&self) -> String {
-        self.gate_topic("cmd")
-    }
     pub fn list(&self, list: ListName) -> String {
         format!("{}/{}/lists/{}", self.root, self.site, list.as_str())
     }

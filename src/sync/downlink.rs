@@ -1,8 +1,9 @@
 //! The downlink: list snapshots and deltas from the centre, applied to the store and acked.
 //!
 //! G6: a malformed, stale, other-site or oversized update is refused with an ack that names
-//! the reason; the lists in force stay in force (each apply is one transaction) and nothing
-//! here can stop the daemon.
+//! the reason; the lists in force stay in force (a snapshot comes into force by one switch
+//! after all of it is written, a delta in one transaction) and nothing here can stop the
+//! daemon.
 
 use super::contract::{Ack, ListName, Refusal, Topics, format_ts, parse_delta, parse_snapshot};
 use super::envelope::Envelope;

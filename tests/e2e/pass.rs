@@ -103,7 +103,7 @@ async fn b_an_unknown_card_opens_nothing_and_is_logged_denied() {
         (e["lane"].as_u64(), e["direction"].as_str()),
         (Some(0), Some("in"))
     );
-    // The event is published after the mailbox is acked, so by now any pulse would be there.
+    // The mailbox is acked only after any pulse, so once it is acked a pulse would be there.
     wait_for("the mailbox ack", DEADLINE, || {
         w.devices.reader1.acked().contains(&seq).then_some(())
     })
