@@ -50,6 +50,8 @@ struct RawConfig {
     #[serde(default)]
     mqtt: Option<Spanned<RawMqtt>>,
     #[serde(default)]
+    trust: Option<Spanned<RawTrust>>,
+    #[serde(default)]
     policy: Option<Spanned<RawPolicy>>,
     #[serde(default)]
     relay: Vec<Spanned<RawRelay>>,
@@ -82,8 +84,9 @@ fn default_quota() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
     host: String,
-    #[serde(default = "default_port")]
-    port: u16,
+    /// Default 1883, or 8883 with TLS.
+    #[serde(default)]
+    port: Option<u16>,
     #[serde(default = "default_root")]
     root: String,
     #[serde(default)]
@@ -96,11 +99,49 @@ struct RawMqtt {
     status_interval_s: u64,
     #[serde(default = "default_inflight")]
     inflight: u16,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
 }
 
-fn default_port() -> u16 {
-    1883
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: PathBuf,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    server_name: Option<String>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    systemd_credential: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    allow_unsigned: bool,
+    #[serde(default)]
+    key: Vec<RawTrustKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrustKey {
+    id: String,
+    public: String,
+}
+
 fn default_root() -> String {
     "acs".into()
 }
@@ -146,12 +187,15 @@ struct RawRelay {
 struct RawRelayRegisters {
     #[serde(default = "default_pulse_base")]
     pulse_base: u16,
+    #[serde(default)]
+    coil_base: u16,
 }
 
 impl Default for RawRelayRegisters {
     fn default() -> Self {
         Self {
             pulse_base: default_pulse_base(),
+            coil_base: 0,
         }
     }
 }
@@ -219,6 +263,7 @@ pub struct Config {
     pub gate: String,
     pub store: StoreConfig,
     pub mqtt: Option<MqttConfig>,
+    pub trust: TrustConfig,
     pub policy: Policy,
     pub relays: Vec<RelayConfig>,
     pub readers: Vec<ReaderConfig>,
@@ -241,6 +286,35 @@ pub struct MqttConfig {
     pub max_message_bytes: usize,
     pub status_interval: Duration,
     pub inflight: u16,
+    pub tls: Option<TlsConfig>,
+    pub auth: Option<AuthSource>,
+}
+
+/// MQTT over TLS: the CA that signs the broker's certificate, and optionally this gate's
+/// client certificate and key (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub ca_file: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The name the broker's certificate must carry; default: `mqtt.host`.
+    pub server_name: String,
+}
+
+/// Where the MQTT username and password come from: a file of two lines (username, then
+/// password), either at a path or as a systemd credential (`LoadCredential=NAME:…`, read from
+/// `$CREDENTIALS_DIRECTORY/NAME`). They never appear in config or logs.
+#[derive(Clone, Debug)]
+pub enum AuthSource {
+    File(PathBuf),
+    SystemdCredential(String),
+}
+
+/// The admin keys whose signatures this gate accepts, by key id.
+#[derive(Clone, Debug, Default)]
+pub struct TrustConfig {
+    pub keys: BTreeMap<String, ed25519_dalek::VerifyingKey>,
+    /// Lab only: accept unsigned list and command bodies.
+    pub allow_unsigned: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +324,8 @@ pub struct RelayConfig {
     pub unit: u8,
     pub timeout: Duration,
     pub pulse_base: u16,
+    /// Coil `coil_base + 2n` / `+2n+1`: steady release (hold-open) of lane n's entry / exit.
+    pub coil_base: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -336,6 +412,7 @@ impl Checker<'_> {
             return self.err(sspan, "store.outbox_quota", "must be 1000..=10^12 events");
         }
 
+        let mqtt_span = raw.mqtt.as_ref().map(|m| m.span()).unwrap_or(0..0);
         let mqtt = match raw.mqtt {
             None => None,
             Some(m) => {
@@ -366,18 +443,108 @@ impl Checker<'_> {
                 let client_id = m
                     .client_id
                     .unwrap_or_else(|| format!("gated-{}-{}", gate.site, gate.gate));
+                let tls = match m.tls {
+                    None => None,
+                    Some(t) => {
+                        let client = match (t.cert_file, t.key_file) {
+                            (None, None) => None,
+                            (Some(c), Some(k)) => Some((c, k)),
+                            _ => {
+                                return self.err(
+                                    span,
+                                    "mqtt.tls",
+                                    "cert_file and key_file go together (client certificate)",
+                                );
+                            }
+                        };
+                        Some(TlsConfig {
+                            ca_file: t.ca_file,
+                            client,
+                            server_name: t.server_name.unwrap_or_else(|| m.host.clone()),
+                        })
+                    }
+                };
+                let auth = match m.auth {
+                    None => None,
+                    Some(RawAuth {
+                        file: Some(f),
+                        systemd_credential: None,
+                    }) => Some(AuthSource::File(f)),
+                    Some(RawAuth {
+                        file: None,
+                        systemd_credential: Some(name),
+                    }) => {
+                        if !is_safe_name(&name) {
+                            return self.err(
+                                span,
+                                "mqtt.auth.systemd_credential",
+                                format!("`{name}` is not a credential name ([A-Za-z0-9_-])"),
+                            );
+                        }
+                        Some(AuthSource::SystemdCredential(name))
+                    }
+                    Some(_) => {
+                        return self.err(
+                            span,
+                            "mqtt.auth",
+                            "give exactly one of `file` or `systemd_credential`",
+                        );
+                    }
+                };
                 Some(MqttConfig {
                     host: m.host,
-                    port: m.port,
+                    port: m.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
                     root: m.root,
                     client_id,
                     keep_alive: Duration::from_secs(m.keep_alive_s),
                     max_message_bytes: m.max_message_bytes,
                     status_interval: Duration::from_secs(m.status_interval_s),
                     inflight: m.inflight,
+                    tls,
+                    auth,
                 })
             }
         };
+
+        let trust = match raw.trust {
+            None => TrustConfig::default(),
+            Some(t) => {
+                let span = t.span();
+                let t = t.into_inner();
+                let mut keys = BTreeMap::new();
+                for (i, k) in t.key.into_iter().enumerate() {
+                    if let Err(e) = crate::sync::envelope::check_key_id(&k.id) {
+                        return self.err(span, &format!("trust.key[{i}].id"), e);
+                    }
+                    let public = match crate::sync::envelope::parse_public_key(&k.public) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return self.err(span, &format!("trust.key[{i}].public"), e);
+                        }
+                    };
+                    if keys.insert(k.id.clone(), public).is_some() {
+                        return self.err(
+                            span,
+                            &format!("trust.key[{i}].id"),
+                            format!("key id `{}` is listed twice", k.id),
+                        );
+                    }
+                }
+                TrustConfig {
+                    keys,
+                    allow_unsigned: t.allow_unsigned,
+                }
+            }
+        };
+        if mqtt.is_some() && trust.keys.is_empty() && !trust.allow_unsigned {
+            return self.err(
+                mqtt_span,
+                "trust.key",
+                "no admin key is trusted, so every list and command would be refused: add a \
+                 [[trust.key]] (`gatectl keygen` prints one), or for a lab only set \
+                 trust.allow_unsigned = true",
+            );
+        }
 
         let policy = match raw.policy {
             None => Policy::default(),
@@ -408,6 +575,7 @@ impl Checker<'_> {
                 unit: r.unit,
                 timeout: Duration::from_millis(r.timeout_ms),
                 pulse_base: r.registers.pulse_base,
+                coil_base: r.registers.coil_base,
             });
         }
 
@@ -484,6 +652,7 @@ impl Checker<'_> {
                 outbox_quota: store.outbox_quota,
             },
             mqtt,
+            trust,
             policy,
             relays,
             readers,

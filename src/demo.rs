@@ -105,9 +105,16 @@ pub async fn run(mqtt: Option<String>) -> anyhow::Result<()> {
             let (host, port) = hp
                 .rsplit_once(':')
                 .with_context(|| format!("--mqtt `{hp}` is not HOST:PORT"))?;
+            // The demo's lists are put in the store directly; the gate still needs an admin
+            // key to trust for anything sent over MQTT. A fresh one per run: nothing outside
+            // this process can sign for it.
+            let key = crate::sync::envelope::AdminKey::generate("demo")
+                .map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
             format!(
-                "[mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"gated-demo-{}\"\n",
-                std::process::id()
+                "[mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"gated-demo-{}\"\n\
+                 [[trust.key]]\nid = \"demo\"\npublic = \"{}\"\n",
+                std::process::id(),
+                key.public_b64()
             )
         }
         None => String::new(),

@@ -2,15 +2,21 @@
 //! on SIGTERM or Ctrl-C. Also `Shared`, what every task holds: the store handle, the health
 //! registry, the gate mode, and the channels that report decisions and wake the uplink.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::core::Mode;
 use crate::hw::health::{Health, Transition};
 use crate::hw::{DeviceError, reader, relay};
 use crate::store::{GateId, Store, StoreError};
 use crate::sync::contract::PassEvent;
+use crate::sync::contract::Topics;
+use crate::sync::downlink::Downlink;
+use crate::sync::envelope::Verifier;
 
 /// A decision as the lane saw it, for the log and the demo.
 #[derive(Clone, Debug)]
@@ -100,6 +106,7 @@ impl Shared {
 /// A running gate: its shared handles, and the way to stop it.
 pub struct Gate {
     pub shared: Shared,
+    pub control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     sync: Option<tokio::task::JoinHandle<()>>,
 }
@@ -127,9 +134,12 @@ impl Gate {
             cfg.store.outbox_quota,
         )?;
         // The persisted mode (a lockdown survives a restart), read before any lane starts.
-        // Nothing changes it yet; commands and the guard panel will, through a sender kept here.
+        // `Control` is its one writer.
         let mode = store.call(|db| db.mode()).await?;
-        let (_, mode_rx) = watch::channel(mode);
+        if mode != Mode::Normal {
+            tracing::warn!(mode = mode.as_str(), "starting in the persisted mode");
+        }
+        let (mode_tx, mode_rx) = watch::channel(mode);
         let (outbox_kick, kick_rx) = mpsc::channel(1);
         let shared = Shared {
             store,
@@ -142,11 +152,25 @@ impl Gate {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut relays = std::collections::HashMap::new();
         for r in &cfg.relays {
+            let channels = cfg
+                .lanes
+                .values()
+                .filter(|l| l.relay == r.name)
+                .map(|l| l.channel)
+                .collect();
             relays.insert(
                 r.name.clone(),
-                relay::spawn(r.clone(), shared.clone(), shutdown_rx.clone()),
+                relay::spawn(r.clone(), channels, shared.clone(), shutdown_rx.clone()),
             );
         }
+        let mut lanes = std::collections::BTreeMap::new();
+        for l in cfg.lanes.values() {
+            let relay = relays
+                .get(&l.relay)
+                .context("lane relay checked by config")?;
+            lanes.insert(l.id, (l.clone(), relay.clone()));
+        }
+        let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes));
         for r in &cfg.readers {
             let lane = cfg
                 .lanes
@@ -163,16 +187,29 @@ impl Gate {
                 shutdown_rx.clone(),
             );
         }
+        if cfg.trust.allow_unsigned {
+            tracing::error!(
+                "LAB MODE: trust.allow_unsigned = true. This gate accepts UNSIGNED lists and \
+                 commands from anyone who can publish to the broker. Never run it like this in \
+                 production."
+            );
+        }
         let sync_shared = shared.clone();
-        let sync = cfg.mqtt.as_ref().map(move |m| {
-            let topics = crate::sync::contract::Topics {
-                root: m.root.clone(),
-                site: cfg.site.clone(),
-                gate: cfg.gate.clone(),
+        let sync = cfg.mqtt.as_ref().map(|m| {
+            let downlink = Downlink {
+                topics: Topics {
+                    root: m.root.clone(),
+                    site: cfg.site.clone(),
+                    gate: cfg.gate.clone(),
+                },
+                verifier: Verifier::new(cfg.trust.keys.clone(), cfg.trust.allow_unsigned),
+                max_bytes: m.max_message_bytes,
+                store: shared.store.clone(),
+                control: control.clone(),
             };
             tokio::spawn(crate::sync::link::run(
                 m.clone(),
-                topics,
+                downlink,
                 sync_shared,
                 kick_rx,
                 shutdown_rx,
@@ -180,6 +217,7 @@ impl Gate {
         });
         Ok(Gate {
             shared,
+            control,
             shutdown,
             sync,
         })

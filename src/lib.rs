@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod demo;
 pub mod gate;

@@ -108,6 +108,17 @@ impl ModbusTcp {
         Ok(v)
     }
 
+    pub async fn write_multiple_coils(
+        &mut self,
+        addr: u16,
+        values: &[bool],
+    ) -> Result<(), DeviceError> {
+        let t = self.timeout;
+        let ctx = self.context().await?;
+        let r = timeout(t, ctx.write_multiple_coils(addr, values)).await;
+        self.settle(r)
+    }
+
     pub async fn write_single_register(
         &mut self,
         addr: u16,

@@ -408,6 +408,87 @@ impl Db {
         Ok(Ok(Applied::Applied { version: d.version }))
     }
 
+    // ---- overrides and commands --------------------------------------------------------------
+
+    /// Records an override pass (a remote `open`, a panel button): granted with `reason`, no
+    /// credential. With a nonce, the nonce is claimed in the same transaction, so a replayed
+    /// command can never open twice. Committed before the caller drives the relay (G1).
+    pub fn record_override(
+        &mut self,
+        lane: u16,
+        direction: Direction,
+        reason: core::Reason,
+        override_: Override,
+        nonce: Option<(&str, UnixMs)>,
+        now: UnixMs,
+    ) -> Result<Result<PassEvent, Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        if let Some((n, expires)) = nonce
+            && let Err(r) = claim_nonce(&tx, n, expires, now)?
+        {
+            return Ok(Err(r));
+        }
+        let event = insert_event(
+            &tx,
+            &self.gate,
+            EventDraft {
+                lane,
+                direction,
+                credential: None,
+                subject: None,
+                reason,
+                override_: Some(override_),
+            },
+            now,
+        )?;
+        tx.commit()?;
+        self.pending += 1;
+        self.after_insert(now);
+        Ok(Ok(event))
+    }
+
+    /// Persists a new mode and records the change as a `mode_changed` alarm naming who made
+    /// it (G8), in one transaction with the command's nonce.
+    pub fn set_mode(
+        &mut self,
+        mode: Mode,
+        source: &str,
+        detail: &str,
+        nonce: Option<(&str, UnixMs)>,
+        now: UnixMs,
+    ) -> Result<Result<Alarm, Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        if let Some((n, expires)) = nonce
+            && let Err(r) = claim_nonce(&tx, n, expires, now)?
+        {
+            return Ok(Err(r));
+        }
+        let value = serde_json::to_string(&mode).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO state (key, value) VALUES ('mode', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [value],
+        )?;
+        let alarm = insert_alarm(&tx, &self.gate, "mode_changed", source, detail, now)?;
+        tx.commit()?;
+        self.pending += 1;
+        self.after_insert(now);
+        Ok(Ok(alarm))
+    }
+
+    /// Claims a command nonce on its own (for commands that record nothing else).
+    pub fn claim_nonce(
+        &mut self,
+        nonce: &str,
+        expires_at: UnixMs,
+        now: UnixMs,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let r = claim_nonce(&tx, nonce, expires_at, now)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
     // ---- small state -------------------------------------------------------------------------
 
     pub fn mode(&self) -> Result<Mode, StoreError> {
@@ -506,6 +587,29 @@ fn record_pass(
         ])?;
     }
     Ok(PassOutcome::Recorded { verdict, event })
+}
+
+/// Refuses a nonce seen before; remembers a new one until its command expires. Expired
+/// nonces are forgotten here too: their commands are refused as expired anyway.
+fn claim_nonce(
+    tx: &Transaction,
+    nonce: &str,
+    expires_at: UnixMs,
+    now: UnixMs,
+) -> rusqlite::Result<Result<(), Refusal>> {
+    tx.prepare_cached("DELETE FROM command_nonce WHERE expires_at < ?1")?
+        .execute([now])?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO command_nonce (nonce, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![nonce, expires_at])?;
+    if inserted == 0 {
+        return Ok(Err(Refusal::Replayed(format!(
+            "nonce `{nonce}` was used before; a command is carried out once"
+        ))));
+    }
+    Ok(Ok(()))
 }
 
 fn next_seq(tx: &Transaction, stream: Stream) -> rusqlite::Result<u64> {

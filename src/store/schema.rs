@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1];
+const MIGRATIONS: &[Migration] = &[v1, v2];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -114,6 +114,20 @@ fn v1(tx: &Transaction) -> rusqlite::Result<()> {
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL
         );
+        "#,
+    )
+}
+
+/// Remote commands: the nonces seen, kept until their command expires, so that a command
+/// replayed (even after a restart) is refused.
+fn v2(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        r#"
+        CREATE TABLE command_nonce (
+            nonce      TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX command_nonce_expiry ON command_nonce(expires_at);
         "#,
     )
 }

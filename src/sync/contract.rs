@@ -34,6 +34,9 @@ impl Topics {
     pub fn ack(&self) -> String {
         self.gate_topic("ack")
     }
+    pub fn cmd(&self) -> String {
+        self.gate_topic("cmd")
+    }
     pub fn list(&self, list: ListName) -> String {
         format!("{}/{}/lists/{}", self.root, self.site, list.as_str())
     }
@@ -80,6 +83,10 @@ pub struct Override {
     pub source: String,
     /// What was pressed or sent: `open_entry`, `open_exit`, `hold_open`, `lockdown`, …
     pub input: String,
+    /// Who: for `remote`, the id of the admin key that signed the command (an extension of
+    /// the contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// One pass event, exactly the contract's fields (plus `ref` for later facts of a pass).
@@ -271,9 +278,22 @@ pub enum Refusal {
     /// A delta whose base is not the version in force.
     VersionGap(String),
     TooLarge(String),
-    /// Not signed, or not signed by a key the gate trusts (see `sync::envelope`).
+    /// Signed, but the signature does not verify under the key it names (see `sync::envelope`).
     BadSignature(String),
+    /// Signed by a key this gate does not trust.
     UnknownKey(String),
+    /// Not in a signed envelope, and the gate is not in lab mode (`allow_unsigned`).
+    Unsigned(String),
+    /// A command for another gate.
+    WrongGate(String),
+    /// A command past its `expires_at`.
+    Expired(String),
+    /// A command whose nonce was seen before.
+    Replayed(String),
+    /// A command this gate cannot carry out as asked (a lane it does not have).
+    Unsupported(String),
+    /// Recorded, but a device did not carry it out (the relay did not take the pulse).
+    DeviceError(String),
     /// The store could not apply it; the lists in force are unchanged.
     StoreError(String),
 }
@@ -289,6 +309,12 @@ impl Refusal {
             Self::TooLarge(_) => "too_large",
             Self::BadSignature(_) => "bad_signature",
             Self::UnknownKey(_) => "unknown_key",
+            Self::Unsigned(_) => "unsigned",
+            Self::WrongGate(_) => "wrong_gate",
+            Self::Expired(_) => "expired",
+            Self::Replayed(_) => "replayed",
+            Self::Unsupported(_) => "unsupported",
+            Self::DeviceError(_) => "device_error",
             Self::StoreError(_) => "store_error",
         }
     }
@@ -302,6 +328,12 @@ impl Refusal {
             | Self::TooLarge(d)
             | Self::BadSignature(d)
             | Self::UnknownKey(d)
+            | Self::Unsigned(d)
+            | Self::WrongGate(d)
+            | Self::Expired(d)
+            | Self::Replayed(d)
+            | Self::Unsupported(d)
+            | Self::DeviceError(d)
             | Self::StoreError(d) => d,
         }
     }
@@ -543,6 +575,135 @@ pub fn parse_delta(topic_list: ListName, body: &[u8]) -> Result<Delta, Refusal> 
         base: raw.base,
         upsert,
         remove: raw.remove,
+    })
+}
+
+/// A remote command (DESIGN.md's command body), as the centre sends it on `{gate}/cmd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// One pass on `lane` in `direction`, logged as `override_remote`.
+    Open,
+    HoldOpen,
+    Lockdown,
+    Normal,
+    EmergencyRelease,
+    /// Publish the status again.
+    Resync,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 6] = [
+        Self::Open,
+        Self::HoldOpen,
+        Self::Lockdown,
+        Self::Normal,
+        Self::EmergencyRelease,
+        Self::Resync,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::HoldOpen => "hold_open",
+            Self::Lockdown => "lockdown",
+            Self::Normal => "normal",
+            Self::EmergencyRelease => "emergency_release",
+            Self::Resync => "resync",
+        }
+    }
+    /// The mode a command puts the gate in, if it changes the mode.
+    pub fn mode(self) -> Option<crate::core::Mode> {
+        use crate::core::Mode;
+        match self {
+            Self::HoldOpen => Some(Mode::HoldOpen),
+            Self::Lockdown => Some(Mode::Lockdown),
+            Self::Normal => Some(Mode::Normal),
+            Self::EmergencyRelease => Some(Mode::EmergencyRelease),
+            Self::Open | Self::Resync => None,
+        }
+    }
+}
+
+/// The command body on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    pub site: String,
+    pub gate: String,
+    pub cmd: CommandKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    pub nonce: String,
+    pub issued_at: String,
+    pub expires_at: String,
+}
+
+/// A command, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub site: String,
+    pub gate: String,
+    pub cmd: CommandKind,
+    /// For `open`: the lane and direction to release (direction defaults to `in`).
+    pub lane: Option<u16>,
+    pub direction: Direction,
+    pub nonce: String,
+    pub issued_at: UnixMs,
+    pub expires_at: UnixMs,
+}
+
+/// The longest a command may be valid. Its nonce is remembered until it expires, so this also
+/// bounds how long the gate keeps nonces.
+pub const MAX_COMMAND_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+
+/// Parses and validates a command body. Scope and expiry are checked by the caller, which
+/// knows the gate and the time.
+pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
+    let raw: CommandBody = from_json("command body", body)?;
+    let nonce_ok = (8..=64).contains(&raw.nonce.len())
+        && raw
+            .nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !nonce_ok {
+        return Err(malformed(
+            "nonce must be 8..=64 characters of [A-Za-z0-9_-] (a fresh random value per command)",
+        ));
+    }
+    let issued_at = parse_ts(&raw.issued_at).map_err(|e| malformed(format!("issued_at: {e}")))?;
+    let expires_at =
+        parse_ts(&raw.expires_at).map_err(|e| malformed(format!("expires_at: {e}")))?;
+    if expires_at <= issued_at {
+        return Err(malformed("expires_at is not after issued_at"));
+    }
+    if expires_at - issued_at > MAX_COMMAND_LIFETIME_MS {
+        return Err(malformed(format!(
+            "a command may be valid for at most {} h",
+            MAX_COMMAND_LIFETIME_MS / 3_600_000
+        )));
+    }
+    match (raw.cmd, raw.lane) {
+        (CommandKind::Open, None) => return Err(malformed("`open` needs a `lane`")),
+        (CommandKind::Open, Some(_)) => {}
+        (c, Some(_)) | (c, None) if raw.direction.is_some() || raw.lane.is_some() => {
+            return Err(malformed(format!(
+                "`{}` is for the whole gate: it takes no `lane` or `direction`",
+                c.as_str()
+            )));
+        }
+        _ => {}
+    }
+    Ok(Command {
+        site: raw.site,
+        gate: raw.gate,
+        cmd: raw.cmd,
+        lane: raw.lane,
+        direction: raw.direction.unwrap_or(Direction::In),
+        nonce: raw.nonce,
+        issued_at,
+        expires_at,
     })
 }
 

@@ -1,115 +1,229 @@
-//! The downlink: list snapshots and deltas from the centre, applied to the store and acked.
+//! The downlink: what the centre sends (list snapshots, deltas and commands), checked, carried
+//! out and acked.
 //!
-//! G6: a malformed, stale, other-site or oversized update is refused with an ack that names
-//! the reason; the lists in force stay in force (a snapshot comes into force by one switch
-//! after all of it is written, a delta in one transaction) and nothing here can stop the
-//! daemon.
+//! G6: a message that is oversized, unsigned, wrongly signed, signed by an unknown key,
+//! malformed, for another site or gate, stale, expired or replayed is refused with an ack that
+//! names the reason; the lists in force stay in force (a snapshot comes into force by one
+//! switch after all of it is written, a delta in one transaction) and nothing here can stop
+//! the daemon.
+//!
+//! Order of checks: size, then the signature (nothing unsigned reaches a parser), then the
+//! body's shape, then its scope (site, gate), then time and replay (expiry, nonce, version).
 
-use super::contract::{Ack, ListName, Refusal, Topics, format_ts, parse_delta, parse_snapshot};
-use super::envelope::Envelope;
+use std::sync::Arc;
+
+use super::contract::{
+    Ack, Command, CommandKind, ListName, Refusal, Topics, format_ts, parse_command, parse_delta,
+    parse_snapshot,
+};
+use super::envelope::Verifier;
+use crate::control::{Control, Origin};
+use crate::core::UnixMs;
 use crate::store::{Applied, Store};
 
-/// Applies one downlink message; returns the ack to publish, or `None` for a topic that is
-/// not ours to answer.
-pub async fn handle(
-    topics: &Topics,
-    envelope: &Envelope,
-    max_bytes: usize,
-    store: &Store,
-    topic: &str,
-    payload: bytes::Bytes,
-    now: i64,
-) -> Option<Ack> {
-    let (list, is_delta) = topics.parse_list_topic(topic)?;
-    if payload.is_empty() {
-        // A retained message being cleared: nothing to apply, nothing to ack.
-        return None;
-    }
-    let (reference, result) =
-        apply(topics, envelope, max_bytes, store, list, is_delta, payload).await;
-    let ack = match result {
-        Ok(applied) => {
-            tracing::info!(list = list.as_str(), ?applied, "list update applied");
-            Ack {
-                ref_: reference,
-                ok: true,
-                error: None,
-                detail: None,
-                ts: format_ts(now),
-            }
-        }
-        Err(refusal) => {
-            tracing::warn!(list = list.as_str(), reference, %refusal, "list update refused");
-            Ack {
-                ref_: reference,
-                ok: false,
-                error: Some(refusal.code().to_string()),
-                detail: Some(refusal.detail().to_string()),
-                ts: format_ts(now),
-            }
-        }
-    };
-    Some(ack)
+/// Everything the downlink needs to judge and apply a message.
+pub struct Downlink {
+    pub topics: Topics,
+    pub verifier: Verifier,
+    pub max_bytes: usize,
+    pub store: Store,
+    pub control: Arc<Control>,
 }
 
-async fn apply(
-    topics: &Topics,
-    envelope: &Envelope,
-    max_bytes: usize,
-    store: &Store,
-    list: ListName,
-    is_delta: bool,
-    payload: bytes::Bytes,
-) -> (String, Result<Applied, Refusal>) {
-    let unknown = list.as_str().to_string();
-    if payload.len() > max_bytes {
-        let r = Refusal::TooLarge(format!("{} bytes, the limit is {max_bytes}", payload.len()));
-        return (unknown, Err(r));
-    }
-    let body = match envelope.open(&payload) {
-        Ok(b) => b.to_vec(),
-        Err(r) => return (unknown, Err(r)),
-    };
-    // Parsing a large list takes a while: keep it off the async workers.
-    let parsed = tokio::task::spawn_blocking(move || {
-        if is_delta {
-            parse_delta(list, &body).map(Update::Delta)
+/// The topics a downlink subscribes to: every list, its deltas, and this gate's commands.
+pub fn subscriptions(topics: &Topics) -> Vec<String> {
+    let mut t: Vec<String> = ListName::ALL
+        .into_iter()
+        .flat_map(|l| [topics.list(l), topics.list_delta(l)])
+        .collect();
+    t.push(topics.cmd());
+    t
+}
+
+impl Downlink {
+    /// Handles one message; returns the ack to publish, or `None` for a topic that is not ours
+    /// to answer (or an empty retained message being cleared).
+    pub async fn handle(&self, topic: &str, payload: bytes::Bytes, now: UnixMs) -> Option<Ack> {
+        if payload.is_empty() {
+            return None;
+        }
+        let (reference, result) = if topic == self.topics.cmd() {
+            self.command(payload, now).await
         } else {
-            parse_snapshot(list, &body).map(Update::Snapshot)
-        }
-    })
-    .await;
-    let update = match parsed {
-        Ok(Ok(u)) => u,
-        Ok(Err(r)) => return (unknown, Err(r)),
-        Err(e) => {
-            return (
-                unknown,
-                Err(Refusal::Malformed(format!("parser failed: {e}"))),
-            );
-        }
-    };
-    let (site, version) = match &update {
-        Update::Snapshot(s) => (s.site.clone(), s.version),
-        Update::Delta(d) => (d.site.clone(), d.version),
-    };
-    let reference = format!("{}@{version}", list.as_str());
-    if site != topics.site {
-        let r = Refusal::WrongSite(format!(
-            "for site `{site}`, this gate is in `{}`",
-            topics.site
-        ));
-        return (reference, Err(r));
+            let (list, is_delta) = self.topics.parse_list_topic(topic)?;
+            let (r, res) = self.list(list, is_delta, payload).await;
+            let detail = |a: Applied| match a {
+                Applied::Applied { version } => format!("version {version} in force"),
+                Applied::AlreadyInForce { version } => {
+                    format!("version {version} was already in force")
+                }
+            };
+            (r, res.map(detail))
+        };
+        let ack = match result {
+            Ok(detail) => {
+                tracing::info!(topic, reference, detail, "downlink message applied");
+                Ack {
+                    ref_: reference,
+                    ok: true,
+                    error: None,
+                    detail: Some(detail),
+                    ts: format_ts(now),
+                }
+            }
+            Err(refusal) => {
+                tracing::warn!(topic, reference, %refusal, "downlink message refused");
+                Ack {
+                    ref_: reference,
+                    ok: false,
+                    error: Some(refusal.code().to_string()),
+                    detail: Some(refusal.detail().to_string()),
+                    ts: format_ts(now),
+                }
+            }
+        };
+        Some(ack)
     }
-    let r = match update {
-        Update::Snapshot(s) => store.apply_snapshot(s).await,
-        Update::Delta(d) => store.call(move |db| db.apply_delta(&d)).await,
-    };
-    let result = match r {
-        Ok(inner) => inner,
-        Err(e) => Err(Refusal::StoreError(e.to_string())),
-    };
-    (reference, result)
+
+    fn check_size(&self, payload: &[u8]) -> Result<(), Refusal> {
+        if payload.len() > self.max_bytes {
+            return Err(Refusal::TooLarge(format!(
+                "{} bytes, the limit (mqtt.max_message_bytes) is {}",
+                payload.len(),
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        list: ListName,
+        is_delta: bool,
+        payload: bytes::Bytes,
+    ) -> (String, Result<Applied, Refusal>) {
+        let unknown = list.as_str().to_string();
+        if let Err(r) = self.check_size(&payload) {
+            return (unknown, Err(r));
+        }
+        // Verifying and parsing a large list takes a while: keep it off the async workers.
+        let verifier = self.verifier.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let body = verifier.open(&payload)?.body;
+            drop(payload);
+            if is_delta {
+                parse_delta(list, &body).map(Update::Delta)
+            } else {
+                parse_snapshot(list, &body).map(Update::Snapshot)
+            }
+        })
+        .await;
+        let update = match parsed {
+            Ok(Ok(u)) => u,
+            Ok(Err(r)) => return (unknown, Err(r)),
+            Err(e) => {
+                let r = Refusal::Malformed(format!("parser failed: {e}"));
+                return (unknown, Err(r));
+            }
+        };
+        let (site, version) = match &update {
+            Update::Snapshot(s) => (s.site.clone(), s.version),
+            Update::Delta(d) => (d.site.clone(), d.version),
+        };
+        let reference = format!("{}@{version}", list.as_str());
+        if site != self.topics.site {
+            let r = Refusal::WrongSite(format!(
+                "for site `{site}`, this gate is in `{}`",
+                self.topics.site
+            ));
+            return (reference, Err(r));
+        }
+        // Rollback: the store refuses a snapshot not newer than the version in force
+        // (`stale`) and a delta not on it (`version_gap`); the version is persisted.
+        let r = match update {
+            Update::Snapshot(s) => self.store.apply_snapshot(s).await,
+            Update::Delta(d) => self.store.call(move |db| db.apply_delta(&d)).await,
+        };
+        let result = match r {
+            Ok(inner) => inner,
+            Err(e) => Err(Refusal::StoreError(e.to_string())),
+        };
+        (reference, result)
+    }
+
+    async fn command(
+        &self,
+        payload: bytes::Bytes,
+        now: UnixMs,
+    ) -> (String, Result<String, Refusal>) {
+        let unknown = "cmd".to_string();
+        if let Err(r) = self.check_size(&payload) {
+            return (unknown, Err(r));
+        }
+        let opened = match self.verifier.open(&payload) {
+            Ok(o) => o,
+            Err(r) => return (unknown, Err(r)),
+        };
+        let cmd = match parse_command(&opened.body) {
+            Ok(c) => c,
+            Err(r) => return (unknown, Err(r)),
+        };
+        let reference = cmd.nonce.clone();
+        let result = self.run_command(&cmd, opened.key, now).await;
+        (reference, result)
+    }
+
+    async fn run_command(
+        &self,
+        cmd: &Command,
+        key: Option<String>,
+        now: UnixMs,
+    ) -> Result<String, Refusal> {
+        if cmd.site != self.topics.site {
+            return Err(Refusal::WrongSite(format!(
+                "for site `{}`, this gate is in `{}`",
+                cmd.site, self.topics.site
+            )));
+        }
+        if cmd.gate != self.topics.gate {
+            return Err(Refusal::WrongGate(format!(
+                "for gate `{}`, this is `{}`",
+                cmd.gate, self.topics.gate
+            )));
+        }
+        if now > cmd.expires_at {
+            return Err(Refusal::Expired(format!(
+                "expired at {}, it is now {}",
+                format_ts(cmd.expires_at),
+                format_ts(now)
+            )));
+        }
+        let origin = Origin {
+            source: "remote",
+            by: key,
+            nonce: Some((cmd.nonce.clone(), cmd.expires_at)),
+        };
+        tracing::info!(cmd = cmd.cmd.as_str(), by = ?origin.by, nonce = %cmd.nonce, "remote command");
+        match cmd.cmd {
+            CommandKind::Open => {
+                let lane = cmd
+                    .lane
+                    .ok_or_else(|| Refusal::Malformed("open needs a lane".into()))?;
+                self.control.open(lane, cmd.direction, &origin, now).await
+            }
+            CommandKind::Resync => {
+                // The link republishes the status after every downlink message it acks.
+                self.control.claim(&origin, now).await?;
+                Ok("status republished".into())
+            }
+            k => {
+                let mode = k
+                    .mode()
+                    .ok_or_else(|| Refusal::Unsupported(format!("`{}`", k.as_str())))?;
+                self.control.set_mode(mode, &origin, now).await
+            }
+        }
+    }
 }
 
 enum Update {

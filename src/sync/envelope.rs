@@ -1,22 +1,323 @@
-//! Opening what the centre sends: the place where the signed envelope of DESIGN.md
-//! (`{"v":1,"key":…,"sig":…,"body":…}`, Ed25519) is checked.
+//! The signed envelope of DESIGN.md, for every list and command the centre sends:
+//! `{"v":1,"key":"<key id>","sig":"<base64 Ed25519 signature of the body bytes>","body":"<base64 of the body JSON>"}`.
 //!
-//! The foundation has no keys yet, so `Unsigned` passes the payload through as the body.
-//! Signature checking replaces this with a verifier built from the admin keys in config;
-//! nothing downstream changes, since every caller receives body bytes or a `Refusal`.
+//! A gate holds the admin public keys of its config (several at once: that is how keys are
+//! rotated) and opens an envelope only if its signature verifies under the key it names. The
+//! body is parsed only after that, so nothing an attacker writes reaches the list parser.
+//! Unsigned bodies are refused unless the lab-only `allow_unsigned` is on.
+//!
+//! `AdminKey` is the signing side, used by `gatectl` and by the tests.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
 
 use super::contract::Refusal;
 
-#[derive(Clone, Debug)]
-pub enum Envelope {
-    /// Lab mode: the payload is the body, unsigned.
-    Unsigned,
+/// The one envelope version this gated knows.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    v: u32,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    sig: Cow<'a, str>,
+    #[serde(borrow)]
+    body: Cow<'a, str>,
 }
 
-impl Envelope {
-    pub fn open<'a>(&self, payload: &'a [u8]) -> Result<&'a [u8], Refusal> {
-        match self {
-            Self::Unsigned => Ok(payload),
+#[derive(Serialize)]
+struct WireOut<'a> {
+    v: u32,
+    key: &'a str,
+    sig: String,
+    body: String,
+}
+
+/// Only which envelope fields are present: tells an unsigned body from a broken envelope
+/// without building a tree of a large message.
+#[derive(Deserialize)]
+struct Probe {
+    v: Option<serde::de::IgnoredAny>,
+    key: Option<serde::de::IgnoredAny>,
+    sig: Option<serde::de::IgnoredAny>,
+    body: Option<serde::de::IgnoredAny>,
+}
+
+/// What an opened message holds: the body bytes, and the key that signed them (`None` for an
+/// unsigned body accepted in lab mode).
+#[derive(Debug)]
+pub struct Opened {
+    pub body: Vec<u8>,
+    pub key: Option<String>,
+}
+
+/// Checks envelopes against the admin keys a gate trusts.
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    keys: BTreeMap<String, VerifyingKey>,
+    allow_unsigned: bool,
+}
+
+impl Verifier {
+    pub fn new(keys: BTreeMap<String, VerifyingKey>, allow_unsigned: bool) -> Self {
+        Self {
+            keys,
+            allow_unsigned,
         }
+    }
+
+    pub fn open(&self, payload: &[u8]) -> Result<Opened, Refusal> {
+        let probe: Probe = serde_json::from_slice(payload).map_err(|e| {
+            Refusal::Malformed(format!(
+                "not a JSON object ({e}); expected a signed envelope"
+            ))
+        })?;
+        if probe.v.is_none() && probe.key.is_none() && probe.sig.is_none() && probe.body.is_none() {
+            if self.allow_unsigned {
+                return Ok(Opened {
+                    body: payload.to_vec(),
+                    key: None,
+                });
+            }
+            return Err(Refusal::Unsigned(
+                "not a signed envelope {\"v\",\"key\",\"sig\",\"body\"}; this gate accepts only \
+                 messages signed by a key in its [[trust.key]] config"
+                    .into(),
+            ));
+        }
+        let wire: Wire = serde_json::from_slice(payload)
+            .map_err(|e| Refusal::Malformed(format!("envelope: {e}")))?;
+        if wire.v != ENVELOPE_VERSION {
+            return Err(Refusal::Malformed(format!(
+                "envelope version {} is not known (this gate reads v{ENVELOPE_VERSION})",
+                wire.v
+            )));
+        }
+        let Some(public) = self.keys.get(wire.key.as_ref()) else {
+            let known: Vec<&str> = self.keys.keys().map(String::as_str).collect();
+            return Err(Refusal::UnknownKey(format!(
+                "key `{}` is not trusted by this gate (trusted: {})",
+                wire.key.escape_debug(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let sig = B64
+            .decode(wire.sig.as_bytes())
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or_else(|| {
+                Refusal::BadSignature("`sig` is not the base64 of a 64-byte signature".into())
+            })?;
+        let body = B64
+            .decode(wire.body.as_bytes())
+            .map_err(|e| Refusal::Malformed(format!("envelope `body` is not base64: {e}")))?;
+        public.verify_strict(&body, &sig).map_err(|_| {
+            Refusal::BadSignature(format!(
+                "the signature does not verify under key `{}`",
+                wire.key
+            ))
+        })?;
+        Ok(Opened {
+            body,
+            key: Some(wire.key.into_owned()),
+        })
+    }
+}
+
+/// Key ids name keys in config and in envelopes: `[A-Za-z0-9_-]`, 1..=64.
+pub fn check_key_id(id: &str) -> Result<(), String> {
+    if crate::config::is_safe_name(id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "key id `{}` must be 1..=64 characters of [A-Za-z0-9_-]",
+            id.escape_debug()
+        ))
+    }
+}
+
+/// Parses a public key as written in config: the base64 of its 32 bytes.
+pub fn parse_public_key(b64: &str) -> Result<VerifyingKey, String> {
+    let bytes = B64
+        .decode(b64.trim().as_bytes())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let bytes = <[u8; 32]>::try_from(bytes)
+        .map_err(|b| format!("{} bytes, an Ed25519 public key has 32", b.len()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
+/// An admin's signing key, with its id.
+pub struct AdminKey {
+    pub id: String,
+    signing: SigningKey,
+}
+
+/// The key file: TOML, written `0600` by `gatectl keygen`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    id: String,
+    /// Base64 of the 32-byte Ed25519 secret.
+    secret: String,
+    /// Base64 of the public key, for the reader's convenience; checked against the secret.
+    public: String,
+}
+
+impl AdminKey {
+    pub fn generate(id: &str) -> Result<AdminKey, String> {
+        check_key_id(id)?;
+        let mut secret = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut secret);
+        Ok(AdminKey {
+            id: id.to_string(),
+            signing: SigningKey::from_bytes(&secret),
+        })
+    }
+
+    /// The base64 public key, as `[[trust.key]] public = …` takes it.
+    pub fn public_b64(&self) -> String {
+        B64.encode(self.signing.verifying_key().as_bytes())
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    pub fn to_file_text(&self) -> String {
+        let f = KeyFile {
+            id: self.id.clone(),
+            secret: B64.encode(self.signing.to_bytes()),
+            public: self.public_b64(),
+        };
+        format!(
+            "# gated admin signing key. Keep it secret: whoever holds it can open every gate \
+             that trusts `{}`.\n{}",
+            self.id,
+            toml::to_string(&f).unwrap_or_default()
+        )
+    }
+
+    pub fn from_file_text(text: &str) -> Result<AdminKey, String> {
+        let f: KeyFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        check_key_id(&f.id)?;
+        let secret = B64
+            .decode(f.secret.trim().as_bytes())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or("`secret` is not the base64 of 32 bytes")?;
+        let key = AdminKey {
+            id: f.id,
+            signing: SigningKey::from_bytes(&secret),
+        };
+        if key.public_b64() != f.public.trim() {
+            return Err("`public` does not belong to `secret` (the file was edited?)".into());
+        }
+        Ok(key)
+    }
+
+    pub fn load(path: &Path) -> Result<AdminKey, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("key file {}: {e}", path.display()))?;
+        Self::from_file_text(&text).map_err(|e| format!("key file {}: {e}", path.display()))
+    }
+
+    /// Wraps `body` in a signed envelope.
+    pub fn seal(&self, body: &[u8]) -> Vec<u8> {
+        let out = WireOut {
+            v: ENVELOPE_VERSION,
+            key: &self.id,
+            sig: B64.encode(self.signing.sign(body).to_bytes()),
+            body: B64.encode(body),
+        };
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(keys: &[&AdminKey], allow_unsigned: bool) -> Verifier {
+        Verifier::new(
+            keys.iter()
+                .map(|k| (k.id.clone(), k.verifying_key()))
+                .collect(),
+            allow_unsigned,
+        )
+    }
+
+    #[test]
+    fn a_sealed_body_opens_under_its_key_and_rotation_keeps_both() {
+        let old = AdminKey::generate("ops-2025").expect("key");
+        let new = AdminKey::generate("ops-2026").expect("key");
+        let v = verifier(&[&old, &new], false);
+        for k in [&old, &new] {
+            let opened = v.open(&k.seal(b"{\"x\":1}")).expect("opens");
+            assert_eq!(opened.body, b"{\"x\":1}");
+            assert_eq!(opened.key.as_deref(), Some(k.id.as_str()));
+        }
+    }
+
+    #[test]
+    fn refusals_have_their_codes() {
+        let k = AdminKey::generate("ops").expect("key");
+        let other = AdminKey::generate("ops").expect("key");
+        let stranger = AdminKey::generate("stranger").expect("key");
+        let v = verifier(&[&k], false);
+        let code = |p: &[u8]| v.open(p).expect_err("refused").code();
+        assert_eq!(code(b"\x00\xffgarbage"), "malformed");
+        assert_eq!(code(br#"{"list":"staff"}"#), "unsigned");
+        assert_eq!(code(br#"{"v":1,"key":"ops"}"#), "malformed");
+        assert_eq!(code(&stranger.seal(b"{}")), "unknown_key");
+        // Same id, different secret: a forged key.
+        assert_eq!(code(&other.seal(b"{}")), "bad_signature");
+        // A body swapped under a valid signature.
+        let mut env: serde_json::Value = serde_json::from_slice(&k.seal(b"{}")).expect("json");
+        env["body"] = B64.encode(b"{\"evil\":1}").into();
+        assert_eq!(
+            code(&serde_json::to_vec(&env).expect("json")),
+            "bad_signature"
+        );
+        env["v"] = 2.into();
+        assert_eq!(code(&serde_json::to_vec(&env).expect("json")), "malformed");
+    }
+
+    #[test]
+    fn lab_mode_takes_unsigned_bodies_but_still_checks_envelopes() {
+        let k = AdminKey::generate("ops").expect("key");
+        let v = verifier(&[], true);
+        let opened = v
+            .open(br#"{"list":"staff"}"#)
+            .expect("unsigned ok in lab mode");
+        assert_eq!(opened.key, None);
+        assert_eq!(v.open(&k.seal(b"{}")).expect_err("x").code(), "unknown_key");
+    }
+
+    #[test]
+    fn key_files_round_trip_and_tampering_is_caught() {
+        let k = AdminKey::generate("ops-1").expect("key");
+        let text = k.to_file_text();
+        let back = AdminKey::from_file_text(&text).expect("parses");
+        assert_eq!(back.public_b64(), k.public_b64());
+        let other = AdminKey::generate("ops-1").expect("key");
+        let tampered = text.replace(&k.public_b64(), &other.public_b64());
+        assert!(AdminKey::from_file_text(&tampered).is_err());
+        assert!(AdminKey::generate("a/b").is_err());
+        assert!(parse_public_key(&k.public_b64()).is_ok());
+        assert!(parse_public_key("AAAA").is_err());
     }
 }

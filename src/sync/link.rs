@@ -25,9 +25,8 @@ use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoi
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::contract::{ListName, ListVersions, OutboxStatus, Status, Topics, format_ts};
-use super::downlink;
-use super::envelope::Envelope;
+use super::contract::{ListVersions, OutboxStatus, Status, Topics, format_ts};
+use super::downlink::{self, Downlink};
 use crate::config::MqttConfig;
 use crate::gate::Shared;
 use crate::hw::Backoff;
@@ -67,15 +66,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Runs both connections until shutdown.
 pub async fn run(
     cfg: MqttConfig,
-    topics: Topics,
+    downlink: Downlink,
     shared: Shared,
     kick: mpsc::Receiver<()>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // The downlink tells the uplink when list versions change, so status shows them at once.
+    // The downlink tells the uplink when list versions or the mode change, so status shows
+    // them at once.
     let link = std::sync::Arc::new(Link {
         cfg,
-        topics,
+        topics: downlink.topics.clone(),
+        downlink,
         shared,
         lists_changed: watch::channel(0u64).0,
     });
@@ -93,6 +94,7 @@ pub async fn run(
 struct Link {
     cfg: MqttConfig,
     topics: Topics,
+    downlink: Downlink,
     shared: Shared,
     lists_changed: watch::Sender<u64>,
 }
@@ -104,12 +106,11 @@ async fn run_role(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
-    let envelope = Envelope::Unsigned;
     // An oversize packet is alarmed once, not on every reconnect it causes.
     let mut oversize_alarmed = false;
     loop {
         let started = Instant::now();
-        let mut conn = Connection::new(role, &link, &envelope);
+        let mut conn = Connection::new(role, &link);
         let end = conn.run(kick.as_mut(), &mut shutdown).await;
         let healthy = conn.connected && started.elapsed() >= HEALTHY_UPTIME;
         if healthy {
@@ -177,7 +178,6 @@ fn options(role: Role, cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
 struct Connection<'a> {
     role: Role,
     link: &'a Link,
-    envelope: &'a Envelope,
     client: AsyncClient,
     /// What the event loop task saw; it ends after the first error.
     events: mpsc::Receiver<Result<Event, ConnectionError>>,
@@ -196,7 +196,7 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(role: Role, link: &'a Link, envelope: &'a Envelope) -> Self {
+    fn new(role: Role, link: &'a Link) -> Self {
         // Room for the whole window plus acks and status, so `try_publish` never finds it full.
         let cap = usize::from(link.cfg.inflight) + 64;
         let (client, mut eventloop) = AsyncClient::new(options(role, &link.cfg, &link.topics), cap);
@@ -215,7 +215,6 @@ impl<'a> Connection<'a> {
         Self {
             role,
             link,
-            envelope,
             client,
             events,
             poller,
@@ -295,11 +294,8 @@ impl<'a> Connection<'a> {
                         self.fill().await;
                     }
                     Role::Downlink => {
-                        let subs = ListName::ALL
+                        let subs = downlink::subscriptions(&self.link.topics)
                             .into_iter()
-                            .flat_map(|l| {
-                                [self.link.topics.list(l), self.link.topics.list_delta(l)]
-                            })
                             .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
                         self.client
                             .try_subscribe_many(subs)
@@ -332,27 +328,17 @@ impl<'a> Connection<'a> {
                 }
             }
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
-                self.on_list(&p.topic, p.payload).await;
+                self.on_message(&p.topic, p.payload).await;
             }
             _ => {}
         }
         Ok(())
     }
 
-    async fn on_list(&mut self, topic: &str, payload: bytes::Bytes) {
+    async fn on_message(&mut self, topic: &str, payload: bytes::Bytes) {
         let link = self.link;
         let now = crate::clock::now_ms();
-        let Some(ack) = downlink::handle(
-            &link.topics,
-            self.envelope,
-            link.cfg.max_message_bytes,
-            &link.shared.store,
-            topic,
-            payload,
-            now,
-        )
-        .await
-        else {
+        let Some(ack) = link.downlink.handle(topic, payload, now).await else {
             return;
         };
         // After a gap the snapshot must come again: resubscribing to the snapshot topic makes
@@ -367,6 +353,8 @@ impl<'a> Connection<'a> {
         }
         let body = serde_json::to_vec(&ack).unwrap_or_default();
         self.publish(link.topics.ack(), body, false, Tag::Other);
+        // The uplink republishes the status: new list versions or mode show at once, and this
+        // is also how `resync` is carried out.
         link.lists_changed.send_modify(|v| *v += 1);
     }
 

@@ -14,6 +14,17 @@ use serde_json::Value;
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The admin key of the tests: every gate the harness starts trusts it as `ops-test`.
+pub fn admin() -> &'static gated::sync::envelope::AdminKey {
+    static KEY: std::sync::OnceLock<gated::sync::envelope::AdminKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| gated::sync::envelope::AdminKey::generate("ops-test").expect("key"))
+}
+
+/// `body` in an envelope signed by the test admin key.
+pub fn signed(body: impl AsRef<[u8]>) -> Vec<u8> {
+    admin().seal(body.as_ref())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -240,8 +251,14 @@ impl Centre {
             .collect()
     }
 
-    /// Publishes as the admin would: QoS 1, retained for snapshots.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+    /// Publishes as the admin would: `body` signed by the test admin key, QoS 1, retained for
+    /// snapshots.
+    pub async fn publish(&self, topic: &str, body: impl AsRef<[u8]>, retain: bool) {
+        self.publish_raw(topic, signed(body), retain).await;
+    }
+
+    /// Publishes `payload` as it is (no envelope): for hostile messages and clearing retained.
+    pub async fn publish_raw(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
         self.client
             .publish(topic, QoS::AtLeastOnce, retain, payload.into())
             .await
@@ -316,6 +333,9 @@ port = {broker_port}
 keep_alive_s = 5
 status_interval_s = 60
 max_message_bytes = 262144
+[[trust.key]]
+id = "ops-test"
+public = "{admin}"
 [policy]
 min_face_score = 0.8
 [[relay]]
@@ -349,6 +369,7 @@ timeout_ms = 200
         relay = d.relay_srv.local_addr(),
         r1 = d.reader1_srv.local_addr(),
         r2 = d.reader2_srv.local_addr(),
+        admin = admin().public_b64(),
     )
 }
 

@@ -1,0 +1,196 @@
+//! Control: the one writer of the gate's mode, and the executor of overrides (a remote `open`
+//! now; the guard panel later).
+//!
+//! Every override and every mode change is committed to the outbox before it takes effect
+//! (G8, G1): an `open` is a pass event `override_remote`, committed before the relay pulse; a
+//! mode change is a `mode_changed` alarm naming who made it, committed with the new mode. The
+//! one exception is emergency release: it goes into force even when the store cannot record
+//! it, because it must not depend on the store (G9).
+//!
+//! Relays follow the mode on their own: each relay task watches it and holds its lanes open
+//! (coils on) in `hold_open` and `emergency_release`.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::watch;
+
+use crate::config::LaneConfig;
+use crate::core::{Direction, Mode, Reason, UnixMs};
+use crate::gate::Shared;
+use crate::hw::relay::RelayHandle;
+use crate::sync::contract::{Override, Refusal};
+
+/// Who or what asked for an override or a mode change.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// `remote` or `panel`.
+    pub source: &'static str,
+    /// For a remote command, the admin key that signed it.
+    pub by: Option<String>,
+    /// For a remote command, its nonce and expiry: claimed with the change, so a replay is
+    /// refused.
+    pub nonce: Option<(String, UnixMs)>,
+}
+
+impl Origin {
+    fn describe(&self) -> String {
+        match &self.by {
+            Some(k) => format!("{} (key `{k}`)", self.source),
+            None => self.source.to_string(),
+        }
+    }
+}
+
+pub struct Control {
+    shared: Shared,
+    mode_tx: watch::Sender<Mode>,
+    lanes: BTreeMap<u16, (LaneConfig, RelayHandle)>,
+    /// Mode changes happen one at a time, so the recorded `from → to` is always true.
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    pub fn new(
+        shared: Shared,
+        mode_tx: watch::Sender<Mode>,
+        lanes: BTreeMap<u16, (LaneConfig, RelayHandle)>,
+    ) -> Self {
+        Self {
+            shared,
+            mode_tx,
+            lanes,
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.mode_tx.borrow()
+    }
+
+    /// One pass on `lane` in `direction`, whatever the mode: recorded, then released.
+    pub async fn open(
+        &self,
+        lane: u16,
+        direction: Direction,
+        origin: &Origin,
+        now: UnixMs,
+    ) -> Result<String, Refusal> {
+        let Some((cfg, relay)) = self.lanes.get(&lane) else {
+            let have: Vec<String> = self.lanes.keys().map(u16::to_string).collect();
+            return Err(Refusal::Unsupported(format!(
+                "lane {lane} is not a lane of this gate (lanes: {})",
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
+            )));
+        };
+        let (reason, input) = match origin.source {
+            "panel" => (
+                Reason::OverridePanel,
+                match direction {
+                    Direction::In => "open_entry",
+                    Direction::Out => "open_exit",
+                },
+            ),
+            _ => (Reason::OverrideRemote, "open"),
+        };
+        let ov = Override {
+            source: origin.source.to_string(),
+            input: input.to_string(),
+            by: origin.by.clone(),
+        };
+        let nonce = origin.nonce.clone();
+        let event = self
+            .shared
+            .store
+            .call(move |db| {
+                let nonce = nonce.as_ref().map(|(n, e)| (n.as_str(), *e));
+                db.record_override(lane, direction, reason, ov, nonce, now)
+            })
+            .await
+            .map_err(|e| Refusal::StoreError(format!("the override was not recorded: {e}")))??;
+        self.shared.publish_decision(origin.source, &event);
+        tracing::warn!(lane, direction = direction.as_str(), by = %origin.describe(), "override: lane opened");
+        if let Err(e) = relay.pulse(cfg.channel, direction, cfg.release_ms).await {
+            let detail = format!(
+                "override {} recorded but lane {lane} {} was not released: {e}",
+                event.id,
+                direction.as_str()
+            );
+            tracing::error!("{detail}");
+            let _ = self
+                .shared
+                .alarm("relay_failed", relay.name(), &detail)
+                .await;
+            return Err(Refusal::DeviceError(detail));
+        }
+        Ok(format!(
+            "lane {lane} {} released for {} ms; event seq {}",
+            direction.as_str(),
+            cfg.release_ms,
+            event.seq
+        ))
+    }
+
+    /// Puts the gate in `mode`: recorded (with the nonce), persisted, then in force.
+    pub async fn set_mode(
+        &self,
+        mode: Mode,
+        origin: &Origin,
+        now: UnixMs,
+    ) -> Result<String, Refusal> {
+        let _one_at_a_time = self.serial.lock().await;
+        let from = self.mode();
+        let detail = format!(
+            "mode {} -> {} by {}{}",
+            from.as_str(),
+            mode.as_str(),
+            origin.describe(),
+            if from == mode {
+                " (already in force)"
+            } else {
+                ""
+            }
+        );
+        let (source, d, nonce) = (origin.source, detail.clone(), origin.nonce.clone());
+        let recorded = self
+            .shared
+            .store
+            .call(move |db| {
+                let nonce = nonce.as_ref().map(|(n, e)| (n.as_str(), *e));
+                db.set_mode(mode, source, &d, nonce, now)
+            })
+            .await;
+        match recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(refusal)) => return Err(refusal),
+            Err(e) if mode == Mode::EmergencyRelease => {
+                // G9: an emergency release does not wait for the store.
+                tracing::error!(error = %e, "{detail}: NOT RECORDED (store unavailable); in force anyway");
+            }
+            Err(e) => {
+                return Err(Refusal::StoreError(format!(
+                    "the mode change was not recorded, so it is not made: {e}"
+                )));
+            }
+        }
+        self.mode_tx.send_replace(mode);
+        self.shared.kick_outbox();
+        tracing::warn!("{detail}");
+        Ok(detail)
+    }
+
+    /// Claims a command nonce for a command that changes nothing (resync).
+    pub async fn claim(&self, origin: &Origin, now: UnixMs) -> Result<(), Refusal> {
+        let Some((nonce, expires)) = origin.nonce.clone() else {
+            return Ok(());
+        };
+        self.shared
+            .store
+            .call(move |db| db.claim_nonce(&nonce, expires, now))
+            .await
+            .map_err(|e| Refusal::StoreError(e.to_string()))?
+    }
+}
