@@ -148,8 +148,12 @@ fn default_root() -> String {
 fn default_keep_alive() -> u64 {
     15
 }
+/// The default largest list or command: fits a staff snapshot of 250k people with a card and a
+/// face each (about 68 MB signed; see the test `the_default_fits_250k_staff`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
+
 fn default_max_message() -> usize {
-    32 * 1024 * 1024
+    DEFAULT_MAX_MESSAGE_BYTES
 }
 fn default_status_interval() -> u64 {
     60
@@ -789,6 +793,41 @@ mod tests {
         );
         let e = err("[gate]\nsite = \"h/q\"\ngate = \"g\"\n[store]\npath = \"x\"\n");
         assert!(e.contains("gate.site") && e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn trust_keys_are_checked() {
+        let mqtt = format!("{MINIMAL}[mqtt]\nhost = \"127.0.0.1\"\n");
+        let e = err(&mqtt);
+        assert!(
+            e.contains("trust.key") && e.contains("allow_unsigned"),
+            "{e}"
+        );
+        let lab = format!("{mqtt}[trust]\nallow_unsigned = true\n");
+        assert!(
+            Config::parse("t.toml", &lab)
+                .expect("lab")
+                .trust
+                .allow_unsigned
+        );
+        let bad = format!("{mqtt}[[trust.key]]\nid = \"ops\"\npublic = \"AAAA\"\n");
+        let e = err(&bad);
+        assert!(e.contains("trust.key[0].public") && e.contains("32"), "{e}");
+        let k = crate::sync::envelope::AdminKey::generate("ops").expect("key");
+        let one = format!(
+            "[[trust.key]]\nid = \"ops\"\npublic = \"{}\"\n",
+            k.public_b64()
+        );
+        let ok = format!("{mqtt}{one}");
+        assert_eq!(
+            Config::parse("t.toml", &ok).expect("ok").trust.keys.len(),
+            1
+        );
+        let e = err(&format!("{mqtt}{one}{one}"));
+        assert!(e.contains("listed twice"), "{e}");
+        let tls = format!("{mqtt}[mqtt.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n{one}");
+        let e = err(&tls);
+        assert!(e.contains("key_file"), "{e}");
     }
 
     #[test]

@@ -461,3 +461,85 @@ fn a_refused_chunk_and_an_interrupted_apply_leave_the_list_in_force() {
         "nothing of the refused or interrupted applies remains"
     );
 }
+
+#[test]
+fn a_nonce_is_used_once_even_across_reopen_and_forgotten_after_expiry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expires = NOW + 60_000;
+    {
+        let mut db = open(&dir);
+        assert_eq!(db.claim_nonce("n-0001", expires, NOW).expect("db"), Ok(()));
+        let again = db.claim_nonce("n-0001", expires, NOW).expect("db");
+        assert_eq!(again.expect_err("replay").code(), "replayed");
+    }
+    let mut db = open(&dir);
+    let after_reopen = db.claim_nonce("n-0001", expires, NOW + 1).expect("db");
+    assert_eq!(after_reopen.expect_err("replay").code(), "replayed");
+    // Once its command has expired the nonce is dropped (the command is refused as expired
+    // before its nonce is looked at).
+    db.claim_nonce("n-0002", NOW + 120_000, expires + 1)
+        .expect("db")
+        .expect("fresh");
+    let left: i64 = rusqlite::Connection::open(dir.path().join("g.db"))
+        .expect("second connection")
+        .query_row("SELECT count(*) FROM command_nonce", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(left, 1, "the expired nonce was purged");
+}
+
+#[test]
+fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let ov = crate::sync::contract::Override {
+        source: "remote".into(),
+        input: "open".into(),
+        by: Some("ops".into()),
+    };
+    let e = db
+        .record_override(
+            1,
+            Direction::Out,
+            Reason::OverrideRemote,
+            ov.clone(),
+            Some(("n-open-1", NOW + 1000)),
+            NOW,
+        )
+        .expect("db")
+        .expect("recorded");
+    assert_eq!(
+        (e.lane, e.reason, e.override_.as_ref()),
+        (1, Reason::OverrideRemote, Some(&ov))
+    );
+    // The same nonce again records nothing.
+    let replay = db
+        .record_override(
+            1,
+            Direction::Out,
+            Reason::OverrideRemote,
+            ov,
+            Some(("n-open-1", NOW + 1000)),
+            NOW,
+        )
+        .expect("db");
+    assert!(replay.is_err());
+    assert_eq!(db.outbox_stats().expect("stats").pending, 1);
+
+    let a = db
+        .set_mode(
+            Mode::Lockdown,
+            "remote",
+            "normal -> lockdown",
+            Some(("n-mode-1", NOW + 1000)),
+            NOW,
+        )
+        .expect("db")
+        .expect("set");
+    assert_eq!(a.alarm, "mode_changed");
+    drop(db);
+    assert_eq!(
+        open(&dir).mode().expect("mode"),
+        Mode::Lockdown,
+        "the mode is persisted"
+    );
+}

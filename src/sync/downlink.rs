@@ -230,3 +230,40 @@ enum Update {
     Snapshot(super::contract::Snapshot),
     Delta(super::contract::Delta),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::envelope::AdminKey;
+
+    /// The default `max_message_bytes` takes a signed staff snapshot of 250k people, each
+    /// with a card and a face credential, and the gate opens and parses it.
+    #[test]
+    fn the_default_fits_250k_staff() {
+        use std::fmt::Write as _;
+        let mut body = String::from(
+            r#"{"list":"staff","site":"hq","version":1,"issued_at":"2026-11-21T07:00:00Z","entries":["#,
+        );
+        for i in 0..250_000 {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(
+                body,
+                r#"{sep}{{"subject":"E{i:07}","name":"Staff Member {i:07}","credentials":[{{"kind":"card","id":"{i:010}"}},{{"kind":"face","id":"P{i:07}"}}],"valid_from":null,"valid_until":"2027-12-31T23:59:59Z","gates":["*"]}}"#
+            );
+        }
+        body.push_str("]}");
+        let body = body.into_bytes();
+        let key = AdminKey::generate("ops").expect("key");
+        let sealed = key.seal(&body);
+        let limit = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+        assert!(
+            sealed.len() <= limit,
+            "{} bytes signed, the default limit is {limit}",
+            sealed.len()
+        );
+        let verifier = Verifier::new([(key.id.clone(), key.verifying_key())].into(), false);
+        let opened = verifier.open(&sealed).expect("opens");
+        let s = parse_snapshot(ListName::Staff, &opened.body).expect("parses");
+        assert_eq!(s.entries.len(), 250_000);
+    }
+}
