@@ -6,4 +6,5 @@ mod lists;
 mod outage;
 mod pass;
 mod tidy;
+mod tls;
 mod util;
