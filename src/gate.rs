@@ -114,6 +114,13 @@ pub struct Gate {
 impl Gate {
     /// Opens the store and starts every task. Returns once they are running.
     pub async fn start(cfg: &Config) -> anyhow::Result<Gate> {
+        // The broker's CA, this gate's certificate and its MQTT password, read before anything
+        // starts: a bad file is an error at start that names it, not a retry loop.
+        let secrets = cfg
+            .mqtt
+            .as_ref()
+            .map(|m| crate::sync::transport::load(m.tls.as_ref(), m.auth.as_ref()))
+            .transpose()?;
         if let Some(dir) = cfg
             .store
             .path
@@ -195,7 +202,7 @@ impl Gate {
             );
         }
         let sync_shared = shared.clone();
-        let sync = cfg.mqtt.as_ref().map(|m| {
+        let sync = cfg.mqtt.as_ref().zip(secrets).map(|(m, secrets)| {
             let downlink = Downlink {
                 topics: Topics {
                     root: m.root.clone(),
@@ -209,6 +216,7 @@ impl Gate {
             };
             tokio::spawn(crate::sync::link::run(
                 m.clone(),
+                secrets,
                 downlink,
                 sync_shared,
                 kick_rx,

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::contract::{ListVersions, OutboxStatus, Status, Topics, format_ts};
 use super::downlink::{self, Downlink};
+use super::transport::{self, Secrets};
 use crate::config::MqttConfig;
 use crate::gate::Shared;
 use crate::hw::Backoff;
@@ -63,9 +64,11 @@ const ACK_BATCH: usize = 256;
 const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs both connections until shutdown.
+/// Runs both connections until shutdown. `secrets` were loaded from `cfg` at start
+/// (`transport::load`), so a bad file stops the daemon before anything runs.
 pub async fn run(
     cfg: MqttConfig,
+    secrets: Secrets,
     downlink: Downlink,
     shared: Shared,
     kick: mpsc::Receiver<()>,
@@ -75,6 +78,7 @@ pub async fn run(
     // them at once.
     let link = std::sync::Arc::new(Link {
         cfg,
+        secrets,
         topics: downlink.topics.clone(),
         downlink,
         shared,
@@ -93,6 +97,7 @@ pub async fn run(
 /// What both roles need.
 struct Link {
     cfg: MqttConfig,
+    secrets: Secrets,
     topics: Topics,
     downlink: Downlink,
     shared: Shared,
@@ -127,6 +132,9 @@ async fn run_role(
         }
         match end {
             End::Shutdown => return,
+            End::Lost(_) if conn.tls_failed => {
+                link.shared.health.set(role.component(), "tls_error")
+            }
             End::Lost(_) => link.shared.health.set(role.component(), "disconnected"),
         }
         // rumqttc retries at once on its own (#703): wait here, with jitter.
@@ -152,12 +160,15 @@ fn is_oversize(e: &ConnectionError) -> bool {
     )
 }
 
-fn options(role: Role, cfg: &MqttConfig, topics: &Topics) -> MqttOptions {
+fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> MqttOptions {
     let id = match role {
         Role::Uplink => cfg.client_id.clone(),
         Role::Downlink => format!("{}-lists", cfg.client_id),
     };
     let mut o = MqttOptions::new(id, cfg.host.clone(), cfg.port);
+    // TLS and the username and password: the same for both connections (one broker user per
+    // gate; the ACL example in config/ grants it both connections' topics).
+    transport::apply(&mut o, secrets);
     o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(cfg.inflight);
@@ -183,6 +194,8 @@ struct Connection<'a> {
     events: mpsc::Receiver<Result<Event, ConnectionError>>,
     poller: tokio::task::JoinHandle<()>,
     connected: bool,
+    /// The connection ended on a TLS failure (status shows `tls_error`, not `disconnected`).
+    tls_failed: bool,
     /// Publishes queued with the client but not yet announced by the event loop.
     queued: VecDeque<Tag>,
     /// Announced publishes awaiting their PUBACK, by packet id.
@@ -199,7 +212,8 @@ impl<'a> Connection<'a> {
     fn new(role: Role, link: &'a Link) -> Self {
         // Room for the whole window plus acks and status, so `try_publish` never finds it full.
         let cap = usize::from(link.cfg.inflight) + 64;
-        let (client, mut eventloop) = AsyncClient::new(options(role, &link.cfg, &link.topics), cap);
+        let (client, mut eventloop) =
+            AsyncClient::new(options(role, &link.cfg, &link.secrets, &link.topics), cap);
         // Bounded: while a large list is being applied, the poller waits instead of reading
         // (and buffering) more of what the broker sends.
         let (tx, events) = mpsc::channel(256);
@@ -219,6 +233,7 @@ impl<'a> Connection<'a> {
             events,
             poller,
             connected: false,
+            tls_failed: false,
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             cursor: 0,
@@ -252,7 +267,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(broker = %self.broker(), role = ?self.role, error = %e, "MQTT connection lost");
+                        self.on_error(&e);
                         break End::Lost(Some(e));
                     }
                 },
@@ -275,6 +290,30 @@ impl<'a> Connection<'a> {
         self.flush_acks().await;
         self.poller.abort();
         end
+    }
+
+    /// Logs why the connection ended: a TLS failure or a refused login as one error line that
+    /// says what it means and which config key to look at, anything else as a lost connection.
+    fn on_error(&mut self, e: &ConnectionError) {
+        let tls = self.link.cfg.tls.as_ref();
+        if let Some(why) = transport::login_refused(e, &self.link.secrets) {
+            tracing::error!(role = ?self.role, "MQTT login to broker {} failed: {why}", self.broker());
+            return;
+        }
+        match tls.and_then(|t| transport::tls_failure(e, t)) {
+            Some(why) => {
+                self.tls_failed = true;
+                let what = if self.connected {
+                    "session"
+                } else {
+                    "handshake"
+                };
+                tracing::error!(role = ?self.role, "TLS {what} with broker {} failed: {why}", self.broker());
+            }
+            None => {
+                tracing::warn!(broker = %self.broker(), role = ?self.role, error = %e, "MQTT connection lost");
+            }
+        }
     }
 
     async fn on_event(&mut self, ev: Event) -> Result<(), String> {

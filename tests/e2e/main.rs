@@ -6,5 +6,6 @@ mod lists;
 mod outage;
 mod pass;
 mod tidy;
+mod tls;
 mod trust;
 mod util;

@@ -68,15 +68,23 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Config lines before the harness's own listener (`start_with`).
+    extra: String,
 }
 
 impl Broker {
     pub async fn start() -> Broker {
+        Self::start_with("").await
+    }
+
+    /// The same, with `extra` config lines written before the harness's own listener.
+    pub async fn start_with(extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = Broker {
             port: free_port(),
             dir,
             child: None,
+            extra: extra.to_string(),
         };
         // A free port can be taken by another test between our probe and mosquitto's bind:
         // then try another one.
@@ -105,8 +113,9 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nuser {user}\npersistence true\n\
+                "{extra}listener {port} 127.0.0.1\nallow_anonymous true\nuser {user}\npersistence true\n\
                  persistence_location {dir}/\nlog_dest file {dir}/mosquitto.log\nlog_type all\n",
+                extra = self.extra,
                 port = self.port,
                 dir = self.dir.path().display(),
             ),
@@ -318,6 +327,8 @@ pub struct Daemon {
     config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// Environment variables set for `gated` on top of the test's own.
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 pub fn config_text(db: &Path, broker_port: u16, d: &Devices) -> String {
@@ -382,6 +393,7 @@ impl Daemon {
             config: path,
             child: None,
             log: dir.join("gated.log"),
+            env: Vec::new(),
         };
         d.spawn();
         d
@@ -401,6 +413,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("GATED_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -600,5 +613,378 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+    }
+}
+
+// ---- TLS -------------------------------------------------------------------------------------
+
+/// A CA, a broker certificate for 127.0.0.1 and localhost, and a client certificate for the
+/// gate, all generated for one test (rcgen), as PEM files in a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca_pem, issuer) = new_ca("gated e2e CA");
+        let leaf = |names: &[&str], eku: Eku| {
+            let key = KeyPair::generate().expect("key");
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut p = rcgen::CertificateParams::new(names).expect("params");
+            p.extended_key_usages = vec![eku];
+            let cert = p.signed_by(&key, &issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(&["127.0.0.1", "localhost"], Eku::ServerAuth);
+        let (client_cert, client_key) = leaf(&["gate-hq-east-1"], Eku::ClientAuth);
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write PEM");
+            p
+        };
+        Pki {
+            ca: write("ca.pem", &ca_pem),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+            dir,
+        }
+    }
+
+    /// The PEM of another CA, which signed nothing of this test's, written into the directory.
+    pub fn other_ca(&self) -> PathBuf {
+        let p = self.dir.path().join("other-ca.pem");
+        std::fs::write(&p, new_ca("some other CA").0).expect("write PEM");
+        p
+    }
+
+    /// `[mqtt.tls]` for the gate: this CA, and the client certificate.
+    pub fn gate_toml(&self, ca: &Path) -> String {
+        format!(
+            "[mqtt.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ca.display(),
+            self.client_cert.display(),
+            self.client_key.display()
+        )
+    }
+}
+
+fn new_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().expect("CA key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.self_signed(&key).expect("CA cert");
+    (cert.pem(), rcgen::Issuer::new(p, key))
+}
+
+/// The broker users of the TLS tests: the names of config/mosquitto.acl.example.
+pub const GATE_USER: &str = "gate-hq-east-1";
+pub const GATE_PASSWORD: &str = "pw-east-1-Zq8v";
+pub const WEST_USER: &str = "gate-hq-west-1";
+pub const CENTRE_USER: &str = "centre";
+pub const CENTRE_PASSWORD: &str = "pw-centre-K3m1";
+
+/// Writes a mosquitto password file with `mosquitto_passwd -b`.
+pub fn password_file(path: &Path, users: &[(&str, &str)]) {
+    let bin = [
+        "/usr/bin/mosquitto_passwd",
+        "/usr/local/bin/mosquitto_passwd",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| PathBuf::from("mosquitto_passwd"));
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut cmd = Command::new(&bin);
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg("-b")
+            .arg(path)
+            .arg(user)
+            .arg(password)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run mosquitto_passwd ({e}): the TLS tests need it; it comes with the \
+                     broker: `apt-get install -y mosquitto`"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "mosquitto_passwd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A file of two lines, username then password, mode 600: what `[mqtt.auth]` reads.
+pub fn login_file(path: &Path, user: &str, password: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("{user}\n{password}\n")).expect("write login");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// The TLS side of a broker started by `Secure::start`: the test's PKI and the TLS port.
+pub struct Secure {
+    pub pki: Pki,
+    pub tls_port: u16,
+}
+
+impl Secure {
+    /// A broker as a site runs it: a TLS listener on `tls_port` that requires a client
+    /// certificate signed by the test CA, a password per user, and
+    /// config/mosquitto.acl.example as it is. The harness's own plain listener (`broker.port`)
+    /// stays open and anonymous, for the test's centre.
+    pub async fn start() -> (Secure, Broker) {
+        let pki = Pki::generate();
+        let passwd = pki.dir.path().join("passwd");
+        password_file(
+            &passwd,
+            &[
+                (GATE_USER, GATE_PASSWORD),
+                (WEST_USER, "pw-west-1-Lx2c"),
+                (CENTRE_USER, CENTRE_PASSWORD),
+            ],
+        );
+        let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mosquitto.acl.example");
+        let tls_port = free_port();
+        // Per-listener settings keep the secure listener's users and ACL off the plain one.
+        let broker = Broker::start_with(&format!(
+            "per_listener_settings true\nlistener {tls_port} 127.0.0.1\ncafile {ca}\n\
+             certfile {cert}\nkeyfile {key}\nrequire_certificate true\nallow_anonymous false\n\
+             password_file {passwd}\nacl_file {acl}\n",
+            ca = pki.ca.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            passwd = passwd.display(),
+        ))
+        .await;
+        assert!(
+            broker
+                .log()
+                .contains(&format!("listen socket on port {tls_port}")),
+            "the TLS listener is not up; mosquitto's log:\n{}",
+            broker.log()
+        );
+        (Secure { pki, tls_port }, broker)
+    }
+
+    /// Client options for a raw MQTT client on the TLS listener, through the daemon's own
+    /// transport code (as gatectl uses it): the test CA, the client certificate, `user`.
+    pub fn client_options(&self, id: &str, user: &str, password: &str) -> MqttOptions {
+        let login = self.pki.dir.path().join(format!("login-{id}"));
+        login_file(&login, user, password);
+        let tls = gated::config::TlsConfig {
+            ca_file: self.pki.ca.clone(),
+            client: Some((self.pki.client_cert.clone(), self.pki.client_key.clone())),
+            server_name: "127.0.0.1".into(),
+        };
+        let secrets =
+            gated::sync::transport::load(Some(&tls), Some(&gated::config::AuthSource::File(login)))
+                .expect("client secrets");
+        let mut o = MqttOptions::new(id, "127.0.0.1", self.tls_port);
+        o.set_keep_alive(Duration::from_secs(5));
+        gated::sync::transport::apply(&mut o, &secrets);
+        o
+    }
+}
+
+impl Broker {
+    /// What mosquitto wrote into its log so far.
+    pub fn log_text(&self) -> String {
+        self.log()
+    }
+}
+
+impl Daemon {
+    /// `start`, with environment variables for `gated` (kept across `restart`).
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &Path)]) -> Daemon {
+        let path = dir.join("gated.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut d = Daemon {
+            config: path,
+            child: None,
+            log: dir.join("gated.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_os_str().to_owned()))
+                .collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Whether `gated` is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl World {
+    /// The reference gate reaching `secure`'s TLS listener with `mqtt_extra` (its `[mqtt.tls]`
+    /// and `[mqtt.auth]` tables) and `env`; the centre on the plain listener has published
+    /// staff list version 1. When `connects`, waits for the gate's ack of it, as `start` does.
+    pub async fn over_tls(
+        secure: &Secure,
+        broker: Broker,
+        mqtt_extra: &str,
+        env: &[(&str, &Path)],
+        connects: bool,
+    ) -> World {
+        let centre = Centre::connect(broker.port).await;
+        centre
+            .publish(
+                STAFF_TOPIC,
+                staff_snapshot("hq", 1, &[("E1001", "0012345678")]),
+                true,
+            )
+            .await;
+        let devices = Devices::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            "{}{mqtt_extra}",
+            config_text(&dir.path().join("gated.db"), secure.tls_port, &devices)
+        );
+        let daemon = Daemon::start_with_env(dir.path(), &config, env);
+        let w = World {
+            broker,
+            centre,
+            devices,
+            daemon,
+            proxy: None,
+            _dir: dir,
+        };
+        if connects {
+            w.centre
+                .wait_json("the ack of staff@1, over TLS", ACK, |a| {
+                    a["ref"] == "staff@1" && a["ok"] == true
+                })
+                .await;
+        }
+        w
+    }
+}
+
+/// A raw MQTT client (the ACL test's gate and centre): subscribes to `topics` on every
+/// ConnAck and records what arrives and what the SUBACKs said.
+pub struct Peer {
+    pub client: AsyncClient,
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    subacks: Arc<Mutex<Vec<rumqttc::SubscribeReasonCode>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    /// Connects with `o` and returns once the subscription is acknowledged.
+    pub async fn connect(o: MqttOptions, topics: &[&str]) -> Peer {
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let subacks: Arc<Mutex<Vec<rumqttc::SubscribeReasonCode>>> = Arc::default();
+        let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+        let subscribed = Arc::new(tokio::sync::Notify::new());
+        let filters: Vec<_> = topics
+            .iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce))
+            .collect();
+        let (m, a, e, s, c) = (
+            msgs.clone(),
+            subacks.clone(),
+            last_error.clone(),
+            subscribed.clone(),
+            client.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c.subscribe_many(filters.clone()).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        *a.lock().expect("lock") = ack.return_codes;
+                        s.notify_one();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        m.lock().expect("lock").push(Msg {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        *e.lock().expect("lock") = Some(err.to_string());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        if tokio::time::timeout(DEADLINE, subscribed.notified())
+            .await
+            .is_err()
+        {
+            panic!(
+                "the subscription was not acknowledged; last error: {:?}",
+                last_error.lock().expect("lock")
+            );
+        }
+        Peer {
+            client,
+            msgs,
+            subacks,
+            task,
+        }
+    }
+
+    pub fn subacks(&self) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.subacks.lock().expect("lock").clone()
+    }
+
+    /// The payloads received on `topic`, as text.
+    pub fn on(&self, topic: &str) -> Vec<String> {
+        self.msgs
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .await
+            .expect("queue publish");
+    }
+
+    /// Waits for `payload` on `topic`.
+    pub async fn wait(&self, topic: &str, payload: &str) {
+        wait_for(&format!("`{payload}` on {topic}"), DEADLINE, || {
+            self.on(topic).iter().any(|p| p == payload).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
