@@ -27,7 +27,7 @@ use super::rows::{self, Format};
 use super::show;
 use crate::core::{CredentialKind, UnixMs};
 use crate::sync::contract::{
-    Ack, Alarm, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Snapshot, Topics,
+    Ack, Alarm, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Refusal, Snapshot, Topics,
     VisitorEntry, format_ts, parse_ts,
 };
 use crate::sync::envelope::{AdminKey, Verifier};
@@ -230,17 +230,37 @@ fn retained_snapshot(
     let Some(m) = &state.retained else {
         return Ok(None);
     };
+    let topic = site.topics("+").list(list);
     lists::open_retained(&site.verifier(key), list, &site.site, &m.payload)
         .map(|(s, _)| Some(s))
-        .map_err(|r| {
-            format!(
-                "the retained snapshot on {} cannot be used ({r})",
-                site.topics("+").list(list)
-            )
+        .map_err(|r| match r {
+            Refusal::UnknownKey(_) => {
+                let signer = serde_json::from_slice::<Value>(&m.payload)
+                    .ok()
+                    .and_then(|v| v.get("key")?.as_str().map(|k| show::clean(k).into_owned()))
+                    .unwrap_or_else(|| "?".into());
+                let mut trusted: Vec<&str> = site.trust.iter().map(|(id, _)| id.as_str()).collect();
+                trusted.push(&key.id);
+                format!(
+                    "the retained snapshot on {topic} is signed by key `{signer}`, which gatectl \
+                     does not trust (it trusts {})",
+                    trusted.join(", ")
+                )
+            }
+            r => format!("the retained snapshot on {topic} cannot be used ({r})"),
         })
 }
 
 // ---- publishing and acks -----------------------------------------------------------------------
+
+/// An ok ack for a version that was in force before it came (the gate's downlink says
+/// `version N was already in force`; the contract has no code for it).
+fn already_in_force(a: &Ack) -> bool {
+    a.ok && a
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("already in force"))
+}
 
 /// What the gates said about one published version.
 struct Acks {
@@ -263,6 +283,7 @@ async fn publish_and_gather(
     }
     let online = state.online();
     let mut acks: BTreeMap<String, Ack> = BTreeMap::new();
+    let mut conflicts: BTreeSet<String> = BTreeSet::new();
     // A `version_gap` on a delta is followed by the snapshot: not the last word.
     let last_word = |a: &Ack| a.ok || a.error.as_deref() != Some("version_gap");
     let end = Instant::now() + wait;
@@ -280,6 +301,11 @@ async fn publish_and_gather(
         if ack.ref_ != reference {
             continue;
         }
+        // The version is new, so the first thing a gate says about it cannot be "already in
+        // force" unless someone else published that version first.
+        if !acks.contains_key(gate) && already_in_force(&ack) {
+            conflicts.insert(gate.to_string());
+        }
         // An ok stays: a gate that applied the delta acks the snapshot as already in force.
         if acks.get(gate).is_none_or(|a| !a.ok) {
             acks.insert(gate.to_string(), ack);
@@ -294,6 +320,15 @@ async fn publish_and_gather(
         .collect();
     for gate in gates {
         match acks.get(gate) {
+            Some(_) if conflicts.contains(gate) => {
+                refused += 1;
+                lines.push(format!(
+                    "{}: {reference} CONFLICT: the gate already had a {reference} from another \
+                     publication (another admin at the same moment, or --force-version of a \
+                     version in force) and keeps it; publish again",
+                    show::clean(gate)
+                ));
+            }
             Some(a) => {
                 refused += usize::from(!a.ok);
                 lines.push(show::ack_result(gate, a));
@@ -310,6 +345,10 @@ async fn publish_and_gather(
         }
     }
     Ok(Acks { lines, refused })
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn kib(n: usize) -> String {
@@ -430,8 +469,8 @@ pub async fn push(
     say(
         out,
         format_args!(
-            "published {reference} on {topic} (retained; {} entries, {}, signed by `{}`)",
-            loaded.entries.len(),
+            "published {reference} on {topic} (retained; {}, {}, signed by `{}`)",
+            plural(loaded.entries.len(), "entry", "entries"),
             kib(size),
             key.id
         ),
@@ -441,8 +480,23 @@ pub async fn push(
 
 // ---- edits: invite, revoke -----------------------------------------------------------------------
 
+/// A list change, published.
+struct Published {
+    /// `published visitors@8: …`
+    line: String,
+    reference: String,
+    acks: Acks,
+}
+
+impl Published {
+    fn print(self, what: &str, out: &mut dyn Write) -> Result<(), Failure> {
+        say(out, &self.line)?;
+        finish(what, self.acks, &self.reference, out)
+    }
+}
+
 /// Reads the retained list, applies `make` to it, publishes the delta and then the new
-/// retained snapshot, and prints the acks. Returns the version published.
+/// retained snapshot, and gathers the acks.
 async fn edit(
     site: &Site,
     key: &AdminKey,
@@ -450,8 +504,7 @@ async fn edit(
     what: &str,
     wait: Duration,
     make: impl FnOnce(&Entries, UnixMs) -> Result<Edit, String>,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
+) -> Result<Published, Failure> {
     let mut session = site.connect("edit", what).await?;
     let state = read_site(&mut session, site, list)
         .await
@@ -511,17 +564,18 @@ async fn edit(
     if !edit.remove.is_empty() {
         changes.push(format!("removed {}", edit.remove.join(", ")));
     }
-    say(
-        out,
-        format_args!(
-            "published     {reference}: the delta on {}@{base} ({}), then the retained snapshot \
-             ({} entries)",
-            list.as_str(),
-            changes.join("; "),
-            edit.next.len()
-        ),
-    )?;
-    finish(what, acks, &reference, out)
+    let line = format!(
+        "published     {reference}: the delta on {}@{base} ({}), then the retained snapshot \
+         ({})",
+        list.as_str(),
+        changes.join("; "),
+        plural(edit.next.len(), "entry", "entries")
+    );
+    Ok(Published {
+        line,
+        reference,
+        acks,
+    })
 }
 
 pub struct InviteRequest {
@@ -633,6 +687,28 @@ pub async fn invite(
         )),
         None => None,
     };
+    let published = edit(
+        site,
+        &key,
+        ListName::Visitors,
+        what,
+        req.wait,
+        |current, now| match current {
+            Entries::Visitors(v) => lists::invite(v, inv, now),
+            _ => Err("the retained visitors snapshot is not a visitors list".into()),
+        },
+    )
+    .await;
+    let published = match published {
+        Ok(p) => p,
+        Err(e) => {
+            // The invitation was not published: leave no code that looks valid.
+            if let Some((path, _)) = &qr {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
     say(out, format_args!("invitation    {id}"))?;
     say(out, format_args!("code          {token}"))?;
     say(
@@ -649,11 +725,10 @@ pub async fn invite(
     say(
         out,
         format_args!(
-            "valid         {from} .. {} at {}, {} entr{}",
+            "valid         {from} .. {} at {}, {}",
             req.until,
             req.gates.join(","),
-            req.entries,
-            if req.entries == 1 { "y" } else { "ies" }
+            plural(req.entries as usize, "entry", "entries")
         ),
     )?;
     if let Some((path, (modules, px))) = &qr {
@@ -665,24 +740,7 @@ pub async fn invite(
             ),
         )?;
     }
-    let result = edit(
-        site,
-        &key,
-        ListName::Visitors,
-        what,
-        req.wait,
-        |current, now| match current {
-            Entries::Visitors(v) => lists::invite(v, inv, now),
-            _ => Err("the retained visitors snapshot is not a visitors list".into()),
-        },
-        out,
-    )
-    .await;
-    if let (Err(_), Some((path, _))) = (&result, &qr) {
-        // The invitation may not exist: do not leave a code that looks valid.
-        let _ = std::fs::remove_file(path);
-    }
-    result
+    published.print(what, out)
 }
 
 pub enum RevokeTarget {
@@ -717,7 +775,7 @@ pub async fn revoke(
 ) -> Result<(), Failure> {
     let what = "revoke";
     let key = load_key(key, what)?;
-    match target {
+    let published = match target {
         RevokeTarget::Invitation(id) => {
             edit(
                 site,
@@ -729,7 +787,6 @@ pub async fn revoke(
                     Entries::Visitors(v) => lists::revoke_invitation(v, &id, now),
                     _ => Err("not a visitors list".into()),
                 },
-                out,
             )
             .await
         }
@@ -744,7 +801,6 @@ pub async fn revoke(
                     Entries::Staff(v) => lists::revoke_staff(v, &subject),
                     _ => Err("not a staff list".into()),
                 },
-                out,
             )
             .await
         }
@@ -760,11 +816,11 @@ pub async fn revoke(
                     Entries::Deny(v) => lists::deny(v, entry),
                     _ => Err("not a deny list".into()),
                 },
-                out,
             )
             .await
         }
-    }
+    }?;
+    published.print(what, out)
 }
 
 // ---- commands ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ const EX_USAGE: u8 = 64;
 #[command(
     name = "gatectl",
     version,
+    args_override_self = true,
     about = "The admin's tool for gated: keys, lists, invitations, remote commands, live events and status",
     after_help = "Exit codes: 0 done, 1 failed or a gate refused, 2 `cmd` got no ack, 64 usage.\n\n\
 Example:\n  export GATECTL_BROKER=broker.example:1883 GATECTL_SITE=hq GATECTL_KEY=~/.gatectl/ops.key\n  \
