@@ -382,6 +382,8 @@ pub struct PushRequest {
     pub list: ListName,
     pub file: PathBuf,
     pub force_version: Option<u64>,
+    /// Publish even an empty list (which takes every entry off every gate).
+    pub allow_empty: bool,
     pub wait: Duration,
 }
 
@@ -408,6 +410,16 @@ pub async fn push(
             ),
         )
     })?;
+    if loaded.entries.is_empty() && !req.allow_empty {
+        return Err(Failure::new(
+            &what,
+            format!(
+                "{name} has no entries: publishing it would empty the {} list of every gate. \
+                 If that is what you mean, add --allow-empty",
+                req.list.as_str()
+            ),
+        ));
+    }
 
     let mut session = site.connect("push", &what).await?;
     let state = read_site(&mut session, site, req.list)

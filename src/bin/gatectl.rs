@@ -152,6 +152,9 @@ east-1: staff@43 ok (version 43 in force)"
         /// Publish as this version, without reading it from a trusted retained snapshot.
         #[arg(long, value_name = "N")]
         force_version: Option<u64>,
+        /// Publish even a file with no entries (it empties the list on every gate).
+        #[arg(long)]
+        allow_empty: bool,
         #[command(flatten)]
         wait: Wait,
     },
@@ -325,6 +328,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             list,
             file,
             force_version,
+            allow_empty,
             wait,
         } => {
             let list = ListName::from(*list);
@@ -333,6 +337,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 list,
                 file: file.clone(),
                 force_version: *force_version,
+                allow_empty: *allow_empty,
                 wait: Duration::from_secs(wait.wait),
             };
             ops::push(&s, key, req, out).await

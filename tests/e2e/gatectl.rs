@@ -280,6 +280,20 @@ async fn a_bad_csv_is_refused_by_line_and_field_and_nothing_is_published() {
         "{r:#?}"
     );
 
+    // A file with the header only would take everyone off the list: not without saying so.
+    let empty = g.path("empty.csv");
+    std::fs::write(
+        &empty,
+        "subject,name,card,face,valid_from,valid_until,gates\n",
+    )
+    .expect("write");
+    let r = g.run(&["push", "staff", "--file", s(&empty)]).await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stderr.contains("has no entries") && r.stderr.contains("--allow-empty"),
+        "{r:#?}"
+    );
+
     // A message of our own, through the same broker, after gatectl exited: once it is back,
     // anything gatectl had published would be here too.
     w.centre
