@@ -143,6 +143,8 @@ pub struct Session {
     subs: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
     broker: String,
+    /// Lost, and not reconnected yet.
+    down: bool,
 }
 
 async fn drive(
@@ -212,6 +214,7 @@ impl Session {
             subs,
             task,
             broker: o.broker.to_string(),
+            down: false,
         };
         let connect_err = |why: String| MqttError::Connect {
             broker: o.broker.to_string(),
@@ -331,7 +334,8 @@ impl Session {
     }
 
     /// The next message, or `None` at `until`. A lost connection is an error; on a session
-    /// that reconnects, calling again goes on after the reconnection.
+    /// that reconnects, calling again goes on after the reconnection (failed attempts to
+    /// reconnect are not reported again).
     pub async fn next(&mut self, until: Instant) -> Result<Option<Message>, MqttError> {
         if let Some(m) = self.pending.pop_front() {
             return Ok(Some(m));
@@ -339,7 +343,12 @@ impl Session {
         loop {
             match self.event(until).await? {
                 Some(Ev::Publish(m)) => return Ok(Some(m)),
-                Some(Ev::Lost(why)) => return Err(self.lost(why)),
+                Some(Ev::Lost(_)) if self.down => {}
+                Some(Ev::Lost(why)) => {
+                    self.down = true;
+                    return Err(self.lost(why));
+                }
+                Some(Ev::Connected) => self.down = false,
                 Some(_) => {}
                 None => return Ok(None),
             }

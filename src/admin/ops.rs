@@ -958,11 +958,14 @@ fn tail_line(
         if let Some(last) = last_seq.get(gate)
             && seq > last + 1
         {
+            let missed = if seq - 1 == last + 1 {
+                format!("event #{} was", last + 1)
+            } else {
+                format!("events #{}..#{} were", last + 1, seq - 1)
+            };
             warn(format_args!(
-                "{}: events #{}..#{} were not seen here (sent while tail was not connected)",
-                show::clean(gate),
-                last + 1,
-                seq - 1
+                "{}: {missed} not seen here (sent while tail was not connected)",
+                show::clean(gate)
             ));
         }
         if last_seq.get(gate).is_none_or(|l| seq > *l) {
