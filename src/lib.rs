@@ -1,5 +1,6 @@
 //! gated: the gate access-control daemon. See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -440,7 +440,7 @@ fn from_json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, Re
     })
 }
 
-fn parse_entries(list: ListName, raw: &str, what: &str) -> Result<Entries, Refusal> {
+pub fn parse_entries(list: ListName, raw: &str, what: &str) -> Result<Entries, Refusal> {
     fn typed<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T, Refusal> {
         let de = &mut serde_json::Deserializer::from_str(raw);
         serde_path_to_error::deserialize(de)
