@@ -72,6 +72,10 @@ impl std::fmt::Display for Endpoint {
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     pub broker: Endpoint,
+    /// TLS and login, loaded by `gated::sync::transport` as a gate loads its own.
+    pub secrets: crate::sync::transport::Secrets,
+    /// The TLS settings behind `secrets`, to explain a failed handshake.
+    pub tls: Option<crate::config::TlsConfig>,
     pub client_id: String,
     /// Reconnect after a lost connection (for long-running `tail`) instead of ending.
     pub reconnect: bool,
@@ -79,9 +83,16 @@ pub struct ConnectOptions {
 
 impl ConnectOptions {
     /// A clean session with a client id of its own.
-    pub fn new(broker: Endpoint, purpose: &str) -> ConnectOptions {
+    pub fn new(
+        broker: Endpoint,
+        secrets: &crate::sync::transport::Secrets,
+        tls: Option<&crate::config::TlsConfig>,
+        purpose: &str,
+    ) -> ConnectOptions {
         ConnectOptions {
             broker,
+            secrets: secrets.clone(),
+            tls: tls.cloned(),
             client_id: format!(
                 "gatectl-{purpose}-{}-{}",
                 std::process::id(),
@@ -99,6 +110,7 @@ fn mqtt_options(o: &ConnectOptions) -> MqttOptions {
     m.set_clean_session(true);
     m.set_keep_alive(Duration::from_secs(15));
     m.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    crate::sync::transport::apply(&mut m, &o.secrets);
     m
 }
 
@@ -153,6 +165,10 @@ async fn drive(
     tx: mpsc::Sender<Ev>,
     subs: Arc<Mutex<Vec<String>>>,
     reconnect: bool,
+    explain: (
+        crate::sync::transport::Secrets,
+        Option<crate::config::TlsConfig>,
+    ),
 ) {
     let mut connected_once = false;
     let mut backoff = Duration::from_millis(250);
@@ -186,7 +202,16 @@ async fn drive(
             Ok(_) => continue,
             Err(e) => {
                 let last = !reconnect || !connected_once;
-                if tx.send(Ev::Lost(e.to_string())).await.is_err() || last {
+                // A refused login or a failed TLS handshake, said in words.
+                let (secrets, tls) = &explain;
+                let why = crate::sync::transport::login_refused(&e, secrets)
+                    .or_else(|| {
+                        tls.as_ref()
+                            .and_then(|t| crate::sync::transport::tls_failure(&e, t))
+                            .map(|w| format!("TLS: {w}"))
+                    })
+                    .unwrap_or_else(|| e.to_string());
+                if tx.send(Ev::Lost(why)).await.is_err() || last {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -206,7 +231,15 @@ impl Session {
         let (client, el) = AsyncClient::new(mqtt_options(o), 64);
         let (tx, rx) = mpsc::channel(4096);
         let subs: Arc<Mutex<Vec<String>>> = Arc::default();
-        let task = tokio::spawn(drive(el, client.clone(), tx, subs.clone(), o.reconnect));
+        let explain = (o.secrets.clone(), o.tls.clone());
+        let task = tokio::spawn(drive(
+            el,
+            client.clone(),
+            tx,
+            subs.clone(),
+            o.reconnect,
+            explain,
+        ));
         let mut s = Session {
             client,
             rx,

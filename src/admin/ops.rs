@@ -46,6 +46,9 @@ pub struct Site {
     pub root: String,
     pub site: String,
     pub trust: Vec<(String, VerifyingKey)>,
+    /// TLS and login for the broker (`--tls-*`, `--auth-file`).
+    pub secrets: crate::sync::transport::Secrets,
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 impl Site {
@@ -65,9 +68,14 @@ impl Site {
     }
 
     async fn connect(&self, purpose: &str, what: &str) -> Result<Session, Failure> {
-        Session::connect(&ConnectOptions::new(self.broker.clone(), purpose))
-            .await
-            .map_err(|e| Failure::new(what, e))
+        Session::connect(&ConnectOptions::new(
+            self.broker.clone(),
+            &self.secrets,
+            self.tls.as_ref(),
+            purpose,
+        ))
+        .await
+        .map_err(|e| Failure::new(what, e))
     }
 }
 
@@ -1010,7 +1018,12 @@ pub async fn tail(site: &Site, req: TailRequest, out: &mut dyn Write) -> Result<
     if req.acks {
         filters.push(t.ack());
     }
-    let mut opts = ConnectOptions::new(site.broker.clone(), "tail");
+    let mut opts = ConnectOptions::new(
+        site.broker.clone(),
+        &site.secrets,
+        site.tls.as_ref(),
+        "tail",
+    );
     opts.reconnect = true;
     let mut session = Session::connect(&opts)
         .await

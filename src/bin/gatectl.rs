@@ -61,6 +61,39 @@ struct Cli {
         value_delimiter = ','
     )]
     trust: Vec<String>,
+    /// The CA that signs the broker's certificate (PEM): connect over TLS.
+    #[arg(long, global = true, env = "GATECTL_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), with --tls-key, for brokers that require one.
+    #[arg(
+        long,
+        global = true,
+        env = "GATECTL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_ca"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "GATECTL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The name the broker's certificate carries (default: the --broker host).
+    #[arg(
+        long,
+        global = true,
+        env = "GATECTL_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "tls_ca"
+    )]
+    tls_server_name: Option<String>,
+    /// A file of two lines, username then password, for the broker's login.
+    #[arg(long, global = true, env = "GATECTL_AUTH_FILE", value_name = "FILE")]
+    auth_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Sub,
 }
@@ -310,11 +343,31 @@ fn site(cli: &Cli, what: &str) -> Result<Site, Failure> {
             .map_err(|e| usage(format!("--trust {id}: {e}")))?;
         trust.push((id.to_string(), key));
     }
+    let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+        (None, _, _) => None,
+        (Some(ca), cert, key) => Some(gated::config::TlsConfig {
+            ca_file: ca.clone(),
+            client: match (cert, key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                _ => return Err(usage("--tls-cert and --tls-key go together".into())),
+            },
+            server_name: cli
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| cli.broker.host.clone()),
+        }),
+    };
+    let auth = cli.auth_file.clone().map(gated::config::AuthSource::File);
+    let secrets = gated::sync::transport::load(tls.as_ref(), auth.as_ref())
+        .map_err(|e| Failure::new("broker connection settings", e))?;
     Ok(Site {
         broker: cli.broker.clone(),
         root: cli.root.clone(),
         site,
         trust,
+        secrets,
+        tls,
     })
 }
 

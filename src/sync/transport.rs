@@ -237,7 +237,7 @@ impl ServerCertVerifier for PinnedName {
 
 /// When `e` is a TLS failure, what it means for the operator, naming the config key to look
 /// at; `None` for any other connection error.
-pub(crate) fn tls_failure(e: &ConnectionError, t: &TlsConfig) -> Option<String> {
+pub fn tls_failure(e: &ConnectionError, t: &TlsConfig) -> Option<String> {
     use rustls::CertificateError as C;
     let Some(r) = rustls_error(e) else {
         return match e {
@@ -317,7 +317,7 @@ fn rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
 // ---- credentials ----------------------------------------------------------------------------
 
 /// When `e` is the broker refusing the login, what to check; `None` otherwise.
-pub(crate) fn login_refused(e: &ConnectionError, s: &Secrets) -> Option<String> {
+pub fn login_refused(e: &ConnectionError, s: &Secrets) -> Option<String> {
     use rumqttc::ConnectReturnCode as R;
     let ConnectionError::ConnectionRefused(code @ (R::BadUserNamePassword | R::NotAuthorized)) = e
     else {

@@ -389,3 +389,74 @@ async fn the_acl_example_keeps_a_gate_to_its_own_topics() {
     centre.publish("acs/hq/lists/visitors", "hq visitors").await;
     lists.wait("acs/hq/lists/visitors", "hq visitors").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatectl_speaks_tls_with_a_client_certificate_and_a_login_file() {
+    let (secure, broker) = Secure::start().await;
+    let login = secure.pki.dir.path().join("mqtt-auth");
+    login_file(&login, GATE_USER, GATE_PASSWORD);
+    let extra = secure.pki.gate_toml(&secure.pki.ca) + &auth_file_toml(&login);
+    let w = World::over_tls(&secure, broker, &extra, &[], true).await;
+
+    let centre_login = secure.pki.dir.path().join("centre-auth");
+    login_file(&centre_login, CENTRE_USER, CENTRE_PASSWORD);
+    let g = Gatectl::new(secure.tls_port);
+    let p = |p: &Path| p.display().to_string();
+    let (ca, cert, key, auth) = (
+        p(&secure.pki.ca),
+        p(&secure.pki.client_cert),
+        p(&secure.pki.client_key),
+        p(&centre_login),
+    );
+    let tls = [
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--auth-file",
+        &auth,
+    ];
+    let ran = g
+        .run(
+            &[
+                &tls[..],
+                &["cmd", "open", "--gate", "east-1", "--lane", "0"],
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("east-1: open ok"), "{ran:?}");
+    w.centre
+        .wait_json("the override, commanded over TLS", EVENT, |e| {
+            e["reason"] == "override_remote"
+        })
+        .await;
+
+    // The wrong CA: a clear error, nothing sent.
+    let other = p(&secure.pki.other_ca());
+    let ran = g
+        .run(&[
+            "--tls-ca",
+            &other,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--auth-file",
+            &auth,
+            "cmd",
+            "resync",
+            "--gate",
+            "east-1",
+        ])
+        .await;
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stderr.contains("certificate is not trusted by") && ran.stderr.contains(&other),
+        "{ran:?}"
+    );
+    assert!(!ran.stderr.contains(CENTRE_PASSWORD), "{ran:?}");
+}
