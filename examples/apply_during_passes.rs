@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use gated::core::{Credential, CredentialKind, Direction, Mode, Policy};
+use gated::core::{Credential, CredentialKind, Direction, Policy};
 use gated::store::{GateId, PassInput, Store};
 use gated::sync::contract::{ListName, Snapshot, parse_snapshot};
 
@@ -38,7 +38,6 @@ fn swipe() -> PassInput {
             id: "1000021".into(),
             score: None,
         },
-        mode: Mode::Normal,
         now: 1_795_000_000_000,
     }
 }

@@ -750,6 +750,17 @@ pub fn describe(c: &Config) -> String {
     for r in &c.relays {
         out += &format!("\n  relay `{}` at {} unit {}", r.name, r.address, r.unit);
     }
+    for (id, key) in &c.trust.keys {
+        let note = if key.is_weak() {
+            " -- A PLACEHOLDER that verifies nothing: replace it"
+        } else {
+            ""
+        };
+        out += &format!("\n  trusts admin key `{id}`{note}");
+    }
+    if c.trust.allow_unsigned {
+        out += "\n  LAB MODE: accepts unsigned lists and commands (trust.allow_unsigned)";
+    }
     out
 }
 

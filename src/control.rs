@@ -47,6 +47,10 @@ pub struct Control {
     lanes: BTreeMap<u16, (LaneConfig, RelayHandle)>,
     /// Mode changes happen one at a time, so the recorded `from → to` is always true.
     serial: tokio::sync::Mutex<()>,
+    /// Nonces of commands carried out while the store could not record them (an emergency
+    /// release, G9): refused as replays from memory, and claimed in the store as soon as it
+    /// works again.
+    unclaimed: std::sync::Mutex<Vec<(String, UnixMs)>>,
 }
 
 impl Control {
@@ -60,7 +64,37 @@ impl Control {
             mode_tx,
             lanes,
             serial: tokio::sync::Mutex::new(()),
+            unclaimed: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Refuses a nonce only memory holds; claims what memory holds in the store if it can.
+    async fn check_unclaimed(&self, origin: &Origin, now: UnixMs) -> Result<(), Refusal> {
+        let held: Vec<(String, UnixMs)> =
+            self.unclaimed.lock().map(|u| u.clone()).unwrap_or_default();
+        if let Some((n, _)) = &origin.nonce
+            && held.iter().any(|(h, _)| h == n)
+        {
+            return Err(Refusal::Replayed(format!(
+                "nonce `{n}` was used before; a command is carried out once"
+            )));
+        }
+        for (nonce, expires) in held {
+            let n = nonce.clone();
+            let r = self
+                .shared
+                .store
+                .call(move |db| db.claim_nonce(&n, expires, now))
+                .await;
+            // Claimed, or refused (already known or expired): either way the store has it
+            // covered from now on.
+            if r.is_ok()
+                && let Ok(mut u) = self.unclaimed.lock()
+            {
+                u.retain(|(h, _)| *h != nonce);
+            }
+        }
+        Ok(())
     }
 
     pub fn mode(&self) -> Mode {
@@ -86,6 +120,7 @@ impl Control {
                 }
             )));
         };
+        self.check_unclaimed(origin, now).await?;
         let (reason, input) = match origin.source {
             "panel" => (
                 Reason::OverridePanel,
@@ -142,6 +177,7 @@ impl Control {
         now: UnixMs,
     ) -> Result<String, Refusal> {
         let _one_at_a_time = self.serial.lock().await;
+        self.check_unclaimed(origin, now).await?;
         let from = self.mode();
         let detail = format!(
             "mode {} -> {} by {}{}",
@@ -169,6 +205,9 @@ impl Control {
             Err(e) if mode == Mode::EmergencyRelease => {
                 // G9: an emergency release does not wait for the store.
                 tracing::error!(error = %e, "{detail}: NOT RECORDED (store unavailable); in force anyway");
+                if let (Some(n), Ok(mut u)) = (origin.nonce.clone(), self.unclaimed.lock()) {
+                    u.push(n);
+                }
             }
             Err(e) => {
                 return Err(Refusal::StoreError(format!(
@@ -184,6 +223,7 @@ impl Control {
 
     /// Claims a command nonce for a command that changes nothing (resync).
     pub async fn claim(&self, origin: &Origin, now: UnixMs) -> Result<(), Refusal> {
+        self.check_unclaimed(origin, now).await?;
         let Some((nonce, expires)) = origin.nonce.clone() else {
             return Ok(());
         };

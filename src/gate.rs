@@ -194,6 +194,25 @@ impl Gate {
                 shutdown_rx.clone(),
             );
         }
+        if let Some(m) = &cfg.mqtt
+            && crate::sync::transport::login_in_clear(&m.host, m.tls.is_some(), m.auth.is_some())
+        {
+            tracing::warn!(
+                "the MQTT password goes to {} WITHOUT TLS: anyone on the path can read it; \
+                 configure [mqtt.tls]",
+                m.host
+            );
+        }
+        for (id, key) in &cfg.trust.keys {
+            if key.is_weak() {
+                tracing::error!(
+                    key = %id,
+                    "trust key `{id}` is a placeholder (a small-order point) that can never \
+                     verify a signature: nothing signed will be accepted until it is replaced \
+                     with a real key (`gatectl keygen` prints one)"
+                );
+            }
+        }
         if cfg.trust.allow_unsigned {
             tracing::error!(
                 "LAB MODE: trust.allow_unsigned = true. This gate accepts UNSIGNED lists and \

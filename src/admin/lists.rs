@@ -226,45 +226,32 @@ pub fn open_retained(
     Ok((snap, opened.key))
 }
 
-/// The version after everything known: the retained snapshot's and every version a gate
-/// reports in its status (a gate may be ahead of the retained snapshot if a delta was not
-/// followed by its snapshot).
-pub fn next_version(retained: Option<u64>, reported: &BTreeMap<String, u64>) -> u64 {
-    reported
-        .values()
-        .copied()
-        .chain(retained)
-        .max()
-        .unwrap_or(0)
-        .saturating_add(1)
+/// The version after the retained snapshot, which is signed. Versions the gates report in
+/// their status are not signed: a compromised gate could report `i64::MAX` and, if it were
+/// believed, make the next push the last version there can ever be. They only warn.
+pub fn next_version(retained: Option<u64>) -> u64 {
+    retained.unwrap_or(0).saturating_add(1)
 }
 
-/// For an edit (which rebuilds the list from the retained snapshot): gates that report a newer
-/// version than the retained one hold changes the retained list lacks, and an edit built on it
-/// would silently undo them.
-pub fn check_edit_base(
-    list: ListName,
-    retained: Option<u64>,
-    reported: &BTreeMap<String, u64>,
-) -> Result<u64, String> {
-    let base = retained.unwrap_or(0);
+/// The gates that report a newer version of `list` than `base`, as a warning: they will refuse
+/// what is built on `base` (as stale, or as a gap), and keep what they hold. It happens when
+/// another admin is publishing at the same moment, when the broker lost its retained messages,
+/// or when a gate's status is wrong.
+pub fn ahead_of(list: ListName, base: u64, reported: &BTreeMap<String, u64>) -> Option<String> {
     let ahead: Vec<String> = reported
         .iter()
         .filter(|(_, v)| **v > base)
-        .map(|(g, v)| format!("{g} has {}@{v}", list.as_str()))
+        .map(|(g, v)| format!("{g} reports {}@{v}", list.as_str()))
         .collect();
     if ahead.is_empty() {
-        return Ok(base);
+        return None;
     }
-    let retained = match retained {
-        Some(v) => format!("the retained snapshot is {}@{v}", list.as_str()),
-        None => format!("there is no retained {} snapshot", list.as_str()),
-    };
-    Err(format!(
-        "{retained} but {}: building on it would undo changes the gates hold (another admin \
-         may be publishing right now, or the broker lost its retained messages). Wait a moment \
-         and retry, or publish the whole list again with `gatectl push {}`",
+    Some(format!(
+        "{} (above {}@{base}, the signed retained version): those gates will refuse this \
+         and keep what they hold. If the broker lost the retained list, push the whole list \
+         with `gatectl push {} --file F --force-version N` above their version",
         ahead.join(", "),
+        list.as_str(),
         list.as_str()
     ))
 }
@@ -455,23 +442,19 @@ mod tests {
     }
 
     #[test]
-    fn the_next_version_is_above_everything_known() {
+    fn the_next_version_follows_the_signed_retained_one_and_gates_ahead_only_warn() {
+        assert_eq!(next_version(None), 1);
+        assert_eq!(next_version(Some(7)), 8);
         let mut reported = BTreeMap::new();
-        assert_eq!(next_version(None, &reported), 1);
-        assert_eq!(next_version(Some(7), &reported), 8);
-        reported.insert("east-1".to_string(), 9);
-        assert_eq!(next_version(Some(7), &reported), 10);
-        assert!(check_edit_base(ListName::Visitors, Some(7), &reported).is_err());
         reported.insert("east-1".to_string(), 7);
-        assert_eq!(
-            check_edit_base(ListName::Visitors, Some(7), &reported),
-            Ok(7)
-        );
-        let err = check_edit_base(ListName::Visitors, None, &reported).expect_err("lost");
-        assert!(err.contains("no retained visitors snapshot"), "{err}");
-        assert_eq!(
-            check_edit_base(ListName::Visitors, None, &BTreeMap::new()),
-            Ok(0)
+        assert_eq!(ahead_of(ListName::Visitors, 7, &reported), None);
+        // A gate reporting a huge version (a compromised or broken status) does not move the
+        // version gatectl signs; it is named in a warning.
+        reported.insert("west-2".to_string(), i64::MAX as u64);
+        let w = ahead_of(ListName::Visitors, 7, &reported).expect("warned");
+        assert!(
+            w.contains("west-2 reports visitors@") && w.contains("--force-version"),
+            "{w}"
         );
     }
 

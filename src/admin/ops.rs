@@ -467,7 +467,13 @@ pub async fn push(
             }
             v
         }
-        None => lists::next_version(retained, &reported),
+        None => {
+            let v = lists::next_version(retained);
+            if let Some(w) = lists::ahead_of(req.list, v - 1, &reported) {
+                warn(format_args!("{w}"));
+            }
+            v
+        }
     };
     let body = lists::snapshot_body(&site.site, version, now(), &loaded.entries)
         .map_err(|r| Failure::new(&what, format!("the list would be refused: {r}")))?;
@@ -540,12 +546,10 @@ async fn edit(
             ),
         )
     })?;
-    let base = lists::check_edit_base(
-        list,
-        retained.as_ref().map(|s| s.version),
-        &state.reported(list),
-    )
-    .map_err(|e| Failure::new(what, e))?;
+    let base = retained.as_ref().map_or(0, |s| s.version);
+    if let Some(w) = lists::ahead_of(list, base, &state.reported(list)) {
+        warn(format_args!("{w}"));
+    }
     let current = match retained {
         Some(s) => s.entries,
         None => match list {
@@ -964,7 +968,7 @@ fn tail_line(
         && let Some(seq) = v.get("seq").and_then(Value::as_u64)
     {
         if let Some(last) = last_seq.get(gate)
-            && seq > last + 1
+            && seq > last.saturating_add(1)
         {
             let missed = if seq - 1 == last + 1 {
                 format!("event #{} was", last + 1)

@@ -359,6 +359,12 @@ fn site(cli: &Cli, what: &str) -> Result<Site, Failure> {
         }),
     };
     let auth = cli.auth_file.clone().map(gated::config::AuthSource::File);
+    if gated::sync::transport::login_in_clear(&cli.broker.host, tls.is_some(), auth.is_some()) {
+        eprintln!(
+            "gatectl: warning: the password goes to {} without TLS (add --tls-ca)",
+            cli.broker.host
+        );
+    }
     let secrets = gated::sync::transport::load(tls.as_ref(), auth.as_ref())
         .map_err(|e| Failure::new("broker connection settings", e))?;
     Ok(Site {

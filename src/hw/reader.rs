@@ -216,7 +216,6 @@ async fn poll_once(
         lane: lane.id,
         direction: cfg.direction,
         credential,
-        mode: *shared.mode.borrow(),
         now: crate::clock::now_ms(),
     };
     match shared.store.pass(input).await {

@@ -129,6 +129,12 @@ async fn run(
                 // One retry on a fresh connection: a pulse is only worth giving while the
                 // person is still at the turnstile, so no long retry loop.
                 let mut r = conn.write_single_register(reg, p.ms).await;
+                if r.is_err() {
+                    // Whatever went wrong (a board that rebooted comes back with its coils
+                    // off), the hold coils are written again at once.
+                    hold_confirmed = false;
+                    next_check = tokio::time::Instant::now();
+                }
                 if matches!(r, Err(DeviceError::Timeout(_) | DeviceError::Transport(_))) {
                     r = conn.write_single_register(reg, p.ms).await;
                 }

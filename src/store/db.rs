@@ -37,7 +37,6 @@ pub struct PassInput {
     pub lane: u16,
     pub direction: Direction,
     pub credential: Credential,
-    pub mode: Mode,
     pub now: UnixMs,
 }
 
@@ -103,6 +102,10 @@ pub struct Db {
     quota: u64,
     pending: u64,
     high_alarm_raised: bool,
+    /// The mode passes are decided under. Held here, and changed only by `set_mode` after its
+    /// commit, so that the store's one queue orders mode changes and passes: a pass decided
+    /// after a lockdown was acked is decided under the lockdown.
+    mode: Mode,
 }
 
 impl Db {
@@ -127,14 +130,17 @@ impl Db {
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         let pending: u64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
         let high_alarm_raised = pending * 100 >= quota * HIGH_WATER_PERCENT;
-        Ok(Db {
+        let mut db = Db {
             conn,
             gate,
             policy,
             quota,
             pending,
             high_alarm_raised,
-        })
+            mode: Mode::Normal,
+        };
+        db.mode = db.read_mode()?;
+        Ok(db)
     }
 
     // ---- passes ------------------------------------------------------------------------------
@@ -146,7 +152,7 @@ impl Db {
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
         for input in inputs {
-            let o = record_pass(&tx, &self.gate, &self.policy, input)?;
+            let o = record_pass(&tx, &self.gate, &self.policy, self.mode, input)?;
             if matches!(o, PassOutcome::Recorded { .. }) {
                 added += 1;
             }
@@ -471,6 +477,7 @@ impl Db {
         )?;
         let alarm = insert_alarm(&tx, &self.gate, "mode_changed", source, detail, now)?;
         tx.commit()?;
+        self.mode = mode;
         self.pending += 1;
         self.after_insert(now);
         Ok(Ok(alarm))
@@ -491,7 +498,12 @@ impl Db {
 
     // ---- small state -------------------------------------------------------------------------
 
+    /// The mode in force (as persisted).
     pub fn mode(&self) -> Result<Mode, StoreError> {
+        Ok(self.mode)
+    }
+
+    fn read_mode(&self) -> Result<Mode, StoreError> {
         let v: Option<String> = self
             .conn
             .query_row("SELECT value FROM state WHERE key = 'mode'", [], |r| {
@@ -533,6 +545,7 @@ fn record_pass(
     tx: &Transaction,
     gate: &GateId,
     policy: &Policy,
+    mode: Mode,
     input: &PassInput,
 ) -> Result<PassOutcome, StoreError> {
     let cred = &input.credential;
@@ -550,7 +563,7 @@ fn record_pass(
         }
     }
     let lookups = lookup(tx, cred.kind, &cred.id)?;
-    let verdict = core::decide(cred, &lookups, &gate.gate, input.mode, policy, input.now);
+    let verdict = core::decide(cred, &lookups, &gate.gate, mode, policy, input.now);
     if let Some(inv) = &verdict.consumes_entry {
         tx.prepare_cached(
             "INSERT INTO invitation_usage (invitation, used) VALUES (?1, 1)
@@ -589,16 +602,49 @@ fn record_pass(
     Ok(PassOutcome::Recorded { verdict, event })
 }
 
-/// Refuses a nonce seen before; remembers a new one until its command expires. Expired
-/// nonces are forgotten here too: their commands are refused as expired anyway.
+/// Refuses an expired command, or a nonce seen before; remembers a new nonce until its command
+/// expires.
+///
+/// Time here is the command clock: the latest time any command was judged at, which never goes
+/// back. A Pi has no real-time clock and its time sync is not authenticated; if the clock were
+/// set back, a command whose nonce had been forgotten would look unexpired again and could be
+/// replayed. Judged against the command clock it stays expired.
 fn claim_nonce(
     tx: &Transaction,
     nonce: &str,
     expires_at: UnixMs,
     now: UnixMs,
 ) -> rusqlite::Result<Result<(), Refusal>> {
+    let seen: Option<String> = tx
+        .prepare_cached("SELECT value FROM state WHERE key = 'command_clock'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let latest = seen.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let at = now.max(latest);
+    if at > expires_at {
+        let behind = if latest > now {
+            format!(
+                "; the gate's clock reads {} but it has judged commands at {} before, and time \
+                 never goes back for commands",
+                format_ts(now),
+                format_ts(latest)
+            )
+        } else {
+            String::new()
+        };
+        return Ok(Err(Refusal::Expired(format!(
+            "expired at {}, it is now {}{behind}",
+            format_ts(expires_at),
+            format_ts(at)
+        ))));
+    }
+    tx.prepare_cached(
+        "INSERT INTO state (key, value) VALUES ('command_clock', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([at.to_string()])?;
     tx.prepare_cached("DELETE FROM command_nonce WHERE expires_at < ?1")?
-        .execute([now])?;
+        .execute([at])?;
     let inserted = tx
         .prepare_cached(
             "INSERT INTO command_nonce (nonce, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",

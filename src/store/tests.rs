@@ -34,7 +34,6 @@ fn pass(id: &str, from: Option<(&str, u16)>) -> PassInput {
         lane: 0,
         direction: Direction::In,
         credential: card(id),
-        mode: Mode::Normal,
         now: NOW,
     }
 }
@@ -541,5 +540,64 @@ fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
         open(&dir).mode().expect("mode"),
         Mode::Lockdown,
         "the mode is persisted"
+    );
+}
+
+#[test]
+fn a_clock_set_back_does_not_revive_an_expired_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let day = 24 * 3600 * 1000;
+    db.claim_nonce("n-first", NOW + 60_000, NOW)
+        .expect("db")
+        .expect("fresh");
+    // Two days later another command is judged: the first nonce is forgotten.
+    db.claim_nonce("n-second", NOW + 2 * day + 60_000, NOW + 2 * day)
+        .expect("db")
+        .expect("fresh");
+    // The clock is set back to within the first command's window: replaying it is refused
+    // as expired, judged by the latest time commands were judged at.
+    let replay = db
+        .claim_nonce("n-first", NOW + 60_000, NOW + 30_000)
+        .expect("db")
+        .expect_err("expired");
+    assert_eq!(replay.code(), "expired", "{replay}");
+    assert!(replay.detail().contains("never goes back"), "{replay}");
+    // The command clock survives a restart.
+    drop(db);
+    let mut db = open(&dir);
+    let again = db
+        .claim_nonce("n-first", NOW + 60_000, NOW + 30_000)
+        .expect("db")
+        .expect_err("expired");
+    assert_eq!(again.code(), "expired");
+}
+
+#[test]
+fn passes_are_decided_under_the_mode_the_store_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "0001")]))
+        .expect("db")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0001", None))),
+        Reason::Staff
+    );
+    // The lockdown is committed (and acked) before the next pass job runs: that pass is
+    // decided under it, whatever mode its reader last saw.
+    db.set_mode(Mode::Lockdown, "remote", "normal -> lockdown", None, NOW)
+        .expect("db")
+        .expect("set");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0001", None))),
+        Reason::Lockdown
+    );
+    db.set_mode(Mode::Normal, "remote", "lockdown -> normal", None, NOW)
+        .expect("db")
+        .expect("set");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0001", None))),
+        Reason::Staff
     );
 }

@@ -288,6 +288,8 @@ pub enum Refusal {
     WrongGate(String),
     /// A command past its `expires_at`.
     Expired(String),
+    /// A command issued in the future (beyond the allowed clock skew).
+    NotYetValid(String),
     /// A command whose nonce was seen before.
     Replayed(String),
     /// A command this gate cannot carry out as asked (a lane it does not have).
@@ -312,6 +314,7 @@ impl Refusal {
             Self::Unsigned(_) => "unsigned",
             Self::WrongGate(_) => "wrong_gate",
             Self::Expired(_) => "expired",
+            Self::NotYetValid(_) => "not_yet_valid",
             Self::Replayed(_) => "replayed",
             Self::Unsupported(_) => "unsupported",
             Self::DeviceError(_) => "device_error",
@@ -331,6 +334,7 @@ impl Refusal {
             | Self::Unsigned(d)
             | Self::WrongGate(d)
             | Self::Expired(d)
+            | Self::NotYetValid(d)
             | Self::Replayed(d)
             | Self::Unsupported(d)
             | Self::DeviceError(d)
@@ -658,6 +662,15 @@ pub struct Command {
 /// bounds how long the gate keeps nonces.
 pub const MAX_COMMAND_LIFETIME_MS: i64 = 24 * 3600 * 1000;
 
+/// How far in the future a command's `issued_at` may be (the admin's and the gate's clocks
+/// differ a little). Without this bound a command issued for next year would be valid until
+/// then, whatever its lifetime.
+pub const MAX_COMMAND_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// The largest command accepted: commands are small, and an envelope is checked before its
+/// size could matter otherwise.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
 /// Parses and validates a command body. Scope and expiry are checked by the caller, which
 /// knows the gate and the time.
 pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
@@ -678,7 +691,7 @@ pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
     if expires_at <= issued_at {
         return Err(malformed("expires_at is not after issued_at"));
     }
-    if expires_at - issued_at > MAX_COMMAND_LIFETIME_MS {
+    if expires_at.saturating_sub(issued_at) > MAX_COMMAND_LIFETIME_MS {
         return Err(malformed(format!(
             "a command may be valid for at most {} h",
             MAX_COMMAND_LIFETIME_MS / 3_600_000

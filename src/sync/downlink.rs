@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use super::contract::{
-    Ack, Command, CommandKind, ListName, Refusal, Topics, format_ts, parse_command, parse_delta,
-    parse_snapshot,
+    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, MAX_COMMAND_SKEW_MS, Refusal, Topics,
+    format_ts, parse_command, parse_delta, parse_snapshot,
 };
 use super::envelope::Verifier;
 use crate::control::{Control, Origin};
@@ -85,12 +85,11 @@ impl Downlink {
         Some(ack)
     }
 
-    fn check_size(&self, payload: &[u8]) -> Result<(), Refusal> {
-        if payload.len() > self.max_bytes {
+    fn check_size(&self, payload: &[u8], limit: usize, what: &str) -> Result<(), Refusal> {
+        if payload.len() > limit {
             return Err(Refusal::TooLarge(format!(
-                "{} bytes, the limit (mqtt.max_message_bytes) is {}",
+                "{} bytes, the limit ({what}) is {limit}",
                 payload.len(),
-                self.max_bytes
             )));
         }
         Ok(())
@@ -103,7 +102,7 @@ impl Downlink {
         payload: bytes::Bytes,
     ) -> (String, Result<Applied, Refusal>) {
         let unknown = list.as_str().to_string();
-        if let Err(r) = self.check_size(&payload) {
+        if let Err(r) = self.check_size(&payload, self.max_bytes, "mqtt.max_message_bytes") {
             return (unknown, Err(r));
         }
         // Verifying and parsing a large list takes a while: keep it off the async workers.
@@ -157,7 +156,8 @@ impl Downlink {
         now: UnixMs,
     ) -> (String, Result<String, Refusal>) {
         let unknown = "cmd".to_string();
-        if let Err(r) = self.check_size(&payload) {
+        let limit = MAX_COMMAND_BYTES.min(self.max_bytes);
+        if let Err(r) = self.check_size(&payload, limit, "commands") {
             return (unknown, Err(r));
         }
         let opened = match self.verifier.open(&payload) {
@@ -191,6 +191,16 @@ impl Downlink {
                 cmd.gate, self.topics.gate
             )));
         }
+        if cmd.issued_at > now.saturating_add(MAX_COMMAND_SKEW_MS) {
+            return Err(Refusal::NotYetValid(format!(
+                "issued at {}, but it is now {} (more than {} min ahead: check the clocks)",
+                format_ts(cmd.issued_at),
+                format_ts(now),
+                MAX_COMMAND_SKEW_MS / 60_000
+            )));
+        }
+        // A first check on the clock as it reads; the store checks again against the command
+        // clock, which never goes back, in the transaction that claims the nonce.
         if now > cmd.expires_at {
             return Err(Refusal::Expired(format!(
                 "expired at {}, it is now {}",

@@ -297,6 +297,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_placeholder_key_verifies_nothing() {
+        let example = include_str!("../../config/gated.example.toml");
+        let line = example
+            .lines()
+            .find(|l| l.starts_with("public = "))
+            .expect("the example has a public key");
+        let b64 = line.split('"').nth(1).expect("quoted");
+        let placeholder = parse_public_key(b64).expect("parses");
+        assert!(placeholder.is_weak());
+        let k = AdminKey::generate("ops-2026").expect("key");
+        let v = Verifier::new([("ops-2026".to_string(), placeholder)].into(), false);
+        assert_eq!(
+            v.open(&k.seal(b"{}")).expect_err("x").code(),
+            "bad_signature"
+        );
+    }
+
+    #[test]
     fn lab_mode_takes_unsigned_bodies_but_still_checks_envelopes() {
         let k = AdminKey::generate("ops").expect("key");
         let v = verifier(&[], true);

@@ -82,6 +82,16 @@ pub fn load(tls: Option<&TlsConfig>, auth: Option<&AuthSource>) -> Result<Secret
 }
 
 /// Sets the transport (TLS or plain TCP) and the credentials on `o`.
+/// Whether a login would cross the network in clear: a password without TLS to a broker that
+/// is not on this machine.
+pub fn login_in_clear(host: &str, tls: bool, auth: bool) -> bool {
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    auth && !tls && !local
+}
+
 pub fn apply(o: &mut MqttOptions, s: &Secrets) {
     if let Some(tls) = &s.tls {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));

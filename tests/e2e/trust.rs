@@ -212,6 +212,17 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
             "nonce-expired-1",
         ),
         (
+            "a command issued in the future",
+            signed(command(
+                "lockdown",
+                "nonce-future-01",
+                json!({"issued_at": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339(),
+                       "expires_at": (chrono::Utc::now() + chrono::Duration::hours(3)).to_rfc3339()}),
+            )),
+            "not_yet_valid",
+            "nonce-future-01",
+        ),
+        (
             "a command for another gate",
             signed(command(
                 "lockdown",
@@ -286,12 +297,17 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
         1,
         "only the staff pass opened"
     );
-    let status = w
-        .centre
-        .wait_json("a status after the refusals", STATUS, |s| {
-            s["online"] == true
-        })
-        .await;
+    // The status published after a resync shows the mode in force now.
+    let before = w.centre.on(STATUS).len();
+    let resync = signed(command("resync", "nonce-sync-after", json!({})));
+    assert_eq!(
+        ack_of(&w, CMD, resync, "nonce-sync-after").await["ok"],
+        true
+    );
+    let status = wait_for("the status after the resync", DEADLINE, || {
+        w.centre.on(STATUS).get(before).map(Msg::json)
+    })
+    .await;
     assert_eq!(status["mode"], "normal", "{status}");
     assert!(!w.daemon.log().contains("panicked"));
 }
