@@ -278,6 +278,18 @@ impl SimRelay {
         Some(state.counters[i])
     }
 
+    /// A power cycle: the board comes back with its hold coils off and no pulse running, and
+    /// every connection to it is dropped, as a real board's are when it reboots. The pulse log
+    /// and the passage counters are kept.
+    pub fn power_cycle(&self) {
+        {
+            let mut state = lock(&self.state);
+            state.coils.fill(false);
+            state.pulse_until.fill(None);
+        }
+        self.server.drop_connections();
+    }
+
     pub fn set_fire(&self, on: bool) {
         lock(&self.state).fire = on;
     }

@@ -79,7 +79,7 @@ impl fmt::Display for Fault {
 #[derive(Debug, Clone, Default)]
 struct Control {
     fault: Fault,
-    /// Bumped each time `Disconnect` is set. A connection remembers the epoch it was accepted
+    /// Bumped each time `Disconnect` is set or connections are dropped. A connection remembers the epoch it was accepted
     /// in and closes when it changes, so even a `Disconnect` that is cleared again before the
     /// connection's task runs still closes it.
     epoch: u64,
@@ -451,6 +451,14 @@ impl SimServer {
                 control.epoch = control.epoch.wrapping_add(1);
             }
             control.fault = fault;
+        });
+    }
+
+    /// Closes every open connection, as a device that reboots does; new ones are accepted.
+    /// The fault in force stays.
+    pub fn drop_connections(&self) {
+        self.shared.control.send_modify(|control| {
+            control.epoch = control.epoch.wrapping_add(1);
         });
     }
 

@@ -421,3 +421,28 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
         .collect();
     assert_eq!(changes.len(), 4, "one record per mode change: {changes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_board_that_reboots_while_held_open_is_held_open_again() {
+    let w = World::start().await;
+    let hold = signed(command("hold_open", "nonce-hold-boot1", json!({})));
+    assert_eq!(ack_of(&w, CMD, hold, "nonce-hold-boot1").await["ok"], true);
+    let all_held =
+        || (0..2).all(|lane| w.devices.relay.hold(lane, false) && w.devices.relay.hold(lane, true));
+    wait_for("hold coils on", DEADLINE, || all_held().then_some(())).await;
+    // The board loses power: coils off, connections gone. The daemon notices the broken
+    // connection (heartbeat or next pulse) and writes the coils again.
+    w.devices.relay.power_cycle();
+    assert!(!all_held());
+    wait_for("hold coils on again after the reboot", DEADLINE, || {
+        all_held().then_some(())
+    })
+    .await;
+    // The same after a reboot that a pulse sees first.
+    w.devices.relay.power_cycle();
+    assert_eq!(swipe(&w, "0012345678").await["reason"], "hold_open");
+    wait_for("hold coils on again after the pulse", DEADLINE, || {
+        all_held().then_some(())
+    })
+    .await;
+}
