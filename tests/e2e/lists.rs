@@ -4,21 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use hw_sim::KIND_CARD;
-
 use crate::util::*;
-
-async fn swipe(w: &World, card: &str) -> serde_json::Value {
-    let before = w.centre.on(EVENT).len();
-    w.devices
-        .reader1
-        .present(KIND_CARD, card, 0)
-        .expect("present");
-    wait_for("the event of a swipe", DEADLINE, || {
-        w.centre.on(EVENT).get(before).map(Msg::json)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_a_pushed_snapshot_is_in_force_within_a_second() {

@@ -6,7 +6,6 @@
 //!   persisted across a restart, coils follow), and `resync` republishes the status.
 
 use gated::sync::envelope::AdminKey;
-use hw_sim::KIND_CARD;
 use serde_json::{Value, json};
 
 use crate::util::*;
@@ -69,18 +68,6 @@ async fn restart(w: &mut World) {
         },
     )
     .await;
-}
-
-async fn swipe(w: &World, card: &str) -> Value {
-    let before = w.centre.on(EVENT).len();
-    w.devices
-        .reader1
-        .present(KIND_CARD, card, 0)
-        .expect("present");
-    wait_for("the event of a swipe", DEADLINE, || {
-        w.centre.on(EVENT).get(before).map(Msg::json)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -482,6 +482,19 @@ pub const ALARM: &str = "acs/hq/east-1/alarm";
 pub const STATUS: &str = "acs/hq/east-1/status";
 pub const ACK: &str = "acs/hq/east-1/ack";
 
+/// Swipes `card` on reader1 (lane 0, entry) and returns the event it caused.
+pub async fn swipe(w: &World, card: &str) -> Value {
+    let before = w.centre.on(EVENT).len();
+    w.devices
+        .reader1
+        .present(hw_sim::KIND_CARD, card, 0)
+        .expect("present");
+    wait_for("the event of a swipe", DEADLINE, || {
+        w.centre.on(EVENT).get(before).map(Msg::json)
+    })
+    .await
+}
+
 impl World {
     /// Broker, centre, devices and a daemon that has applied staff list version 1
     /// (E1001 with card 0012345678).
