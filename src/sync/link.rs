@@ -25,7 +25,7 @@ use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoi
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::contract::{ListVersions, OutboxStatus, Status, Topics, format_ts};
+use super::contract::{Ack, ListVersions, OutboxStatus, Status, Topics, format_ts};
 use super::downlink::{self, Downlink};
 use super::transport::{self, Secrets};
 use crate::config::MqttConfig;
@@ -84,14 +84,56 @@ pub async fn run(
         shared,
         lists_changed: watch::channel(0u64).0,
     });
+    // Lists are applied by a worker of their own, one after another, so that a command (a
+    // lockdown) never waits behind a large list: the list connection hands lists over and
+    // goes on reading. Two at most wait, each up to max_message_bytes.
+    let (list_tx, list_rx) = mpsc::channel(2);
+    let (done_tx, done_rx) = mpsc::channel(16);
+    let worker = tokio::spawn(list_worker(link.clone(), list_rx, done_tx));
     let down = tokio::spawn(run_role(
         Role::Downlink,
         link.clone(),
-        None,
+        Io {
+            list_tx: Some(list_tx),
+            done_rx: Some(done_rx),
+            ..Io::default()
+        },
         shutdown.clone(),
     ));
-    run_role(Role::Uplink, link, Some(kick), shutdown).await;
+    let io = Io {
+        kick: Some(kick),
+        ..Io::default()
+    };
+    run_role(Role::Uplink, link, io, shutdown).await;
     let _ = down.await;
+    worker.abort();
+}
+
+/// What a role's connection takes in besides the broker, kept across its connections.
+#[derive(Default)]
+struct Io {
+    /// Uplink: signalled when the outbox has new rows.
+    kick: Option<mpsc::Receiver<()>>,
+    /// Downlink: lists go to the list worker...
+    list_tx: Option<mpsc::Sender<(String, bytes::Bytes)>>,
+    /// ...and their acks come back, to be published.
+    done_rx: Option<mpsc::Receiver<(String, Ack)>>,
+}
+
+/// Applies lists in the order they came, and hands their acks back to the list connection.
+async fn list_worker(
+    link: std::sync::Arc<Link>,
+    mut lists: mpsc::Receiver<(String, bytes::Bytes)>,
+    done: mpsc::Sender<(String, Ack)>,
+) {
+    while let Some((topic, payload)) = lists.recv().await {
+        let now = crate::clock::now_ms();
+        if let Some(ack) = link.downlink.handle(&topic, payload, now).await
+            && done.send((topic, ack)).await.is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// What both roles need.
@@ -107,7 +149,7 @@ struct Link {
 async fn run_role(
     role: Role,
     link: std::sync::Arc<Link>,
-    mut kick: Option<mpsc::Receiver<()>>,
+    mut io: Io,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
@@ -116,7 +158,7 @@ async fn run_role(
     loop {
         let started = Instant::now();
         let mut conn = Connection::new(role, &link);
-        let end = conn.run(kick.as_mut(), &mut shutdown).await;
+        let end = conn.run(&mut io, &mut shutdown).await;
         let healthy = conn.connected && started.elapsed() >= HEALTHY_UPTIME;
         if healthy {
             // A connection that stayed up ends any oversize episode: a new one is alarmed.
@@ -246,11 +288,7 @@ impl<'a> Connection<'a> {
         format!("{}:{}", self.link.cfg.host, self.link.cfg.port)
     }
 
-    async fn run(
-        &mut self,
-        mut kick: Option<&mut mpsc::Receiver<()>>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> End {
+    async fn run(&mut self, io: &mut Io, shutdown: &mut watch::Receiver<bool>) -> End {
         let uplink = self.role == Role::Uplink;
         let mut flush = tokio::time::interval(ACK_FLUSH);
         let mut status_tick = tokio::time::interval(self.link.cfg.status_interval);
@@ -261,7 +299,7 @@ impl<'a> Connection<'a> {
                 ev = self.events.recv() => match ev {
                     Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | None => break End::Lost(None),
                     Some(Ok(ev)) => {
-                        if let Err(why) = self.on_event(ev).await {
+                        if let Err(why) = self.on_event(ev, io).await {
                             tracing::warn!(broker = %self.broker(), role = ?self.role, "{why}; reconnecting");
                             break End::Lost(None);
                         }
@@ -271,7 +309,8 @@ impl<'a> Connection<'a> {
                         break End::Lost(Some(e));
                     }
                 },
-                Some(()) = recv_kick(&mut kick), if self.connected => self.fill().await,
+                Some(()) = recv(&mut io.kick), if self.connected => self.fill().await,
+                Some((topic, ack)) = recv(&mut io.done_rx), if self.connected => self.publish_ack(&topic, ack),
                 _ = flush.tick(), if uplink => {
                     self.flush_acks().await;
                     if self.fill_failed {
@@ -316,7 +355,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn on_event(&mut self, ev: Event) -> Result<(), String> {
+    async fn on_event(&mut self, ev: Event, io: &mut Io) -> Result<(), String> {
         match ev {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 if ack.code != rumqttc::ConnectReturnCode::Success {
@@ -367,19 +406,33 @@ impl<'a> Connection<'a> {
                 }
             }
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
-                self.on_message(&p.topic, p.payload).await;
+                self.on_message(&p.topic, p.payload, io).await;
             }
             _ => {}
         }
         Ok(())
     }
 
-    async fn on_message(&mut self, topic: &str, payload: bytes::Bytes) {
+    /// A command is carried out here and now; a list goes to the list worker (in order), and
+    /// its ack comes back through `recv_done`.
+    async fn on_message(&mut self, topic: &str, payload: bytes::Bytes, io: &mut Io) {
         let link = self.link;
+        if topic != link.topics.cmd()
+            && let Some(list_tx) = &io.list_tx
+        {
+            // Waits only when two lists already wait: that holds back what the broker sends.
+            let _ = list_tx.send((topic.to_string(), payload)).await;
+            return;
+        }
         let now = crate::clock::now_ms();
         let Some(ack) = link.downlink.handle(topic, payload, now).await else {
             return;
         };
+        self.publish_ack(topic, ack);
+    }
+
+    fn publish_ack(&mut self, topic: &str, ack: Ack) {
+        let link = self.link;
         // After a gap the snapshot must come again: resubscribing to the snapshot topic makes
         // the broker resend the retained one. (Not after a store error: that would rewrite a
         // large list in a loop on a full disk; the next reconnect brings it again.)
@@ -583,10 +636,10 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// The uplink's outbox signal; the downlink has none and never wakes on it.
-async fn recv_kick(kick: &mut Option<&mut mpsc::Receiver<()>>) -> Option<()> {
-    match kick {
-        Some(k) => k.recv().await,
+/// The next message of a channel this role has; a role without it never wakes on it.
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
         None => std::future::pending().await,
     }
 }

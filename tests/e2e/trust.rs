@@ -433,3 +433,48 @@ async fn a_relay_board_that_reboots_while_held_open_is_held_open_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_does_not_wait_behind_a_list_being_applied() {
+    let w = World::start().await;
+    let cards: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("E{i}"), format!("8{i:09}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = cards
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let before = w.centre.on(ACK).len();
+    // The list first, then the command, on the same connection: the list goes to the list
+    // worker and the command is carried out while it is applied.
+    w.centre
+        .publish(STAFF_TOPIC, staff_snapshot("hq", 2, &refs), true)
+        .await;
+    w.centre
+        .publish_raw(
+            CMD,
+            signed(command("lockdown", "nonce-fast-0001", json!({}))),
+            false,
+        )
+        .await;
+    let acks = wait_for("both acks", DEADLINE, || {
+        let acks: Vec<Value> = w
+            .centre
+            .on(ACK)
+            .iter()
+            .skip(before)
+            .map(Msg::json)
+            .collect();
+        let both = acks.iter().any(|a| a["ref"] == "staff@2")
+            && acks.iter().any(|a| a["ref"] == "nonce-fast-0001");
+        both.then_some(acks)
+    })
+    .await;
+    let refs: Vec<&str> = acks.iter().filter_map(|a| a["ref"].as_str()).collect();
+    assert!(acks.iter().all(|a| a["ok"] == true), "{acks:?}");
+    assert_eq!(
+        refs,
+        ["nonce-fast-0001", "staff@2"],
+        "the command's ack comes before the list's"
+    );
+}
