@@ -266,6 +266,11 @@ mod tests {
         let key = AdminKey::generate("ops").expect("key");
         let sealed = key.seal(&body);
         let limit = crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+        eprintln!(
+            "250k staff (card and face each): body {} bytes, signed envelope {} bytes, limit {limit}",
+            body.len(),
+            sealed.len()
+        );
         assert!(
             sealed.len() <= limit,
             "{} bytes signed, the default limit is {limit}",
