@@ -18,6 +18,7 @@ use crate::config::LaneConfig;
 use crate::core::{Direction, Mode, Reason, UnixMs};
 use crate::gate::Shared;
 use crate::hw::relay::RelayHandle;
+use crate::store::Stamp;
 use crate::sync::contract::{Override, Refusal};
 
 /// Who or what asked for an override or a mode change.
@@ -27,9 +28,9 @@ pub struct Origin {
     pub source: &'static str,
     /// For a remote command, the admin key that signed it.
     pub by: Option<String>,
-    /// For a remote command, its nonce and expiry: claimed with the change, so a replay is
+    /// For a remote command, its nonce and validity: claimed with the change, so a replay is
     /// refused.
-    pub nonce: Option<(String, UnixMs)>,
+    pub nonce: Option<Stamp>,
 }
 
 impl Origin {
@@ -50,7 +51,7 @@ pub struct Control {
     /// Nonces of commands carried out while the store could not record them (an emergency
     /// release, G9): refused as replays from memory, and claimed in the store as soon as it
     /// works again.
-    unclaimed: std::sync::Mutex<Vec<(String, UnixMs)>>,
+    unclaimed: std::sync::Mutex<Vec<Stamp>>,
 }
 
 impl Control {
@@ -70,28 +71,28 @@ impl Control {
 
     /// Refuses a nonce only memory holds; claims what memory holds in the store if it can.
     async fn check_unclaimed(&self, origin: &Origin, now: UnixMs) -> Result<(), Refusal> {
-        let held: Vec<(String, UnixMs)> =
-            self.unclaimed.lock().map(|u| u.clone()).unwrap_or_default();
-        if let Some((n, _)) = &origin.nonce
-            && held.iter().any(|(h, _)| h == n)
+        let held: Vec<Stamp> = self.unclaimed.lock().map(|u| u.clone()).unwrap_or_default();
+        if let Some(s) = &origin.nonce
+            && held.iter().any(|h| h.nonce == s.nonce)
         {
             return Err(Refusal::Replayed(format!(
-                "nonce `{n}` was used before; a command is carried out once"
+                "nonce `{}` was used before; a command is carried out once",
+                s.nonce
             )));
         }
-        for (nonce, expires) in held {
-            let n = nonce.clone();
+        for stamp in held {
+            let s = stamp.clone();
             let r = self
                 .shared
                 .store
-                .call(move |db| db.claim_nonce(&n, expires, now))
+                .call(move |db| db.claim_nonce(&s, now))
                 .await;
             // Claimed, or refused (already known or expired): either way the store has it
             // covered from now on.
             if r.is_ok()
                 && let Ok(mut u) = self.unclaimed.lock()
             {
-                u.retain(|(h, _)| *h != nonce);
+                u.retain(|h| h.nonce != stamp.nonce);
             }
         }
         Ok(())
@@ -140,10 +141,7 @@ impl Control {
         let event = self
             .shared
             .store
-            .call(move |db| {
-                let nonce = nonce.as_ref().map(|(n, e)| (n.as_str(), *e));
-                db.record_override(lane, direction, reason, ov, nonce, now)
-            })
+            .call(move |db| db.record_override(lane, direction, reason, ov, nonce.as_ref(), now))
             .await
             .map_err(|e| Refusal::StoreError(format!("the override was not recorded: {e}")))??;
         self.shared.publish_decision(origin.source, &event);
@@ -194,10 +192,7 @@ impl Control {
         let recorded = self
             .shared
             .store
-            .call(move |db| {
-                let nonce = nonce.as_ref().map(|(n, e)| (n.as_str(), *e));
-                db.set_mode(mode, source, &d, nonce, now)
-            })
+            .call(move |db| db.set_mode(mode, source, &d, nonce.as_ref(), now))
             .await;
         match recorded {
             Ok(Ok(_)) => {}
@@ -208,6 +203,15 @@ impl Control {
                 if let (Some(n), Ok(mut u)) = (origin.nonce.clone(), self.unclaimed.lock()) {
                     u.push(n);
                 }
+                // Passes are decided under it too, as soon as the store takes jobs again.
+                let _ = self
+                    .shared
+                    .store
+                    .call(move |db| {
+                        db.assume_mode(mode);
+                        Ok(())
+                    })
+                    .await;
             }
             Err(e) => {
                 return Err(Refusal::StoreError(format!(
@@ -224,12 +228,12 @@ impl Control {
     /// Claims a command nonce for a command that changes nothing (resync).
     pub async fn claim(&self, origin: &Origin, now: UnixMs) -> Result<(), Refusal> {
         self.check_unclaimed(origin, now).await?;
-        let Some((nonce, expires)) = origin.nonce.clone() else {
+        let Some(stamp) = origin.nonce.clone() else {
             return Ok(());
         };
         self.shared
             .store
-            .call(move |db| db.claim_nonce(&nonce, expires, now))
+            .call(move |db| db.claim_nonce(&stamp, now))
             .await
             .map_err(|e| Refusal::StoreError(e.to_string()))?
     }

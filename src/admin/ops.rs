@@ -546,9 +546,17 @@ async fn edit(
             ),
         )
     })?;
+    // An edit re-signs the retained entries: built on an out-of-date base it could replace a
+    // list another admin just published. So gates that report more stop it (push, which takes
+    // its numbers only from the signed list, stays the way out).
     let base = retained.as_ref().map_or(0, |s| s.version);
     if let Some(w) = lists::ahead_of(list, base, &state.reported(list)) {
-        warn(format_args!("{w}"));
+        return Err(Failure::new(
+            what,
+            format!(
+                "{w}; nothing was published (another admin may be publishing right now: wait and retry)"
+            ),
+        ));
     }
     let current = match retained {
         Some(s) => s.entries,

@@ -12,8 +12,8 @@ use crate::core::{
     StaffMatch, UnixMs, Validity, Verdict,
 };
 use crate::sync::contract::{
-    Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions, Override,
-    PassEvent, Refusal, Snapshot, format_ts, parse_ts,
+    Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
+    MAX_COMMAND_SKEW_MS, Override, PassEvent, Refusal, Snapshot, format_ts, parse_ts,
 };
 
 /// Who this gate is; stamped on every event.
@@ -28,6 +28,14 @@ pub struct GateId {
 pub struct MailboxPos {
     pub reader: String,
     pub head_seq: u16,
+}
+
+/// A remote command's guard against replay: its nonce and when it is valid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stamp {
+    pub nonce: String,
+    pub issued_at: UnixMs,
+    pub expires_at: UnixMs,
 }
 
 /// A credential to decide and record.
@@ -425,12 +433,12 @@ impl Db {
         direction: Direction,
         reason: core::Reason,
         override_: Override,
-        nonce: Option<(&str, UnixMs)>,
+        stamp: Option<&Stamp>,
         now: UnixMs,
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
         let tx = self.conn.transaction()?;
-        if let Some((n, expires)) = nonce
-            && let Err(r) = claim_nonce(&tx, n, expires, now)?
+        if let Some(stamp) = stamp
+            && let Err(r) = claim_nonce(&tx, stamp, now)?
         {
             return Ok(Err(r));
         }
@@ -460,12 +468,12 @@ impl Db {
         mode: Mode,
         source: &str,
         detail: &str,
-        nonce: Option<(&str, UnixMs)>,
+        stamp: Option<&Stamp>,
         now: UnixMs,
     ) -> Result<Result<Alarm, Refusal>, StoreError> {
         let tx = self.conn.transaction()?;
-        if let Some((n, expires)) = nonce
-            && let Err(r) = claim_nonce(&tx, n, expires, now)?
+        if let Some(stamp) = stamp
+            && let Err(r) = claim_nonce(&tx, stamp, now)?
         {
             return Ok(Err(r));
         }
@@ -486,19 +494,24 @@ impl Db {
     /// Claims a command nonce on its own (for commands that record nothing else).
     pub fn claim_nonce(
         &mut self,
-        nonce: &str,
-        expires_at: UnixMs,
+        stamp: &Stamp,
         now: UnixMs,
     ) -> Result<Result<(), Refusal>, StoreError> {
         let tx = self.conn.transaction()?;
-        let r = claim_nonce(&tx, nonce, expires_at, now)?;
+        let r = claim_nonce(&tx, stamp, now)?;
         tx.commit()?;
         Ok(r)
     }
 
     // ---- small state -------------------------------------------------------------------------
 
-    /// The mode in force (as persisted).
+    /// Decides passes under `mode` from now on without persisting it: for an emergency release
+    /// that the store could not record (G9: it does not wait for the store).
+    pub fn assume_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
+    /// The mode passes are decided under (as persisted, or assumed).
     pub fn mode(&self) -> Result<Mode, StoreError> {
         Ok(self.mode)
     }
@@ -611,10 +624,10 @@ fn record_pass(
 /// replayed. Judged against the command clock it stays expired.
 fn claim_nonce(
     tx: &Transaction,
-    nonce: &str,
-    expires_at: UnixMs,
+    stamp: &Stamp,
     now: UnixMs,
 ) -> rusqlite::Result<Result<(), Refusal>> {
+    let (nonce, expires_at) = (stamp.nonce.as_str(), stamp.expires_at);
     let seen: Option<String> = tx
         .prepare_cached("SELECT value FROM state WHERE key = 'command_clock'")?
         .query_row([], |r| r.get(0))
@@ -636,6 +649,17 @@ fn claim_nonce(
             "expired at {}, it is now {}{behind}",
             format_ts(expires_at),
             format_ts(at)
+        ))));
+    }
+    // A command from the future (beyond the skew the clocks may have) would otherwise be valid
+    // until then, whatever its lifetime. Judged against the command clock too, so that a gate
+    // booted with its clock behind still takes commands once it has judged a later one.
+    if stamp.issued_at > at.saturating_add(MAX_COMMAND_SKEW_MS) {
+        return Ok(Err(Refusal::NotYetValid(format!(
+            "issued at {}, but it is now {} here (more than {} min ahead: check the clocks)",
+            format_ts(stamp.issued_at),
+            format_ts(at),
+            MAX_COMMAND_SKEW_MS / 60_000
         ))));
     }
     tx.prepare_cached(

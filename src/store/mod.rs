@@ -9,7 +9,7 @@ mod schema;
 
 pub use db::{
     Applied, Db, GateId, Generations, MailboxPos, OutboxRow, OutboxStats, PassInput, PassOutcome,
-    SNAPSHOT_CHUNK, SnapshotStep, Stream,
+    SNAPSHOT_CHUNK, SnapshotStep, Stamp, Stream,
 };
 
 use std::path::Path;

@@ -54,6 +54,15 @@ fn staff_snapshot(version: u64, cards: &[(&str, &str)]) -> crate::sync::contract
     parse_snapshot(ListName::Staff, body.as_bytes()).expect("test snapshot")
 }
 
+/// A command stamp issued at `issued`, valid until `expires`.
+fn stamp(nonce: &str, issued: i64, expires: i64) -> Stamp {
+    Stamp {
+        nonce: nonce.into(),
+        issued_at: issued,
+        expires_at: expires,
+    }
+}
+
 fn record_one(db: &mut Db, input: PassInput) -> PassOutcome {
     db.record_passes(&[input]).expect("record").remove(0)
 }
@@ -467,16 +476,24 @@ fn a_nonce_is_used_once_even_across_reopen_and_forgotten_after_expiry() {
     let expires = NOW + 60_000;
     {
         let mut db = open(&dir);
-        assert_eq!(db.claim_nonce("n-0001", expires, NOW).expect("db"), Ok(()));
-        let again = db.claim_nonce("n-0001", expires, NOW).expect("db");
+        assert_eq!(
+            db.claim_nonce(&stamp("n-0001", NOW, expires), NOW)
+                .expect("db"),
+            Ok(())
+        );
+        let again = db
+            .claim_nonce(&stamp("n-0001", NOW, expires), NOW)
+            .expect("db");
         assert_eq!(again.expect_err("replay").code(), "replayed");
     }
     let mut db = open(&dir);
-    let after_reopen = db.claim_nonce("n-0001", expires, NOW + 1).expect("db");
+    let after_reopen = db
+        .claim_nonce(&stamp("n-0001", NOW, expires), NOW + 1)
+        .expect("db");
     assert_eq!(after_reopen.expect_err("replay").code(), "replayed");
     // Once its command has expired the nonce is dropped (the command is refused as expired
     // before its nonce is looked at).
-    db.claim_nonce("n-0002", NOW + 120_000, expires + 1)
+    db.claim_nonce(&stamp("n-0002", expires, NOW + 120_000), expires + 1)
         .expect("db")
         .expect("fresh");
     let left: i64 = rusqlite::Connection::open(dir.path().join("g.db"))
@@ -501,7 +518,7 @@ fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
             Direction::Out,
             Reason::OverrideRemote,
             ov.clone(),
-            Some(("n-open-1", NOW + 1000)),
+            Some(&stamp("n-open-1", NOW, NOW + 1000)),
             NOW,
         )
         .expect("db")
@@ -517,7 +534,7 @@ fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
             Direction::Out,
             Reason::OverrideRemote,
             ov,
-            Some(("n-open-1", NOW + 1000)),
+            Some(&stamp("n-open-1", NOW, NOW + 1000)),
             NOW,
         )
         .expect("db");
@@ -529,7 +546,7 @@ fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
             Mode::Lockdown,
             "remote",
             "normal -> lockdown",
-            Some(("n-mode-1", NOW + 1000)),
+            Some(&stamp("n-mode-1", NOW, NOW + 1000)),
             NOW,
         )
         .expect("db")
@@ -548,17 +565,20 @@ fn a_clock_set_back_does_not_revive_an_expired_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut db = open(&dir);
     let day = 24 * 3600 * 1000;
-    db.claim_nonce("n-first", NOW + 60_000, NOW)
+    db.claim_nonce(&stamp("n-first", NOW, NOW + 60_000), NOW)
         .expect("db")
         .expect("fresh");
     // Two days later another command is judged: the first nonce is forgotten.
-    db.claim_nonce("n-second", NOW + 2 * day + 60_000, NOW + 2 * day)
-        .expect("db")
-        .expect("fresh");
+    db.claim_nonce(
+        &stamp("n-second", NOW + 2 * day, NOW + 2 * day + 60_000),
+        NOW + 2 * day,
+    )
+    .expect("db")
+    .expect("fresh");
     // The clock is set back to within the first command's window: replaying it is refused
     // as expired, judged by the latest time commands were judged at.
     let replay = db
-        .claim_nonce("n-first", NOW + 60_000, NOW + 30_000)
+        .claim_nonce(&stamp("n-first", NOW, NOW + 60_000), NOW + 30_000)
         .expect("db")
         .expect_err("expired");
     assert_eq!(replay.code(), "expired", "{replay}");
@@ -567,7 +587,7 @@ fn a_clock_set_back_does_not_revive_an_expired_command() {
     drop(db);
     let mut db = open(&dir);
     let again = db
-        .claim_nonce("n-first", NOW + 60_000, NOW + 30_000)
+        .claim_nonce(&stamp("n-first", NOW, NOW + 60_000), NOW + 30_000)
         .expect("db")
         .expect_err("expired");
     assert_eq!(again.code(), "expired");
@@ -600,4 +620,31 @@ fn passes_are_decided_under_the_mode_the_store_holds() {
         reason(&record_one(&mut db, pass("0001", None))),
         Reason::Staff
     );
+}
+
+#[test]
+fn a_command_from_the_future_is_refused_unless_the_command_clock_vouches_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let hour = 3600 * 1000;
+    let future = db
+        .claim_nonce(&stamp("n-future", NOW + hour, NOW + 2 * hour), NOW)
+        .expect("db")
+        .expect_err("not yet valid");
+    assert_eq!(future.code(), "not_yet_valid", "{future}");
+    // Within the skew the clocks may have, it is taken.
+    db.claim_nonce(&stamp("n-skew", NOW + 60_000, NOW + hour), NOW)
+        .expect("db")
+        .expect("within skew");
+    // A gate that has judged a command at NOW + 1 h takes commands of that time even while
+    // its own clock reads earlier (a reboot without a real-time clock).
+    db.claim_nonce(&stamp("n-later", NOW + hour, NOW + 2 * hour), NOW + hour)
+        .expect("db")
+        .expect("fresh");
+    db.claim_nonce(
+        &stamp("n-after-boot", NOW + hour + 1000, NOW + 2 * hour),
+        NOW - hour,
+    )
+    .expect("db")
+    .expect("vouched for by the command clock");
 }

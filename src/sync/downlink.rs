@@ -13,13 +13,13 @@
 use std::sync::Arc;
 
 use super::contract::{
-    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, MAX_COMMAND_SKEW_MS, Refusal, Topics,
-    format_ts, parse_command, parse_delta, parse_snapshot,
+    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, Refusal, Topics, format_ts,
+    parse_command, parse_delta, parse_snapshot,
 };
 use super::envelope::Verifier;
 use crate::control::{Control, Origin};
 use crate::core::UnixMs;
-use crate::store::{Applied, Store};
+use crate::store::{Applied, Stamp, Store};
 
 /// Everything the downlink needs to judge and apply a message.
 pub struct Downlink {
@@ -191,16 +191,9 @@ impl Downlink {
                 cmd.gate, self.topics.gate
             )));
         }
-        if cmd.issued_at > now.saturating_add(MAX_COMMAND_SKEW_MS) {
-            return Err(Refusal::NotYetValid(format!(
-                "issued at {}, but it is now {} (more than {} min ahead: check the clocks)",
-                format_ts(cmd.issued_at),
-                format_ts(now),
-                MAX_COMMAND_SKEW_MS / 60_000
-            )));
-        }
-        // A first check on the clock as it reads; the store checks again against the command
-        // clock, which never goes back, in the transaction that claims the nonce.
+        // A first check on the clock as it reads. The store checks expiry again, and checks
+        // `issued_at`, against the command clock (which never goes back) in the transaction
+        // that claims the nonce.
         if now > cmd.expires_at {
             return Err(Refusal::Expired(format!(
                 "expired at {}, it is now {}",
@@ -211,7 +204,11 @@ impl Downlink {
         let origin = Origin {
             source: "remote",
             by: key,
-            nonce: Some((cmd.nonce.clone(), cmd.expires_at)),
+            nonce: Some(Stamp {
+                nonce: cmd.nonce.clone(),
+                issued_at: cmd.issued_at,
+                expires_at: cmd.expires_at,
+            }),
         };
         tracing::info!(cmd = cmd.cmd.as_str(), by = ?origin.by, nonce = %cmd.nonce, "remote command");
         match cmd.cmd {

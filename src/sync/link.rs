@@ -58,6 +58,8 @@ impl Role {
 /// Acknowledged rows are deleted from the outbox in batches, at least this often.
 const ACK_FLUSH: Duration = Duration::from_millis(20);
 const ACK_BATCH: usize = 256;
+/// Acks waiting for room in the client's queue, at most (a flood of junk makes one each).
+const MAX_WAITING_ACKS: usize = 10_000;
 /// A connection that stayed up this long was healthy: the next failure starts the backoff
 /// over. One that died sooner (a broker that refuses us, a poisoned subscription) keeps
 /// backing off, up to `MAX_BACKOFF`.
@@ -88,7 +90,9 @@ pub async fn run(
     // lockdown) never waits behind a large list: the list connection hands lists over and
     // goes on reading. Two at most wait, each up to max_message_bytes.
     let (list_tx, list_rx) = mpsc::channel(2);
-    let (done_tx, done_rx) = mpsc::channel(16);
+    // Unbounded, so the worker never waits for the connection (which may itself be waiting
+    // for room in `list_tx`): it holds at most one ack per list received.
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let worker = tokio::spawn(list_worker(link.clone(), list_rx, done_tx));
     let down = tokio::spawn(run_role(
         Role::Downlink,
@@ -117,19 +121,19 @@ struct Io {
     /// Downlink: lists go to the list worker...
     list_tx: Option<mpsc::Sender<(String, bytes::Bytes)>>,
     /// ...and their acks come back, to be published.
-    done_rx: Option<mpsc::Receiver<(String, Ack)>>,
+    done_rx: Option<mpsc::UnboundedReceiver<(String, Ack)>>,
 }
 
 /// Applies lists in the order they came, and hands their acks back to the list connection.
 async fn list_worker(
     link: std::sync::Arc<Link>,
     mut lists: mpsc::Receiver<(String, bytes::Bytes)>,
-    done: mpsc::Sender<(String, Ack)>,
+    done: mpsc::UnboundedSender<(String, Ack)>,
 ) {
     while let Some((topic, payload)) = lists.recv().await {
         let now = crate::clock::now_ms();
         if let Some(ack) = link.downlink.handle(&topic, payload, now).await
-            && done.send((topic, ack)).await.is_err()
+            && done.send((topic, ack)).is_err()
         {
             return;
         }
@@ -248,6 +252,8 @@ struct Connection<'a> {
     acked: Vec<i64>,
     /// The last outbox read failed: retry on the next flush tick, not only on the next kick.
     fill_failed: bool,
+    /// Acks (serialized) that did not fit in the client's queue yet, oldest first.
+    acks_waiting: VecDeque<Vec<u8>>,
 }
 
 impl<'a> Connection<'a> {
@@ -281,6 +287,7 @@ impl<'a> Connection<'a> {
             cursor: 0,
             acked: Vec::new(),
             fill_failed: false,
+            acks_waiting: VecDeque::new(),
         }
     }
 
@@ -310,11 +317,15 @@ impl<'a> Connection<'a> {
                     }
                 },
                 Some(()) = recv(&mut io.kick), if self.connected => self.fill().await,
-                Some((topic, ack)) = recv(&mut io.done_rx), if self.connected => self.publish_ack(&topic, ack),
-                _ = flush.tick(), if uplink => {
-                    self.flush_acks().await;
-                    if self.fill_failed {
-                        self.fill().await;
+                Some((topic, ack)) = recv_unbounded(&mut io.done_rx), if self.connected => self.publish_ack(&topic, ack),
+                _ = flush.tick() => {
+                    if uplink {
+                        self.flush_acks().await;
+                        if self.fill_failed {
+                            self.fill().await;
+                        }
+                    } else if self.connected {
+                        self.send_acks();
                     }
                 }
                 _ = status_tick.tick(), if uplink && self.connected => self.publish_status(true).await,
@@ -401,8 +412,9 @@ impl<'a> Connection<'a> {
                         self.flush_acks().await;
                     }
                 }
-                if self.role == Role::Uplink {
-                    self.fill().await;
+                match self.role {
+                    Role::Uplink => self.fill().await,
+                    Role::Downlink => self.send_acks(),
                 }
             }
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
@@ -444,7 +456,15 @@ impl<'a> Connection<'a> {
             let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
         }
         let body = serde_json::to_vec(&ack).unwrap_or_default();
-        self.publish(link.topics.ack(), body, false, Tag::Other);
+        if self.acks_waiting.len() >= MAX_WAITING_ACKS {
+            // Only a flood of messages (junk, most likely) gets here: keep the newest acks.
+            self.acks_waiting.pop_front();
+            tracing::warn!(
+                "more than {MAX_WAITING_ACKS} acks wait for the broker; the oldest is dropped"
+            );
+        }
+        self.acks_waiting.push_back(body);
+        self.send_acks();
         // The uplink republishes the status: new list versions or mode show at once, and this
         // is also how `resync` is carried out.
         link.lists_changed.send_modify(|v| *v += 1);
@@ -467,6 +487,27 @@ impl<'a> Connection<'a> {
             .shared
             .alarm("oversize_packet", "broker", &detail)
             .await;
+    }
+
+    /// Hands waiting acks to the client while its queue has room; the rest go when PUBACKs
+    /// free it. A message flood must not lose the ack of a command that came after it.
+    fn send_acks(&mut self) {
+        while let Some(body) = self.acks_waiting.front() {
+            let ok = self
+                .client
+                .try_publish(
+                    self.link.topics.ack(),
+                    QoS::AtLeastOnce,
+                    false,
+                    body.clone(),
+                )
+                .is_ok();
+            if !ok {
+                return;
+            }
+            self.queued.push_back(Tag::Other);
+            self.acks_waiting.pop_front();
+        }
     }
 
     fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, tag: Tag) -> bool {
@@ -638,6 +679,13 @@ impl<'a> Connection<'a> {
 
 /// The next message of a channel this role has; a role without it never wakes on it.
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

@@ -81,7 +81,6 @@ pub fn load(tls: Option<&TlsConfig>, auth: Option<&AuthSource>) -> Result<Secret
     })
 }
 
-/// Sets the transport (TLS or plain TCP) and the credentials on `o`.
 /// Whether a login would cross the network in clear: a password without TLS to a broker that
 /// is not on this machine.
 pub fn login_in_clear(host: &str, tls: bool, auth: bool) -> bool {
@@ -92,6 +91,7 @@ pub fn login_in_clear(host: &str, tls: bool, auth: bool) -> bool {
     auth && !tls && !local
 }
 
+/// Sets the transport (TLS or plain TCP) and the credentials on `o`.
 pub fn apply(o: &mut MqttOptions, s: &Secrets) {
     if let Some(tls) = &s.tls {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));

@@ -478,3 +478,36 @@ async fn a_command_does_not_wait_behind_a_list_being_applied() {
         "the command's ack comes before the list's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_junk_lists_does_not_stall_the_list_connection() {
+    let w = World::start().await;
+    // Anyone who can publish on a list topic: a thousand refusals in a row, more acks than
+    // the client queue (inflight + 64) holds.
+    for i in 0..1000 {
+        w.centre
+            .publish_raw("acs/hq/lists/staff/delta", format!("junk {i}"), false)
+            .await;
+    }
+    let lockdown = signed(command("lockdown", "nonce-after-flood", json!({})));
+    w.centre.publish_raw(CMD, lockdown, false).await;
+    let ack = wait_for("the lockdown's ack after the flood", DEADLINE, || {
+        w.centre
+            .on(ACK)
+            .into_iter()
+            .map(|m| m.json())
+            .find(|a| a["ref"] == "nonce-after-flood")
+    })
+    .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    wait_for("every junk list acked", DEADLINE, || {
+        let refused = w
+            .centre
+            .on(ACK)
+            .iter()
+            .filter(|m| m.json()["error"] == "malformed")
+            .count();
+        (refused >= 1000).then_some(())
+    })
+    .await;
+}
