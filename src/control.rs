@@ -122,19 +122,12 @@ impl Control {
             )));
         };
         self.check_unclaimed(origin, now).await?;
-        let (reason, input) = match origin.source {
-            "panel" => (
-                Reason::OverridePanel,
-                match direction {
-                    Direction::In => "open_entry",
-                    Direction::Out => "open_exit",
-                },
-            ),
-            _ => (Reason::OverrideRemote, "open"),
-        };
+        // Only remote commands open lanes today; the guard panel (issue 4) will add its
+        // `override_panel` / `open_entry` / `open_exit` here.
+        let reason = Reason::OverrideRemote;
         let ov = Override {
             source: origin.source.to_string(),
-            input: input.to_string(),
+            input: "open".to_string(),
             by: origin.by.clone(),
         };
         let nonce = origin.nonce.clone();

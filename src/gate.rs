@@ -142,7 +142,7 @@ impl Gate {
         )?;
         // The persisted mode (a lockdown survives a restart), read before any lane starts.
         // `Control` is its one writer.
-        let mode = store.call(|db| db.mode()).await?;
+        let mode = store.call(|db| Ok(db.mode())).await?;
         if mode != Mode::Normal {
             tracing::warn!(mode = mode.as_str(), "starting in the persisted mode");
         }

@@ -512,8 +512,8 @@ impl Db {
     }
 
     /// The mode passes are decided under (as persisted, or assumed).
-    pub fn mode(&self) -> Result<Mode, StoreError> {
-        Ok(self.mode)
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     fn read_mode(&self) -> Result<Mode, StoreError> {

@@ -553,11 +553,7 @@ fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
         .expect("set");
     assert_eq!(a.alarm, "mode_changed");
     drop(db);
-    assert_eq!(
-        open(&dir).mode().expect("mode"),
-        Mode::Lockdown,
-        "the mode is persisted"
-    );
+    assert_eq!(open(&dir).mode(), Mode::Lockdown, "the mode is persisted");
 }
 
 #[test]

@@ -50,6 +50,18 @@ fn assert_refused(ack: &Value, code: &str, reference: &str, what: &str) {
     );
 }
 
+/// Waits until every hold coil of the gate (both lanes, entry and exit) is `on`.
+async fn wait_coils(w: &World, on: bool, what: &str) {
+    let all = || {
+        (0..2).all(|lane| {
+            [false, true]
+                .iter()
+                .all(|&exit| w.devices.relay.hold(lane, exit) == on)
+        })
+    };
+    wait_for(what, DEADLINE, || all().then_some(())).await;
+}
+
 /// Restarts the daemon and waits until its list connection is back (the retained staff@1 is
 /// acked again): commands are only delivered to a connected gate.
 async fn restart(w: &mut World) {
@@ -350,14 +362,7 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
         detail.contains("normal -> hold_open") && detail.contains("ops-test"),
         "{alarm}"
     );
-    wait_for("hold coils on", DEADLINE, || {
-        (w.devices.relay.hold(0, false)
-            && w.devices.relay.hold(0, true)
-            && w.devices.relay.hold(1, false)
-            && w.devices.relay.hold(1, true))
-        .then_some(())
-    })
-    .await;
+    wait_coils(&w, true, "hold coils on").await;
     w.centre
         .wait_json("status in hold_open", STATUS, |s| s["mode"] == "hold_open")
         .await;
@@ -366,10 +371,7 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
     // lockdown: coils off, even staff is refused; it survives a restart.
     let lock = signed(command("lockdown", "nonce-lock-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, lock, "nonce-lock-0001").await["ok"], true);
-    wait_for("hold coils off", DEADLINE, || {
-        (!w.devices.relay.hold(0, false) && !w.devices.relay.hold(1, true)).then_some(())
-    })
-    .await;
+    wait_coils(&w, false, "hold coils off").await;
     assert_eq!(swipe(&w, "0012345678").await["reason"], "lockdown");
     restart(&mut w).await;
     assert_eq!(swipe(&w, "0012345678").await["reason"], "lockdown");
@@ -377,17 +379,11 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
     // emergency_release: every lane held open; normal ends it.
     let er = signed(command("emergency_release", "nonce-emer-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, er, "nonce-emer-0001").await["ok"], true);
-    wait_for("emergency coils on", DEADLINE, || {
-        (w.devices.relay.hold(0, false) && w.devices.relay.hold(1, true)).then_some(())
-    })
-    .await;
+    wait_coils(&w, true, "emergency coils on").await;
     assert_eq!(swipe(&w, "0099999999").await["reason"], "emergency_release");
     let normal = signed(command("normal", "nonce-norm-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, normal, "nonce-norm-0001").await["ok"], true);
-    wait_for("coils off again", DEADLINE, || {
-        (!w.devices.relay.hold(0, false) && !w.devices.relay.hold(1, true)).then_some(())
-    })
-    .await;
+    wait_coils(&w, false, "coils off again").await;
     assert_eq!(swipe(&w, "0012345678").await["reason"], "staff");
 
     // resync: the status is published again.
@@ -414,24 +410,15 @@ async fn a_relay_board_that_reboots_while_held_open_is_held_open_again() {
     let w = World::start().await;
     let hold = signed(command("hold_open", "nonce-hold-boot1", json!({})));
     assert_eq!(ack_of(&w, CMD, hold, "nonce-hold-boot1").await["ok"], true);
-    let all_held =
-        || (0..2).all(|lane| w.devices.relay.hold(lane, false) && w.devices.relay.hold(lane, true));
-    wait_for("hold coils on", DEADLINE, || all_held().then_some(())).await;
+    wait_coils(&w, true, "hold coils on").await;
     // The board loses power: coils off, connections gone. The daemon notices the broken
     // connection (heartbeat or next pulse) and writes the coils again.
     w.devices.relay.power_cycle();
-    assert!(!all_held());
-    wait_for("hold coils on again after the reboot", DEADLINE, || {
-        all_held().then_some(())
-    })
-    .await;
+    wait_coils(&w, true, "hold coils on again after the reboot").await;
     // The same after a reboot that a pulse sees first.
     w.devices.relay.power_cycle();
     assert_eq!(swipe(&w, "0012345678").await["reason"], "hold_open");
-    wait_for("hold coils on again after the pulse", DEADLINE, || {
-        all_held().then_some(())
-    })
-    .await;
+    wait_coils(&w, true, "hold coils on again after the pulse").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

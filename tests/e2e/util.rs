@@ -385,20 +385,6 @@ timeout_ms = 200
 }
 
 impl Daemon {
-    /// Writes the config into `dir` and starts `gated run` on it.
-    pub fn start(dir: &Path, config: &str) -> Daemon {
-        let path = dir.join("gated.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut d = Daemon {
-            config: path,
-            child: None,
-            log: dir.join("gated.log"),
-            env: Vec::new(),
-        };
-        d.spawn();
-        d
-    }
-
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -509,6 +495,26 @@ impl World {
 
     async fn build(with_proxy: bool) -> World {
         let broker = Broker::start().await;
+        let proxy = match with_proxy {
+            true => Some(Proxy::start(broker.port).await),
+            false => None,
+        };
+        let port = proxy.as_ref().map_or(broker.port, |p| p.port);
+        Self::launch(broker, proxy, port, "", &[], true).await
+    }
+
+    /// The centre (on `broker`'s plain listener) publishes staff list version 1, then the
+    /// reference gate starts on hw-sim devices, reaching the broker at `port`, with
+    /// `config_extra` appended to its config and `env` in its environment. With
+    /// `wait_for_list`, returns once the gate has acked that list.
+    async fn launch(
+        broker: Broker,
+        proxy: Option<Proxy>,
+        port: u16,
+        config_extra: &str,
+        env: &[(&str, &Path)],
+        wait_for_list: bool,
+    ) -> World {
         let centre = Centre::connect(broker.port).await;
         centre
             .publish(
@@ -518,14 +524,9 @@ impl World {
             )
             .await;
         let devices = Devices::start().await;
-        let proxy = match with_proxy {
-            true => Some(Proxy::start(broker.port).await),
-            false => None,
-        };
-        let port = proxy.as_ref().map_or(broker.port, |p| p.port);
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = config_text(&dir.path().join("gated.db"), port, &devices);
-        let daemon = Daemon::start(dir.path(), &config);
+        let config = config_text(&dir.path().join("gated.db"), port, &devices) + config_extra;
+        let daemon = Daemon::start_with_env(dir.path(), &config, env);
         let w = World {
             broker,
             centre,
@@ -534,11 +535,13 @@ impl World {
             proxy,
             _dir: dir,
         };
-        w.centre
-            .wait_json("the ack of staff@1", ACK, |a| {
-                a["ref"] == "staff@1" && a["ok"] == true
-            })
-            .await;
+        if wait_for_list {
+            w.centre
+                .wait_json("the ack of staff@1", ACK, |a| {
+                    a["ref"] == "staff@1" && a["ok"] == true
+                })
+                .await;
+        }
         w
     }
 
@@ -826,7 +829,8 @@ impl Broker {
 }
 
 impl Daemon {
-    /// `start`, with environment variables for `gated` (kept across `restart`).
+    /// Writes the config into `dir` and starts `gated run` on it, with environment variables
+    /// for `gated` (kept across `restart`).
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &Path)]) -> Daemon {
         let path = dir.join("gated.toml");
         std::fs::write(&path, config).expect("write config");
@@ -862,37 +866,7 @@ impl World {
         env: &[(&str, &Path)],
         connects: bool,
     ) -> World {
-        let centre = Centre::connect(broker.port).await;
-        centre
-            .publish(
-                STAFF_TOPIC,
-                staff_snapshot("hq", 1, &[("E1001", "0012345678")]),
-                true,
-            )
-            .await;
-        let devices = Devices::start().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = format!(
-            "{}{mqtt_extra}",
-            config_text(&dir.path().join("gated.db"), secure.tls_port, &devices)
-        );
-        let daemon = Daemon::start_with_env(dir.path(), &config, env);
-        let w = World {
-            broker,
-            centre,
-            devices,
-            daemon,
-            proxy: None,
-            _dir: dir,
-        };
-        if connects {
-            w.centre
-                .wait_json("the ack of staff@1, over TLS", ACK, |a| {
-                    a["ref"] == "staff@1" && a["ok"] == true
-                })
-                .await;
-        }
-        w
+        Self::launch(broker, None, secure.tls_port, mqtt_extra, env, connects).await
     }
 }
 
