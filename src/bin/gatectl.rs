@@ -116,29 +116,6 @@ impl From<List> for ListName {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Action {
-    Open,
-    HoldOpen,
-    Lockdown,
-    Normal,
-    EmergencyRelease,
-    Resync,
-}
-
-impl From<Action> for CommandKind {
-    fn from(a: Action) -> CommandKind {
-        match a {
-            Action::Open => CommandKind::Open,
-            Action::HoldOpen => CommandKind::HoldOpen,
-            Action::Lockdown => CommandKind::Lockdown,
-            Action::Normal => CommandKind::Normal,
-            Action::EmergencyRelease => CommandKind::EmergencyRelease,
-            Action::Resync => CommandKind::Resync,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum Dir {
     In,
     Out,
@@ -270,7 +247,7 @@ Example:\n  gatectl cmd open --gate east-1 --lane 0 --direction in\n  \
 east-1: open ok (lane 0 in released for 3000 ms; event seq 1043)"
     )]
     Cmd {
-        action: Action,
+        action: CommandKind,
         /// The gate.
         #[arg(long, value_name = "GATE")]
         gate: String,
@@ -472,7 +449,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             ttl,
             wait,
         } => {
-            let kind = CommandKind::from(*action);
+            let kind = *action;
             let what = format!("cmd {}", kind.as_str());
             let s = site(&cli, &what)?;
             let usage = |why: &str| Failure::new(&what, why).with_exit(EX_USAGE);

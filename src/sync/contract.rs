@@ -583,16 +583,22 @@ pub fn parse_delta(topic_list: ListName, body: &[u8]) -> Result<Delta, Refusal> 
 }
 
 /// A remote command (DESIGN.md's command body), as the centre sends it on `{gate}/cmd`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// On the wire it is snake_case (`hold_open`); on gatectl's command line kebab-case
+/// (`hold-open`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
-    /// One pass on `lane` in `direction`, logged as `override_remote`.
+    /// One pass on a lane and direction, whatever the mode; logged as override_remote.
     Open,
+    /// Hold every lane open; credentials are still read and logged.
     HoldOpen,
+    /// Refuse every credential; only overrides open a lane.
     Lockdown,
+    /// Decide credentials as usual; ends hold-open, lockdown and emergency release.
     Normal,
+    /// Release every lane.
     EmergencyRelease,
-    /// Publish the status again.
+    /// Publish the gate's status again.
     Resync,
 }
 
