@@ -603,14 +603,6 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 6] = [
-        Self::Open,
-        Self::HoldOpen,
-        Self::Lockdown,
-        Self::Normal,
-        Self::EmergencyRelease,
-        Self::Resync,
-    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Open => "open",
