@@ -527,6 +527,19 @@ impl Db {
             .unwrap_or_default())
     }
 
+    /// Decides `credential` against the lists in force, as a pass would be, without recording
+    /// anything (no event, no entry used): what the benchmarks time as one decision.
+    pub fn decide(&self, credential: &Credential, now: UnixMs) -> Result<Verdict, StoreError> {
+        Ok(decide(
+            &self.conn,
+            &self.gate,
+            &self.policy,
+            self.mode,
+            credential,
+            now,
+        )?)
+    }
+
     /// Used entries of an invitation (for tests and status).
     pub fn invitation_used(&self, invitation: &str) -> Result<u32, StoreError> {
         Ok(self
@@ -575,8 +588,7 @@ fn record_pass(
             return Ok(PassOutcome::AlreadyRecorded);
         }
     }
-    let lookups = lookup(tx, cred.kind, &cred.id)?;
-    let verdict = core::decide(cred, &lookups, &gate.gate, mode, policy, input.now);
+    let verdict = decide(tx, gate, policy, mode, cred, input.now)?;
     if let Some(inv) = &verdict.consumes_entry {
         tx.prepare_cached(
             "INSERT INTO invitation_usage (invitation, used) VALUES (?1, 1)
@@ -973,6 +985,19 @@ fn insert_credential(
 fn parse_gates(s: String) -> Vec<String> {
     // Written by `gates_json` from validated input; a corrupt value grants nowhere.
     serde_json::from_str(&s).unwrap_or_default()
+}
+
+/// The decision on one credential: the store lookup, then the pure core.
+fn decide(
+    conn: &Connection,
+    gate: &GateId,
+    policy: &Policy,
+    mode: Mode,
+    cred: &Credential,
+    now: UnixMs,
+) -> rusqlite::Result<Verdict> {
+    let lookups = lookup(conn, cred.kind, &cred.id)?;
+    Ok(core::decide(cred, &lookups, &gate.gate, mode, policy, now))
 }
 
 fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result<Lookups> {
