@@ -37,10 +37,14 @@ impl Ctx {
     }
 }
 
-/// True while the outbox of the database at `path` holds rows. Read through a connection of
-/// our own (WAL lets it read while the daemon writes).
-fn outbox_busy(conn: &rusqlite::Connection) -> Result<bool> {
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM outbox)", [], |r| r.get(0))?)
+/// True while the outbox holds rows up to `rowid` (all of them by default). Read through a
+/// connection of our own (WAL lets it read while the daemon writes).
+fn outbox_busy(conn: &rusqlite::Connection, upto: Option<i64>) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE rowid <= ?1)",
+        [upto.unwrap_or(i64::MAX)],
+        |r| r.get(0),
+    )?)
 }
 
 fn reader_conn(path: &Path) -> Result<rusqlite::Connection> {
@@ -169,7 +173,8 @@ pub async fn swipe_to_relay(ctx: &Ctx, r: &mut Results) -> Result<()> {
         {
             applied_s = Some(load_start.elapsed().as_secs_f64());
         }
-        if drained_s.is_none() && events.count() >= 100_000 && !outbox_busy(&outbox)? {
+        // The backlog's rows are the first 100k; swipes meanwhile add their own after them.
+        if drained_s.is_none() && !outbox_busy(&outbox, Some(100_000))? {
             drained_s = Some(load_start.elapsed().as_secs_f64());
         }
         if applied_s.is_some()
@@ -242,7 +247,7 @@ pub async fn flush(ctx: &Ctx, r: &mut Results) -> Result<()> {
     let outbox = reader_conn(&db)?;
     daemon.spawn()?;
     let end = Instant::now() + Duration::from_secs(300);
-    while outbox_busy(&outbox)? {
+    while outbox_busy(&outbox, None)? {
         if Instant::now() > end {
             bail!("the 100k backlog did not drain in 300 s");
         }

@@ -58,7 +58,8 @@ pub struct Broker {
 
 impl Broker {
     /// A broker of its own on a free local port, in memory (no persistence), as fast as
-    /// mosquitto goes with its defaults otherwise.
+    /// mosquitto goes with its defaults otherwise, but with no limit on the messages queued
+    /// for a subscriber: the harness's own subscriber must not lose any when it falls behind.
     pub async fn start() -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         for _ in 0..5 {
@@ -71,7 +72,8 @@ impl Broker {
                 &conf,
                 format!(
                     "listener {port} 127.0.0.1\nallow_anonymous true\nuser {user}\n\
-                     max_packet_size 167772160\nlog_dest file {}/mosquitto.log\n",
+                     max_packet_size 167772160\nmax_queued_messages 0\n\
+                     log_dest file {}/mosquitto.log\n",
                     dir.path().display()
                 ),
             )?;

@@ -209,7 +209,8 @@ async fn passes_until(store: Store, stop: tokio::sync::watch::Receiver<bool>) ->
 
 /// `snapshot_apply_100k_s`, `delta_apply_1k_ms` and `decision_p99_during_apply_us`. Each update
 /// goes through the downlink's own steps: the signature check, parsing, and the store's
-/// chunked apply while passes go on.
+/// stepped apply until the new list is in force (when the gate acks it). The cleanup of the
+/// replaced list that follows is timed apart; decisions go on through both.
 pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
     let key = AdminKey::generate("bench").map_err(anyhow::Error::msg)?;
     let verifier = Verifier::new([(key.id.clone(), key.verifying_key())].into(), false);
@@ -240,6 +241,10 @@ pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
         parse_snapshot(ListName::Staff, &opened.body).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let applied = store.apply_snapshot(snap).await?;
     let apply_s = t.elapsed().as_secs_f64();
+    // Then the old 100k are deleted, as the downlink does after the ack; decisions go on.
+    let t = Instant::now();
+    store.drop_replaced().await;
+    let cleanup_s = t.elapsed().as_secs_f64();
     stop_tx.send(true)?;
     let mut during = during.await??;
     if applied.is_err() {
@@ -271,8 +276,18 @@ pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
     }
 
     r.put("snapshot_apply_100k_s", round3(apply_s));
+    r.put("snapshot_cleanup_100k_s", round3(cleanup_s));
     r.put("delta_apply_1k_ms", round1(delta_ms));
+    r.put("decision_p50_us", round1(percentile(&mut quiet, 50.0)));
     r.put("decision_p99_us", round1(percentile(&mut quiet, 99.0)));
+    r.put(
+        "decision_p50_during_apply_us",
+        round1(percentile(&mut during, 50.0)),
+    );
+    r.put(
+        "decision_p95_during_apply_us",
+        round1(percentile(&mut during, 95.0)),
+    );
     r.put(
         "decision_p99_during_apply_us",
         round1(percentile(&mut during, 99.0)),

@@ -2,6 +2,7 @@
 //! directly by tests). Callers pass `now`; nothing here reads the clock except UUIDv7 ids.
 
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use uuid::Uuid;
@@ -134,6 +135,12 @@ impl Db {
         // Group commit in `record_passes` bounds what that costs.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every statement of a pass, of the uplink and of a list apply stays prepared: with
+        // rusqlite's default of 16 they evicted each other and were parsed again.
+        conn.set_prepared_statement_cache_capacity(64);
+        // When the log starts over after a checkpoint, its file is trimmed back to 64 MiB if a
+        // large list had made it grow.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         let pending: u64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
@@ -156,7 +163,7 @@ impl Db {
     /// Decides and records a batch of passes in one transaction: one fsync for all (group
     /// commit). All or nothing: on error none is recorded and every caller is told.
     pub fn record_passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
         for input in inputs {
@@ -181,7 +188,7 @@ impl Db {
         detail: &str,
         now: UnixMs,
     ) -> Result<Alarm, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         let a = insert_alarm(&tx, &self.gate, alarm, source, detail, now)?;
         tx.commit()?;
         self.pending += 1;
@@ -227,17 +234,21 @@ impl Db {
         Ok(rows)
     }
 
-    /// The broker acknowledged these rows: they leave the outbox.
+    /// The broker acknowledged these rows: they leave the outbox. Not synced: rows whose
+    /// deletion a power cut undoes are sent again, which at-least-once allows (G3).
     pub fn acked(&mut self, rowids: &[i64]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let mut removed = 0;
-        {
-            let mut st = tx.prepare_cached("DELETE FROM outbox WHERE rowid = ?1")?;
-            for id in rowids {
-                removed += st.execute([id])? as u64;
+        let removed = self.relaxed(|conn| {
+            let tx = write(conn)?;
+            let mut removed = 0;
+            {
+                let mut st = tx.prepare_cached("DELETE FROM outbox WHERE rowid = ?1")?;
+                for id in rowids {
+                    removed += st.execute([id])? as u64;
+                }
             }
-        }
-        tx.commit()?;
+            tx.commit()?;
+            Ok(removed)
+        })?;
         self.pending = self.pending.saturating_sub(removed);
         if self.high_alarm_raised && self.pending * 100 < self.quota * 70 {
             self.high_alarm_raised = false;
@@ -283,13 +294,14 @@ impl Db {
             }
             Ok(SnapshotStep::Write { generation }) => generation,
         };
-        while self.drop_generations(list, Generations::Unfinished, SNAPSHOT_CHUNK)? > 0 {}
-        if let Err(r) = self.snapshot_write(list, generation, &s.entries, 0..s.entries.len())? {
-            while self.drop_generations(list, Generations::Unfinished, SNAPSHOT_CHUNK)? > 0 {}
+        let never = || false;
+        while self.drop_generations(list, Generations::Unfinished, &never)? > 0 {}
+        if let Err(r) = self.snapshot_write(list, generation, &s.entries, 0, &never)? {
+            while self.drop_generations(list, Generations::Unfinished, &never)? > 0 {}
             return Ok(Err(r));
         }
         let applied = self.snapshot_commit(list, s.version, generation, s.issued_at.as_deref())?;
-        while self.drop_generations(list, Generations::Stale, SNAPSHOT_CHUNK)? > 0 {}
+        while self.drop_generations(list, Generations::Stale, &never)? > 0 {}
         Ok(applied)
     }
 
@@ -314,20 +326,61 @@ impl Db {
         }))
     }
 
-    /// Snapshot step 2: writes `entries[range]` into generation `gen`, invisible to decisions.
+    /// Snapshot step 2: writes entries from `start` on into generation `generation`, invisible
+    /// to decisions, until `stop` says so (checked after each entry, so at least one is
+    /// written). Returns where the next step starts (`entries.len()` when done).
+    ///
+    /// The generation is new (step 1 picked it, and what an interrupted apply left there was
+    /// dropped) and the parser refuses a key that appears twice, so nothing is replaced.
+    /// Committed without a sync of its own: rows no decision can see yet are worth nothing
+    /// after a power cut, and the switch (step 3) syncs the whole log before it counts.
     pub fn snapshot_write(
         &mut self,
         list: ListName,
         generation: i64,
         entries: &Entries,
-        range: std::ops::Range<usize>,
-    ) -> Result<Result<(), Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
-        if let Err(r) = upsert_entries(&tx, list, generation, entries, range)? {
-            return Ok(Err(r));
-        }
-        tx.commit()?;
-        Ok(Ok(()))
+        start: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Result<usize, Refusal>, StoreError> {
+        self.relaxed(|conn| {
+            let tx = write(conn)?;
+            let mut next = start;
+            while next < entries.len() {
+                if let Err(r) =
+                    upsert_entries(&tx, list, generation, entries, next..next + 1, Fresh::Yes)?
+                {
+                    return Ok(Err(r));
+                }
+                next += 1;
+                if stop() {
+                    break;
+                }
+            }
+            tx.commit()?;
+            Ok(Ok(next))
+        })
+    }
+
+    /// Leaves checkpoints to the store's checkpoint thread (`Store::open`): SQLite no longer
+    /// runs one inside the commit that takes the log past 1000 pages.
+    pub(super) fn checkpoint_elsewhere(&mut self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Runs `f` with `synchronous = NORMAL`: for writes that are worth nothing after a power
+    /// cut (rows of a list not yet in force, cleanup that the next apply redoes, the deletion
+    /// of rows the broker acknowledged, which at worst are sent again). In WAL mode the next
+    /// FULL commit syncs the whole log, these writes included. The setting is a flag of the
+    /// connection; it is set back to FULL whatever `f` returned.
+    fn relaxed<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = f(&mut self.conn);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        r
     }
 
     /// Snapshot step 3: brings generation `generation` into force, if its version is still
@@ -340,7 +393,7 @@ impl Db {
         generation: i64,
         issued_at: Option<&str>,
     ) -> Result<Result<Applied, Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         let current = in_force(&tx, list)?;
         if let Err(r) = check_newer(list, version, current.version) {
             return Ok(r);
@@ -360,38 +413,48 @@ impl Db {
         Ok(Ok(Applied::Applied { version }))
     }
 
-    /// Deletes up to `limit` rows of each of the list's tables from the generations named,
-    /// relative to the one in force. Returns how many rows went; call until 0.
+    /// Deletes rows of the list's tables from the generations named, relative to the one in
+    /// force, in batches until none is left or `stop` says so. Returns how many rows went;
+    /// call until 0. Not synced: a cleanup lost to a power cut is done again later.
     pub fn drop_generations(
         &mut self,
         list: ListName,
         which: Generations,
-        limit: usize,
+        stop: &dyn Fn() -> bool,
     ) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
-        let generation = in_force(&tx, list)?.generation;
-        let cond = match which {
-            Generations::Stale => "gen < ?1",
-            Generations::Unfinished => "gen > ?1",
-        };
-        let mut n = 0;
-        for (table, key) in keyed_tables(list) {
-            n += tx.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE ({key}) IN
-                     (SELECT {key} FROM {table} WHERE {cond} LIMIT ?2)"
-                ),
-                params![generation, limit as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(n)
+        const BATCH: i64 = 16;
+        self.relaxed(|conn| {
+            let tx = write(conn)?;
+            let generation = in_force(&tx, list)?.generation;
+            let cond = match which {
+                Generations::Stale => "gen < ?1",
+                Generations::Unfinished => "gen > ?1",
+            };
+            let mut n = 0;
+            loop {
+                let mut batch = 0;
+                for (table, key) in keyed_tables(list) {
+                    batch += tx
+                        .prepare_cached(&format!(
+                            "DELETE FROM {table} WHERE ({key}) IN
+                             (SELECT {key} FROM {table} WHERE {cond} LIMIT ?2)"
+                        ))?
+                        .execute(params![generation, BATCH])?;
+                }
+                n += batch;
+                if batch == 0 || stop() {
+                    break;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
     }
 
     /// Applies changes on top of `base`, only when `base` is the version in force. A delta is
     /// small: it changes the generation in force in place, in one transaction.
     pub fn apply_delta(&mut self, d: &Delta) -> Result<Result<Applied, Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         let current = in_force(&tx, d.list)?;
         if let Err(r) = check_newer(d.list, d.version, current.version) {
             return Ok(r);
@@ -411,6 +474,7 @@ impl Db {
             current.generation,
             &d.upsert,
             0..d.upsert.len(),
+            Fresh::No,
         )? {
             return Ok(Err(refusal));
         }
@@ -436,7 +500,7 @@ impl Db {
         stamp: Option<&Stamp>,
         now: UnixMs,
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         if let Some(stamp) = stamp
             && let Err(r) = claim_nonce(&tx, stamp, now)?
         {
@@ -471,7 +535,7 @@ impl Db {
         stamp: Option<&Stamp>,
         now: UnixMs,
     ) -> Result<Result<Alarm, Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         if let Some(stamp) = stamp
             && let Err(r) = claim_nonce(&tx, stamp, now)?
         {
@@ -497,7 +561,7 @@ impl Db {
         stamp: &Stamp,
         now: UnixMs,
     ) -> Result<Result<(), Refusal>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = write(&mut self.conn)?;
         let r = claim_nonce(&tx, stamp, now)?;
         tx.commit()?;
         Ok(r)
@@ -555,6 +619,13 @@ impl Db {
 }
 
 // ---- statements run inside a transaction ---------------------------------------------------
+
+/// Begins a write transaction, taking the write lock at once (IMMEDIATE): a deferred one that
+/// read first and then met another writer (or a blocking checkpoint of another connection)
+/// would fail at once with SQLITE_BUSY instead of waiting for its busy timeout.
+fn write(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
 
 /// The fields of an event that the caller decides; id, seq and ts are the store's.
 #[derive(Clone, Debug)]
@@ -771,9 +842,17 @@ fn insert_alarm(
     Ok(a)
 }
 
-/// How many entries one snapshot transaction writes, and how many stale rows one cleanup
-/// transaction deletes: small enough that a pass waits at most one chunk.
-pub const SNAPSHOT_CHUNK: usize = 2000;
+/// How long one step of a list apply or cleanup holds the store at most. A step also ends as
+/// soon as a pass is waiting (`Store::apply_snapshot`), so that a pass waits for one entry
+/// and a commit, not for the step.
+pub const LIST_STEP: Duration = Duration::from_millis(2);
+
+/// Whether the generation written to is new, so that no entry needs replacing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    Yes,
+    No,
+}
 
 /// Generations other than the one in force: older ones (replaced, to clean up) or newer ones
 /// (written by an apply that has not come, or never will come, into force).
@@ -884,14 +963,16 @@ fn remove_entry(
     Ok(())
 }
 
-/// Inserts or replaces `entries[range]` in generation `gen`. A credential already held by
-/// another entry is refused: one card must never open as two people.
+/// Inserts or replaces `entries[range]` in generation `gen` (inserts only, into a `Fresh`
+/// one). A credential already held by another entry is refused: one card must never open as
+/// two people.
 fn upsert_entries(
     tx: &Transaction,
     list: ListName,
     generation: i64,
     entries: &Entries,
     range: std::ops::Range<usize>,
+    fresh: Fresh,
 ) -> Result<Result<(), Refusal>, StoreError> {
     match entries {
         Entries::Staff(v) => {
@@ -903,7 +984,9 @@ fn upsert_entries(
                 "INSERT INTO staff_credential (kind, cred_id, gen, subject) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for e in v.get(range).unwrap_or_default() {
-                remove_entry(tx, list, generation, &e.subject)?;
+                if fresh == Fresh::No {
+                    remove_entry(tx, list, generation, &e.subject)?;
+                }
                 ins.execute(params![
                     generation,
                     e.subject,
@@ -930,7 +1013,9 @@ fn upsert_entries(
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
             for e in v.get(range).unwrap_or_default() {
-                remove_entry(tx, list, generation, &e.invitation)?;
+                if fresh == Fresh::No {
+                    remove_entry(tx, list, generation, &e.invitation)?;
+                }
                 ins.execute(params![
                     generation,
                     e.invitation,
@@ -1000,6 +1085,10 @@ fn decide(
     Ok(core::decide(cred, &lookups, &gate.gate, mode, policy, now))
 }
 
+/// Each list is looked up in two queries of one table each, by primary key: the credential,
+/// then its entry. As one JOIN, SQLite's plan depends on the bound values (its STAT4 build
+/// marks the statement for re-preparing whenever they change), and every lookup paid for a
+/// full parse and plan, about ten times the cost of the queries themselves.
 fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result<Lookups> {
     let k = kind.as_str();
     let denied = conn
@@ -1010,47 +1099,71 @@ fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result
         )?
         .query_row([k, id], |r| r.get::<_, String>(0))
         .optional()?;
-    let staff = conn
+    let holder = conn
         .prepare_cached(
-            "SELECT s.subject, s.valid_from, s.valid_until, s.gates
-             FROM staff_credential c JOIN staff s ON s.gen = c.gen AND s.subject = c.subject
-             WHERE c.kind = ?1 AND c.cred_id = ?2
-               AND c.gen = (SELECT gen FROM list_version WHERE list = 'staff')",
+            "SELECT gen, subject FROM staff_credential
+             WHERE kind = ?1 AND cred_id = ?2
+               AND gen = (SELECT gen FROM list_version WHERE list = 'staff')",
         )?
         .query_row([k, id], |r| {
-            Ok(StaffMatch {
-                subject: r.get(0)?,
-                validity: Validity {
-                    valid_from: r.get(1)?,
-                    valid_until: r.get(2)?,
-                    gates: parse_gates(r.get(3)?),
-                },
-            })
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })
         .optional()?;
-    let invitation = conn
+    let staff = match holder {
+        None => None,
+        Some((generation, subject)) => conn
+            .prepare_cached(
+                "SELECT valid_from, valid_until, gates FROM staff WHERE gen = ?1 AND subject = ?2",
+            )?
+            .query_row(params![generation, subject], |r| {
+                Ok(StaffMatch {
+                    subject: subject.clone(),
+                    validity: Validity {
+                        valid_from: r.get(0)?,
+                        valid_until: r.get(1)?,
+                        gates: parse_gates(r.get(2)?),
+                    },
+                })
+            })
+            .optional()?,
+    };
+    let holder = conn
         .prepare_cached(
-            "SELECT i.invitation, i.valid_from, i.valid_until, i.gates, i.max_entries,
-                    coalesce(u.used, 0)
-             FROM invitation_credential c
-             JOIN invitation i ON i.gen = c.gen AND i.invitation = c.invitation
-             LEFT JOIN invitation_usage u ON u.invitation = i.invitation
-             WHERE c.kind = ?1 AND c.cred_id = ?2
-               AND c.gen = (SELECT gen FROM list_version WHERE list = 'visitors')",
+            "SELECT gen, invitation FROM invitation_credential
+             WHERE kind = ?1 AND cred_id = ?2
+               AND gen = (SELECT gen FROM list_version WHERE list = 'visitors')",
         )?
         .query_row([k, id], |r| {
-            Ok(InvitationMatch {
-                invitation: r.get(0)?,
-                validity: Validity {
-                    valid_from: r.get(1)?,
-                    valid_until: r.get(2)?,
-                    gates: parse_gates(r.get(3)?),
-                },
-                max_entries: r.get(4)?,
-                used: r.get(5)?,
-            })
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })
         .optional()?;
+    let invitation = match holder {
+        None => None,
+        Some((generation, invitation)) => {
+            let used: u32 = conn
+                .prepare_cached("SELECT used FROM invitation_usage WHERE invitation = ?1")?
+                .query_row([&invitation], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            conn.prepare_cached(
+                "SELECT valid_from, valid_until, gates, max_entries FROM invitation
+                 WHERE gen = ?1 AND invitation = ?2",
+            )?
+            .query_row(params![generation, invitation], |r| {
+                Ok(InvitationMatch {
+                    invitation: invitation.clone(),
+                    validity: Validity {
+                        valid_from: r.get(0)?,
+                        valid_until: r.get(1)?,
+                        gates: parse_gates(r.get(2)?),
+                    },
+                    max_entries: r.get(3)?,
+                    used,
+                })
+            })
+            .optional()?
+        }
+    };
     Ok(Lookups {
         denied,
         staff,

@@ -8,12 +8,14 @@ mod db;
 mod schema;
 
 pub use db::{
-    Applied, Db, GateId, Generations, MailboxPos, OutboxRow, OutboxStats, PassInput, PassOutcome,
-    SNAPSHOT_CHUNK, SnapshotStep, Stamp, Stream,
+    Applied, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow, OutboxStats, PassInput,
+    PassOutcome, SnapshotStep, Stamp, Stream,
 };
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -51,6 +53,9 @@ const QUEUE: usize = 1024;
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::SyncSender<Job>,
+    /// Passes sent and not yet taken up by the owner thread: a list step that sees one ends
+    /// early, so that list updates never hold up a lane.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Store {
@@ -61,20 +66,36 @@ impl Store {
         policy: Policy,
         quota: u64,
     ) -> Result<Store, StoreError> {
-        let db = Db::open(path, gate, policy, quota)?;
+        let mut db = Db::open(path, gate, policy, quota)?;
+        db.checkpoint_elsewhere()?;
+        let checkpoints = Checkpointer::open(path)?;
+        let (stopped, stop) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("gated-checkpoint".into())
+            .spawn(move || checkpoints.run(&stop))
+            .map_err(|e| StoreError::Invalid(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let taken = waiting.clone();
         std::thread::Builder::new()
             .name("gated-store".into())
-            .spawn(move || owner(db, rx))
+            .spawn(move || {
+                owner(db, rx, &taken);
+                drop(stopped); // the checkpoint thread makes a last checkpoint and ends
+            })
             .map_err(|e| StoreError::Invalid(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { tx })
+        Ok(Store { tx, waiting })
     }
 
     /// Decides and records one pass. When this returns `Recorded`, the event is committed
     /// and the relay may be commanded (G1).
     pub async fn pass(&self, input: PassInput) -> Result<PassOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Pass(input, reply)).await?;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.send(Job::Pass(input, reply)).await {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -93,10 +114,11 @@ impl Store {
     }
 
     /// Replaces a list without holding up decisions: the new list is written as a new
-    /// generation in chunks of `SNAPSHOT_CHUNK` entries, each its own job, so passes queued
-    /// meanwhile run between chunks. One short transaction then brings it into force, and the
-    /// old generation is deleted in chunks after that. The downlink applies one update at a
-    /// time; a second concurrent apply of the same list would fail at the switch.
+    /// generation in steps of at most `LIST_STEP`, each its own job, and a step ends early
+    /// when a pass is waiting. One short transaction then brings it into force: the list is
+    /// applied. The generation it replaced stays until `drop_replaced`, which the downlink
+    /// calls after the ack. The downlink applies one update at a time; a second concurrent
+    /// apply of the same list would fail at the switch.
     pub async fn apply_snapshot(
         &self,
         s: Snapshot,
@@ -109,39 +131,47 @@ impl Store {
         {
             Err(r) => return Ok(Err(r)),
             Ok(SnapshotStep::AlreadyInForce { version }) => {
-                // The retained snapshot on reconnect: a chance to finish a cleanup that a
-                // restart interrupted.
-                self.drop_generations(list, Generations::Stale).await;
                 return Ok(Ok(Applied::AlreadyInForce { version }));
             }
             Ok(SnapshotStep::Write { generation }) => generation,
         };
         self.drop_generations(list, Generations::Unfinished).await;
-        let n = s.entries.len();
-        for start in (0..n).step_by(SNAPSHOT_CHUNK) {
-            let (chunk, range) = (s.clone(), start..(start + SNAPSHOT_CHUNK).min(n));
+        let mut start = 0;
+        while start < s.entries.len() {
+            let (chunk, stop) = (s.clone(), self.step_limit());
             let written = self
-                .call(move |db| db.snapshot_write(list, generation, &chunk.entries, range))
+                .call(move |db| db.snapshot_write(list, generation, &chunk.entries, start, &stop()))
                 .await?;
-            if let Err(r) = written {
-                self.drop_generations(list, Generations::Unfinished).await;
-                return Ok(Err(r));
+            match written {
+                Ok(next) => start = next,
+                Err(r) => {
+                    self.drop_generations(list, Generations::Unfinished).await;
+                    return Ok(Err(r));
+                }
             }
         }
         let s2 = s.clone();
-        let applied = self
-            .call(move |db| db.snapshot_commit(list, version, generation, s2.issued_at.as_deref()))
-            .await?;
-        self.drop_generations(list, Generations::Stale).await;
-        Ok(applied)
+        self.call(move |db| db.snapshot_commit(list, version, generation, s2.issued_at.as_deref()))
+            .await
     }
 
-    /// Deletes the given generations in chunks. A failure is logged, not returned: the list in
+    /// Deletes the generations that snapshots replaced, of every list, in steps between
+    /// passes. Also finishes a cleanup that a restart interrupted.
+    pub async fn drop_replaced(&self) {
+        for list in ListName::ALL {
+            self.drop_generations(list, Generations::Stale).await;
+        }
+    }
+
+    /// Deletes the given generations in steps. A failure is logged, not returned: the list in
     /// force is not affected, and the next snapshot tries again.
     async fn drop_generations(&self, list: ListName, which: Generations) {
         loop {
             match self
-                .call(move |db| db.drop_generations(list, which, SNAPSHOT_CHUNK))
+                .call({
+                    let stop = self.step_limit();
+                    move |db| db.drop_generations(list, which, &stop())
+                })
                 .await
             {
                 Ok(0) => return,
@@ -151,6 +181,16 @@ impl Store {
                     return;
                 }
             }
+        }
+    }
+
+    /// When a list step should end: after `LIST_STEP`, or at once when a pass is waiting.
+    /// The clock starts when the step starts on the owner thread, not when it is queued.
+    fn step_limit(&self) -> impl Fn() -> Box<dyn Fn() -> bool> + Send + 'static {
+        let waiting = self.waiting.clone();
+        move || {
+            let (began, waiting) = (Instant::now(), waiting.clone());
+            Box::new(move || waiting.load(Ordering::SeqCst) > 0 || began.elapsed() >= LIST_STEP)
         }
     }
 
@@ -169,7 +209,70 @@ impl Store {
     }
 }
 
-fn owner(mut db: Db, rx: mpsc::Receiver<Job>) {
+/// How often the checkpoint thread copies the log back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The log length (in 4 KiB frames) past which the checkpoint thread makes it start over.
+const RESTART_AT: i64 = 1000;
+
+/// Copies committed pages from the WAL back into the database file, on a connection and a
+/// thread of its own, every 50 ms. Left to SQLite, the commit that took the log past 1000
+/// pages copied them all and synced the database, and that commit could be a pass: a lane
+/// waited for it. Small and often, because the disk is shared: a checkpoint's fsync holds up
+/// the passes' fsyncs meanwhile, and a short one holds them up less. Three variants were
+/// measured with `bench/run phase apply` and `phase swipes`; see bench/analysis.md.
+struct Checkpointer {
+    conn: rusqlite::Connection,
+}
+
+impl Checkpointer {
+    fn open(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = rusqlite::Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        // The log is synced before pages are copied and the database after: nothing a pass
+        // committed can be lost when the log later starts over.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // A RESTART waits for the owner's transaction in progress.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Checkpointer { conn })
+    }
+
+    /// A PASSIVE checkpoint, which takes no lock the owner thread waits for. The log starts
+    /// over only when a write begins with all of it copied back, which under steady writes (a
+    /// backlog draining) never happens by itself: once the log is past `RESTART_AT` frames, a
+    /// RESTART checkpoint follows. It holds writers back, but only while it copies the few
+    /// frames written since the PASSIVE one.
+    fn checkpoint(&self) -> rusqlite::Result<()> {
+        let frames: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+        if frames >= RESTART_AT {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints every `CHECKPOINT_EVERY` until `stop`'s sender is dropped, then once more.
+    fn run(self, stop: &mpsc::Receiver<()>) {
+        loop {
+            let last = !matches!(
+                stop.recv_timeout(CHECKPOINT_EVERY),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            );
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "store: WAL checkpoint failed; it is tried again");
+            }
+            if last {
+                return;
+            }
+        }
+    }
+}
+
+fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -182,11 +285,13 @@ fn owner(mut db: Db, rx: mpsc::Receiver<Job>) {
         match job {
             Job::Run(f) => f(&mut db),
             Job::Pass(first, reply) => {
+                waiting.fetch_sub(1, Ordering::SeqCst);
                 let mut inputs = vec![first];
                 let mut replies = vec![reply];
                 while inputs.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(Job::Pass(i, r)) => {
+                            waiting.fetch_sub(1, Ordering::SeqCst);
                             inputs.push(i);
                             replies.push(r);
                         }

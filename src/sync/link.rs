@@ -137,6 +137,7 @@ async fn list_worker(
         {
             return;
         }
+        link.downlink.tidy().await;
     }
 }
 
@@ -413,7 +414,10 @@ impl<'a> Connection<'a> {
                     }
                 }
                 match self.role {
-                    Role::Uplink => self.fill().await,
+                    // Refill once an eighth of the window is free, not on every PUBACK: one
+                    // read of the outbox then queues many rows.
+                    Role::Uplink if self.room() >= self.refill_at() => self.fill().await,
+                    Role::Uplink => {}
                     Role::Downlink => self.send_acks(),
                 }
             }
@@ -526,11 +530,20 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// Free places in the window of publishes awaiting their PUBACK.
+    fn room(&self) -> usize {
+        usize::from(self.link.cfg.inflight).saturating_sub(self.queued.len() + self.inflight.len())
+    }
+
+    /// How much room the window needs before a PUBACK refills it.
+    fn refill_at(&self) -> usize {
+        (usize::from(self.link.cfg.inflight) / 8).max(1)
+    }
+
     /// Queues outbox rows until the window is full.
     async fn fill(&mut self) {
-        let window = usize::from(self.link.cfg.inflight);
         while self.connected {
-            let room = window.saturating_sub(self.queued.len() + self.inflight.len());
+            let room = self.room();
             if room == 0 {
                 return;
             }

@@ -49,6 +49,15 @@ async fn c_a_pushed_snapshot_is_in_force_within_a_second() {
             s["lists"]["staff"] == 2
         })
         .await;
+    // After the ack, the replaced list is deleted: only version 2's two people remain.
+    let db = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    wait_for("the replaced list to be deleted", DEADLINE, || {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM staff", [], |r| r.get(0))
+            .expect("count");
+        (n == 2).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

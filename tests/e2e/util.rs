@@ -545,6 +545,11 @@ impl World {
         w
     }
 
+    /// The gate's database file (read it through a connection of the test's own).
+    pub fn db(&self) -> PathBuf {
+        self._dir.path().join("gated.db")
+    }
+
     /// Events received so far, parsed.
     pub fn events(&self) -> Vec<Value> {
         self.centre.on(EVENT).iter().map(Msg::json).collect()
