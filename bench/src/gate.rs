@@ -137,6 +137,7 @@ pub async fn swipe_to_relay(ctx: &Ctx, r: &mut Results) -> Result<()> {
         seed::lists(&mut d, 1, STAFF, 0)?;
         seed::backlog(&mut d, 100_000, STAFF)?;
     }
+    crate::settle();
     let broker = Broker::start().await?;
     let acks = Listener::connect(broker.port, ACK_TOPIC, true).await?;
     let events = Listener::connect(broker.port, EVENT_TOPIC, false).await?;
@@ -235,6 +236,7 @@ pub async fn flush(ctx: &Ctx, r: &mut Results) -> Result<()> {
             .map(|row| row.payload)
             .collect()
     };
+    crate::settle();
     if payloads.len() != N {
         bail!("the backlog holds {} rows, not {N}", payloads.len());
     }
@@ -335,6 +337,8 @@ pub fn loaded_db(ctx: &Ctx, lists: &Path) -> Result<PathBuf> {
         "  (1M-event backlog written in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    drop(d);
+    crate::settle();
     Ok(path)
 }
 

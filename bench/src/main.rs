@@ -153,6 +153,16 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Announces a phase, after `settle`.
 fn phase(name: &str, start: Instant) {
+    settle();
     eprintln!("[{:>5.0} s] {name}", start.elapsed().as_secs_f64());
+}
+
+/// Flushes what earlier work (the build, a phase's seeding) left for the disk to write, so
+/// that the fsyncs measured next wait for their own writes only.
+pub fn settle() {
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("warning: `sync` failed ({e}); the disk may still be busy with earlier writes");
+    }
 }

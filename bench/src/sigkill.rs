@@ -53,6 +53,7 @@ pub async fn run(ctx: &Ctx, rounds: usize, r: &mut Results) -> Result<()> {
         let mut d = seed::open(&db)?;
         seed::lists(&mut d, 1, usize::from(LANES) * PER_LANE, 0)?;
     }
+    crate::settle();
     let broker = Broker::start().await?;
     let events = Listener::connect(broker.port, EVENT_TOPIC, true).await?;
     let devices = Devices::start(LANES).await?;

@@ -58,6 +58,7 @@ pub async fn commits(dir: &Path, r: &mut Results) -> Result<()> {
         seed::lists(&mut db, 1, 1000, 0)?;
     }
     let store = Store::open(&path, seed::gate_id(), Policy::default(), 2_000_000)?;
+    crate::settle();
     let pass = |i: usize, lane: u16| PassInput {
         from: Some(MailboxPos {
             reader: format!("reader{lane}"),
@@ -220,6 +221,7 @@ pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
         seed::lists(&mut db, 1, 100_000, 0)?;
     }
     let store = Store::open(&path, seed::gate_id(), Policy::default(), 2_000_000)?;
+    crate::settle();
 
     // Decisions with no apply going on: the reference.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
