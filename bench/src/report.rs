@@ -88,7 +88,7 @@ const SPECS: &[Spec] = &[
     Spec {
         key: "decision_p99_us",
         unit: "µs",
-        means: "a pass decided and durably recorded (what a lane waits for before its relay), one every 2 ms, no apply",
+        means: "a pass decided and durably recorded (what a lane waits for before its relay), one every 2 ms, no apply (3 s before the apply and 3 s after it, pooled)",
         target: None,
     },
     Spec {

@@ -223,7 +223,7 @@ pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
     let store = Store::open(&path, seed::gate_id(), Policy::default(), 2_000_000)?;
     crate::settle();
 
-    // Decisions with no apply going on: the reference.
+    // Decisions with no apply going on: the reference (3 s now, 3 s after the apply).
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let quiet = tokio::spawn(passes_until(store.clone(), stop));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -276,6 +276,14 @@ pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
     if applied.is_err() {
         bail!("the 1k delta was refused: {applied:?}");
     }
+
+    // More decisions with no apply, after it: the reference pools both windows, so that a
+    // disk whose latency drifts during the run weighs on both sides alike.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let after = tokio::spawn(passes_until(store.clone(), stop));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send(true)?;
+    quiet.extend(after.await??);
 
     r.put("snapshot_apply_100k_s", round3(apply_s));
     r.put("snapshot_cleanup_100k_s", round3(cleanup_s));

@@ -141,7 +141,7 @@ impl Db {
         // When the log starts over after a checkpoint, its file is trimmed back to 64 MiB if a
         // large list had made it grow.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        wait_when_busy(&mut conn)?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         let pending: u64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
         let high_alarm_raised = pending * 100 >= quota * HIGH_WATER_PERCENT;
@@ -619,6 +619,18 @@ impl Db {
 }
 
 // ---- statements run inside a transaction ---------------------------------------------------
+
+/// Makes `conn` wait up to 5 s for a lock another connection holds (the checkpoint thread's
+/// RESTART holds the write lock for a few milliseconds), retrying every 100 µs. SQLite's own
+/// busy timeout sleeps in growing steps, up to 100 ms at a time: a pass could sleep 50 ms for
+/// a lock freed after 2.
+pub(super) fn wait_when_busy(conn: &mut Connection) -> rusqlite::Result<()> {
+    fn retry(attempt: i32) -> bool {
+        std::thread::sleep(Duration::from_micros(100));
+        attempt < 50_000
+    }
+    conn.busy_handler(Some(retry))
+}
 
 /// Begins a write transaction, taking the write lock at once (IMMEDIATE): a deferred one that
 /// read first and then met another writer (or a blocking checkpoint of another connection)

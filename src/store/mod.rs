@@ -227,7 +227,7 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn open(path: &Path) -> Result<Checkpointer, StoreError> {
-        let conn = rusqlite::Connection::open(path).map_err(|e| StoreError::Open {
+        let mut conn = rusqlite::Connection::open(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             source: e,
         })?;
@@ -235,7 +235,7 @@ impl Checkpointer {
         // committed can be lost when the log later starts over.
         conn.pragma_update(None, "synchronous", "FULL")?;
         // A RESTART waits for the owner's transaction in progress.
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        db::wait_when_busy(&mut conn)?;
         Ok(Checkpointer { conn })
     }
 
