@@ -93,7 +93,7 @@ async fn main() {
         t_parse.as_secs_f64() * 1e3
     );
     println!(
-        "  apply (chunked)       {:>8.0} ms",
+        "  apply (in steps)       {:>8.0} ms",
         t_apply.as_secs_f64() * 1e3
     );
     println!(
