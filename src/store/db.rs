@@ -621,13 +621,29 @@ impl Db {
 // ---- statements run inside a transaction ---------------------------------------------------
 
 /// Makes `conn` wait up to 5 s for a lock another connection holds (the checkpoint thread's
-/// RESTART holds the write lock for a few milliseconds), retrying every 100 µs. SQLite's own
-/// busy timeout sleeps in growing steps, up to 100 ms at a time: a pass could sleep 50 ms for
-/// a lock freed after 2.
+/// RESTART holds the write lock while it copies and syncs), retrying every 100 µs. SQLite's
+/// own busy timeout sleeps in growing steps, up to 100 ms at a time: a pass could sleep 50 ms
+/// for a lock freed after 2.
 pub(super) fn wait_when_busy(conn: &mut Connection) -> rusqlite::Result<()> {
+    const LIMIT: Duration = Duration::from_secs(5);
+    std::thread_local! {
+        /// When the current wait began (SQLite calls the handler with attempt 0 first).
+        static SINCE: std::cell::Cell<Option<std::time::Instant>> =
+            const { std::cell::Cell::new(None) };
+    }
     fn retry(attempt: i32) -> bool {
+        let now = std::time::Instant::now();
+        let since = SINCE.with(|s| {
+            if attempt == 0 || s.get().is_none() {
+                s.set(Some(now));
+            }
+            s.get().unwrap_or(now)
+        });
+        if now.duration_since(since) >= LIMIT {
+            return false;
+        }
         std::thread::sleep(Duration::from_micros(100));
-        attempt < 50_000
+        true
     }
     conn.busy_handler(Some(retry))
 }
@@ -855,8 +871,8 @@ fn insert_alarm(
 }
 
 /// How long one step of a list apply or cleanup holds the store at most. A step also ends as
-/// soon as a pass is waiting (`Store::apply_snapshot`), so that a pass waits for one entry
-/// and a commit, not for the step.
+/// soon as a pass is waiting (`Store::step_limit`), so that a pass waits for one entry and a
+/// commit, not for the step.
 pub const LIST_STEP: Duration = Duration::from_millis(2);
 
 /// Whether the generation written to is new, so that no entry needs replacing.

@@ -135,7 +135,9 @@ impl Store {
             }
             Ok(SnapshotStep::Write { generation }) => generation,
         };
-        self.drop_generations(list, Generations::Unfinished).await;
+        // What an interrupted apply left must go first: the new generation is written without
+        // replacing anything. If it cannot be dropped, this apply stops here.
+        self.drop_generations(list, Generations::Unfinished).await?;
         let mut start = 0;
         while start < s.entries.len() {
             let (chunk, stop) = (s.clone(), self.step_limit());
@@ -145,7 +147,10 @@ impl Store {
             match written {
                 Ok(next) => start = next,
                 Err(r) => {
-                    self.drop_generations(list, Generations::Unfinished).await;
+                    if let Err(e) = self.drop_generations(list, Generations::Unfinished).await {
+                        // The next apply drops it first, or stops.
+                        tracing::warn!(list = list.as_str(), error = %e, "could not drop a refused list's rows");
+                    }
                     return Ok(Err(r));
                 }
             }
@@ -159,27 +164,24 @@ impl Store {
     /// passes. Also finishes a cleanup that a restart interrupted.
     pub async fn drop_replaced(&self) {
         for list in ListName::ALL {
-            self.drop_generations(list, Generations::Stale).await;
+            if let Err(e) = self.drop_generations(list, Generations::Stale).await {
+                // The list in force is not affected; the next list message tries again.
+                tracing::warn!(list = list.as_str(), error = %e, "list cleanup failed; it is retried after the next list message");
+            }
         }
     }
 
-    /// Deletes the given generations in steps. A failure is logged, not returned: the list in
-    /// force is not affected, and the next snapshot tries again.
-    async fn drop_generations(&self, list: ListName, which: Generations) {
+    /// Deletes the given generations in steps.
+    async fn drop_generations(&self, list: ListName, which: Generations) -> Result<(), StoreError> {
         loop {
-            match self
+            let deleted = self
                 .call({
                     let stop = self.step_limit();
                     move |db| db.drop_generations(list, which, &stop())
                 })
-                .await
-            {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(list = list.as_str(), ?which, error = %e, "list cleanup failed; it will be retried with the next snapshot");
-                    return;
-                }
+                .await?;
+            if deleted == 0 {
+                return Ok(());
             }
         }
     }
@@ -242,8 +244,10 @@ impl Checkpointer {
     /// A PASSIVE checkpoint, which takes no lock the owner thread waits for. The log starts
     /// over only when a write begins with all of it copied back, which under steady writes (a
     /// backlog draining) never happens by itself: once the log is past `RESTART_AT` frames, a
-    /// RESTART checkpoint follows. It holds writers back, but only while it copies the few
-    /// frames written since the PASSIVE one.
+    /// RESTART checkpoint follows. It holds writers back while it copies the frames written
+    /// since the PASSIVE one and syncs, and while a reader of an older snapshot finishes. The
+    /// daemon has no such reader; an outside one (the sqlite3 shell, a backup) can hold passes
+    /// up for as long as it reads, up to the 5 s busy limit.
     fn checkpoint(&self) -> rusqlite::Result<()> {
         let frames: i64 = self
             .conn
@@ -257,13 +261,21 @@ impl Checkpointer {
 
     /// Checkpoints every `CHECKPOINT_EVERY` until `stop`'s sender is dropped, then once more.
     fn run(self, stop: &mpsc::Receiver<()>) {
+        let mut failures = 0u64;
         loop {
             let last = !matches!(
                 stop.recv_timeout(CHECKPOINT_EVERY),
                 Err(mpsc::RecvTimeoutError::Timeout)
             );
-            if let Err(e) = self.checkpoint() {
-                tracing::warn!(error = %e, "store: WAL checkpoint failed; it is tried again");
+            match self.checkpoint() {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    // Logged once, then once a minute while it lasts, not 20 times a second.
+                    if failures.is_multiple_of(1200) {
+                        tracing::warn!(error = %e, failures = failures + 1, "store: WAL checkpoint failed; the log grows until one succeeds");
+                    }
+                    failures += 1;
+                }
             }
             if last {
                 return;

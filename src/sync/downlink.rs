@@ -41,14 +41,14 @@ pub fn subscriptions(topics: &Topics) -> Vec<String> {
 }
 
 impl Downlink {
-    /// Handles one message; returns the ack to publish, or `None` for a topic that is not ours
-    /// to answer (or an empty retained message being cleared).
     /// Deletes what applied snapshots replaced. Called after their acks are on their way:
     /// a list is in force, and acked, before the old one is cleaned up.
     pub async fn tidy(&self) {
         self.store.drop_replaced().await;
     }
 
+    /// Handles one message; returns the ack to publish, or `None` for a topic that is not ours
+    /// to answer (or an empty retained message being cleared).
     pub async fn handle(&self, topic: &str, payload: bytes::Bytes, now: UnixMs) -> Option<Ack> {
         if payload.is_empty() {
             return None;
