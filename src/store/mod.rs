@@ -221,7 +221,7 @@ const RESTART_AT: i64 = 1000;
 /// thread of its own, every 50 ms. Left to SQLite, the commit that took the log past 1000
 /// pages copied them all and synced the database, and that commit could be a pass: a lane
 /// waited for it. Small and often, because the disk is shared: a checkpoint's fsync holds up
-/// the passes' fsyncs meanwhile, and a short one holds them up less. Three variants were
+/// the passes' fsyncs meanwhile, and a short one holds them up less. Four variants were
 /// measured with `bench/run phase apply` and `phase swipes`; see bench/analysis.md.
 struct Checkpointer {
     conn: rusqlite::Connection,
