@@ -431,6 +431,14 @@ pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs[rank.clamp(1, xs.len()) - 1]
 }
 
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 pub fn ms_between(from: SystemTime, to: SystemTime) -> f64 {
     match to.duration_since(from) {
         Ok(d) => d.as_secs_f64() * 1000.0,

@@ -27,7 +27,7 @@ const SPECS: &[Spec] = &[
     Spec {
         key: "swipe_to_relay_p50_ms",
         unit: "ms",
-        means: "a card appears in an hw-sim reader mailbox → the relay board receives the pulse, over Modbus TCP; 8 lanes at 60 persons/min each while a 100k-entry signed snapshot is applied and a 100k-event backlog drains to mosquitto",
+        means: "a card appears in an hw-sim reader mailbox → the relay board receives the pulse, over Modbus TCP; 8 lanes at 60 persons/min each, counting only swipes made while 100k-entry signed snapshots are applied one after another and a 100k-event backlog drains to mosquitto (5 such windows, `load_windows_s` in all)",
         target: None,
     },
     Spec {

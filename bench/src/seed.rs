@@ -29,6 +29,11 @@ pub fn card(i: usize) -> String {
     format!("C{i:08}")
 }
 
+/// Face id of staff member `i`.
+pub fn face(i: usize) -> String {
+    format!("F{i:08}")
+}
+
 /// QR code of invitation `i`.
 pub fn qr(i: usize) -> String {
     format!("Q{i:08}")
@@ -45,8 +50,9 @@ pub fn staff_body(version: u64, n: usize) -> String {
             s.push(',');
         }
         s += &format!(
-            r#"{{"subject":"E{i:08}","name":"Person {i} v{version}","credentials":[{{"kind":"card","id":"{}"}},{{"kind":"face","id":"F{i:08}"}}],"valid_from":null,"valid_until":"2099-12-31T23:59:59Z","gates":["*"]}}"#,
-            card(i)
+            r#"{{"subject":"E{i:08}","name":"Person {i} v{version}","credentials":[{{"kind":"card","id":"{}"}},{{"kind":"face","id":"{}"}}],"valid_from":null,"valid_until":"2099-12-31T23:59:59Z","gates":["*"]}}"#,
+            card(i),
+            face(i)
         );
     }
     s += "]}";

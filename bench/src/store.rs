@@ -13,7 +13,7 @@ use gated::sync::envelope::{AdminKey, Verifier};
 use rand::Rng as _;
 
 use crate::Results;
-use crate::infra::percentile;
+use crate::infra::{percentile, round1, round3};
 use crate::seed::{self, NOW};
 
 /// The outbox row of a typical pass event, as bytes of JSON (what a commit writes).
@@ -102,10 +102,6 @@ pub async fn commits(dir: &Path, r: &mut Results) -> Result<()> {
     Ok(())
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 /// Decision latencies in µs over a mix of credentials: staff cards (70%), staff faces (10%),
 /// invitation QR codes (15%, when there are invitations) and unknown cards (5%), picked at
 /// random over the whole list so that the page cache sees a real spread.
@@ -115,10 +111,7 @@ fn decide_many(db: &gated::store::Db, staff: usize, visitors: usize, n: usize) -
         let roll = rng.random_range(0..100);
         let (kind, id) = match roll {
             0..70 => (CredentialKind::Card, seed::card(rng.random_range(0..staff))),
-            70..80 => (
-                CredentialKind::Face,
-                format!("F{:08}", rng.random_range(0..staff)),
-            ),
+            70..80 => (CredentialKind::Face, seed::face(rng.random_range(0..staff))),
             80..95 if visitors > 0 => (CredentialKind::Qr, seed::qr(rng.random_range(0..visitors))),
             _ => (
                 CredentialKind::Card,
@@ -181,10 +174,6 @@ pub fn lookups(dir: &Path, r: &mut Results) -> Result<std::path::PathBuf> {
     Ok(large)
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
 /// Passes, one every 2 ms like a busy gate, each timed from the request to its durable record
 /// (what a lane waits for before its relay opens), until `stop` is set.
 async fn passes_until(store: Store, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<f64>> {
@@ -234,7 +223,6 @@ pub async fn apply(dir: &Path, r: &mut Results) -> Result<()> {
     let sealed = key.seal(seed::staff_body(2, 100_000).as_bytes());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let during = tokio::spawn(passes_until(store.clone(), stop));
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
     let opened = verifier
         .open(&sealed)
