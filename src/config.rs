@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::core::{Direction, Policy};
+use crate::core::time::{ClockSense, Span, minute_of_day};
+use crate::core::{Direction, FreeExit, LaneRules, Passback, PassbackMode, Policy, Schedule};
 
 /// `site`, `gate` and MQTT root are made of `[A-Za-z0-9_-]`, so they can never inject `/`,
 /// `+` or `#` into a topic.
@@ -59,6 +60,8 @@ struct RawConfig {
     reader: Vec<Spanned<RawReader>>,
     #[serde(default)]
     lane: Vec<Spanned<RawLane>>,
+    #[serde(default)]
+    clock: Option<Spanned<RawClock>>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +69,26 @@ struct RawConfig {
 struct RawGate {
     site: String,
     gate: String,
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClock {
+    #[serde(default = "default_sync")]
+    sync: String,
+    #[serde(default)]
+    sync_file: Option<PathBuf>,
+    #[serde(default = "default_max_jump")]
+    max_jump_s: u64,
+}
+
+fn default_sync() -> String {
+    "systemd".into()
+}
+fn default_max_jump() -> u64 {
+    120
 }
 
 #[derive(Deserialize)]
@@ -167,6 +190,61 @@ fn default_inflight() -> u16 {
 struct RawPolicy {
     #[serde(default = "default_face_score")]
     min_face_score: f64,
+    #[serde(default)]
+    hours: Option<String>,
+    #[serde(default)]
+    schedule: BTreeMap<String, RawSchedule>,
+    #[serde(default)]
+    groups: BTreeMap<String, String>,
+    #[serde(default)]
+    anti_passback: Option<RawPassback>,
+    #[serde(default)]
+    max_offline: Option<RawMaxOffline>,
+    #[serde(default)]
+    peers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    #[serde(default)]
+    mon: Vec<String>,
+    #[serde(default)]
+    tue: Vec<String>,
+    #[serde(default)]
+    wed: Vec<String>,
+    #[serde(default)]
+    thu: Vec<String>,
+    #[serde(default)]
+    fri: Vec<String>,
+    #[serde(default)]
+    sat: Vec<String>,
+    #[serde(default)]
+    sun: Vec<String>,
+    #[serde(default = "yes")]
+    calendar: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassback {
+    #[serde(default)]
+    mode: PassbackMode,
+    #[serde(default)]
+    reset_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaxOffline {
+    #[serde(default)]
+    staff: Option<String>,
+    #[serde(default)]
+    visitors: Option<String>,
 }
 
 fn default_face_score() -> f64 {
@@ -253,6 +331,14 @@ struct RawLane {
     channel: Option<u16>,
     #[serde(default = "default_release")]
     release_ms: u16,
+    #[serde(default)]
+    hours: Option<String>,
+    #[serde(default)]
+    two_factor_s: Option<u64>,
+    #[serde(default)]
+    free_in: FreeExit,
+    #[serde(default)]
+    free_out: FreeExit,
 }
 
 fn default_release() -> u16 {
@@ -272,6 +358,44 @@ pub struct Config {
     pub relays: Vec<RelayConfig>,
     pub readers: Vec<ReaderConfig>,
     pub lanes: BTreeMap<u16, LaneConfig>,
+    pub clock: ClockConfig,
+    /// The other gates of the site whose pass events count here: subjects' in/out state
+    /// (anti-passback) and invitation entries used are learned from them.
+    pub peers: Vec<String>,
+}
+
+/// How the clock is judged (`clock.rs`).
+#[derive(Clone, Debug)]
+pub struct ClockConfig {
+    pub sync: SyncSource,
+    /// A jump of the wall clock against the monotonic clock larger than this is an alarm, and
+    /// the clock is untrusted until time sync confirms it.
+    pub max_jump: Duration,
+}
+
+/// Where gated learns whether time sync has synchronized the clock.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncSource {
+    /// No sync required (a box with a battery-backed clock).
+    None,
+    /// Synchronized while this file exists: systemd-timesyncd's
+    /// `/run/systemd/timesync/synchronized`, or one a chrony or ntpd hook maintains.
+    File(PathBuf),
+}
+
+impl SyncSource {
+    pub const SYSTEMD: &str = "/run/systemd/timesync/synchronized";
+
+    /// What a decision assumes before the first reading.
+    pub fn initial(&self) -> ClockSense {
+        ClockSense {
+            synced: match self {
+                Self::None => None,
+                Self::File(p) => Some(p.exists()),
+            },
+            jumped: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -550,19 +674,124 @@ impl Checker<'_> {
             );
         }
 
-        let policy = match raw.policy {
-            None => Policy::default(),
-            Some(p) => {
-                let span = p.span();
-                let p = p.into_inner();
-                if !(0.0..=1.0).contains(&p.min_face_score) {
-                    return self.err(span, "policy.min_face_score", "must be within 0..=1");
+        let tz = match &gate.timezone {
+            None => chrono_tz::Tz::UTC,
+            Some(name) => match name.parse::<chrono_tz::Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    return self.err(
+                        gspan,
+                        "gate.timezone",
+                        format!("`{name}` is not an IANA time zone (like `Asia/Shanghai`)"),
+                    );
                 }
-                Policy {
-                    min_face_score: p.min_face_score,
+            },
+        };
+        let mut peers = Vec::new();
+        let mut policy = Policy {
+            tz,
+            ..Policy::default()
+        };
+        if let Some(p) = raw.policy {
+            let span = p.span();
+            let p = p.into_inner();
+            if !(0.0..=1.0).contains(&p.min_face_score) {
+                return self.err(span, "policy.min_face_score", "must be within 0..=1");
+            }
+            policy.min_face_score = p.min_face_score;
+            for (name, raw) in p.schedule {
+                let key = format!("policy.schedule.{name}");
+                if !is_safe_name(&name) {
+                    return self.err(span, &key, "a schedule name is 1..=64 of [A-Za-z0-9_-]");
+                }
+                let mut week: [Vec<Span>; 7] = Default::default();
+                let days = [
+                    ("mon", raw.mon),
+                    ("tue", raw.tue),
+                    ("wed", raw.wed),
+                    ("thu", raw.thu),
+                    ("fri", raw.fri),
+                    ("sat", raw.sat),
+                    ("sun", raw.sun),
+                ];
+                for (i, (day, spans)) in days.into_iter().enumerate() {
+                    for text in spans {
+                        match Span::parse(&text) {
+                            Ok(span) => week[i].push(span),
+                            Err(e) => return self.err(span.clone(), &format!("{key}.{day}"), e),
+                        }
+                    }
+                }
+                policy.schedules.insert(
+                    name,
+                    Schedule {
+                        week,
+                        calendar: raw.calendar,
+                    },
+                );
+            }
+            for (group, schedule) in p.groups {
+                if !policy.schedules.contains_key(&schedule) {
+                    return self.err(
+                        span,
+                        &format!("policy.groups.{group}"),
+                        format!("no [policy.schedule.{schedule}] is defined"),
+                    );
+                }
+                policy.groups.insert(group, schedule);
+            }
+            if let Some(h) = p.hours {
+                self.check_schedule(&span, "policy.hours", &h, &policy)?;
+                policy.gate_hours = Some(h);
+            }
+            if let Some(a) = p.anti_passback {
+                let reset_at = match a.reset_at.as_deref().map(minute_of_day) {
+                    None => None,
+                    Some(Ok(m)) if m < crate::core::time::DAY_MINUTES => Some(m),
+                    Some(Ok(_)) => {
+                        return self.err(
+                            span,
+                            "policy.anti_passback.reset_at",
+                            "use 00:00, not 24:00",
+                        );
+                    }
+                    Some(Err(e)) => return self.err(span, "policy.anti_passback.reset_at", e),
+                };
+                policy.passback = Passback {
+                    mode: a.mode,
+                    reset_at,
+                };
+            }
+            for (i, g) in p.peers.into_iter().enumerate() {
+                let key = format!("policy.peers[{i}]");
+                if !is_safe_name(&g) {
+                    return self.err(span, &key, format!("`{g}` must be 1..=64 of [A-Za-z0-9_-]"));
+                }
+                if g == gate.gate || peers.contains(&g) {
+                    return self.err(span, &key, format!("`{g}` is this gate or listed twice"));
+                }
+                peers.push(g);
+            }
+            if let Some(m) = p.max_offline {
+                for (key, v, slot) in [
+                    ("staff", m.staff, &mut policy.staff_max_offline),
+                    ("visitors", m.visitors, &mut policy.visitors_max_offline),
+                ] {
+                    if let Some(text) = v {
+                        match parse_duration(&text) {
+                            Ok(d) => *slot = Some(d.as_millis() as i64),
+                            Err(e) => {
+                                return self.err(
+                                    span.clone(),
+                                    &format!("policy.max_offline.{key}"),
+                                    e,
+                                );
+                            }
+                        }
+                    }
                 }
             }
-        };
+        }
 
         let mut names = HashSet::new();
         let mut relays = Vec::new();
@@ -612,6 +841,25 @@ impl Checker<'_> {
                     format!("lane {} is defined twice", l.id),
                 );
             }
+            if let Some(h) = &l.hours {
+                self.check_schedule(&span, &format!("lane[{i}].hours"), h, &policy)?;
+            }
+            if l.two_factor_s.is_some_and(|s| !(1..=300).contains(&s)) {
+                return self.err(
+                    span,
+                    &format!("lane[{i}].two_factor_s"),
+                    "must be 1..=300 seconds",
+                );
+            }
+            policy.lanes.insert(
+                l.id,
+                LaneRules {
+                    hours: l.hours,
+                    two_factor_ms: l.two_factor_s.map(|s| s as i64 * 1000),
+                    free_in: l.free_in,
+                    free_out: l.free_out,
+                },
+            );
             lanes.insert(
                 l.id,
                 LaneConfig {
@@ -648,7 +896,53 @@ impl Checker<'_> {
             });
         }
 
+        let clock = match raw.clock {
+            None => ClockConfig {
+                sync: SyncSource::File(SyncSource::SYSTEMD.into()),
+                max_jump: Duration::from_secs(default_max_jump()),
+            },
+            Some(c) => {
+                let span = c.span();
+                let c = c.into_inner();
+                let sync = match (c.sync.as_str(), c.sync_file) {
+                    ("none", None) => SyncSource::None,
+                    ("systemd", None) => SyncSource::File(SyncSource::SYSTEMD.into()),
+                    ("file", Some(f)) => SyncSource::File(f),
+                    ("file", None) => {
+                        return self.err(
+                            span,
+                            "clock.sync_file",
+                            "`sync = \"file\"` needs a sync_file",
+                        );
+                    }
+                    (_, Some(_)) => {
+                        return self.err(
+                            span,
+                            "clock.sync_file",
+                            "goes only with `sync = \"file\"`",
+                        );
+                    }
+                    (other, None) => {
+                        return self.err(
+                            span,
+                            "clock.sync",
+                            format!("`{other}` is not one of systemd, file, none"),
+                        );
+                    }
+                };
+                if !(1..=86_400).contains(&c.max_jump_s) {
+                    return self.err(span, "clock.max_jump_s", "must be 1..=86400 seconds");
+                }
+                ClockConfig {
+                    sync,
+                    max_jump: Duration::from_secs(c.max_jump_s),
+                }
+            }
+        };
+
         Ok(Config {
+            clock,
+            peers,
             site: gate.site,
             gate: gate.gate,
             store: StoreConfig {
@@ -688,6 +982,23 @@ impl Checker<'_> {
         Ok(())
     }
 
+    fn check_schedule(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        name: &str,
+        policy: &Policy,
+    ) -> Result<(), ConfigError> {
+        if !policy.schedules.contains_key(name) {
+            return self.err(
+                span.clone(),
+                key,
+                format!("no [policy.schedule.{name}] is defined"),
+            );
+        }
+        Ok(())
+    }
+
     fn check_address(
         &self,
         span: &std::ops::Range<usize>,
@@ -716,6 +1027,24 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// Parses a duration written as a number and a unit: `45s`, `90m`, `24h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration like 45s, 90m, 24h or 30d");
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let n: u64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60).ok_or_else(bad)?,
+        'h' => n.checked_mul(3600).ok_or_else(bad)?,
+        'd' => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if secs == 0 || secs > 10 * 365 * 86_400 {
+        return Err(format!("`{s}` must be more than 0 and at most 10 years"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// One paragraph saying what a checked config configures, for `gated check-config`.

@@ -160,6 +160,37 @@ impl Control {
         ))
     }
 
+    /// A guard's override of anti-passback: forgets `subject`'s in/out state here. The event
+    /// it records (`override.input` = `clear_passback`, with the subject) tells the other
+    /// gates of the site to forget it too.
+    pub async fn clear_passback(
+        &self,
+        subject: &str,
+        origin: &Origin,
+        now: UnixMs,
+    ) -> Result<String, Refusal> {
+        self.check_unclaimed(origin, now).await?;
+        let ov = Override {
+            source: origin.source.to_string(),
+            input: crate::store::CLEAR_PASSBACK.to_string(),
+            by: origin.by.clone(),
+        };
+        let nonce = origin.nonce.clone();
+        let who = subject.to_string();
+        let event = self
+            .shared
+            .store
+            .call(move |db| db.clear_passback(&who, ov, nonce.as_ref(), now))
+            .await
+            .map_err(|e| Refusal::StoreError(format!("the override was not recorded: {e}")))??;
+        self.shared.publish_decision(origin.source, &event);
+        tracing::warn!(subject, by = %origin.describe(), "override: anti-passback state cleared");
+        Ok(format!(
+            "anti-passback state of `{subject}` cleared; event seq {}",
+            event.seq
+        ))
+    }
+
     /// Puts the gate in `mode`: recorded (with the nonce), persisted, then in force.
     pub async fn set_mode(
         &self,

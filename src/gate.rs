@@ -142,7 +142,16 @@ impl Gate {
         )?;
         // The persisted mode (a lockdown survives a restart), read before any lane starts.
         // `Control` is its one writer.
-        let mode = store.call(|db| Ok(db.mode())).await?;
+        let centre = cfg.mqtt.is_some();
+        let mode = store
+            .call(move |db| {
+                db.set_build_time(crate::store::build_time());
+                if centre {
+                    db.expect_centre()?;
+                }
+                Ok(db.mode())
+            })
+            .await?;
         if mode != Mode::Normal {
             tracing::warn!(mode = mode.as_str(), "starting in the persisted mode");
         }
@@ -157,6 +166,8 @@ impl Gate {
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // The clock's state reaches the store before any lane decides.
+        crate::clock::watch(cfg.clock.clone(), shared.clone(), shutdown_rx.clone()).await;
         let mut relays = std::collections::HashMap::new();
         for r in &cfg.relays {
             let channels = cfg
@@ -239,6 +250,7 @@ impl Gate {
                 downlink,
                 sync_shared,
                 kick_rx,
+                cfg.peers.clone(),
                 shutdown_rx,
             ))
         });

@@ -291,6 +291,8 @@ keep_alive_s = 15
 [[trust.key]]
 id = "bench"
 public = "{admin_public}"
+[clock]
+sync = "none"
 [[relay]]
 name = "relay1"
 address = "{relay}"

@@ -73,6 +73,10 @@ pub fn snapshot_body(
             body(ListName::Visitors, site, version, now, v),
         ),
         Entries::Deny(v) => (ListName::Deny, body(ListName::Deny, site, version, now, v)),
+        Entries::Calendar(v) => (
+            ListName::Calendar,
+            body(ListName::Calendar, site, version, now, v),
+        ),
     };
     parse_snapshot(list, &bytes)?;
     Ok(bytes)
@@ -110,6 +114,10 @@ pub fn delta_body(
             body(ListName::Visitors, site, v, u, remove),
         ),
         Entries::Deny(u) => (ListName::Deny, body(ListName::Deny, site, v, u, remove)),
+        Entries::Calendar(u) => (
+            ListName::Calendar,
+            body(ListName::Calendar, site, v, u, remove),
+        ),
     };
     parse_delta(list, &bytes)?;
     Ok(bytes)
@@ -121,6 +129,7 @@ pub fn list_of(e: &Entries) -> ListName {
         Entries::Staff(_) => ListName::Staff,
         Entries::Visitors(_) => ListName::Visitors,
         Entries::Deny(_) => ListName::Deny,
+        Entries::Calendar(_) => ListName::Calendar,
     }
 }
 
@@ -132,6 +141,8 @@ pub struct CommandRequest {
     pub cmd: CommandKind,
     pub lane: Option<u16>,
     pub direction: Option<Direction>,
+    /// For `clear_passback`: the subject.
+    pub subject: Option<String>,
     /// How long the gate may carry it out, from `now`.
     pub ttl_ms: i64,
 }
@@ -152,6 +163,7 @@ pub fn command_body(req: &CommandRequest, now: UnixMs) -> Result<(String, Vec<u8
         cmd: req.cmd,
         lane: req.lane,
         direction: req.direction,
+        subject: req.subject.clone(),
         nonce: nonce.clone(),
         issued_at: format_ts(now),
         expires_at: format_ts(now + req.ttl_ms),
@@ -427,6 +439,7 @@ mod tests {
             cmd: CommandKind::Open,
             lane: Some(0),
             direction: Some(Direction::In),
+            subject: None,
             ttl_ms: 60_000,
         };
         let (nonce, body) = command_body(&req, NOW).expect("valid");
@@ -491,6 +504,8 @@ mod tests {
             valid_from: None,
             valid_until: None,
             gates: vec!["*".into()],
+            schedule: None,
+            group: None,
         }];
         assert!(revoke_staff(&staff, "E1").expect("revoked").next.is_empty());
         assert!(revoke_staff(&staff, "E2").is_err());

@@ -564,6 +564,7 @@ async fn edit(
             ListName::Staff => Entries::Staff(Vec::new()),
             ListName::Visitors => Entries::Visitors(Vec::new()),
             ListName::Deny => Entries::Deny(Vec::new()),
+            ListName::Calendar => Entries::Calendar(Vec::new()),
         },
     };
     let now = now();

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 
 use crate::core::CredentialKind;
 use crate::sync::contract::{
-    self, CredentialRef, DenyEntry, Entries, ListName, StaffEntry, VisitorEntry,
+    self, CalendarEntry, CredentialRef, DenyEntry, Entries, ListName, StaffEntry, VisitorEntry,
 };
 
 /// At most this many problems are listed; the rest are counted.
@@ -120,6 +120,8 @@ pub fn csv_columns(list: ListName) -> &'static [&'static str] {
             "valid_from",
             "valid_until",
             "gates",
+            "schedule",
+            "group",
         ],
         ListName::Visitors => &[
             "invitation",
@@ -132,8 +134,12 @@ pub fn csv_columns(list: ListName) -> &'static [&'static str] {
             "max_entries",
         ],
         ListName::Deny => &["kind", "id", "reason"],
+        ListName::Calendar => &["date", "name", "hours"],
     }
 }
+
+/// Columns a file may leave out (empty in every row).
+const OPTIONAL_COLUMNS: &[&str] = &["schedule", "group"];
 
 /// Reads `bytes` (the contents of the file called `file`) as entries of `list`.
 pub fn read(
@@ -169,6 +175,7 @@ enum Row {
     Staff(StaffEntry),
     Visitor(VisitorEntry),
     Deny(DenyEntry),
+    Calendar(CalendarEntry),
 }
 
 impl Row {
@@ -178,6 +185,7 @@ impl Row {
             Row::Staff(e) => ("subject", e.subject.clone()),
             Row::Visitor(e) => ("invitation", e.invitation.clone()),
             Row::Deny(e) => ("id", format!("{}:{}", e.kind.as_str(), e.id)),
+            Row::Calendar(e) => ("date", e.date.clone()),
         }
     }
 
@@ -185,7 +193,7 @@ impl Row {
         match self {
             Row::Staff(e) => &e.credentials,
             Row::Visitor(e) => &e.credentials,
-            Row::Deny(_) => &[],
+            Row::Deny(_) | Row::Calendar(_) => &[],
         }
     }
 }
@@ -195,12 +203,14 @@ fn into_entries(list: ListName, rows: impl Iterator<Item = Row>) -> Entries {
         ListName::Staff => Entries::Staff(Vec::new()),
         ListName::Visitors => Entries::Visitors(Vec::new()),
         ListName::Deny => Entries::Deny(Vec::new()),
+        ListName::Calendar => Entries::Calendar(Vec::new()),
     };
     for r in rows {
         match (&mut out, r) {
             (Entries::Staff(v), Row::Staff(e)) => v.push(e),
             (Entries::Visitors(v), Row::Visitor(e)) => v.push(e),
             (Entries::Deny(v), Row::Deny(e)) => v.push(e),
+            (Entries::Calendar(v), Row::Calendar(e)) => v.push(e),
             // Rows are built for `list`, so the kinds always agree.
             _ => {}
         }
@@ -326,7 +336,7 @@ fn read_csv(list: ListName, bytes: &[u8], errs: &mut Errs) -> Vec<(u64, Row)> {
         }
     }
     for c in columns {
-        if !index.contains_key(c) {
+        if !index.contains_key(c) && !OPTIONAL_COLUMNS.contains(c) {
             errs.add(
                 1,
                 Some(c),
@@ -367,6 +377,7 @@ fn read_csv(list: ListName, bytes: &[u8], errs: &mut Errs) -> Vec<(u64, Row)> {
             ListName::Staff => f.staff(&rec),
             ListName::Visitors => f.visitor(&rec),
             ListName::Deny => f.deny(&rec),
+            ListName::Calendar => f.calendar(&rec),
         };
         if errs.total > before {
             continue;
@@ -376,6 +387,7 @@ fn read_csv(list: ListName, bytes: &[u8], errs: &mut Errs) -> Vec<(u64, Row)> {
             Row::Staff(e) => serde_json::to_string(e),
             Row::Visitor(e) => serde_json::to_string(e),
             Row::Deny(e) => serde_json::to_string(e),
+            Row::Calendar(e) => serde_json::to_string(e),
         };
         match json
             .map_err(|e| e.to_string())
@@ -537,6 +549,8 @@ impl Fields<'_> {
         let valid_until = self.time("valid_until", r.get("valid_until"));
         self.window(&valid_from, &valid_until);
         let gates = self.gates(r.get("gates"));
+        let schedule = self.text("schedule", r.get("schedule"));
+        let group = self.text("group", r.get("group"));
         Row::Staff(StaffEntry {
             subject,
             name,
@@ -544,7 +558,22 @@ impl Fields<'_> {
             valid_from,
             valid_until,
             gates,
+            schedule,
+            group,
         })
+    }
+
+    /// A calendar row: `hours` holds spans separated by spaces or `;` (empty: closed).
+    fn calendar(&mut self, r: &Record) -> Row {
+        let date = r.get("date").to_string();
+        let name = self.text("name", r.get("name"));
+        let hours = r
+            .get("hours")
+            .split([' ', ';'])
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        Row::Calendar(CalendarEntry { date, name, hours })
     }
 
     fn visitor(&mut self, r: &Record) -> Row {
@@ -661,6 +690,7 @@ fn read_json(list: ListName, bytes: &[u8], errs: &mut Errs) -> Vec<(u64, Row)> {
             Ok(Entries::Staff(mut v)) => rows.extend(v.pop().map(|e| (line, Row::Staff(e)))),
             Ok(Entries::Visitors(mut v)) => rows.extend(v.pop().map(|e| (line, Row::Visitor(e)))),
             Ok(Entries::Deny(mut v)) => rows.extend(v.pop().map(|e| (line, Row::Deny(e)))),
+            Ok(Entries::Calendar(mut v)) => rows.extend(v.pop().map(|e| (line, Row::Calendar(e)))),
             Err(e) => errs.add(line, None, e),
         }
     }
@@ -716,7 +746,7 @@ mod tests {
             ListName::Staff,
             "subject,name,card,gates,colour\nE1,,1,*,red\n",
         ));
-        assert!(m.contains(&"f.csv:1: colour: not a column of a staff file (its columns are subject,name,card,face,valid_from,valid_until,gates)".to_string()), "{m:?}");
+        assert!(m.contains(&"f.csv:1: colour: not a column of a staff file (its columns are subject,name,card,face,valid_from,valid_until,gates,schedule,group)".to_string()), "{m:?}");
         assert!(
             m.iter()
                 .any(|l| l.starts_with("f.csv:1: valid_until: missing column")),

@@ -271,6 +271,7 @@ mod tests {
             passed: None,
             snapshot: None,
             ref_: None,
+            flags: Vec::new(),
         }
     }
 

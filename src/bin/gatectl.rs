@@ -257,6 +257,10 @@ east-1: open ok (lane 0 in released for 3000 ms; event seq 1043)"
         /// For `open`: the direction (default in).
         #[arg(long)]
         direction: Option<Dir>,
+        /// For `clear-passback`: the staff id or invitation id whose anti-passback state the
+        /// gates of the site forget.
+        #[arg(long, value_name = "SUBJECT")]
+        subject: Option<String>,
         /// How long the gate may carry it out, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         ttl: u64,
@@ -446,6 +450,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             gate,
             lane,
             direction,
+            subject,
             ttl,
             wait,
         } => {
@@ -465,12 +470,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 _ => {}
             }
+            match (kind, subject) {
+                (CommandKind::ClearPassback, None) => {
+                    return Err(usage("clear-passback needs --subject ID"));
+                }
+                (CommandKind::ClearPassback, Some(_)) | (_, None) => {}
+                (_, Some(_)) => return Err(usage("--subject is only for clear-passback")),
+            }
             let req = CommandRequest {
                 site: s.site.clone(),
                 gate: gate.clone(),
                 cmd: kind,
                 lane: *lane,
                 direction,
+                subject: subject.clone(),
                 ttl_ms: i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX),
             };
             ops::cmd(&s, key, req, Duration::from_secs(*wait), out).await

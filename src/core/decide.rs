@@ -1,18 +1,41 @@
 //! `decide`: the one function every credential goes through.
 //!
-//! Order of evaluation (first match wins):
+//! Order of evaluation (first refusal wins; `docs/policy.md` has the table):
 //! 1. deny list → `denylisted`, whatever else says yes, in every mode;
 //! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown`,
 //!    hold-open → `hold_open` (the lane is open anyway; the pass is logged);
-//! 3. a face below the minimum score → `low_face_score`;
-//! 4. a staff entry: window (`not_yet_valid`, `expired`), then gate (`wrong_gate`) → `staff`;
-//! 5. an invitation: window, gate, then entries (`entries_exhausted`) → `visitor`;
-//! 6. nothing → `unknown_credential`.
+//! 3. free exit on this lane direction → `free_exit` (no entry needed);
+//! 4. a face below the minimum score → `low_face_score`;
+//! 5. the gate's and the lane's opening hours → `clock_untrusted` while the clock is not
+//!    trusted, else `outside_schedule`;
+//! 6. the credential's entry, a staff entry first, then an invitation:
+//!    gates (`wrong_gate`), contact with the centre (`offline_limit`), then, if the entry is
+//!    limited in time (a window or a schedule), the clock (`clock_untrusted`), the window
+//!    (`not_yet_valid`, `expired`) and the schedule (`outside_schedule`); for an invitation
+//!    its entries (`entries_exhausted`); then anti-passback (`anti_passback` when hard);
+//! 7. on a two-factor lane, the other factor of the same subject within the window, else
+//!    `second_factor_required`;
+//! 8. nothing matched → `unknown_credential`.
 //!
 //! A credential held by both a staff entry and an invitation is granted if either grants;
 //! when both refuse, the staff entry's reason is reported.
 
-use super::{Credential, CredentialKind, Lookups, Mode, Policy, Reason, UnixMs, Validity};
+use super::time::{self, Calendar};
+use super::{
+    Context, Credential, CredentialKind, Direction, Factor, FirstFactor, FreeExit, LastPass,
+    Lookups, Mode, PassbackMode, Policy, Reason, UnixMs, Validity,
+};
+
+/// What a decision does to the lane's waiting first factor (two-factor lanes).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum FactorChange {
+    #[default]
+    Keep,
+    /// This credential is the first factor: it waits for the second.
+    Set(FirstFactor),
+    /// The second factor completed the pair.
+    Clear,
+}
 
 /// The core's answer for one credential.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +45,9 @@ pub struct Verdict {
     pub subject: Option<String>,
     /// The invitation whose entry this grant uses up.
     pub consumes_entry: Option<String>,
+    /// Granted, but against soft anti-passback: the event carries the flag `anti_passback`.
+    pub passback_flag: bool,
+    pub factor: FactorChange,
 }
 
 impl Verdict {
@@ -30,22 +56,31 @@ impl Verdict {
             reason,
             subject,
             consumes_entry: None,
+            passback_flag: false,
+            factor: FactorChange::Keep,
         }
     }
 
     pub fn granted(&self) -> bool {
         self.reason.is_granted()
     }
+
+    /// The subject whose in/out state this grant moves (anti-passback): a credential grant
+    /// (or a free exit) of a known subject.
+    pub fn moves(&self) -> Option<&str> {
+        match self.reason {
+            Reason::Staff | Reason::Visitor | Reason::FreeExit => self.subject.as_deref(),
+            _ => None,
+        }
+    }
 }
 
-/// Decides one credential at `gate` at time `now`. Pure: same input, same output.
+/// Decides one credential. Pure: same input, same output.
 pub fn decide(
     credential: &Credential,
     lookups: &Lookups,
-    gate: &str,
-    mode: Mode,
+    ctx: &Context,
     policy: &Policy,
-    now: UnixMs,
 ) -> Verdict {
     let known_subject = lookups
         .staff
@@ -56,11 +91,15 @@ pub fn decide(
     if lookups.denied.is_some() {
         return Verdict::new(Reason::Denylisted, known_subject);
     }
-    match mode {
+    match ctx.mode {
         Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, known_subject),
         Mode::Lockdown => return Verdict::new(Reason::Lockdown, known_subject),
         Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, known_subject),
         Mode::Normal => {}
+    }
+    let lane = policy.lanes.get(&ctx.lane);
+    if lane.is_some_and(|l| l.free(ctx.direction) == FreeExit::Open) {
+        return Verdict::new(Reason::FreeExit, known_subject);
     }
     if credential.kind == CredentialKind::Face {
         // A missing score is treated as zero: a face terminal that does not say how sure it
@@ -70,59 +109,180 @@ pub fn decide(
             return Verdict::new(Reason::LowFaceScore, known_subject);
         }
     }
-
-    let staff = lookups.staff.as_ref().map(|s| {
-        let reason = check_validity(&s.validity, gate, now).unwrap_or(Reason::Staff);
-        Verdict::new(reason, Some(s.subject.clone()))
-    });
-    if let Some(v) = &staff
-        && v.granted()
-    {
-        return v.clone();
+    let hours = [
+        policy.gate_hours.as_deref(),
+        lane.and_then(|l| l.hours.as_deref()),
+    ];
+    for name in hours.into_iter().flatten() {
+        if !ctx.clock.trusted() {
+            return Verdict::new(Reason::ClockUntrusted, known_subject);
+        }
+        if !schedule_open(policy, ctx.calendar, name, ctx.now) {
+            return Verdict::new(Reason::OutsideSchedule, known_subject);
+        }
     }
 
-    let visitor = lookups.invitation.as_ref().map(|inv| {
-        let refusal = check_validity(&inv.validity, gate, now).or_else(|| {
-            inv.max_entries
-                .filter(|max| inv.used >= *max)
-                .map(|_| Reason::EntriesExhausted)
-        });
-        match refusal {
-            Some(reason) => Verdict::new(reason, Some(inv.invitation.clone())),
-            None => Verdict {
-                reason: Reason::Visitor,
-                subject: Some(inv.invitation.clone()),
-                consumes_entry: Some(inv.invitation.clone()),
+    let staff = lookups.staff.as_ref().map(|s| {
+        let schedule = policy.schedule_of(s);
+        let entry = Entry {
+            validity: &s.validity,
+            schedule,
+            max_offline: policy.staff_max_offline,
+            last: s.last.as_ref(),
+        };
+        match judge(&entry, ctx, policy) {
+            Err(reason) => Verdict::new(reason, Some(s.subject.clone())),
+            Ok(flag) => Verdict {
+                passback_flag: flag,
+                ..Verdict::new(Reason::Staff, Some(s.subject.clone()))
             },
         }
     });
-
-    match (staff, visitor) {
-        (_, Some(v)) if v.granted() => v,
-        (Some(s), _) => s,
-        (None, Some(v)) => v,
-        (None, None) => Verdict::new(Reason::UnknownCredential, None),
+    let chosen = match staff {
+        Some(v) if v.granted() => Some(v),
+        staff => {
+            let visitor = lookups.invitation.as_ref().map(|inv| {
+                let entry = Entry {
+                    validity: &inv.validity,
+                    schedule: None,
+                    max_offline: policy.visitors_max_offline,
+                    last: inv.last.as_ref(),
+                };
+                let exhausted = inv.max_entries.is_some_and(|max| inv.used >= max);
+                let judged = judge(&entry, ctx, policy).and_then(|flag| {
+                    // Entries are counted after the time checks and before anti-passback: an
+                    // exhausted invitation is refused for that, whatever its direction.
+                    if exhausted {
+                        Err(Reason::EntriesExhausted)
+                    } else {
+                        Ok(flag)
+                    }
+                });
+                match judged {
+                    Err(reason) => Verdict::new(reason, Some(inv.invitation.clone())),
+                    Ok(flag) => Verdict {
+                        consumes_entry: Some(inv.invitation.clone()),
+                        passback_flag: flag,
+                        ..Verdict::new(Reason::Visitor, Some(inv.invitation.clone()))
+                    },
+                }
+            });
+            match (staff, visitor) {
+                (_, Some(v)) if v.granted() => Some(v),
+                (Some(s), _) => Some(s),
+                (None, v) => v,
+            }
+        }
+    };
+    let Some(v) = chosen else {
+        return Verdict::new(Reason::UnknownCredential, None);
+    };
+    match lane.and_then(|l| l.two_factor_ms) {
+        Some(window) if v.granted() => second_factor(v, credential.kind, ctx, window),
+        _ => v,
     }
 }
 
-/// The refusal a validity window and gate scope give at `now`, if any.
-fn check_validity(v: &Validity, gate: &str, now: UnixMs) -> Option<Reason> {
-    if v.valid_from.is_some_and(|from| now < from) {
-        return Some(Reason::NotYetValid);
+/// A list entry as the rules see it.
+struct Entry<'a> {
+    validity: &'a Validity,
+    schedule: Option<&'a str>,
+    max_offline: Option<i64>,
+    last: Option<&'a LastPass>,
+}
+
+/// Judges an entry at this gate and moment: `Ok(flag)` grants, with the soft anti-passback
+/// flag; `Err` is the refusal.
+fn judge(e: &Entry, ctx: &Context, policy: &Policy) -> Result<bool, Reason> {
+    let v = e.validity;
+    if !v.gates.iter().any(|g| g == "*" || g == ctx.gate) {
+        return Err(Reason::WrongGate);
     }
-    if v.valid_until.is_some_and(|until| now > until) {
-        return Some(Reason::Expired);
+    if let (Some(max), Some(off)) = (e.max_offline, ctx.offline_ms)
+        && off > max
+    {
+        return Err(Reason::OfflineLimit);
     }
-    if !v.gates.iter().any(|g| g == "*" || g == gate) {
-        return Some(Reason::WrongGate);
+    let timed = v.valid_from.is_some() || v.valid_until.is_some() || e.schedule.is_some();
+    if timed && !ctx.clock.trusted() {
+        return Err(Reason::ClockUntrusted);
     }
-    None
+    if v.valid_from.is_some_and(|from| ctx.now < from) {
+        return Err(Reason::NotYetValid);
+    }
+    if v.valid_until.is_some_and(|until| ctx.now > until) {
+        return Err(Reason::Expired);
+    }
+    if let Some(name) = e.schedule
+        && !schedule_open(policy, ctx.calendar, name, ctx.now)
+    {
+        return Err(Reason::OutsideSchedule);
+    }
+    passback(policy, e.last, ctx.direction, ctx.now)
+}
+
+/// Whether the named schedule is open at `now`. A name this gate's config does not define is
+/// closed: a list that names a schedule the gate cannot judge grants nothing through it.
+fn schedule_open(policy: &Policy, calendar: &Calendar, name: &str, now: UnixMs) -> bool {
+    policy
+        .schedules
+        .get(name)
+        .is_some_and(|s| s.open_at(calendar, time::local(policy.tz, now)))
+}
+
+/// Anti-passback: the subject's last pass, if it still counts (after the last daily reset),
+/// must have been in the other direction. `Ok(true)` is a soft violation.
+fn passback(
+    policy: &Policy,
+    last: Option<&LastPass>,
+    d: Direction,
+    now: UnixMs,
+) -> Result<bool, Reason> {
+    let rule = policy.passback;
+    if rule.mode == PassbackMode::Off {
+        return Ok(false);
+    }
+    let since = rule
+        .reset_at
+        .map_or(UnixMs::MIN, |at| time::last_reset(policy.tz, at, now));
+    let repeated = last.is_some_and(|l| l.direction == d && l.at >= since);
+    match (repeated, rule.mode) {
+        (false, _) => Ok(false),
+        (true, PassbackMode::Hard) => Err(Reason::AntiPassback),
+        (true, _) => Ok(true),
+    }
+}
+
+/// A two-factor lane: `v` grants one factor; it opens only if the other factor of the same
+/// subject was presented on this lane within `window` ms before.
+fn second_factor(v: Verdict, kind: CredentialKind, ctx: &Context, window: i64) -> Verdict {
+    let factor = Factor::of(kind);
+    let Some(subject) = v.subject.clone() else {
+        return Verdict::new(Reason::SecondFactorRequired, None);
+    };
+    let completes = ctx.first_factor.is_some_and(|f| {
+        f.subject == subject && f.factor != factor && ctx.now >= f.at && ctx.now - f.at <= window
+    });
+    if completes {
+        return Verdict {
+            factor: FactorChange::Clear,
+            ..v
+        };
+    }
+    Verdict {
+        factor: FactorChange::Set(FirstFactor {
+            subject: subject.clone(),
+            factor,
+            at: ctx.now,
+        }),
+        ..Verdict::new(Reason::SecondFactorRequired, Some(subject))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{InvitationMatch, StaffMatch};
+    use crate::core::{ClockState, InvitationMatch, StaffMatch};
     use proptest::prelude::*;
 
     const NOW: UnixMs = 1_795_000_000_000;
@@ -157,6 +317,9 @@ mod tests {
             staff: Some(StaffMatch {
                 subject: "E1001".into(),
                 validity,
+                schedule: None,
+                group: None,
+                last: None,
             }),
             ..Lookups::default()
         }
@@ -169,13 +332,34 @@ mod tests {
                 validity,
                 max_entries: max,
                 used,
+                last: None,
             }),
             ..Lookups::default()
         }
     }
 
+    fn ctx(mode: Mode, now: UnixMs) -> Context<'static> {
+        static CALENDAR: std::sync::LazyLock<Calendar> =
+            std::sync::LazyLock::new(Calendar::default);
+        Context {
+            gate: GATE,
+            lane: 0,
+            direction: Direction::In,
+            mode,
+            now,
+            clock: ClockState::Synced,
+            offline_ms: None,
+            calendar: &CALENDAR,
+            first_factor: None,
+        }
+    }
+
     fn run(c: &Credential, l: &Lookups, mode: Mode) -> Verdict {
-        decide(c, l, GATE, mode, &Policy::default(), NOW)
+        decide(c, l, &ctx(mode, NOW), &Policy::default())
+    }
+
+    fn at(c: &Credential, l: &Lookups, mode: Mode, now: UnixMs) -> Verdict {
+        decide(c, l, &ctx(mode, now), &Policy::default())
     }
 
     #[test]
@@ -313,6 +497,9 @@ mod tests {
                 valid_until: Some(NOW - 1),
                 ..everywhere()
             },
+            schedule: None,
+            group: None,
+            last: None,
         });
         assert_eq!(run(&card("1"), &l, Mode::Normal).reason, Reason::Visitor);
         if let Some(i) = l.invitation.as_mut() {
@@ -321,6 +508,539 @@ mod tests {
         let v = run(&card("1"), &l, Mode::Normal);
         assert_eq!(v.reason, Reason::Expired);
         assert_eq!(v.subject.as_deref(), Some("E1"));
+    }
+
+    // ---- the rules of schedules, anti-passback, clock, offline, two factors, free exit ---
+
+    use crate::core::time::{Span, Untrust};
+    use crate::core::{Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode, Schedule};
+
+    /// Monday 2026-11-23 12:00 UTC.
+    const MONDAY_NOON: UnixMs = 1_795_435_200_000;
+    const HOUR: UnixMs = 3_600_000;
+
+    fn office() -> Schedule {
+        let day = vec![Span {
+            start: 8 * 60,
+            end: 18 * 60,
+        }];
+        Schedule {
+            week: [
+                day.clone(),
+                day.clone(),
+                day.clone(),
+                day.clone(),
+                day,
+                vec![],
+                vec![],
+            ],
+            calendar: true,
+        }
+    }
+
+    fn rich_policy() -> Policy {
+        let mut p = Policy::default();
+        p.schedules.insert("office".into(), office());
+        p.groups.insert("cleaners".into(), "office".into());
+        p
+    }
+
+    fn with_schedule(schedule: Option<&str>, group: Option<&str>) -> Lookups {
+        let mut l = staff(everywhere());
+        if let Some(s) = l.staff.as_mut() {
+            s.schedule = schedule.map(String::from);
+            s.group = group.map(String::from);
+        }
+        l
+    }
+
+    /// One example per reason code a credential can get: the whole table of docs/policy.md.
+    #[test]
+    fn every_reason_code_has_an_example() {
+        let cal = Calendar::default();
+        let base = Context {
+            calendar: &cal,
+            now: MONDAY_NOON,
+            ..ctx(Mode::Normal, MONDAY_NOON)
+        };
+        let p = rich_policy();
+        let check = |want: Reason, c: &Credential, l: &Lookups, ctx: &Context, p: &Policy| {
+            assert_eq!(decide(c, l, ctx, p).reason, want, "{want:?}");
+        };
+        let s = staff(everywhere());
+        let qr = Credential {
+            kind: CredentialKind::Qr,
+            id: "t".into(),
+            score: None,
+        };
+        check(Reason::Staff, &card("1"), &s, &base, &p);
+        check(
+            Reason::Visitor,
+            &qr,
+            &invitation(everywhere(), Some(1), 0),
+            &base,
+            &p,
+        );
+        check(
+            Reason::UnknownCredential,
+            &card("1"),
+            &Lookups::default(),
+            &base,
+            &p,
+        );
+        let mut denied = s.clone();
+        denied.denied = Some("lost".into());
+        check(Reason::Denylisted, &card("1"), &denied, &base, &p);
+        for (mode, want) in [
+            (Mode::EmergencyRelease, Reason::EmergencyRelease),
+            (Mode::Lockdown, Reason::Lockdown),
+            (Mode::HoldOpen, Reason::HoldOpen),
+        ] {
+            check(
+                want,
+                &card("1"),
+                &s,
+                &Context {
+                    mode,
+                    ..base.clone()
+                },
+                &p,
+            );
+        }
+        check(Reason::LowFaceScore, &face(0.1), &s, &base, &p);
+        let later = Validity {
+            valid_from: Some(MONDAY_NOON + 1),
+            ..everywhere()
+        };
+        check(Reason::NotYetValid, &card("1"), &staff(later), &base, &p);
+        let past = Validity {
+            valid_until: Some(MONDAY_NOON - 1),
+            ..everywhere()
+        };
+        check(Reason::Expired, &card("1"), &staff(past), &base, &p);
+        let west = Validity {
+            gates: vec!["west-2".into()],
+            ..everywhere()
+        };
+        check(Reason::WrongGate, &card("1"), &staff(west), &base, &p);
+        check(
+            Reason::EntriesExhausted,
+            &qr,
+            &invitation(everywhere(), Some(1), 1),
+            &base,
+            &p,
+        );
+        let evening = Context {
+            now: MONDAY_NOON + 7 * HOUR,
+            ..base.clone()
+        };
+        check(
+            Reason::OutsideSchedule,
+            &card("1"),
+            &with_schedule(Some("office"), None),
+            &evening,
+            &p,
+        );
+        let untrusted = Context {
+            clock: ClockState::Untrusted(Untrust::NotSynced),
+            ..base.clone()
+        };
+        check(
+            Reason::ClockUntrusted,
+            &qr,
+            &invitation(
+                Validity {
+                    valid_until: Some(MONDAY_NOON + HOUR),
+                    ..everywhere()
+                },
+                None,
+                0,
+            ),
+            &untrusted,
+            &p,
+        );
+        let offline = Context {
+            offline_ms: Some(25 * HOUR),
+            ..base.clone()
+        };
+        let limited = Policy {
+            visitors_max_offline: Some(24 * HOUR),
+            ..rich_policy()
+        };
+        check(
+            Reason::OfflineLimit,
+            &qr,
+            &invitation(everywhere(), None, 0),
+            &offline,
+            &limited,
+        );
+        let hard = Policy {
+            passback: Passback {
+                mode: PassbackMode::Hard,
+                reset_at: None,
+            },
+            ..rich_policy()
+        };
+        let mut inside = s.clone();
+        if let Some(st) = inside.staff.as_mut() {
+            st.last = Some(LastPass {
+                direction: Direction::In,
+                at: MONDAY_NOON - HOUR,
+            });
+        }
+        check(Reason::AntiPassback, &card("1"), &inside, &base, &hard);
+        let mut two = rich_policy();
+        two.lanes.insert(
+            0,
+            LaneRules {
+                two_factor_ms: Some(10_000),
+                ..LaneRules::default()
+            },
+        );
+        check(Reason::SecondFactorRequired, &card("1"), &s, &base, &two);
+        let mut free = rich_policy();
+        free.lanes.insert(
+            0,
+            LaneRules {
+                free_in: FreeExit::Open,
+                ..LaneRules::default()
+            },
+        );
+        check(
+            Reason::FreeExit,
+            &card("1"),
+            &Lookups::default(),
+            &base,
+            &free,
+        );
+        check(Reason::Denylisted, &card("1"), &denied, &base, &free);
+    }
+
+    #[test]
+    fn schedules_by_entry_by_group_and_by_lane() {
+        let cal = Calendar::default();
+        let p = rich_policy();
+        let noon = Context {
+            calendar: &cal,
+            ..ctx(Mode::Normal, MONDAY_NOON)
+        };
+        let night = Context {
+            now: MONDAY_NOON + 10 * HOUR,
+            ..noon.clone()
+        };
+        let by_group = with_schedule(None, Some("cleaners"));
+        assert_eq!(
+            decide(&card("1"), &by_group, &noon, &p).reason,
+            Reason::Staff
+        );
+        assert_eq!(
+            decide(&card("1"), &by_group, &night, &p).reason,
+            Reason::OutsideSchedule
+        );
+        // A group without a schedule restricts nothing; a schedule this gate does not know
+        // grants nothing.
+        let unmapped = with_schedule(None, Some("drivers"));
+        assert_eq!(
+            decide(&card("1"), &unmapped, &night, &p).reason,
+            Reason::Staff
+        );
+        let unknown = with_schedule(Some("nope"), None);
+        assert_eq!(
+            decide(&card("1"), &unknown, &noon, &p).reason,
+            Reason::OutsideSchedule
+        );
+        // Lane hours close the lane for everyone, staff with no schedule too.
+        let mut lane = rich_policy();
+        lane.lanes.insert(
+            0,
+            LaneRules {
+                hours: Some("office".into()),
+                ..LaneRules::default()
+            },
+        );
+        let s = staff(everywhere());
+        assert_eq!(decide(&card("1"), &s, &noon, &lane).reason, Reason::Staff);
+        assert_eq!(
+            decide(&card("1"), &s, &night, &lane).reason,
+            Reason::OutsideSchedule
+        );
+        let gate = Policy {
+            gate_hours: Some("office".into()),
+            ..rich_policy()
+        };
+        assert_eq!(
+            decide(&card("1"), &s, &night, &gate).reason,
+            Reason::OutsideSchedule
+        );
+        // With an untrusted clock, hours are not judged at all.
+        let untrusted = Context {
+            clock: ClockState::Untrusted(Untrust::BeforeBuild),
+            ..noon.clone()
+        };
+        assert_eq!(
+            decide(&card("1"), &s, &untrusted, &gate).reason,
+            Reason::ClockUntrusted
+        );
+    }
+
+    #[test]
+    fn staff_with_no_window_still_pass_on_an_untrusted_clock() {
+        let cal = Calendar::default();
+        let untrusted = Context {
+            calendar: &cal,
+            clock: ClockState::Untrusted(Untrust::BeforeLastEvent),
+            ..ctx(Mode::Normal, MONDAY_NOON)
+        };
+        let p = rich_policy();
+        assert_eq!(
+            decide(&card("1"), &staff(everywhere()), &untrusted, &p).reason,
+            Reason::Staff
+        );
+        let windowed = Validity {
+            valid_until: Some(MONDAY_NOON + HOUR),
+            ..everywhere()
+        };
+        assert_eq!(
+            decide(&card("1"), &staff(windowed), &untrusted, &p).reason,
+            Reason::ClockUntrusted
+        );
+    }
+
+    #[test]
+    fn anti_passback_soft_flags_and_resets_daily() {
+        let cal = Calendar::default();
+        let now = MONDAY_NOON;
+        let c = Context {
+            calendar: &cal,
+            ..ctx(Mode::Normal, now)
+        };
+        let mut l = staff(everywhere());
+        if let Some(s) = l.staff.as_mut() {
+            s.last = Some(LastPass {
+                direction: Direction::In,
+                at: now - HOUR,
+            });
+        }
+        let soft = Policy {
+            passback: Passback {
+                mode: PassbackMode::Soft,
+                reset_at: None,
+            },
+            ..rich_policy()
+        };
+        let v = decide(&card("1"), &l, &c, &soft);
+        assert_eq!(v.reason, Reason::Staff);
+        assert!(v.passback_flag);
+        // The other direction is fine.
+        let out = Context {
+            direction: Direction::Out,
+            ..c.clone()
+        };
+        assert!(!decide(&card("1"), &l, &out, &soft).passback_flag);
+        // Reset at 11:30 UTC: the 11:00 entry no longer counts at 12:00; at 11:00 it did.
+        let reset = Policy {
+            passback: Passback {
+                mode: PassbackMode::Hard,
+                reset_at: Some(11 * 60 + 30),
+            },
+            ..rich_policy()
+        };
+        assert_eq!(decide(&card("1"), &l, &c, &reset).reason, Reason::Staff);
+        let before_reset = Context {
+            now: now - HOUR + 60_000,
+            ..c.clone()
+        };
+        assert_eq!(
+            decide(&card("1"), &l, &before_reset, &reset).reason,
+            Reason::AntiPassback
+        );
+    }
+
+    #[test]
+    fn two_factors_in_either_order_within_the_window() {
+        let cal = Calendar::default();
+        let mut p = rich_policy();
+        p.lanes.insert(
+            0,
+            LaneRules {
+                two_factor_ms: Some(10_000),
+                ..LaneRules::default()
+            },
+        );
+        let s = staff(everywhere());
+        let first = |f: Factor, at: UnixMs| FirstFactor {
+            subject: "E1001".into(),
+            factor: f,
+            at,
+        };
+        for (presented, waiting) in [(card("1"), Factor::Face), (face(0.9), Factor::Token)] {
+            let w = first(waiting, MONDAY_NOON - 5_000);
+            let c = Context {
+                calendar: &cal,
+                first_factor: Some(&w),
+                ..ctx(Mode::Normal, MONDAY_NOON)
+            };
+            let v = decide(&presented, &s, &c, &p);
+            assert_eq!(v.reason, Reason::Staff);
+            assert_eq!(v.factor, FactorChange::Clear);
+        }
+        // Too late, the same factor twice, or another subject: refused, and this one waits.
+        for w in [
+            first(Factor::Face, MONDAY_NOON - 10_001),
+            first(Factor::Token, MONDAY_NOON - 1_000),
+            FirstFactor {
+                subject: "E2".into(),
+                factor: Factor::Face,
+                at: MONDAY_NOON - 1_000,
+            },
+        ] {
+            let c = Context {
+                calendar: &cal,
+                first_factor: Some(&w),
+                ..ctx(Mode::Normal, MONDAY_NOON)
+            };
+            let v = decide(&card("1"), &s, &c, &p);
+            assert_eq!(v.reason, Reason::SecondFactorRequired);
+            assert_eq!(
+                v.factor,
+                FactorChange::Set(first(Factor::Token, MONDAY_NOON))
+            );
+        }
+    }
+
+    /// Runs a sequence of presentations through `decide`, carrying the state the store keeps
+    /// (anti-passback, the waiting first factor) from one to the next as the store does.
+    fn replay(
+        steps: &[(Direction, CredentialKind, UnixMs)],
+        p: &Policy,
+        mut each: impl FnMut(Direction, CredentialKind, UnixMs, &Verdict),
+    ) {
+        let cal = Calendar::default();
+        let mut last: Option<LastPass> = None;
+        let mut waiting: Option<FirstFactor> = None;
+        for (d, kind, now) in steps {
+            let mut l = staff(everywhere());
+            if let Some(s) = l.staff.as_mut() {
+                s.last = last.clone();
+            }
+            let c = Credential {
+                kind: *kind,
+                id: "x".into(),
+                score: (*kind == CredentialKind::Face).then_some(0.95),
+            };
+            let cx = Context {
+                direction: *d,
+                calendar: &cal,
+                first_factor: waiting.as_ref(),
+                ..ctx(Mode::Normal, *now)
+            };
+            let v = decide(&c, &l, &cx, p);
+            if v.moves().is_some() {
+                last = Some(LastPass {
+                    direction: *d,
+                    at: *now,
+                });
+            }
+            match &v.factor {
+                FactorChange::Set(f) => waiting = Some(f.clone()),
+                FactorChange::Clear => waiting = None,
+                FactorChange::Keep => {}
+            }
+            each(*d, *kind, *now, &v);
+        }
+    }
+
+    fn arb_steps() -> impl Strategy<Value = Vec<(Direction, CredentialKind, UnixMs)>> {
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![Direction::In, Direction::Out]),
+                prop::sample::select(vec![CredentialKind::Card, CredentialKind::Face]),
+                0i64..20_000,
+            ),
+            1..30,
+        )
+        .prop_map(|v| {
+            let mut t = MONDAY_NOON;
+            v.into_iter()
+                .map(|(d, k, gap)| {
+                    t += gap;
+                    (d, k, t)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn nothing_is_granted_outside_its_schedule(
+            c in arb_credential(), now in MONDAY_NOON - 7 * 24 * HOUR..MONDAY_NOON + 7 * 24 * HOUR,
+            lane_hours in any::<bool>(),
+        ) {
+            let cal = Calendar::default();
+            let mut p = rich_policy();
+            if lane_hours {
+                p.lanes.insert(0, LaneRules { hours: Some("office".into()), ..LaneRules::default() });
+            }
+            let l = if lane_hours { staff(everywhere()) } else { with_schedule(Some("office"), None) };
+            let cx = Context { calendar: &cal, ..ctx(Mode::Normal, now) };
+            let v = decide(&c, &l, &cx, &p);
+            let open = office().open_at(&cal, crate::core::time::local(p.tz, now));
+            prop_assert!(!v.granted() || open, "granted at {} outside office hours", now);
+        }
+
+        #[test]
+        fn hard_anti_passback_never_grants_a_direction_twice_in_a_row(steps in arb_steps()) {
+            let p = Policy { passback: Passback { mode: PassbackMode::Hard, reset_at: None }, ..rich_policy() };
+            let mut granted: Vec<Direction> = Vec::new();
+            replay(&steps, &p, |d, _, _, v| if v.granted() { granted.push(d) });
+            for pair in granted.windows(2) {
+                prop_assert_ne!(pair[0], pair[1]);
+            }
+        }
+
+        #[test]
+        fn an_untrusted_clock_grants_nothing_limited_in_time(
+            c in arb_credential(), mut l in arb_lookups(), why in prop::sample::select(vec![
+                Untrust::NotSynced, Untrust::Jumped, Untrust::BeforeLastEvent, Untrust::BeforeBuild]),
+            scheduled in any::<bool>(), now in NOW - 20_000..NOW + 20_000,
+        ) {
+            let cal = Calendar::default();
+            if let (true, Some(s)) = (scheduled, l.staff.as_mut()) {
+                s.schedule = Some("office".into());
+            }
+            let cx = Context { calendar: &cal, clock: ClockState::Untrusted(why), ..ctx(Mode::Normal, now) };
+            let v = decide(&c, &l, &cx, &rich_policy());
+            let timed = |v: &Validity| v.valid_from.is_some() || v.valid_until.is_some();
+            match v.reason {
+                Reason::Staff => {
+                    let s = l.staff.as_ref().expect("staff");
+                    prop_assert!(!timed(&s.validity) && s.schedule.is_none());
+                }
+                Reason::Visitor => {
+                    prop_assert!(!timed(&l.invitation.as_ref().expect("invitation").validity));
+                }
+                other => prop_assert!(!other.is_granted()),
+            }
+        }
+
+        #[test]
+        fn on_a_two_factor_lane_one_factor_never_grants(
+            steps in arb_steps(), kind in prop::sample::select(vec![CredentialKind::Card, CredentialKind::Face]),
+        ) {
+            let mut p = rich_policy();
+            p.lanes.insert(0, LaneRules { two_factor_ms: Some(10_000), ..LaneRules::default() });
+            let one: Vec<_> = steps.iter().map(|(d, _, t)| (*d, kind, *t)).collect();
+            replay(&one, &p, |_, _, _, v| assert!(!v.granted(), "one factor granted"));
+            // And with both: every grant completes a pair of different factors within 10 s.
+            let mut prev: Option<(CredentialKind, UnixMs)> = None;
+            replay(&steps, &p, |_, k, t, v| {
+                if v.granted() {
+                    let (pk, pt) = prev.expect("a grant follows a first factor");
+                    assert!(Factor::of(pk) != Factor::of(k) && t - pt <= 10_000);
+                }
+                prev = Some((k, t));
+            });
+        }
     }
 
     // ---- properties -------------------------------------------------------------------
@@ -342,6 +1062,9 @@ mod tests {
         let staff = prop::option::of(arb_validity().prop_map(|validity| StaffMatch {
             subject: "E1".into(),
             validity,
+            schedule: None,
+            group: None,
+            last: None,
         }));
         let inv = prop::option::of(
             (arb_validity(), prop::option::of(0u32..4), 0u32..5).prop_map(
@@ -350,6 +1073,7 @@ mod tests {
                     validity,
                     max_entries,
                     used,
+                    last: None,
                 },
             ),
         );
@@ -393,7 +1117,7 @@ mod tests {
             now in NOW - 20_000..NOW + 20_000,
         ) {
             l.denied = Some("lost".into());
-            let v = decide(&c, &l, GATE, mode, &Policy::default(), now);
+            let v = at(&c, &l, mode, now);
             prop_assert_eq!(v.reason, Reason::Denylisted);
         }
 
@@ -401,7 +1125,7 @@ mod tests {
         fn lockdown_grants_nothing(
             c in arb_credential(), l in arb_lookups(), now in NOW - 20_000..NOW + 20_000,
         ) {
-            let v = decide(&c, &l, GATE, Mode::Lockdown, &Policy::default(), now);
+            let v = at(&c, &l, Mode::Lockdown, now);
             prop_assert!(!v.granted());
         }
 
@@ -409,7 +1133,7 @@ mod tests {
         fn in_normal_mode_a_grant_is_always_backed_by_a_valid_entry(
             c in arb_credential(), l in arb_lookups(), now in NOW - 20_000..NOW + 20_000,
         ) {
-            let v = decide(&c, &l, GATE, Mode::Normal, &Policy::default(), now);
+            let v = at(&c, &l, Mode::Normal, now);
             match v.reason {
                 Reason::Staff => {
                     let s = l.staff.as_ref().expect("staff grant without staff entry");
@@ -438,7 +1162,7 @@ mod tests {
                 i.max_entries = Some(max);
                 i.used = max + extra;
             }
-            let v = decide(&c, &l, GATE, mode, &Policy::default(), now);
+            let v = at(&c, &l, mode, now);
             prop_assert_ne!(v.reason, Reason::Visitor);
             prop_assert_eq!(v.consumes_entry, None);
         }

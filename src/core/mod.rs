@@ -6,8 +6,10 @@
 //! be unit- and property-tested without a device, a database or a broker.
 
 mod decide;
+pub mod time;
 
-pub use decide::{Verdict, decide};
+pub use decide::{FactorChange, Verdict, decide};
+pub use time::{Calendar, ClockSense, ClockState, Schedule, Span, Untrust};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +110,8 @@ pub enum Reason {
     HoldOpen,
     EmergencyRelease,
     Passage,
+    /// A lane direction configured for free exit released without needing a credential.
+    FreeExit,
     UnknownCredential,
     Denylisted,
     NotYetValid,
@@ -120,6 +124,11 @@ pub enum Reason {
     Lockdown,
     ClockUntrusted,
     StoreUnavailable,
+    /// The gate has had no contact with the centre for longer than the list's `max_offline`.
+    OfflineLimit,
+    /// A two-factor lane: this factor is valid, and the other one (card or face of the same
+    /// subject) must follow within the lane's window.
+    SecondFactorRequired,
 }
 
 impl Reason {
@@ -131,7 +140,8 @@ impl Reason {
             | Self::OverrideRemote
             | Self::HoldOpen
             | Self::EmergencyRelease
-            | Self::Passage => Decision::Granted,
+            | Self::Passage
+            | Self::FreeExit => Decision::Granted,
             _ => Decision::Denied,
         }
     }
@@ -152,11 +162,24 @@ pub struct Validity {
     pub gates: Vec<String>,
 }
 
+/// A subject's last pass that counts for anti-passback: here or, learned from the broker, at
+/// another gate of the site.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastPass {
+    pub direction: Direction,
+    pub at: UnixMs,
+}
+
 /// A staff entry that holds the presented credential.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StaffMatch {
     pub subject: String,
     pub validity: Validity,
+    /// The entry's own schedule, by name.
+    pub schedule: Option<String>,
+    /// The entry's group, whose schedule applies when the entry names none.
+    pub group: Option<String>,
+    pub last: Option<LastPass>,
 }
 
 /// A visitor invitation that holds the presented credential, with its entries used so far.
@@ -167,6 +190,7 @@ pub struct InvitationMatch {
     /// `None` = unlimited entries within the window.
     pub max_entries: Option<u32>,
     pub used: u32,
+    pub last: Option<LastPass>,
 }
 
 /// What the store found for one credential. The store looks up; the core judges.
@@ -178,17 +202,142 @@ pub struct Lookups {
     pub invitation: Option<InvitationMatch>,
 }
 
+/// Anti-passback, per gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassbackMode {
+    #[default]
+    Off,
+    /// Grant, and flag the event `anti_passback`.
+    Soft,
+    /// Refuse `anti_passback`.
+    Hard,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Passback {
+    pub mode: PassbackMode,
+    /// Local time of day (minutes) at which every subject's state is forgotten.
+    pub reset_at: Option<u16>,
+}
+
+/// What a lane direction lets through without a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreeExit {
+    /// A credential is needed, as usual.
+    #[default]
+    No,
+    /// Any credential presented releases (`free_exit`); the deny list still refuses.
+    Open,
+}
+
+/// Per-lane rules.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LaneRules {
+    /// The lane's own opening hours, by schedule name.
+    pub hours: Option<String>,
+    /// Two-factor lane: card and face of one subject within this many milliseconds.
+    pub two_factor_ms: Option<i64>,
+    pub free_in: FreeExit,
+    pub free_out: FreeExit,
+}
+
+impl LaneRules {
+    pub fn free(&self, d: Direction) -> FreeExit {
+        match d {
+            Direction::In => self.free_in,
+            Direction::Out => self.free_out,
+        }
+    }
+}
+
+/// The two factors of a two-factor lane: something held (card, QR, PIN) and a face.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Factor {
+    Token,
+    Face,
+}
+
+impl Factor {
+    pub fn of(kind: CredentialKind) -> Factor {
+        match kind {
+            CredentialKind::Face => Factor::Face,
+            _ => Factor::Token,
+        }
+    }
+}
+
+/// The first factor presented on a two-factor lane, waiting for the second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirstFactor {
+    pub subject: String,
+    pub factor: Factor,
+    pub at: UnixMs,
+}
+
+/// Everything about the moment of a decision that is not the credential's own entry.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    pub gate: &'a str,
+    pub lane: u16,
+    pub direction: Direction,
+    pub mode: Mode,
+    pub now: UnixMs,
+    pub clock: ClockState,
+    /// How long the gate has been without contact with the centre; `None` when in contact
+    /// (or when it has no centre).
+    pub offline_ms: Option<i64>,
+    pub calendar: &'a Calendar,
+    /// The first factor waiting on this lane, if any.
+    pub first_factor: Option<&'a FirstFactor>,
+}
+
 /// Site policy the core applies; comes from config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// Minimum face match score (0..=1) for a face credential to count at all.
     pub min_face_score: f64,
+    /// The site's time zone: schedules and the anti-passback reset are in its wall time.
+    pub tz: chrono_tz::Tz,
+    pub schedules: std::collections::BTreeMap<String, Schedule>,
+    /// Group name → schedule name, for staff entries that name a group and no schedule.
+    pub groups: std::collections::BTreeMap<String, String>,
+    /// The gate's opening hours, by schedule name: outside them no credential is granted.
+    pub gate_hours: Option<String>,
+    pub lanes: std::collections::BTreeMap<u16, LaneRules>,
+    pub passback: Passback,
+    /// `max_offline` of the staff list, in milliseconds.
+    pub staff_max_offline: Option<i64>,
+    /// `max_offline` of the visitors list, in milliseconds.
+    pub visitors_max_offline: Option<i64>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
             min_face_score: 0.80,
+            tz: chrono_tz::Tz::UTC,
+            schedules: Default::default(),
+            groups: Default::default(),
+            gate_hours: None,
+            lanes: Default::default(),
+            passback: Passback::default(),
+            staff_max_offline: None,
+            visitors_max_offline: None,
         }
+    }
+}
+
+impl Policy {
+    /// The schedule a staff entry follows: its own, else its group's.
+    pub fn schedule_of<'a>(&'a self, staff: &'a StaffMatch) -> Option<&'a str> {
+        staff.schedule.as_deref().or_else(|| {
+            staff
+                .group
+                .as_deref()
+                .and_then(|g| self.groups.get(g))
+                .map(String::as_str)
+        })
     }
 }

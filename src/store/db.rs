@@ -8,13 +8,15 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
 use super::{StoreError, schema};
+use crate::core::time::{ClockSense, ClockState, judge_clock};
 use crate::core::{
-    self, Credential, CredentialKind, Direction, InvitationMatch, Lookups, Mode, Policy,
-    StaffMatch, UnixMs, Validity, Verdict,
+    self, Calendar, Context, Credential, CredentialKind, Direction, FactorChange, FirstFactor,
+    InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span, StaffMatch,
+    UnixMs, Validity, Verdict,
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
-    MAX_COMMAND_SKEW_MS, Override, PassEvent, Refusal, Snapshot, format_ts, parse_ts,
+    MAX_COMMAND_SKEW_MS, Override, PassEvent, Refusal, Snapshot, format_ts, parse_date, parse_ts,
 };
 
 /// Who this gate is; stamped on every event.
@@ -115,6 +117,38 @@ pub struct Db {
     /// commit, so that the store's one queue orders mode changes and passes: a pass decided
     /// after a lockdown was acked is decided under the lockdown.
     mode: Mode,
+    /// The `calendar` list in force, held whole (a few hundred dates at most).
+    calendar: Calendar,
+    /// What the clock watcher last reported.
+    sense: ClockSense,
+    /// When this gated was built: a clock before it has reset.
+    built: UnixMs,
+    /// The latest time an event was recorded at with a trusted clock (persisted).
+    floor: Option<UnixMs>,
+    /// Contact with the centre, when the gate has one (`[mqtt]`).
+    contact: Option<Contact>,
+    /// Two-factor lanes: the first factor waiting on each lane. Not persisted: after a
+    /// restart both factors are asked again.
+    first_factors: std::collections::HashMap<u16, FirstFactor>,
+}
+
+/// The gate's contact with the centre (its broker connection).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Contact {
+    pub connected: bool,
+    /// When the gate last was in contact (persisted in `state`, at most a minute old).
+    pub last: Option<UnixMs>,
+    persisted: Option<UnixMs>,
+}
+
+/// How often `last_contact` is written while connected.
+const CONTACT_PERSIST_MS: i64 = 60_000;
+
+/// This build's time, from `build.rs`.
+pub fn build_time() -> UnixMs {
+    option_env!("GATED_BUILD_MS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Db {
@@ -153,8 +187,18 @@ impl Db {
             pending,
             high_alarm_raised,
             mode: Mode::Normal,
+            calendar: Calendar::default(),
+            sense: ClockSense::default(),
+            // The daemon sets this build's time (`set_build_time`); a store opened by a tool
+            // or a test judges the clock without it.
+            built: 0,
+            floor: None,
+            contact: None,
+            first_factors: Default::default(),
         };
         db.mode = db.read_mode()?;
+        db.floor = db.read_state("clock_floor")?.and_then(|v| v.parse().ok());
+        db.calendar = load_calendar(&db.conn)?;
         Ok(db)
     }
 
@@ -163,17 +207,40 @@ impl Db {
     /// Decides and records a batch of passes in one transaction: one fsync for all (group
     /// commit). All or nothing: on error none is recorded and every caller is told.
     pub fn record_passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
+        let mut factors = self.first_factors.clone();
+        let mut floor = self.floor;
         let tx = write(&mut self.conn)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
         for input in inputs {
-            let o = record_pass(&tx, &self.gate, &self.policy, self.mode, input)?;
+            let clock = judge_clock(input.now, floor, self.built, self.sense);
+            let rules = Rules {
+                gate: &self.gate,
+                policy: &self.policy,
+                mode: self.mode,
+                calendar: &self.calendar,
+                clock,
+                offline_ms: offline_ms(self.contact, input.now),
+            };
+            let o = record_pass(&tx, &rules, &mut factors, input)?;
             if matches!(o, PassOutcome::Recorded { .. }) {
                 added += 1;
+                // The floor moves only with a trusted clock: a clock set years ahead must not
+                // leave the gate distrusting every correct time after it.
+                if clock.trusted() && floor.is_none_or(|f| input.now > f) {
+                    floor = Some(input.now);
+                }
             }
             out.push(o);
         }
+        if floor != self.floor
+            && let Some(f) = floor
+        {
+            set_state(&tx, "clock_floor", &f.to_string())?;
+        }
         tx.commit()?;
+        self.first_factors = factors;
+        self.floor = floor;
         self.pending += added;
         // The passes are committed: whatever happens to the alarm, they stay recorded and
         // their lanes may open.
@@ -276,6 +343,7 @@ impl Db {
             staff: self.list_version(ListName::Staff)?,
             visitors: self.list_version(ListName::Visitors)?,
             deny: self.list_version(ListName::Deny)?,
+            calendar: self.list_version(ListName::Calendar)?,
         })
     }
 
@@ -410,6 +478,9 @@ impl Db {
             params![list.as_str(), version, generation, issued_at],
         )?;
         tx.commit()?;
+        if list == ListName::Calendar {
+            self.calendar = load_calendar(&self.conn)?;
+        }
         Ok(Ok(Applied::Applied { version }))
     }
 
@@ -483,6 +554,9 @@ impl Db {
             params![d.list.as_str(), d.version],
         )?;
         tx.commit()?;
+        if d.list == ListName::Calendar {
+            self.calendar = load_calendar(&self.conn)?;
+        }
         Ok(Ok(Applied::Applied { version: d.version }))
     }
 
@@ -516,6 +590,7 @@ impl Db {
                 subject: None,
                 reason,
                 override_: Some(override_),
+                flags: Vec::new(),
             },
             now,
         )?;
@@ -581,27 +656,210 @@ impl Db {
     }
 
     fn read_mode(&self) -> Result<Mode, StoreError> {
-        let v: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM state WHERE key = 'mode'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let v = self.read_state("mode")?;
         Ok(v.and_then(|v| serde_json::from_str(&v).ok())
             .unwrap_or_default())
     }
 
-    /// Decides `credential` against the lists in force, as a pass would be, without recording
-    /// anything (no event, no entry used): what the benchmarks time as one decision.
+    fn read_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM state WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Decides `credential` on lane 0, direction in, against the lists in force, as a pass
+    /// would be, without recording anything (no event, no entry used): what the benchmarks
+    /// time as one decision.
     pub fn decide(&self, credential: &Credential, now: UnixMs) -> Result<Verdict, StoreError> {
+        let rules = Rules {
+            gate: &self.gate,
+            policy: &self.policy,
+            mode: self.mode,
+            calendar: &self.calendar,
+            clock: self.clock_state(now),
+            offline_ms: offline_ms(self.contact, now),
+        };
         Ok(decide(
             &self.conn,
-            &self.gate,
-            &self.policy,
-            self.mode,
+            &rules,
+            None,
+            0,
+            Direction::In,
             credential,
             now,
         )?)
+    }
+
+    // ---- clock and contact -------------------------------------------------------------------
+
+    /// What the clock watcher observed; decisions from now on judge the clock with it.
+    pub fn set_clock_sense(&mut self, sense: ClockSense) {
+        self.sense = sense;
+    }
+
+    /// The clock as a decision at `now` would judge it.
+    pub fn clock_state(&self, now: UnixMs) -> ClockState {
+        judge_clock(now, self.floor, self.built, self.sense)
+    }
+
+    /// Pretends this gated was built at `at` (tests of the clock rules).
+    pub fn set_build_time(&mut self, at: UnixMs) {
+        self.built = at;
+    }
+
+    /// The gate has a centre (`[mqtt]`): from now on `max_offline` counts from the last
+    /// contact, as persisted, until `contact` says it is connected.
+    pub fn expect_centre(&mut self) -> Result<(), StoreError> {
+        let last = self
+            .read_state("last_contact")?
+            .and_then(|v| v.parse().ok());
+        self.contact = Some(Contact {
+            connected: false,
+            last,
+            persisted: last,
+        });
+        Ok(())
+    }
+
+    /// The link reports its connection to the centre: on connect, on loss, and now and then
+    /// while connected. The time of the last contact is persisted at most once a minute (and
+    /// on loss), with a relaxed sync: a gate restarted offline counts from a contact at most a
+    /// minute earlier than the real one, never later.
+    pub fn contact(&mut self, connected: bool, now: UnixMs) -> Result<(), StoreError> {
+        let Some(mut c) = self.contact else {
+            return Ok(());
+        };
+        let was = c.connected;
+        c.connected = connected;
+        if connected || was {
+            c.last = Some(c.last.map_or(now, |l| l.max(now)));
+        }
+        let due = c.persisted.is_none_or(|p| now - p >= CONTACT_PERSIST_MS) || (was && !connected);
+        if let (true, Some(last)) = (due && c.last != c.persisted, c.last) {
+            self.relaxed(|conn| {
+                let tx = write(conn)?;
+                set_state(&tx, "last_contact", &last.to_string())?;
+                tx.commit()?;
+                Ok(())
+            })?;
+            c.persisted = Some(last);
+        }
+        self.contact = Some(c);
+        Ok(())
+    }
+
+    /// Since when the gate has had no contact with the centre; `None` while in contact or
+    /// without a centre.
+    pub fn offline_since(&self) -> Option<Option<UnixMs>> {
+        self.contact.filter(|c| !c.connected).map(|c| c.last)
+    }
+
+    // ---- the other gates of the site ---------------------------------------------------------
+
+    /// Learns from other gates' pass events, read from the broker: subjects' in/out state
+    /// (anti-passback) and invitation entries used. An event already learned (its gate's seq
+    /// at or below the last one learned) changes nothing, so the broker's redeliveries are
+    /// harmless. Returns how many events were new. One transaction, not synced: what a power
+    /// cut loses is learned again only if the broker sends it again; until then the gate
+    /// judges on its own passes, as when it is cut off.
+    pub fn learn(&mut self, events: &[PassEvent], now: UnixMs) -> Result<usize, StoreError> {
+        let gate = self.gate.clone();
+        self.relaxed(|conn| {
+            let tx = write(conn)?;
+            let mut learned = 0;
+            for e in events {
+                if e.site != gate.site || e.gate == gate.gate {
+                    continue;
+                }
+                let last: Option<u64> = tx
+                    .prepare_cached("SELECT seq FROM peer WHERE gate = ?1")?
+                    .query_row([&e.gate], |r| r.get(0))
+                    .optional()?;
+                if last.is_some_and(|l| e.seq <= l) {
+                    continue;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO peer (gate, seq, at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (gate) DO UPDATE SET seq = excluded.seq, at = excluded.at",
+                )?
+                .execute(params![e.gate, e.seq, now])?;
+                learned += 1;
+                let Some(subject) = &e.subject else { continue };
+                let Ok(at) = parse_ts(&e.ts) else { continue };
+                if e.override_
+                    .as_ref()
+                    .is_some_and(|o| o.input == CLEAR_PASSBACK)
+                {
+                    tx.prepare_cached("DELETE FROM passback WHERE subject = ?1 AND at <= ?2")?
+                        .execute(params![subject, at])?;
+                    continue;
+                }
+                if !matches!(e.reason, Reason::Staff | Reason::Visitor | Reason::FreeExit) {
+                    continue;
+                }
+                set_passback(&tx, subject, e.direction, at, &e.gate)?;
+                if e.reason == Reason::Visitor {
+                    use_entry(&tx, subject)?;
+                }
+            }
+            tx.commit()?;
+            Ok(learned)
+        })
+    }
+
+    /// The last event seq learned from each other gate.
+    pub fn peers(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT gate, seq FROM peer ORDER BY gate")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// A subject's anti-passback state, as the next decision would read it.
+    pub fn last_pass(&self, subject: &str) -> Result<Option<LastPass>, StoreError> {
+        Ok(last_pass(&self.conn, subject)?)
+    }
+
+    /// A guard's override: forgets `subject`'s anti-passback state, and records it as an
+    /// override event naming the subject (G8), which the other gates of the site learn from.
+    pub fn clear_passback(
+        &mut self,
+        subject: &str,
+        override_: Override,
+        stamp: Option<&Stamp>,
+        now: UnixMs,
+    ) -> Result<Result<PassEvent, Refusal>, StoreError> {
+        let tx = write(&mut self.conn)?;
+        if let Some(stamp) = stamp
+            && let Err(r) = claim_nonce(&tx, stamp, now)?
+        {
+            return Ok(Err(r));
+        }
+        tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
+            .execute([subject])?;
+        let event = insert_event(
+            &tx,
+            &self.gate,
+            EventDraft {
+                lane: 0,
+                direction: Direction::In,
+                credential: None,
+                subject: Some(subject.to_string()),
+                reason: Reason::OverrideRemote,
+                override_: Some(override_),
+                flags: Vec::new(),
+            },
+            now,
+        )?;
+        tx.commit()?;
+        self.pending += 1;
+        self.after_insert(now);
+        Ok(Ok(event))
     }
 
     /// Used entries of an invitation (for tests and status).
@@ -664,15 +922,73 @@ struct EventDraft {
     pub subject: Option<String>,
     pub reason: core::Reason,
     pub override_: Option<Override>,
+    pub flags: Vec<String>,
+}
+
+/// The `override.input` of the event that records a `clear_passback` override.
+pub const CLEAR_PASSBACK: &str = "clear_passback";
+
+/// What a decision is judged under, besides the credential and its entries.
+struct Rules<'a> {
+    gate: &'a GateId,
+    policy: &'a Policy,
+    mode: Mode,
+    calendar: &'a Calendar,
+    clock: ClockState,
+    offline_ms: Option<i64>,
+}
+
+fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
+    match contact {
+        None => None,
+        Some(c) if c.connected => None,
+        Some(c) => Some(c.last.map_or(i64::MAX, |l| now.saturating_sub(l).max(0))),
+    }
+}
+
+fn set_state(tx: &Transaction, key: &str, value: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
+
+/// Records a subject's pass for anti-passback, unless a later one is known already.
+fn set_passback(
+    tx: &Transaction,
+    subject: &str,
+    d: Direction,
+    at: UnixMs,
+    gate: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO passback (subject, direction, at, gate) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (subject) DO UPDATE SET direction = excluded.direction,
+           at = excluded.at, gate = excluded.gate
+         WHERE excluded.at >= passback.at",
+    )?
+    .execute(params![subject, d.as_str(), at, gate])?;
+    Ok(())
+}
+
+fn use_entry(tx: &Transaction, invitation: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO invitation_usage (invitation, used) VALUES (?1, 1)
+         ON CONFLICT (invitation) DO UPDATE SET used = used + 1",
+    )?
+    .execute([invitation])?;
+    Ok(())
 }
 
 fn record_pass(
     tx: &Transaction,
-    gate: &GateId,
-    policy: &Policy,
-    mode: Mode,
+    rules: &Rules,
+    factors: &mut std::collections::HashMap<u16, FirstFactor>,
     input: &PassInput,
 ) -> Result<PassOutcome, StoreError> {
+    let gate = rules.gate;
     let cred = &input.credential;
     if let Some(pos) = &input.from {
         let seen: Option<(i64, String, String)> = tx
@@ -687,14 +1003,37 @@ fn record_pass(
             return Ok(PassOutcome::AlreadyRecorded);
         }
     }
-    let verdict = decide(tx, gate, policy, mode, cred, input.now)?;
+    let verdict = decide(
+        tx,
+        rules,
+        factors.get(&input.lane),
+        input.lane,
+        input.direction,
+        cred,
+        input.now,
+    )?;
     if let Some(inv) = &verdict.consumes_entry {
-        tx.prepare_cached(
-            "INSERT INTO invitation_usage (invitation, used) VALUES (?1, 1)
-             ON CONFLICT (invitation) DO UPDATE SET used = used + 1",
-        )?
-        .execute([inv])?;
+        use_entry(tx, inv)?;
     }
+    if rules.policy.passback.mode != PassbackMode::Off
+        && let Some(subject) = verdict.moves()
+    {
+        set_passback(tx, subject, input.direction, input.now, &gate.gate)?;
+    }
+    match &verdict.factor {
+        FactorChange::Keep => {}
+        FactorChange::Set(f) => {
+            factors.insert(input.lane, f.clone());
+        }
+        FactorChange::Clear => {
+            factors.remove(&input.lane);
+        }
+    }
+    let flags = if verdict.passback_flag {
+        vec!["anti_passback".to_string()]
+    } else {
+        Vec::new()
+    };
     let event = insert_event(
         tx,
         gate,
@@ -705,6 +1044,7 @@ fn record_pass(
             subject: verdict.subject.clone(),
             reason: verdict.reason,
             override_: None,
+            flags,
         },
         input.now,
     )?;
@@ -840,6 +1180,7 @@ fn insert_event(
         passed: None,
         snapshot: None,
         ref_: None,
+        flags: d.flags,
     };
     let payload = serde_json::to_string(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
     insert_outbox(tx, Stream::Event, seq, &event.id, now, &payload)?;
@@ -940,6 +1281,7 @@ fn keyed_tables(list: ListName) -> &'static [(&'static str, &'static str)] {
             ("invitation_credential", "kind, cred_id, gen"),
         ],
         ListName::Deny => &[("deny", "kind, cred_id, gen")],
+        ListName::Calendar => &[("calendar", "gen, date")],
     }
 }
 
@@ -987,6 +1329,12 @@ fn remove_entry(
                 )?;
             }
         }
+        ListName::Calendar => {
+            tx.execute(
+                "DELETE FROM calendar WHERE gen = ?1 AND date = ?2",
+                params![generation, key],
+            )?;
+        }
     }
     Ok(())
 }
@@ -1005,8 +1353,8 @@ fn upsert_entries(
     match entries {
         Entries::Staff(v) => {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates, schedule, grp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             let mut cred = tx.prepare_cached(
                 "INSERT INTO staff_credential (kind, cred_id, gen, subject) VALUES (?1, ?2, ?3, ?4)",
@@ -1021,7 +1369,9 @@ fn upsert_entries(
                     e.name,
                     ts_opt(&e.valid_from),
                     ts_opt(&e.valid_until),
-                    gates_json(&e.gates)
+                    gates_json(&e.gates),
+                    e.schedule,
+                    e.group
                 ])?;
                 for c in &e.credentials {
                     if let Err(r) = insert_credential(&mut cred, c, generation, &e.subject)? {
@@ -1070,6 +1420,16 @@ fn upsert_entries(
                 ins.execute(params![e.kind.as_str(), e.id, generation, e.reason])?;
             }
         }
+        Entries::Calendar(v) => {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO calendar (gen, date, name, hours) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (gen, date) DO UPDATE SET name = excluded.name, hours = excluded.hours",
+            )?;
+            for e in v.get(range).unwrap_or_default() {
+                let hours = serde_json::Value::from(e.hours.clone()).to_string();
+                ins.execute(params![generation, e.date, e.name, hours])?;
+            }
+        }
     }
     Ok(Ok(()))
 }
@@ -1100,24 +1460,90 @@ fn parse_gates(s: String) -> Vec<String> {
     serde_json::from_str(&s).unwrap_or_default()
 }
 
+/// The calendar in force. Rows were validated by the contract parser; one that no longer
+/// parses is skipped with an error in the log rather than closing or opening anything.
+fn load_calendar(conn: &Connection) -> Result<Calendar, StoreError> {
+    let mut st = conn.prepare(
+        "SELECT date, hours FROM calendar
+         WHERE gen = (SELECT gen FROM list_version WHERE list = 'calendar')",
+    )?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cal = Calendar::default();
+    for (date, hours) in rows {
+        let spans: Option<Vec<Span>> = serde_json::from_str::<Vec<String>>(&hours)
+            .ok()
+            .and_then(|h| h.iter().map(|s| Span::parse(s).ok()).collect());
+        match (parse_date(&date), spans) {
+            (Ok(d), Some(spans)) => {
+                cal.days.insert(d, spans);
+            }
+            _ => tracing::error!(date, hours, "store: calendar row does not parse; skipped"),
+        }
+    }
+    Ok(cal)
+}
+
 /// The decision on one credential: the store lookup, then the pure core.
 fn decide(
     conn: &Connection,
-    gate: &GateId,
-    policy: &Policy,
-    mode: Mode,
+    rules: &Rules,
+    first_factor: Option<&FirstFactor>,
+    lane: u16,
+    direction: Direction,
     cred: &Credential,
     now: UnixMs,
 ) -> rusqlite::Result<Verdict> {
-    let lookups = lookup(conn, cred.kind, &cred.id)?;
-    Ok(core::decide(cred, &lookups, &gate.gate, mode, policy, now))
+    let passback = rules.policy.passback.mode != PassbackMode::Off;
+    let lookups = lookup(conn, cred.kind, &cred.id, passback)?;
+    let ctx = Context {
+        gate: &rules.gate.gate,
+        lane,
+        direction,
+        mode: rules.mode,
+        now,
+        clock: rules.clock,
+        offline_ms: rules.offline_ms,
+        calendar: rules.calendar,
+        first_factor,
+    };
+    Ok(core::decide(cred, &lookups, &ctx, rules.policy))
+}
+
+fn last_pass(conn: &Connection, subject: &str) -> rusqlite::Result<Option<LastPass>> {
+    conn.prepare_cached("SELECT direction, at FROM passback WHERE subject = ?1")?
+        .query_row([subject], |r| {
+            let d: String = r.get(0)?;
+            Ok(LastPass {
+                direction: if d == "out" {
+                    Direction::Out
+                } else {
+                    Direction::In
+                },
+                at: r.get(1)?,
+            })
+        })
+        .optional()
 }
 
 /// Each list is looked up in two queries of one table each, by primary key: the credential,
 /// then its entry. As one JOIN, SQLite's plan depends on the bound values (its STAT4 build
 /// marks the statement for re-preparing whenever they change), and every lookup paid for a
 /// full parse and plan, about ten times the cost of the queries themselves.
-fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result<Lookups> {
+fn lookup(
+    conn: &Connection,
+    kind: CredentialKind,
+    id: &str,
+    passback: bool,
+) -> rusqlite::Result<Lookups> {
+    let last = |subject: &str| {
+        if passback {
+            last_pass(conn, subject)
+        } else {
+            Ok(None)
+        }
+    };
     let k = kind.as_str();
     let denied = conn
         .prepare_cached(
@@ -1141,7 +1567,8 @@ fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result
         None => None,
         Some((generation, subject)) => conn
             .prepare_cached(
-                "SELECT valid_from, valid_until, gates FROM staff WHERE gen = ?1 AND subject = ?2",
+                "SELECT valid_from, valid_until, gates, schedule, grp FROM staff
+                 WHERE gen = ?1 AND subject = ?2",
             )?
             .query_row(params![generation, subject], |r| {
                 Ok(StaffMatch {
@@ -1151,9 +1578,17 @@ fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result
                         valid_until: r.get(1)?,
                         gates: parse_gates(r.get(2)?),
                     },
+                    schedule: r.get(3)?,
+                    group: r.get(4)?,
+                    last: None,
                 })
             })
-            .optional()?,
+            .optional()?
+            .map(|mut s| -> rusqlite::Result<StaffMatch> {
+                s.last = last(&s.subject)?;
+                Ok(s)
+            })
+            .transpose()?,
     };
     let holder = conn
         .prepare_cached(
@@ -1187,9 +1622,15 @@ fn lookup(conn: &Connection, kind: CredentialKind, id: &str) -> rusqlite::Result
                     },
                     max_entries: r.get(3)?,
                     used,
+                    last: None,
                 })
             })
             .optional()?
+            .map(|mut i| -> rusqlite::Result<InvitationMatch> {
+                i.last = last(&i.invitation)?;
+                Ok(i)
+            })
+            .transpose()?
         }
     };
     Ok(Lookups {

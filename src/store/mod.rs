@@ -8,8 +8,8 @@ mod db;
 mod schema;
 
 pub use db::{
-    Applied, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow, OutboxStats, PassInput,
-    PassOutcome, SnapshotStep, Stamp, Stream,
+    Applied, CLEAR_PASSBACK, Contact, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow,
+    OutboxStats, PassInput, PassOutcome, SnapshotStep, Stamp, Stream, build_time,
 };
 
 use std::path::Path;

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -128,6 +128,43 @@ fn v2(tx: &Transaction) -> rusqlite::Result<()> {
             expires_at INTEGER NOT NULL
         ) WITHOUT ROWID;
         CREATE INDEX command_nonce_expiry ON command_nonce(expires_at);
+        "#,
+    )
+}
+
+/// The rules of issue 6: staff schedules and groups, the `calendar` list, anti-passback state,
+/// and what was learned from the other gates of the site.
+fn v3(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        r#"
+        ALTER TABLE staff ADD COLUMN schedule TEXT;
+        ALTER TABLE staff ADD COLUMN grp TEXT;
+
+        INSERT INTO list_version (list, version, gen) VALUES ('calendar', 0, 0);
+        -- Exception dates (local date of the site, YYYY-MM-DD); hours a JSON array of spans.
+        CREATE TABLE calendar (
+            gen   INTEGER NOT NULL,
+            date  TEXT NOT NULL,
+            name  TEXT,
+            hours TEXT NOT NULL,
+            PRIMARY KEY (gen, date)
+        ) WITHOUT ROWID;
+
+        -- Each subject's last pass that counts for anti-passback, here or at another gate.
+        CREATE TABLE passback (
+            subject   TEXT PRIMARY KEY,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            at        INTEGER NOT NULL,
+            gate      TEXT NOT NULL
+        ) WITHOUT ROWID;
+
+        -- The last event seq learned from each other gate of the site, so that an event the
+        -- broker delivers twice is counted once.
+        CREATE TABLE peer (
+            gate TEXT PRIMARY KEY,
+            seq  INTEGER NOT NULL,
+            at   INTEGER NOT NULL
+        ) WITHOUT ROWID;
         "#,
     )
 }

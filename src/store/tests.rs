@@ -1,7 +1,7 @@
 //! Store tests against a real SQLite file.
 
 use super::*;
-use crate::core::{Credential, CredentialKind, Direction, Mode, Reason};
+use crate::core::{ClockSense, ClockState, Credential, CredentialKind, Direction, Mode, Reason};
 use crate::sync::contract::{ListName, parse_delta, parse_snapshot};
 
 const NOW: i64 = 1_795_000_000_000;
@@ -679,4 +679,358 @@ async fn the_checkpoint_thread_makes_the_log_start_over() {
         wal < 25 << 20,
         "the log grew to {wal} bytes: is the checkpoint thread running?"
     );
+}
+
+// ---- issue 6: rules that need state --------------------------------------------------------
+
+fn open_with(dir: &tempfile::TempDir, name: &str, gate: &str, policy: Policy) -> Db {
+    let id = GateId {
+        site: "hq".into(),
+        gate: gate.into(),
+    };
+    Db::open(&dir.path().join(name), id, policy, 1000).expect("open db")
+}
+
+fn hard_passback() -> Policy {
+    Policy {
+        passback: crate::core::Passback {
+            mode: crate::core::PassbackMode::Hard,
+            reset_at: None,
+        },
+        ..Policy::default()
+    }
+}
+
+fn at(id: &str, direction: Direction, now: i64) -> PassInput {
+    PassInput {
+        direction,
+        now,
+        ..pass(id, None)
+    }
+}
+
+fn events_of(db: &Db) -> Vec<crate::sync::contract::PassEvent> {
+    db.pending(0, 1000)
+        .expect("pending")
+        .into_iter()
+        .filter(|r| r.stream == Stream::Event)
+        .map(|r| serde_json::from_str(&r.payload).expect("event json"))
+        .collect()
+}
+
+#[test]
+fn anti_passback_state_is_kept_and_learned_from_other_gates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut east = open_with(&dir, "east.db", "east-1", hard_passback());
+    let mut west = open_with(&dir, "west.db", "west-1", hard_passback());
+    for db in [&mut east, &mut west] {
+        db.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+            .expect("apply")
+            .expect("applied");
+    }
+    assert_eq!(
+        reason(&record_one(&mut east, at("c1", Direction::In, NOW))),
+        Reason::Staff
+    );
+    assert_eq!(
+        reason(&record_one(&mut east, at("c1", Direction::In, NOW + 1))),
+        Reason::AntiPassback
+    );
+    // West has not heard of it: it judges on its own state.
+    assert_eq!(
+        reason(&record_one(&mut west, at("c1", Direction::Out, NOW + 2))),
+        Reason::Staff
+    );
+    // Each learns the other's events; a redelivery counts once; its own are skipped.
+    let from_east = events_of(&east);
+    let from_west = events_of(&west);
+    assert_eq!(west.learn(&from_east, NOW + 3).expect("learn"), 2);
+    assert_eq!(west.learn(&from_east, NOW + 3).expect("learn"), 0);
+    assert_eq!(west.learn(&from_west, NOW + 3).expect("learn"), 0);
+    assert_eq!(east.learn(&from_west, NOW + 3).expect("learn"), 1);
+    assert_eq!(
+        west.peers().expect("peers"),
+        vec![("east-1".to_string(), 2)]
+    );
+    // West's own later `out` stays newer than east's earlier `in`.
+    assert_eq!(
+        west.last_pass("E1").expect("state").map(|l| l.direction),
+        Some(Direction::Out)
+    );
+    // East learned the `out`: E1 may come in again there, and not twice.
+    assert_eq!(
+        reason(&record_one(&mut east, at("c1", Direction::In, NOW + 4))),
+        Reason::Staff
+    );
+    assert_eq!(
+        reason(&record_one(&mut east, at("c1", Direction::In, NOW + 5))),
+        Reason::AntiPassback
+    );
+    // A guard clears it at east; west forgets it too when it learns the override's event.
+    let ov = crate::sync::contract::Override {
+        source: "remote".into(),
+        input: CLEAR_PASSBACK.into(),
+        by: Some("ops".into()),
+    };
+    east.clear_passback("E1", ov, None, NOW + 6)
+        .expect("store")
+        .expect("cleared");
+    assert_eq!(east.last_pass("E1").expect("state"), None);
+    assert_eq!(
+        reason(&record_one(&mut east, at("c1", Direction::In, NOW + 7))),
+        Reason::Staff
+    );
+    let mut west_view = open_with(&dir, "west2.db", "west-1", hard_passback());
+    let all = events_of(&east);
+    let upto_clear: Vec<_> = all.iter().filter(|e| e.seq <= 5).cloned().collect();
+    west_view.learn(&upto_clear, NOW + 8).expect("learn");
+    assert_eq!(west_view.last_pass("E1").expect("state"), None);
+}
+
+/// The worst case of docs/policy.md: while k gates are cut off from each other, each admits an
+/// invitation up to its own count, so at most k × max_entries entries in all; once they hear
+/// of each other's entries, none admits more.
+#[test]
+fn invitation_entries_at_gates_cut_off_from_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = r#"{"list":"visitors","site":"hq","version":1,"entries":[{"invitation":"INV-1",
+        "credentials":[{"kind":"card","id":"q1"}],"gates":["*"],"max_entries":2}]}"#;
+    let visitors = parse_snapshot(ListName::Visitors, body.as_bytes()).expect("snapshot");
+    let mut gates: Vec<Db> = ["east-1", "west-1", "north-1"]
+        .iter()
+        .map(|g| {
+            let mut db = open_with(&dir, &format!("{g}.db"), g, Policy::default());
+            db.apply_snapshot(&visitors)
+                .expect("apply")
+                .expect("applied");
+            db
+        })
+        .collect();
+    let mut admitted = 0;
+    for db in &mut gates {
+        for i in 0..4 {
+            if reason(&record_one(db, at("q1", Direction::In, NOW + i))) == Reason::Visitor {
+                admitted += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, 3 * 2, "each gate admits max_entries on its own");
+    let all: Vec<_> = gates.iter().flat_map(events_of).collect();
+    for db in &mut gates {
+        db.learn(&all, NOW + 10).expect("learn");
+        assert_eq!(db.invitation_used("INV-1").expect("used"), 6);
+        assert_eq!(
+            reason(&record_one(db, at("q1", Direction::In, NOW + 11))),
+            Reason::EntriesExhausted
+        );
+    }
+}
+
+#[test]
+fn the_clock_floor_follows_trusted_events_only_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let body = r#"{"list":"visitors","site":"hq","version":1,"entries":[{"invitation":"INV-1",
+        "credentials":[{"kind":"card","id":"q1"}],"valid_until":"2099-01-01T00:00:00Z",
+        "gates":["*"]}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Visitors, body.as_bytes()).expect("snapshot"))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, at("q1", Direction::In, NOW))),
+        Reason::Visitor
+    );
+    drop(db);
+    let mut db = open(&dir);
+    // The clock went back (a Pi without RTC after a power cut): before the last event.
+    assert_eq!(
+        reason(&record_one(&mut db, at("q1", Direction::In, NOW - 60_000))),
+        Reason::ClockUntrusted
+    );
+    assert_eq!(
+        db.clock_state(NOW - 60_000),
+        ClockState::Untrusted(crate::core::Untrust::BeforeLastEvent)
+    );
+    // An untrusted event did not lower or raise the floor; the right time is trusted again.
+    assert_eq!(
+        reason(&record_one(&mut db, at("q1", Direction::In, NOW + 1))),
+        Reason::Visitor
+    );
+    db.set_build_time(NOW + 10_000);
+    assert_eq!(
+        db.clock_state(NOW + 2),
+        ClockState::Untrusted(crate::core::Untrust::BeforeBuild)
+    );
+    db.set_build_time(0);
+    db.set_clock_sense(ClockSense {
+        synced: Some(false),
+        jumped: false,
+    });
+    assert_eq!(
+        reason(&record_one(&mut db, at("q1", Direction::In, NOW + 3))),
+        Reason::ClockUntrusted
+    );
+    // Staff with no window still pass.
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW + 4))),
+        Reason::Staff
+    );
+}
+
+#[test]
+fn max_offline_counts_from_the_last_contact_even_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hour = 3_600_000;
+    let policy = Policy {
+        staff_max_offline: Some(24 * hour),
+        ..Policy::default()
+    };
+    let mut db = open_with(&dir, "g.db", "east-1", policy.clone());
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+        .expect("apply")
+        .expect("applied");
+    db.expect_centre().expect("centre");
+    // Never in contact: the limit applies at once (fail closed).
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW))),
+        Reason::OfflineLimit
+    );
+    db.contact(true, NOW).expect("contact");
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW + 1))),
+        Reason::Staff
+    );
+    db.contact(false, NOW + hour).expect("lost");
+    assert_eq!(db.offline_since(), Some(Some(NOW + hour)));
+    assert_eq!(
+        reason(&record_one(
+            &mut db,
+            at("c1", Direction::Out, NOW + 25 * hour)
+        )),
+        Reason::Staff
+    );
+    drop(db);
+    let mut db = open_with(&dir, "g.db", "east-1", policy);
+    db.expect_centre().expect("centre");
+    assert_eq!(
+        reason(&record_one(
+            &mut db,
+            at("c1", Direction::In, NOW + 25 * hour + 1)
+        )),
+        Reason::OfflineLimit
+    );
+    // The deny list still applies, and still comes first.
+    let deny = r#"{"list":"deny","site":"hq","version":1,"entries":[{"kind":"card","id":"c1"}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Deny, deny.as_bytes()).expect("deny"))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(
+            &mut db,
+            at("c1", Direction::In, NOW + 26 * hour)
+        )),
+        Reason::Denylisted
+    );
+}
+
+#[test]
+fn a_two_factor_lane_pairs_card_and_face_across_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut policy = Policy::default();
+    policy.lanes.insert(
+        0,
+        crate::core::LaneRules {
+            two_factor_ms: Some(10_000),
+            ..Default::default()
+        },
+    );
+    let mut db = open_with(&dir, "g.db", "east-1", policy);
+    let body = r#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1",
+        "credentials":[{"kind":"card","id":"c1"},{"kind":"face","id":"P1"}],"gates":["*"]}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Staff, body.as_bytes()).expect("staff"))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW))),
+        Reason::SecondFactorRequired
+    );
+    let face = PassInput {
+        credential: Credential {
+            kind: CredentialKind::Face,
+            id: "P1".into(),
+            score: Some(0.95),
+        },
+        ..at("P1", Direction::In, NOW + 3_000)
+    };
+    assert_eq!(reason(&record_one(&mut db, face.clone())), Reason::Staff);
+    // The pair is used up: the face alone again waits for a card.
+    let again = PassInput {
+        now: NOW + 4_000,
+        ..face
+    };
+    assert_eq!(
+        reason(&record_one(&mut db, again)),
+        Reason::SecondFactorRequired
+    );
+}
+
+#[test]
+fn the_calendar_list_closes_a_schedule_on_its_dates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut policy = Policy::default();
+    let day = vec![crate::core::Span {
+        start: 0,
+        end: 24 * 60,
+    }];
+    policy.schedules.insert(
+        "always".into(),
+        crate::core::Schedule {
+            week: std::array::from_fn(|_| day.clone()),
+            calendar: true,
+        },
+    );
+    let mut db = open_with(&dir, "g.db", "east-1", policy);
+    let body = r#"{"list":"staff","site":"hq","version":1,"entries":[{"subject":"E1",
+        "credentials":[{"kind":"card","id":"c1"}],"gates":["*"],"schedule":"always"}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Staff, body.as_bytes()).expect("staff"))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW))),
+        Reason::Staff
+    );
+    // NOW is 2026-11-18 11:06 UTC: a holiday that day.
+    let cal = r#"{"list":"calendar","site":"hq","version":1,"entries":[
+        {"date":"2026-11-18","name":"Closed","hours":[]},
+        {"date":"2026-11-20","hours":["09:00-10:00"]}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Calendar, cal.as_bytes()).expect("calendar"))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(db.list_versions().expect("versions").calendar, 1);
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW + 1))),
+        Reason::OutsideSchedule
+    );
+    drop(db);
+    // The calendar in force is read again at start.
+    let mut policy = Policy::default();
+    policy.schedules.insert(
+        "always".into(),
+        crate::core::Schedule {
+            week: std::array::from_fn(|_| day.clone()),
+            calendar: true,
+        },
+    );
+    let mut db = open_with(&dir, "g.db", "east-1", policy);
+    assert_eq!(
+        reason(&record_one(&mut db, at("c1", Direction::In, NOW + 2))),
+        Reason::OutsideSchedule
+    );
+    // A malformed calendar date is refused by the parser, naming it.
+    let bad = r#"{"list":"calendar","site":"hq","version":2,"entries":[{"date":"2026-13-01"}]}"#;
+    let r = parse_snapshot(ListName::Calendar, bad.as_bytes()).expect_err("refused");
+    assert!(r.detail().contains("2026-13-01"), "{r}");
 }

@@ -37,6 +37,10 @@ impl Topics {
     pub fn cmd(&self) -> String {
         self.gate_topic("cmd")
     }
+    /// The pass events of another gate of the site.
+    pub fn events_of(&self, gate: &str) -> String {
+        format!("{}/{}/{gate}/event", self.root, self.site)
+    }
     pub fn list(&self, list: ListName) -> String {
         format!("{}/{}/lists/{}", self.root, self.site, list.as_str())
     }
@@ -109,6 +113,10 @@ pub struct PassEvent {
     pub snapshot: Option<String>,
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub ref_: Option<String>,
+    /// Warnings on a granted pass (an extension of the contract): `anti_passback` when soft
+    /// anti-passback let a repeated direction through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 /// One alarm: a device fault, the outbox filling up, a failed relay command.
@@ -132,15 +140,18 @@ pub enum ListName {
     Staff,
     Visitors,
     Deny,
+    /// Holidays and exception dates of the site's schedules.
+    Calendar,
 }
 
 impl ListName {
-    pub const ALL: [ListName; 3] = [Self::Staff, Self::Visitors, Self::Deny];
+    pub const ALL: [ListName; 4] = [Self::Staff, Self::Visitors, Self::Deny, Self::Calendar];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Staff => "staff",
             Self::Visitors => "visitors",
             Self::Deny => "deny",
+            Self::Calendar => "calendar",
         }
     }
 }
@@ -164,6 +175,12 @@ pub struct StaffEntry {
     #[serde(default)]
     pub valid_until: Option<String>,
     pub gates: Vec<String>,
+    /// A weekly schedule by name (`[policy.schedule.NAME]` of the gates' config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// A group, whose schedule (`[policy.groups]`) applies when the entry names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,12 +210,27 @@ pub struct DenyEntry {
     pub reason: Option<String>,
 }
 
+/// One exception date of the `calendar` list: on `date` (the site's local date), schedules
+/// that follow the calendar are open only during `hours` (empty: closed all day, a holiday).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarEntry {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `HH:MM-HH:MM` spans.
+    #[serde(default)]
+    pub hours: Vec<String>,
+}
+
 /// The entries of one list, typed by list.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Entries {
     Staff(Vec<StaffEntry>),
     Visitors(Vec<VisitorEntry>),
     Deny(Vec<DenyEntry>),
+    Calendar(Vec<CalendarEntry>),
 }
 
 impl Entries {
@@ -207,6 +239,7 @@ impl Entries {
             Self::Staff(v) => v.len(),
             Self::Visitors(v) => v.len(),
             Self::Deny(v) => v.len(),
+            Self::Calendar(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -454,6 +487,7 @@ pub fn parse_entries(list: ListName, raw: &str, what: &str) -> Result<Entries, R
         ListName::Staff => Entries::Staff(typed(raw, what)?),
         ListName::Visitors => Entries::Visitors(typed(raw, what)?),
         ListName::Deny => Entries::Deny(typed(raw, what)?),
+        ListName::Calendar => Entries::Calendar(typed(raw, what)?),
     };
     validate_entries(&entries, what)?;
     Ok(entries)
@@ -485,6 +519,11 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
         Entries::Staff(v) => {
             for (i, e) in v.iter().enumerate() {
                 let window = (&e.valid_from, &e.valid_until);
+                for (key, v) in [("schedule", &e.schedule), ("group", &e.group)] {
+                    if let Some(v) = v {
+                        check_id(&format!("{what}[{i}].{key}"), v)?;
+                    }
+                }
                 holder(
                     format!("{what}[{i}]"),
                     "subject",
@@ -515,8 +554,25 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
                 dup(format!("{}:{}", e.kind.as_str(), e.id), &at)?;
             }
         }
+        Entries::Calendar(v) => {
+            for (i, e) in v.iter().enumerate() {
+                let at = format!("{what}[{i}]");
+                parse_date(&e.date).map_err(|m| malformed(format!("{at}.date: {m}")))?;
+                dup(e.date.clone(), &at)?;
+                for (j, h) in e.hours.iter().enumerate() {
+                    crate::core::Span::parse(h)
+                        .map_err(|m| malformed(format!("{at}.hours[{j}]: {m}")))?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Parses a calendar date, `YYYY-MM-DD`.
+pub fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("`{s}` is not a date YYYY-MM-DD"))
 }
 
 /// Parses and validates a snapshot body for the list its topic names.
@@ -600,6 +656,9 @@ pub enum CommandKind {
     EmergencyRelease,
     /// Publish the gate's status again.
     Resync,
+    /// Forget a subject's anti-passback state (a guard's override), here and, through the
+    /// event it records, at the other gates of the site. Needs `subject`.
+    ClearPassback,
 }
 
 impl CommandKind {
@@ -611,6 +670,7 @@ impl CommandKind {
             Self::Normal => "normal",
             Self::EmergencyRelease => "emergency_release",
             Self::Resync => "resync",
+            Self::ClearPassback => "clear_passback",
         }
     }
     /// The mode a command puts the gate in, if it changes the mode.
@@ -621,7 +681,7 @@ impl CommandKind {
             Self::Lockdown => Some(Mode::Lockdown),
             Self::Normal => Some(Mode::Normal),
             Self::EmergencyRelease => Some(Mode::EmergencyRelease),
-            Self::Open | Self::Resync => None,
+            Self::Open | Self::Resync | Self::ClearPassback => None,
         }
     }
 }
@@ -637,6 +697,9 @@ pub struct CommandBody {
     pub lane: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
+    /// For `clear_passback`: the staff id or invitation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub nonce: String,
     pub issued_at: String,
     pub expires_at: String,
@@ -651,6 +714,8 @@ pub struct Command {
     /// For `open`: the lane and direction to release (direction defaults to `in`).
     pub lane: Option<u16>,
     pub direction: Direction,
+    /// For `clear_passback`.
+    pub subject: Option<String>,
     pub nonce: String,
     pub issued_at: UnixMs,
     pub expires_at: UnixMs,
@@ -695,6 +760,16 @@ pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
             MAX_COMMAND_LIFETIME_MS / 3_600_000
         )));
     }
+    match (raw.cmd, &raw.subject) {
+        (CommandKind::ClearPassback, None) => {
+            return Err(malformed("`clear_passback` needs a `subject`"));
+        }
+        (CommandKind::ClearPassback, Some(s)) => check_id("subject", s)?,
+        (c, Some(_)) => {
+            return Err(malformed(format!("`{}` takes no `subject`", c.as_str())));
+        }
+        _ => {}
+    }
     match (raw.cmd, raw.lane) {
         (CommandKind::Open, None) => return Err(malformed("`open` needs a `lane`")),
         (CommandKind::Open, Some(_)) => {}
@@ -712,6 +787,7 @@ pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
         cmd: raw.cmd,
         lane: raw.lane,
         direction: raw.direction.unwrap_or(Direction::In),
+        subject: raw.subject,
         nonce: raw.nonce,
         issued_at,
         expires_at,
@@ -742,6 +818,8 @@ pub struct ListVersions {
     pub staff: u64,
     pub visitors: u64,
     pub deny: u64,
+    #[serde(default)]
+    pub calendar: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -753,7 +831,15 @@ pub struct Status {
     pub lists: ListVersions,
     pub outbox: OutboxStatus,
     pub devices: std::collections::BTreeMap<String, String>,
+    /// `synced`, `free_running` (no sync required) or `untrusted`.
     pub clock: String,
+    /// Why the clock is untrusted: `not_synced`, `jumped`, `before_last_event`,
+    /// `before_build` (an extension of the contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_reason: Option<String>,
+    /// Since when the gate has had no contact with the centre (null: in contact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_since: Option<String>,
 }
 
 #[cfg(test)]
@@ -862,6 +948,7 @@ mod tests {
             passed: None,
             snapshot: None,
             ref_: None,
+            flags: Vec::new(),
         };
         let v: serde_json::Value = serde_json::to_value(&e).expect("serializes");
         for k in [

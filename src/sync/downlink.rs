@@ -224,6 +224,13 @@ impl Downlink {
                     .ok_or_else(|| Refusal::Malformed("open needs a lane".into()))?;
                 self.control.open(lane, cmd.direction, &origin, now).await
             }
+            CommandKind::ClearPassback => {
+                let subject = cmd
+                    .subject
+                    .as_deref()
+                    .ok_or_else(|| Refusal::Malformed("clear_passback needs a subject".into()))?;
+                self.control.clear_passback(subject, &origin, now).await
+            }
             CommandKind::Resync => {
                 // The link republishes the status after every downlink message it acks.
                 self.control.claim(&origin, now).await?;

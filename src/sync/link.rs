@@ -5,6 +5,11 @@
 //!   the gate (a huge or hostile retained list) can stand between it and its PUBACKs.
 //! - The downlink (client id `{client_id}-lists`) subscribes to the site's lists, applies them
 //!   and publishes the acks. If a list poisons its connection, events still flow.
+//! - The peers connection (client id `{client_id}-peers`, when `policy.peers` names gates)
+//!   reads the pass events of those other gates of the site, from which the store learns
+//!   subjects' in/out state and invitation entries used (`Db::learn`). Clean session: what the
+//!   other gates publish while this one is cut off is not learned; docs/policy.md says what
+//!   that means.
 //!
 //! G3, at least once and in order: a row leaves the outbox only when the PUBACK for the
 //! message that carried it arrives. rumqttc announces each QoS 1 publish as
@@ -25,7 +30,7 @@ use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoi
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::contract::{Ack, ListVersions, OutboxStatus, Status, Topics, format_ts};
+use super::contract::{Ack, ListVersions, OutboxStatus, PassEvent, Status, Topics, format_ts};
 use super::downlink::{self, Downlink};
 use super::transport::{self, Secrets};
 use crate::config::MqttConfig;
@@ -43,6 +48,7 @@ enum Tag {
 enum Role {
     Uplink,
     Downlink,
+    Peers,
 }
 
 impl Role {
@@ -51,9 +57,15 @@ impl Role {
         match self {
             Self::Uplink => "broker",
             Self::Downlink => "mqtt_lists",
+            Self::Peers => "mqtt_peers",
         }
     }
 }
+
+/// Peer events waiting for the store, at most; a full queue holds back what the broker sends.
+const PEER_QUEUE: usize = 4096;
+/// Peer events learned in one store transaction, at most.
+const PEER_BATCH: usize = 256;
 
 /// Acknowledged rows are deleted from the outbox in batches, at least this often.
 const ACK_FLUSH: Duration = Duration::from_millis(20);
@@ -74,6 +86,7 @@ pub async fn run(
     downlink: Downlink,
     shared: Shared,
     kick: mpsc::Receiver<()>,
+    peers: Vec<String>,
     shutdown: watch::Receiver<bool>,
 ) {
     // The downlink tells the uplink when list versions or the mode change, so status shows
@@ -104,6 +117,22 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
+    let peer_topics: Vec<String> = peers.iter().map(|g| link.topics.events_of(g)).collect();
+    let peers = (!peer_topics.is_empty()).then(|| {
+        let (peer_tx, peer_rx) = mpsc::channel(PEER_QUEUE);
+        let learner = tokio::spawn(peer_worker(link.shared.clone(), peer_rx));
+        let conn = tokio::spawn(run_role(
+            Role::Peers,
+            link.clone(),
+            Io {
+                peer_tx: Some(peer_tx),
+                peer_topics,
+                ..Io::default()
+            },
+            shutdown.clone(),
+        ));
+        (conn, learner)
+    });
     let io = Io {
         kick: Some(kick),
         ..Io::default()
@@ -111,6 +140,29 @@ pub async fn run(
     run_role(Role::Uplink, link, io, shutdown).await;
     let _ = down.await;
     worker.abort();
+    if let Some((conn, learner)) = peers {
+        let _ = conn.await;
+        learner.abort();
+    }
+}
+
+/// Hands the other gates' events to the store, in batches.
+async fn peer_worker(shared: Shared, mut events: mpsc::Receiver<PassEvent>) {
+    while let Some(first) = events.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < PEER_BATCH {
+            match events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let now = crate::clock::now_ms();
+        match shared.store.call(move |db| db.learn(&batch, now)).await {
+            Ok(n) if n > 0 => tracing::debug!(learned = n, "events of other gates learned"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "events of other gates could not be learned"),
+        }
+    }
 }
 
 /// What a role's connection takes in besides the broker, kept across its connections.
@@ -122,6 +174,10 @@ struct Io {
     list_tx: Option<mpsc::Sender<(String, bytes::Bytes)>>,
     /// ...and their acks come back, to be published.
     done_rx: Option<mpsc::UnboundedReceiver<(String, Ack)>>,
+    /// Peers: the other gates' events go to the peer worker.
+    peer_tx: Option<mpsc::Sender<PassEvent>>,
+    /// Peers: the event topics of those gates.
+    peer_topics: Vec<String>,
 }
 
 /// Applies lists in the order they came, and hands their acks back to the list connection.
@@ -141,7 +197,10 @@ async fn list_worker(
     }
 }
 
-/// What both roles need.
+/// Pass events larger than this on the site's event topics are refused by the transport.
+const PEER_MAX_BYTES: usize = 64 * 1024;
+
+/// What every role needs.
 struct Link {
     cfg: MqttConfig,
     secrets: Secrets,
@@ -149,6 +208,21 @@ struct Link {
     downlink: Downlink,
     shared: Shared,
     lists_changed: watch::Sender<u64>,
+}
+
+impl Link {
+    /// Tells the store whether the gate is in contact with the centre (`max_offline`).
+    async fn contact(&self, connected: bool) {
+        let now = crate::clock::now_ms();
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |db| db.contact(connected, now))
+            .await
+        {
+            tracing::error!(error = %e, "contact with the centre could not be recorded");
+        }
+    }
 }
 
 async fn run_role(
@@ -165,6 +239,9 @@ async fn run_role(
         let mut conn = Connection::new(role, &link);
         let end = conn.run(&mut io, &mut shutdown).await;
         let healthy = conn.connected && started.elapsed() >= HEALTHY_UPTIME;
+        if role == Role::Uplink && conn.connected {
+            link.contact(false).await;
+        }
         if healthy {
             // A connection that stayed up ends any oversize episode: a new one is alarmed.
             oversize_alarmed = false;
@@ -211,6 +288,7 @@ fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> 
     let id = match role {
         Role::Uplink => cfg.client_id.clone(),
         Role::Downlink => format!("{}-lists", cfg.client_id),
+        Role::Peers => format!("{}-peers", cfg.client_id),
     };
     let mut o = MqttOptions::new(id, cfg.host.clone(), cfg.port);
     // TLS and the username and password: the same for both connections (one broker user per
@@ -222,6 +300,10 @@ fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> 
     // Incoming leaves room above our own limit, so that an oversize list reaches us and is
     // acked `too_large` instead of breaking the connection on every reconnect.
     o.set_max_packet_size(cfg.max_message_bytes.saturating_mul(2), 1024 * 1024);
+    if role == Role::Peers {
+        // Pass events are well under a kilobyte; anything larger on an event topic is junk.
+        o.set_max_packet_size(PEER_MAX_BYTES, 1024 * 1024);
+    }
     if role == Role::Uplink {
         o.set_last_will(LastWill::new(
             topics.status(),
@@ -329,7 +411,10 @@ impl<'a> Connection<'a> {
                         self.send_acks();
                     }
                 }
-                _ = status_tick.tick(), if uplink && self.connected => self.publish_status(true).await,
+                _ = status_tick.tick(), if uplink && self.connected => {
+                    self.link.contact(true).await;
+                    self.publish_status(true).await
+                }
                 Ok(()) = health.changed(), if uplink && self.connected => self.publish_status(true).await,
                 Ok(()) = lists.changed(), if uplink && self.connected => self.publish_status(true).await,
                 _ = shutdown.changed() => {
@@ -375,9 +460,12 @@ impl<'a> Connection<'a> {
                 }
                 tracing::info!(broker = %self.broker(), role = ?self.role, "MQTT connected");
                 self.connected = true;
-                self.link.shared.health.set(self.role.component(), "ok");
+                if self.role != Role::Peers {
+                    self.link.shared.health.set(self.role.component(), "ok");
+                }
                 match self.role {
                     Role::Uplink => {
+                        self.link.contact(true).await;
                         self.publish_status(true).await;
                         // Everything unacknowledged goes again, oldest first.
                         self.cursor = 0;
@@ -387,6 +475,15 @@ impl<'a> Connection<'a> {
                         let subs = downlink::subscriptions(&self.link.topics)
                             .into_iter()
                             .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+                        self.client
+                            .try_subscribe_many(subs)
+                            .map_err(|e| format!("subscribe failed: {e}"))?;
+                    }
+                    Role::Peers => {
+                        let subs = io
+                            .peer_topics
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                         self.client
                             .try_subscribe_many(subs)
                             .map_err(|e| format!("subscribe failed: {e}"))?;
@@ -417,12 +514,32 @@ impl<'a> Connection<'a> {
                     // Refill once an eighth of the window is free, not on every PUBACK: one
                     // read of the outbox then queues many rows.
                     Role::Uplink if self.room() >= self.refill_at() => self.fill().await,
-                    Role::Uplink => {}
+                    Role::Uplink | Role::Peers => {}
                     Role::Downlink => self.send_acks(),
                 }
             }
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
                 self.on_message(&p.topic, p.payload, io).await;
+            }
+            Event::Incoming(Packet::SubAck(_)) if self.role == Role::Peers => {
+                // Ok once the broker has taken the subscriptions: from here on the other
+                // gates' events arrive.
+                self.link.shared.health.set(self.role.component(), "ok");
+            }
+            Event::Incoming(Packet::Publish(p)) if self.role == Role::Peers => {
+                // Hostile input like any other: what does not parse as a pass event is
+                // skipped (and the store checks site, gate and seq).
+                match serde_json::from_slice::<PassEvent>(&p.payload) {
+                    Ok(e) if e.gate != self.link.topics.gate => {
+                        if let Some(tx) = &io.peer_tx {
+                            let _ = tx.send(e).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(topic = %p.topic, error = %e, "not a pass event; skipped")
+                    }
+                }
             }
             _ => {}
         }
@@ -605,19 +722,36 @@ impl<'a> Connection<'a> {
     /// Builds the status. A free-standing borrow of `Shared`, not of `self`: the client is not
     /// `Sync`, so `&self` must not be held across an await.
     async fn status(shared: &Shared, online: bool) -> Status {
+        let now = crate::clock::now_ms();
         let store = shared
             .store
-            .call(|db| Ok((db.list_versions()?, db.outbox_stats()?)))
+            .call(move |db| {
+                let clock = db.clock_state(now);
+                Ok((
+                    db.list_versions()?,
+                    db.outbox_stats()?,
+                    clock,
+                    db.offline_since(),
+                ))
+            })
             .await;
+        let (mut clock, mut clock_reason, mut offline_since) = ("unknown".to_string(), None, None);
         let (lists, outbox, store_state) = match store {
-            Ok((l, o)) => (
-                l,
-                OutboxStatus {
-                    pending: o.pending,
-                    oldest_ts: o.oldest_ts.map(format_ts),
-                },
-                None,
-            ),
+            Ok((l, o, c, off)) => {
+                clock = c.as_str().to_string();
+                if let crate::core::ClockState::Untrusted(why) = c {
+                    clock_reason = Some(why.as_str().to_string());
+                }
+                offline_since = off.map(|since| since.map_or("never".into(), format_ts));
+                (
+                    l,
+                    OutboxStatus {
+                        pending: o.pending,
+                        oldest_ts: o.oldest_ts.map(format_ts),
+                    },
+                    None,
+                )
+            }
             Err(e) => {
                 tracing::error!(error = %e, "status: store unavailable");
                 (
@@ -625,6 +759,7 @@ impl<'a> Connection<'a> {
                         staff: 0,
                         visitors: 0,
                         deny: 0,
+                        calendar: 0,
                     },
                     OutboxStatus {
                         pending: 0,
@@ -643,13 +778,14 @@ impl<'a> Connection<'a> {
         Status {
             online,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            ts: format_ts(crate::clock::now_ms()),
+            ts: format_ts(now),
             mode: shared.mode.borrow().as_str().to_string(),
             lists,
             outbox,
             devices,
-            // Clock trust is judged by a later part of gated; until then it is not claimed.
-            clock: "unchecked".to_string(),
+            clock,
+            clock_reason,
+            offline_since,
         }
     }
 

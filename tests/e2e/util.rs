@@ -349,6 +349,8 @@ id = "ops-test"
 public = "{admin}"
 [policy]
 min_face_score = 0.8
+[clock]
+sync = "none"
 [[relay]]
 name = "relay1"
 address = "{relay}"
