@@ -28,6 +28,9 @@ pub fn now_ms() -> i64 {
 
 const TICK: Duration = Duration::from_secs(1);
 
+/// The health registry entry the watcher sets on every change (status drops it from devices).
+pub const HEALTH_KEY: &str = "clock";
+
 /// When the sync file was last touched (Unix ms), if it exists.
 fn synced_at(path: &Path) -> Option<i64> {
     let m = std::fs::metadata(path).ok()?.modified().ok()?;
@@ -40,8 +43,11 @@ struct Watch {
     cfg: ClockConfig,
     wall: i64,
     mono: Instant,
-    /// The wall time just after the last jump not yet confirmed by time sync.
-    jumped_at: Option<i64>,
+    /// A jump not yet confirmed by time sync: the sync file's modification time when it
+    /// happened. Time sync touches the file at each sync, so a time that differs from this one
+    /// is a sync after the jump. (Times are not compared with the jumped clock: after a jump
+    /// back, a file touched before it would look newer.)
+    jumped: Option<Option<i64>>,
 }
 
 impl Watch {
@@ -50,37 +56,44 @@ impl Watch {
             cfg,
             wall: now_ms(),
             mono: Instant::now(),
-            jumped_at: None,
+            jumped: None,
         }
     }
 
     /// One observation. Returns the sense, and the jump (ms, signed) if one happened.
     fn observe(&mut self) -> (ClockSense, Option<i64>) {
-        let (wall, mono) = (now_ms(), Instant::now());
+        self.observe_at(now_ms(), Instant::now())
+    }
+
+    fn observe_at(&mut self, wall: i64, mono: Instant) -> (ClockSense, Option<i64>) {
         let moved = wall - self.wall;
         let elapsed = mono.duration_since(self.mono).as_millis() as i64;
         self.wall = wall;
         self.mono = mono;
         let skew = moved - elapsed;
         let jump = (skew.unsigned_abs() > self.cfg.max_jump.as_millis() as u64).then_some(skew);
-        if jump.is_some() {
-            self.jumped_at = Some(wall);
-        }
         let synced = match &self.cfg.sync {
-            SyncSource::None => None,
+            SyncSource::None => {
+                if jump.is_some() {
+                    self.jumped = Some(None);
+                }
+                None
+            }
             SyncSource::File(p) => {
                 let at = synced_at(p);
-                if let (Some(j), Some(s)) = (self.jumped_at, at)
-                    && s >= j
+                if jump.is_some() {
+                    self.jumped = Some(at);
+                } else if let (Some(before), Some(now)) = (self.jumped, at)
+                    && before != Some(now)
                 {
-                    self.jumped_at = None;
+                    self.jumped = None;
                 }
                 Some(at.is_some())
             }
         };
         let sense = ClockSense {
             synced,
-            jumped: self.jumped_at.is_some(),
+            jumped: self.jumped.is_some(),
         };
         (sense, jump)
     }
@@ -121,7 +134,16 @@ pub async fn watch(
     })
 }
 
+/// Hands the sense to the store, and marks it in the health registry so that status is
+/// published again (status shows the clock at the top level, not among the devices).
 async fn tell(shared: &Shared, sense: ClockSense) {
+    let state = match (sense.jumped, sense.synced) {
+        (true, _) => "jumped",
+        (false, Some(false)) => "not_synced",
+        (false, Some(true)) => "synced",
+        (false, None) => "free_running",
+    };
+    shared.health.set(HEALTH_KEY, state);
     if let Err(e) = shared
         .store
         .call(move |db| {
@@ -131,5 +153,67 @@ async fn tell(shared: &Shared, sense: ClockSense) {
         .await
     {
         tracing::error!(error = %e, "the clock's state could not reach the store");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jump_is_untrusted_until_time_sync_confirms_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("synced");
+        let mut w = Watch::new(ClockConfig {
+            sync: SyncSource::File(file.clone()),
+            max_jump: Duration::from_secs(120),
+        });
+        let (wall, mono) = (w.wall, w.mono);
+        let sec = Duration::from_secs(1);
+        let (sense, jump) = w.observe_at(wall + 1_000, mono + sec);
+        assert_eq!(jump, None);
+        assert_eq!(
+            sense,
+            ClockSense {
+                synced: Some(false),
+                jumped: false
+            }
+        );
+        std::fs::write(&file, b"").expect("touch");
+        // Drift under the limit is no jump.
+        let (sense, jump) = w.observe_at(wall + 62_000, mono + 2 * sec);
+        assert_eq!(
+            (sense.synced, sense.jumped, jump),
+            (Some(true), false, None)
+        );
+        // Set back by a day: a jump, untrusted although the sync file is there, and stays so
+        // while the file is not touched again.
+        let back = wall - 86_400_000;
+        let (sense, jump) = w.observe_at(back, mono + 3 * sec);
+        assert!(jump.is_some_and(|j| j < -86_000_000), "{jump:?}");
+        assert!(sense.jumped);
+        let (sense, jump) = w.observe_at(back + 1_000, mono + 4 * sec);
+        assert!(sense.jumped && jump.is_none(), "unconfirmed");
+        // Time sync touches the file after the jump: trusted again.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&file, b"x").expect("touch");
+        let (sense, _) = w.observe_at(back + 2_000, mono + 5 * sec);
+        assert!(!sense.jumped, "confirmed by a sync after the jump");
+        // Without a sync source, nothing confirms a jump.
+        let mut free = Watch::new(ClockConfig {
+            sync: SyncSource::None,
+            max_jump: Duration::from_secs(120),
+        });
+        let (wall, mono) = (free.wall, free.mono);
+        let (sense, _) = free.observe_at(wall + 600_000, mono + sec);
+        assert_eq!(
+            sense,
+            ClockSense {
+                synced: None,
+                jumped: true
+            }
+        );
+        let (sense, _) = free.observe_at(wall + 601_000, mono + 2 * sec);
+        assert!(sense.jumped);
     }
 }

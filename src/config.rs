@@ -1171,6 +1171,46 @@ mod tests {
     }
 
     #[test]
+    fn policy_rules_are_checked_with_their_keys() {
+        let with = |extra: &str| format!("{MINIMAL}{extra}");
+        let e = err(&with("[policy.schedule.office]\nmon = [\"18:00-08:00\"]\n"));
+        assert!(
+            e.contains("policy.schedule.office.mon") && e.contains("midnight"),
+            "{e}"
+        );
+        let e = err(&with("[policy]\nhours = \"office\"\n"));
+        assert!(e.contains("policy.hours") && e.contains("office"), "{e}");
+        let e = err(&with("[policy.groups]\ncleaners = \"night\"\n"));
+        assert!(e.contains("policy.groups.cleaners"), "{e}");
+        let e = err(&with("[policy.max_offline]\nstaff = \"30 days\"\n"));
+        assert!(
+            e.contains("policy.max_offline.staff") && e.contains("30d"),
+            "{e}"
+        );
+        let e = err(&with("[policy.anti_passback]\nmode = \"strict\"\n"));
+        assert!(e.contains("strict"), "{e}");
+        let e = err(&with("[policy]\npeers = [\"g1\"]\n"));
+        assert!(e.contains("policy.peers[0]"), "{e}");
+        let e = err(&with("[clock]\nsync = \"ntp\"\n"));
+        assert!(e.contains("clock.sync") && e.contains("ntp"), "{e}");
+        let e = err(&with("[clock]\nsync = \"file\"\n"));
+        assert!(e.contains("clock.sync_file"), "{e}");
+        let tz = "[gate]\nsite = \"hq\"\ngate = \"g1\"\ntimezone = \"Mars/Olympus\"\n[store]\npath = \"x\"\n";
+        assert!(err(tz).contains("gate.timezone"));
+        let c = Config::parse("gated.example.toml", EXAMPLE).expect("example");
+        assert_eq!(c.policy.tz, chrono_tz::Asia::Shanghai);
+        assert_eq!(
+            c.policy.groups.get("cleaners").map(String::as_str),
+            Some("night")
+        );
+        assert_eq!(c.policy.staff_max_offline, Some(30 * 86_400_000));
+        assert_eq!(c.peers, vec!["west-1".to_string()]);
+        assert_eq!(c.clock.sync, SyncSource::File(SyncSource::SYSTEMD.into()));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
     fn reader_must_name_a_lane() {
         let text = format!(
             "{MINIMAL}[[reader]]\nname = \"r1\"\naddress = \"127.0.0.1:1\"\nlane = 3\ndirection = \"in\"\n"

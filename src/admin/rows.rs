@@ -739,6 +739,39 @@ mod tests {
     }
 
     #[test]
+    fn a_calendar_csv_becomes_dates_and_bad_ones_are_named() {
+        let text = "date,name,hours\n2026-10-01,National Day,\n2026-12-31,Short day,09:00-12:00 13:00-15:00\n";
+        let l = csv(ListName::Calendar, text).expect("valid");
+        let Entries::Calendar(v) = l.entries else {
+            panic!("calendar entries")
+        };
+        assert_eq!(v.len(), 2);
+        assert!(v[0].hours.is_empty());
+        assert_eq!(v[1].hours, vec!["09:00-12:00", "13:00-15:00"]);
+        let m = messages(csv(
+            ListName::Calendar,
+            "date,name,hours\n2026-02-30,x,\n2026-03-01,y,12:00-09:00\n",
+        ));
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("f.csv:2") && l.contains("2026-02-30")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|l| l.starts_with("f.csv:3") && l.contains("12:00-09:00")),
+            "{m:?}"
+        );
+        // Staff files may carry schedule and group columns, or leave them out.
+        let staff = "subject,name,card,face,valid_from,valid_until,gates,schedule,group\nE1,,1,,,,*,office,\n";
+        let Entries::Staff(v) = csv(ListName::Staff, staff).expect("valid").entries else {
+            panic!("staff entries")
+        };
+        assert_eq!(v[0].schedule.as_deref(), Some("office"));
+        assert_eq!(v[0].group, None);
+    }
+
+    #[test]
     fn columns_may_come_in_any_order_but_all_must_be_there() {
         let ok = "gates,valid_until,valid_from,face,card,name,subject\n*,,,,0012,,E1\n";
         assert!(csv(ListName::Staff, ok).is_ok());

@@ -103,6 +103,8 @@ enum List {
     Staff,
     Visitors,
     Deny,
+    /// Holidays and exception dates of the schedules (CSV: date,name,hours).
+    Calendar,
 }
 
 impl From<List> for ListName {
@@ -111,6 +113,7 @@ impl From<List> for ListName {
             List::Staff => ListName::Staff,
             List::Visitors => ListName::Visitors,
             List::Deny => ListName::Deny,
+            List::Calendar => ListName::Calendar,
         }
     }
 }

@@ -771,6 +771,7 @@ impl<'a> Connection<'a> {
         };
         let mut devices = shared.health.snapshot();
         devices.remove("broker");
+        devices.remove(crate::clock::HEALTH_KEY);
         if let Some(s) = store_state {
             // Zeros above would read as "no lists, nothing pending": say they are unknown.
             devices.insert("store".into(), s.into());

@@ -2,6 +2,7 @@
 //! mosquitto, checked through an MQTT subscriber exactly as an operator would see them.
 
 mod cli;
+mod clock;
 mod compound;
 mod gatectl;
 mod lists;
