@@ -271,6 +271,8 @@ struct RawRelayRegisters {
     pulse_base: u16,
     #[serde(default)]
     coil_base: u16,
+    #[serde(default = "default_button_base")]
+    button_base: u16,
 }
 
 impl Default for RawRelayRegisters {
@@ -278,8 +280,13 @@ impl Default for RawRelayRegisters {
         Self {
             pulse_base: default_pulse_base(),
             coil_base: 0,
+            button_base: default_button_base(),
         }
     }
+}
+
+fn default_button_base() -> u16 {
+    8
 }
 
 fn default_pulse_base() -> u16 {
@@ -454,6 +461,9 @@ pub struct RelayConfig {
     pub pulse_base: u16,
     /// Coil `coil_base + 2n` / `+2n+1`: steady release (hold-open) of lane n's entry / exit.
     pub coil_base: u16,
+    /// Discrete input `button_base + 2n` / `+2n+1`: request buttons of lane n's entry / exit,
+    /// read only for directions with `free_in` / `free_out` = `"button"`.
+    pub button_base: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -809,6 +819,7 @@ impl Checker<'_> {
                 timeout: Duration::from_millis(r.timeout_ms),
                 pulse_base: r.registers.pulse_base,
                 coil_base: r.registers.coil_base,
+                button_base: r.registers.button_base,
             });
         }
 

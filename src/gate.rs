@@ -169,16 +169,35 @@ impl Gate {
         // The clock's state reaches the store before any lane decides.
         crate::clock::watch(cfg.clock.clone(), shared.clone(), shutdown_rx.clone()).await;
         let mut relays = std::collections::HashMap::new();
+        let (press_tx, press_rx) = mpsc::channel(64);
         for r in &cfg.relays {
-            let channels = cfg
-                .lanes
-                .values()
-                .filter(|l| l.relay == r.name)
-                .map(|l| l.channel)
+            let on_board: Vec<&crate::config::LaneConfig> =
+                cfg.lanes.values().filter(|l| l.relay == r.name).collect();
+            let channels = on_board.iter().map(|l| l.channel).collect();
+            let buttons = on_board
+                .iter()
+                .flat_map(|l| {
+                    let rules = cfg.policy.lanes.get(&l.id).cloned().unwrap_or_default();
+                    [crate::core::Direction::In, crate::core::Direction::Out]
+                        .into_iter()
+                        .filter(move |d| rules.free(*d) == crate::core::FreeExit::Button)
+                        .map(|direction| relay::Button {
+                            lane: l.id,
+                            channel: l.channel,
+                            direction,
+                        })
+                })
                 .collect();
             relays.insert(
                 r.name.clone(),
-                relay::spawn(r.clone(), channels, shared.clone(), shutdown_rx.clone()),
+                relay::spawn(
+                    r.clone(),
+                    channels,
+                    buttons,
+                    press_tx.clone(),
+                    shared.clone(),
+                    shutdown_rx.clone(),
+                ),
             );
         }
         let mut lanes = std::collections::BTreeMap::new();
@@ -188,6 +207,7 @@ impl Gate {
                 .context("lane relay checked by config")?;
             lanes.insert(l.id, (l.clone(), relay.clone()));
         }
+        tokio::spawn(free_exits(press_rx, lanes.clone(), shared.clone()));
         let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes));
         for r in &cfg.readers {
             let lane = cfg
@@ -267,6 +287,46 @@ impl Gate {
         let _ = self.shutdown.send(true);
         if let Some(s) = self.sync.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s).await;
+        }
+    }
+}
+
+/// Carries out request-button presses: decided and recorded by the store (G1), then the lane
+/// is pulsed if the press was granted. A press the store cannot record opens nothing.
+async fn free_exits(
+    mut presses: mpsc::Receiver<relay::Press>,
+    lanes: std::collections::BTreeMap<u16, (crate::config::LaneConfig, relay::RelayHandle)>,
+    shared: Shared,
+) {
+    while let Some(p) = presses.recv().await {
+        let now = crate::clock::now_ms();
+        let event = match shared
+            .store
+            .call(move |db| db.record_button(p.lane, p.direction, now))
+            .await
+        {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(lane = p.lane, error = %e, "button press not recorded; the lane stays closed");
+                continue;
+            }
+        };
+        shared.publish_decision("button", &event);
+        if event.reason.is_granted()
+            && let Some((lane, relay)) = lanes.get(&p.lane)
+            && let Err(e) = relay
+                .pulse(lane.channel, p.direction, lane.release_ms)
+                .await
+        {
+            let detail = format!(
+                "free exit {} recorded but lane {} {} was not released: {e}",
+                event.id,
+                p.lane,
+                p.direction.as_str()
+            );
+            tracing::error!("{detail}");
+            let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
         }
     }
 }

@@ -215,6 +215,7 @@ pub fn execute(devices: &Devices, line: &str) -> Vec<String> {
         "bump" => bump(devices, args),
         "fire" => contact(devices, args, "fire", SimRelay::set_fire),
         "tamper" => contact(devices, args, "tamper", SimRelay::set_tamper),
+        "button" => button(devices, args),
         "fault" => fault(devices, args),
         "status" => status(devices, args),
         "help" => Ok(help()),
@@ -316,6 +317,31 @@ fn contact(devices: &Devices, args: &[&str], what: &str, set: fn(&SimRelay, bool
     Ok(vec![format!("ok {what}={state}")])
 }
 
+fn button(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str = "usage: button RELAY LANE in|out on|off";
+    let [name, lane, direction, state] = args else {
+        return Err(USAGE.to_owned());
+    };
+    let relay = devices.relay(name)?;
+    let lane: u16 = lane
+        .parse()
+        .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+    let exit = match *direction {
+        "in" => false,
+        "out" => true,
+        other => return Err(format!("bad direction '{other}'; {USAGE}")),
+    };
+    let pressed = match *state {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("bad state '{other}'; {USAGE}")),
+    };
+    if !relay.set_button(lane, exit, pressed) {
+        return Err(format!("{name} has no lane {lane}"));
+    }
+    Ok(vec![format!("ok button lane {lane} {direction}={state}")])
+}
+
 fn fault(devices: &Devices, args: &[&str]) -> Reply {
     const USAGE: &str =
         "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage";
@@ -413,6 +439,7 @@ fn help() -> Vec<String> {
         "bump RELAY LANE in|out                               count one person through a lane",
         "fire RELAY on|off                                    fire alarm contact",
         "tamper RELAY on|off                                  cabinet tamper contact",
+        "button RELAY LANE in|out on|off                      press or let go of a request button",
         "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage",
         "                                                     for every device on DEVICE's address",
         "status                                               devices, queues, faults",

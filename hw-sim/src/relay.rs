@@ -10,6 +10,7 @@
 //! | input `counter_base` + 2n / +2n+1 | entry / exit passage counters, wrapping at 65536 |
 //! | discrete input `fire_input` | fire alarm contact (1 = alarm) |
 //! | discrete input `tamper_input` | cabinet tamper (1 = open) |
+//! | discrete input `button_base` + 2n / +2n+1 | request buttons of lane n's entry / exit (1 = pressed), for free exit (an extension of the reference profile) |
 //!
 //! The board times its pulses itself, so a daemon that crashes mid-pulse cannot leave a lane
 //! open; every nonzero pulse write is recorded as a [`Pulse`] for tests to check.
@@ -38,6 +39,8 @@ pub struct RelayRegisters {
     pub fire_input: u16,
     /// Discrete input of the cabinet tamper contact.
     pub tamper_input: u16,
+    /// Discrete input of lane 0's entry request button; lane n's entry / exit are +2n / +2n+1.
+    pub button_base: u16,
 }
 
 impl Default for RelayRegisters {
@@ -48,6 +51,7 @@ impl Default for RelayRegisters {
             counter_base: 0,
             fire_input: 0,
             tamper_input: 1,
+            button_base: 8,
         }
     }
 }
@@ -74,6 +78,9 @@ pub(crate) struct RelayState {
     counters: Vec<u16>,
     fire: bool,
     tamper: bool,
+    buttons: Vec<bool>,
+    /// Discrete-input reads answered, so a test can wait for the daemon to have looked.
+    input_reads: u64,
     pulses: Vec<Pulse>,
 }
 
@@ -88,6 +95,8 @@ impl RelayState {
             counters: vec![0; outputs],
             fire: false,
             tamper: false,
+            buttons: vec![false; outputs],
+            input_reads: 0,
             pulses: Vec::new(),
         }
     }
@@ -128,6 +137,12 @@ impl RelayState {
             Ok(self.fire)
         } else if addr == self.regs.tamper_input {
             Ok(self.tamper)
+        } else if let Some(i) = addr
+            .checked_sub(self.regs.button_base)
+            .map(usize::from)
+            .filter(|i| *i < self.outputs())
+        {
+            Ok(self.buttons[i])
         } else {
             Err(ExceptionCode::IllegalDataAddress)
         }
@@ -205,6 +220,7 @@ impl RelayState {
                             .and_then(|addr| self.discrete_input(addr))
                     })
                     .collect::<Result<Vec<bool>, ExceptionCode>>()?;
+                self.input_reads += 1;
                 Ok(Response::ReadDiscreteInputs(bits))
             }
             _ => Err(ExceptionCode::IllegalFunction),
@@ -296,6 +312,24 @@ impl SimRelay {
 
     pub fn set_tamper(&self, on: bool) {
         lock(&self.state).tamper = on;
+    }
+
+    /// How many discrete-input reads (contacts, buttons) the board has answered.
+    pub fn input_reads(&self) -> u64 {
+        lock(&self.state).input_reads
+    }
+
+    /// Presses (`true`) or lets go of (`false`) the request button of this lane and direction.
+    /// Returns false if the board has no such lane.
+    pub fn set_button(&self, lane: u16, exit: bool, pressed: bool) -> bool {
+        let mut state = lock(&self.state);
+        match state.index(lane, exit) {
+            Some(i) => {
+                state.buttons[i] = pressed;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn fire(&self) -> bool {

@@ -183,6 +183,20 @@ pub fn decide(
     }
 }
 
+/// Decides a press of a lane's request button (`FreeExit::Button`): no credential, so only
+/// the mode and the lane's rule count. `None`: the button does not release this direction.
+pub fn decide_button(mode: Mode, free: FreeExit) -> Option<Reason> {
+    if free != FreeExit::Button {
+        return None;
+    }
+    Some(match mode {
+        Mode::Normal => Reason::FreeExit,
+        Mode::Lockdown => Reason::Lockdown,
+        Mode::HoldOpen => Reason::HoldOpen,
+        Mode::EmergencyRelease => Reason::EmergencyRelease,
+    })
+}
+
 /// A list entry as the rules see it.
 struct Entry<'a> {
     validity: &'a Validity,
@@ -714,6 +728,47 @@ mod tests {
             &free,
         );
         check(Reason::Denylisted, &card("1"), &denied, &base, &free);
+    }
+
+    #[test]
+    fn a_request_button_releases_only_a_button_direction_and_not_in_lockdown() {
+        assert_eq!(
+            decide_button(Mode::Normal, FreeExit::Button),
+            Some(Reason::FreeExit)
+        );
+        assert_eq!(
+            decide_button(Mode::Lockdown, FreeExit::Button),
+            Some(Reason::Lockdown)
+        );
+        assert_eq!(
+            decide_button(Mode::HoldOpen, FreeExit::Button),
+            Some(Reason::HoldOpen)
+        );
+        assert_eq!(
+            decide_button(Mode::EmergencyRelease, FreeExit::Button),
+            Some(Reason::EmergencyRelease)
+        );
+        for free in [FreeExit::No, FreeExit::Open] {
+            assert_eq!(decide_button(Mode::Normal, free), None);
+        }
+        // A credential on a button direction is decided as usual.
+        let cal = Calendar::default();
+        let mut p = rich_policy();
+        p.lanes.insert(
+            0,
+            LaneRules {
+                free_in: FreeExit::Button,
+                ..LaneRules::default()
+            },
+        );
+        let c = Context {
+            calendar: &cal,
+            ..ctx(Mode::Normal, MONDAY_NOON)
+        };
+        assert_eq!(
+            decide(&card("1"), &Lookups::default(), &c, &p).reason,
+            Reason::UnknownCredential
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod decide;
 pub mod time;
 
-pub use decide::{FactorChange, Verdict, decide};
+pub use decide::{FactorChange, Verdict, decide, decide_button};
 pub use time::{Calendar, ClockSense, ClockState, Schedule, Span, Untrust};
 
 use serde::{Deserialize, Serialize};
@@ -230,6 +230,9 @@ pub enum FreeExit {
     No,
     /// Any credential presented releases (`free_exit`); the deny list still refuses.
     Open,
+    /// The lane's request button releases (`free_exit`, no credential); a credential
+    /// presented is decided as usual.
+    Button,
 }
 
 /// Per-lane rules.

@@ -6,6 +6,12 @@
 //! its lanes (coil 2n / 2n+1) are on, otherwise off. The coils are written on every mode
 //! change and written again after any error (a board that lost power comes back with its
 //! coils off), until the board has taken them.
+//!
+//! Lane directions with free exit on a button (`free_in` / `free_out` = `"button"`): the task
+//! reads their request buttons (discrete input `button_base + 2n` / `+2n+1`) every 50 ms and
+//! hands each press to the gate (`Press`), which decides, records and then pulses. A press is
+//! a level seen on in two reads in a row after being off in two: a one-read glitch is no
+//! press, and a button stuck on gives one press, not one per read.
 
 use std::time::Duration;
 
@@ -59,11 +65,56 @@ impl RelayHandle {
 
 /// How often an idle board is read, so that status shows a dead board before a pass needs it.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often request buttons are read.
+const BUTTON_POLL: Duration = Duration::from_millis(50);
 
-/// Starts the task of one board; `channels` are the lane numbers on it that the gate uses.
+/// A request button this board's task watches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Button {
+    pub lane: u16,
+    pub channel: u16,
+    pub direction: Direction,
+}
+
+/// A button press, for the gate to decide and record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Press {
+    pub lane: u16,
+    pub direction: Direction,
+}
+
+/// Debounces one input: a level counts once it was read twice in a row.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Debounce {
+    raw: bool,
+    count: u8,
+    stable: bool,
+}
+
+impl Debounce {
+    /// Takes one read; true when it completes a press (off → on).
+    pub fn read(&mut self, level: bool) -> bool {
+        if level == self.raw {
+            self.count = self.count.saturating_add(1);
+        } else {
+            self.raw = level;
+            self.count = 1;
+        }
+        if self.count >= 2 && self.stable != level {
+            self.stable = level;
+            return level;
+        }
+        false
+    }
+}
+
+/// Starts the task of one board; `channels` are the lane numbers on it that the gate uses,
+/// `buttons` the request buttons it reads, whose presses go to `presses`.
 pub fn spawn(
     cfg: RelayConfig,
     channels: Vec<u16>,
+    buttons: Vec<Button>,
+    presses: mpsc::Sender<Press>,
     shared: Shared,
     shutdown: watch::Receiver<bool>,
 ) -> RelayHandle {
@@ -72,8 +123,65 @@ pub fn spawn(
         name: cfg.name.clone(),
         tx,
     };
-    tokio::spawn(run(cfg, channels, shared, rx, shutdown));
+    let watch = Buttons::new(&cfg, buttons, presses);
+    tokio::spawn(run(cfg, channels, watch, shared, rx, shutdown));
     handle
+}
+
+/// The request buttons of one board and their debouncers.
+struct Buttons {
+    list: Vec<(Button, u16, Debounce)>,
+    /// The first address and how many to read, covering every button.
+    span: Option<(u16, u16)>,
+    presses: mpsc::Sender<Press>,
+}
+
+impl Buttons {
+    fn new(cfg: &RelayConfig, buttons: Vec<Button>, presses: mpsc::Sender<Press>) -> Self {
+        let list: Vec<(Button, u16, Debounce)> = buttons
+            .into_iter()
+            .map(|b| {
+                let exit = u16::from(b.direction == Direction::Out);
+                let addr = cfg.button_base.wrapping_add(2 * b.channel + exit);
+                (b, addr, Debounce::default())
+            })
+            .collect();
+        let lo = list.iter().map(|(_, a, _)| *a).min();
+        let hi = list.iter().map(|(_, a, _)| *a).max();
+        let span = lo.zip(hi).map(|(lo, hi)| (lo, hi - lo + 1));
+        Self {
+            list,
+            span,
+            presses,
+        }
+    }
+
+    /// Reads the buttons once and hands on the presses completed.
+    async fn poll(&mut self, conn: &mut ModbusTcp) -> Result<(), DeviceError> {
+        let Some((first, n)) = self.span else {
+            return Ok(());
+        };
+        let bits = conn.read_discrete_inputs(first, n).await?;
+        for (b, addr, deb) in &mut self.list {
+            let level = bits
+                .get(usize::from(*addr - first))
+                .copied()
+                .unwrap_or(false);
+            if deb.read(level) {
+                tracing::info!(
+                    lane = b.lane,
+                    direction = b.direction.as_str(),
+                    "request button pressed"
+                );
+                // A full queue means presses are already waiting: this one adds nothing.
+                let _ = self.presses.try_send(Press {
+                    lane: b.lane,
+                    direction: b.direction,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether a mode holds the lanes open.
@@ -103,6 +211,7 @@ fn register(cfg: &RelayConfig, channel: u16, direction: Direction) -> u16 {
 async fn run(
     cfg: RelayConfig,
     channels: Vec<u16>,
+    mut buttons: Buttons,
     shared: Shared,
     mut rx: mpsc::Receiver<Pulse>,
     mut shutdown: watch::Receiver<bool>,
@@ -115,9 +224,21 @@ async fn run(
     // coils are written whatever the mode: a restart must not leave a lane held open.
     let mut hold = holds_open(*mode.borrow_and_update());
     let mut hold_confirmed = false;
+    let mut button_tick = tokio::time::interval(BUTTON_POLL);
+    button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watching = buttons.span.is_some();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
+            _ = button_tick.tick(), if watching && hold_confirmed => {
+                let r = buttons.poll(&mut conn).await;
+                if r.is_err() {
+                    // The heartbeat takes over: it rewrites the coils and backs off.
+                    hold_confirmed = false;
+                    next_check = tokio::time::Instant::now();
+                }
+                shared.report(&cfg.name, r).await;
+            }
             Ok(()) = mode.changed() => {
                 hold = holds_open(*mode.borrow_and_update());
                 hold_confirmed = false;
@@ -165,5 +286,26 @@ async fn run(
                     + if ok { backoff.reset(); HEARTBEAT } else { backoff.next_delay() };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_press_is_two_reads_on_after_two_off_and_a_stuck_button_presses_once() {
+        let mut d = Debounce::default();
+        let presses =
+            |d: &mut Debounce, levels: &[bool]| levels.iter().filter(|l| d.read(**l)).count();
+        // A glitch of one read is no press.
+        assert_eq!(presses(&mut d, &[false, false, true, false, false]), 0);
+        // A press; held (stuck) for a long time, it stays one press.
+        assert_eq!(presses(&mut d, &[true, true]), 1);
+        assert_eq!(presses(&mut d, &[true; 100]), 0);
+        // A one-read drop while held does not make a second press.
+        assert_eq!(presses(&mut d, &[false, true, true]), 0);
+        // Let go (two reads), press again: a second press.
+        assert_eq!(presses(&mut d, &[false, false, true, true]), 1);
     }
 }

@@ -825,6 +825,44 @@ impl Db {
         Ok(last_pass(&self.conn, subject)?)
     }
 
+    /// A press of a lane's request button: decided by the core (mode, the lane's free exit)
+    /// and recorded with no credential. `None` when the button does not release this lane
+    /// direction (nothing is recorded). Committed before the caller drives the relay (G1).
+    pub fn record_button(
+        &mut self,
+        lane: u16,
+        direction: Direction,
+        now: UnixMs,
+    ) -> Result<Option<PassEvent>, StoreError> {
+        let free = self
+            .policy
+            .lanes
+            .get(&lane)
+            .map_or(core::FreeExit::No, |l| l.free(direction));
+        let Some(reason) = core::decide_button(self.mode, free) else {
+            return Ok(None);
+        };
+        let tx = write(&mut self.conn)?;
+        let event = insert_event(
+            &tx,
+            &self.gate,
+            EventDraft {
+                lane,
+                direction,
+                credential: None,
+                subject: None,
+                reason,
+                override_: None,
+                flags: Vec::new(),
+            },
+            now,
+        )?;
+        tx.commit()?;
+        self.pending += 1;
+        self.after_insert(now);
+        Ok(Some(event))
+    }
+
     /// A guard's override: forgets `subject`'s anti-passback state, and records it as an
     /// override event naming the subject (G8), which the other gates of the site learn from.
     pub fn clear_passback(

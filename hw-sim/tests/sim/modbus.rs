@@ -273,6 +273,7 @@ async fn register_bases_are_configurable() {
             counter_base: 300,
             fire_input: 7,
             tamper_input: 9,
+            button_base: 20,
         },
     );
     let seq = reader.present(KIND_CARD, "77", 0).expect("present");
@@ -312,6 +313,17 @@ async fn register_bases_are_configurable() {
         within(ctx.read_discrete_inputs(7, 3)).await.expect("io"),
         Err(ExceptionCode::IllegalDataAddress),
         "address 8 is neither contact"
+    );
+    // The request buttons of lane 0 sit at 20 (entry) and 21 (exit); 22 is beyond the lane.
+    assert!(relay.set_button(0, true, true));
+    assert!(!relay.set_button(1, false, true), "no lane 1");
+    assert_eq!(
+        within(ctx.read_discrete_inputs(20, 2)).await.expect("io"),
+        Ok(vec![false, true])
+    );
+    assert_eq!(
+        within(ctx.read_discrete_inputs(21, 2)).await.expect("io"),
+        Err(ExceptionCode::IllegalDataAddress)
     );
 }
 
