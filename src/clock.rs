@@ -38,6 +38,16 @@ fn synced_at(path: &Path) -> Option<i64> {
     Some(d.as_millis() as i64)
 }
 
+/// A jump of the wall clock against the monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Jump {
+    by_ms: i64,
+    /// The wall clock at the tick before the jump.
+    before: i64,
+    /// Time sync made it (its file changed in the same tick).
+    confirmed: bool,
+}
+
 /// What the watcher knows between ticks.
 struct Watch {
     cfg: ClockConfig,
@@ -48,6 +58,8 @@ struct Watch {
     /// is a sync after the jump. (Times are not compared with the jumped clock: after a jump
     /// back, a file touched before it would look newer.)
     jumped: Option<Option<i64>>,
+    /// The sync file's modification time at the previous tick.
+    last_sync: Option<i64>,
 }
 
 impl Watch {
@@ -57,37 +69,44 @@ impl Watch {
             wall: now_ms(),
             mono: Instant::now(),
             jumped: None,
+            last_sync: None,
         }
     }
 
     /// One observation. Returns the sense, and the jump (ms, signed) if one happened.
-    fn observe(&mut self) -> (ClockSense, Option<i64>) {
+    fn observe(&mut self) -> (ClockSense, Option<Jump>) {
         self.observe_at(now_ms(), Instant::now())
     }
 
-    fn observe_at(&mut self, wall: i64, mono: Instant) -> (ClockSense, Option<i64>) {
+    fn observe_at(&mut self, wall: i64, mono: Instant) -> (ClockSense, Option<Jump>) {
+        let before = self.wall;
         let moved = wall - self.wall;
         let elapsed = mono.duration_since(self.mono).as_millis() as i64;
         self.wall = wall;
         self.mono = mono;
         let skew = moved - elapsed;
-        let jump = (skew.unsigned_abs() > self.cfg.max_jump.as_millis() as u64).then_some(skew);
+        let jumped = skew.unsigned_abs() > self.cfg.max_jump.as_millis() as u64;
+        let mut confirmed = false;
         let synced = match &self.cfg.sync {
             SyncSource::None => {
-                if jump.is_some() {
+                if jumped {
                     self.jumped = Some(None);
                 }
                 None
             }
             SyncSource::File(p) => {
                 let at = synced_at(p);
-                if jump.is_some() {
+                // A step made by time sync itself (the first sync after boot) touches the file
+                // in the same tick: confirmed at once.
+                confirmed = jumped && at.is_some() && at != self.last_sync;
+                if jumped && !confirmed {
                     self.jumped = Some(at);
                 } else if let (Some(before), Some(now)) = (self.jumped, at)
                     && before != Some(now)
                 {
                     self.jumped = None;
                 }
+                self.last_sync = at;
                 Some(at.is_some())
             }
         };
@@ -95,6 +114,11 @@ impl Watch {
             synced,
             jumped: self.jumped.is_some(),
         };
+        let jump = jumped.then_some(Jump {
+            by_ms: skew,
+            before,
+            confirmed,
+        });
         (sense, jump)
     }
 }
@@ -116,14 +140,28 @@ pub async fn watch(
                 _ = tick.tick() => {}
             }
             let (now, jump) = w.observe();
-            if let Some(ms) = jump {
-                let detail = format!(
-                    "the wall clock moved {:+.1} s against the monotonic clock; credentials \
-                     limited in time are refused clock_untrusted until time sync confirms it",
-                    ms as f64 / 1000.0
-                );
+            if let Some(j) = jump {
+                let by = j.by_ms as f64 / 1000.0;
+                let detail = if j.confirmed {
+                    format!(
+                        "the wall clock moved {by:+.1} s: a step of time sync, which confirmed it"
+                    )
+                } else {
+                    format!(
+                        "the wall clock moved {by:+.1} s against the monotonic clock; credentials \
+                         limited in time are refused clock_untrusted until time sync confirms it"
+                    )
+                };
                 tracing::error!("clock jump: {detail}");
                 let _ = shared.alarm("clock_jump", "clock", &detail).await;
+                if !j.confirmed {
+                    // Passes recorded in the second before the jump was seen may have raised
+                    // the floor to the jumped time; it goes back to the last time seen before.
+                    let back_to = j.before + TICK.as_millis() as i64;
+                    if let Err(e) = shared.store.call(move |db| db.lower_floor(back_to)).await {
+                        tracing::error!(error = %e, "the clock floor could not be lowered");
+                    }
+                }
             }
             if now != sense {
                 tracing::warn!(?now, "clock sense changed");
@@ -190,7 +228,10 @@ mod tests {
         // while the file is not touched again.
         let back = wall - 86_400_000;
         let (sense, jump) = w.observe_at(back, mono + 3 * sec);
-        assert!(jump.is_some_and(|j| j < -86_000_000), "{jump:?}");
+        assert!(
+            jump.is_some_and(|j| j.by_ms < -86_000_000 && !j.confirmed),
+            "{jump:?}"
+        );
         assert!(sense.jumped);
         let (sense, jump) = w.observe_at(back + 1_000, mono + 4 * sec);
         assert!(sense.jumped && jump.is_none(), "unconfirmed");
@@ -199,6 +240,20 @@ mod tests {
         std::fs::write(&file, b"x").expect("touch");
         let (sense, _) = w.observe_at(back + 2_000, mono + 5 * sec);
         assert!(!sense.jumped, "confirmed by a sync after the jump");
+        // The first sync after boot steps the clock and touches the file in the same tick:
+        // a confirmed jump, trusted at once.
+        let fresh = dir.path().join("fresh");
+        let mut boot = Watch::new(ClockConfig {
+            sync: SyncSource::File(fresh.clone()),
+            max_jump: Duration::from_secs(120),
+        });
+        let (wall, mono) = (boot.wall, boot.mono);
+        let (sense, _) = boot.observe_at(wall + 1_000, mono + sec);
+        assert_eq!(sense.synced, Some(false));
+        std::fs::write(&fresh, b"").expect("touch");
+        let (sense, jump) = boot.observe_at(wall + 3_600_000, mono + 2 * sec);
+        assert!(jump.is_some_and(|j| j.confirmed), "{jump:?}");
+        assert_eq!((sense.synced, sense.jumped), (Some(true), false));
         // Without a sync source, nothing confirms a jump.
         let mut free = Watch::new(ClockConfig {
             sync: SyncSource::None,

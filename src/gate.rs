@@ -313,21 +313,29 @@ async fn free_exits(
             }
         };
         shared.publish_decision("button", &event);
-        if event.reason.is_granted()
-            && let Some((lane, relay)) = lanes.get(&p.lane)
-            && let Err(e) = relay
+        let Some((lane, relay)) = lanes.get(&p.lane).cloned() else {
+            continue;
+        };
+        if !event.reason.is_granted() {
+            continue;
+        }
+        // Each pulse on its own task: a board that does not answer holds up only its lanes.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = relay
                 .pulse(lane.channel, p.direction, lane.release_ms)
                 .await
-        {
-            let detail = format!(
-                "free exit {} recorded but lane {} {} was not released: {e}",
-                event.id,
-                p.lane,
-                p.direction.as_str()
-            );
-            tracing::error!("{detail}");
-            let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
-        }
+            {
+                let detail = format!(
+                    "free exit {} recorded but lane {} {} was not released: {e}",
+                    event.id,
+                    p.lane,
+                    p.direction.as_str()
+                );
+                tracing::error!("{detail}");
+                let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
+            }
+        });
     }
 }
 

@@ -97,17 +97,21 @@ pub fn decide(
         Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, known_subject),
         Mode::Normal => {}
     }
+    // A missing score is treated as zero: a face terminal that does not say how sure it is
+    // has not identified anyone.
+    let unsure_face = credential.kind == CredentialKind::Face && {
+        let score = credential.score.unwrap_or(0.0);
+        score.is_nan() || score < policy.min_face_score
+    };
     let lane = policy.lanes.get(&ctx.lane);
     if lane.is_some_and(|l| l.free(ctx.direction) == FreeExit::Open) {
-        return Verdict::new(Reason::FreeExit, known_subject);
+        // Free: it releases anyway. A face below the score names nobody (it would move that
+        // person's anti-passback state).
+        let subject = if unsure_face { None } else { known_subject };
+        return Verdict::new(Reason::FreeExit, subject);
     }
-    if credential.kind == CredentialKind::Face {
-        // A missing score is treated as zero: a face terminal that does not say how sure it
-        // is has not identified anyone.
-        let score = credential.score.unwrap_or(0.0);
-        if score.is_nan() || score < policy.min_face_score {
-            return Verdict::new(Reason::LowFaceScore, known_subject);
-        }
+    if unsure_face {
+        return Verdict::new(Reason::LowFaceScore, known_subject);
     }
     let hours = [
         policy.gate_hours.as_deref(),
@@ -275,7 +279,11 @@ fn second_factor(v: Verdict, kind: CredentialKind, ctx: &Context, window: i64) -
         return Verdict::new(Reason::SecondFactorRequired, None);
     };
     let completes = ctx.first_factor.is_some_and(|f| {
-        f.subject == subject && f.factor != factor && ctx.now >= f.at && ctx.now - f.at <= window
+        f.subject == subject
+            && f.factor != factor
+            && f.direction == ctx.direction
+            && ctx.now >= f.at
+            && ctx.now - f.at <= window
     });
     if completes {
         return Verdict {
@@ -287,6 +295,7 @@ fn second_factor(v: Verdict, kind: CredentialKind, ctx: &Context, window: i64) -
         factor: FactorChange::Set(FirstFactor {
             subject: subject.clone(),
             factor,
+            direction: ctx.direction,
             at: ctx.now,
         }),
         ..Verdict::new(Reason::SecondFactorRequired, Some(subject))
@@ -526,31 +535,14 @@ mod tests {
 
     // ---- the rules of schedules, anti-passback, clock, offline, two factors, free exit ---
 
-    use crate::core::time::{Span, Untrust};
-    use crate::core::{Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode, Schedule};
+    use crate::core::time::Untrust;
+    use crate::core::{Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode};
 
     /// Monday 2026-11-23 12:00 UTC.
     const MONDAY_NOON: UnixMs = 1_795_435_200_000;
     const HOUR: UnixMs = 3_600_000;
 
-    fn office() -> Schedule {
-        let day = vec![Span {
-            start: 8 * 60,
-            end: 18 * 60,
-        }];
-        Schedule {
-            week: [
-                day.clone(),
-                day.clone(),
-                day.clone(),
-                day.clone(),
-                day,
-                vec![],
-                vec![],
-            ],
-            calendar: true,
-        }
-    }
+    use crate::core::time::tests::office;
 
     fn rich_policy() -> Policy {
         let mut p = Policy::default();
@@ -792,12 +784,11 @@ mod tests {
             decide(&card("1"), &by_group, &night, &p).reason,
             Reason::OutsideSchedule
         );
-        // A group without a schedule restricts nothing; a schedule this gate does not know
-        // grants nothing.
+        // A group or a schedule this gate does not know grants nothing (fail closed).
         let unmapped = with_schedule(None, Some("drivers"));
         assert_eq!(
-            decide(&card("1"), &unmapped, &night, &p).reason,
-            Reason::Staff
+            decide(&card("1"), &unmapped, &noon, &p).reason,
+            Reason::OutsideSchedule
         );
         let unknown = with_schedule(Some("nope"), None);
         assert_eq!(
@@ -926,6 +917,7 @@ mod tests {
         let first = |f: Factor, at: UnixMs| FirstFactor {
             subject: "E1001".into(),
             factor: f,
+            direction: Direction::In,
             at,
         };
         for (presented, waiting) in [(card("1"), Factor::Face), (face(0.9), Factor::Token)] {
@@ -939,14 +931,18 @@ mod tests {
             assert_eq!(v.reason, Reason::Staff);
             assert_eq!(v.factor, FactorChange::Clear);
         }
-        // Too late, the same factor twice, or another subject: refused, and this one waits.
+        // Too late, the same factor twice, another subject, or the other direction: refused,
+        // and this one waits.
         for w in [
             first(Factor::Face, MONDAY_NOON - 10_001),
             first(Factor::Token, MONDAY_NOON - 1_000),
             FirstFactor {
                 subject: "E2".into(),
-                factor: Factor::Face,
-                at: MONDAY_NOON - 1_000,
+                ..first(Factor::Face, MONDAY_NOON - 1_000)
+            },
+            FirstFactor {
+                direction: Direction::Out,
+                ..first(Factor::Face, MONDAY_NOON - 1_000)
             },
         ] {
             let c = Context {

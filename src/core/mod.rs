@@ -276,6 +276,9 @@ impl Factor {
 pub struct FirstFactor {
     pub subject: String,
     pub factor: Factor,
+    /// The second factor must come in the same direction (a face at the exit terminal does
+    /// not complete a card at the entry reader).
+    pub direction: Direction,
     pub at: UnixMs,
 }
 
@@ -295,6 +298,10 @@ pub struct Context<'a> {
     /// The first factor waiting on this lane, if any.
     pub first_factor: Option<&'a FirstFactor>,
 }
+
+/// The schedule an unmapped group follows: no schedule can have this name (config names are
+/// `[A-Za-z0-9_-]`), so it is never open.
+pub const UNMAPPED_GROUP: &str = " unmapped group";
 
 /// Site policy the core applies; comes from config.
 #[derive(Clone, Debug, PartialEq)]
@@ -333,14 +340,16 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The schedule a staff entry follows: its own, else its group's.
+    /// The schedule a staff entry follows: its own, else its group's. A group the config
+    /// does not map names no schedule the gate knows (`UNMAPPED_GROUP`), so it grants nothing:
+    /// a typo in a list must never widen access. A group meant to be unrestricted maps to a
+    /// schedule open all week.
     pub fn schedule_of<'a>(&'a self, staff: &'a StaffMatch) -> Option<&'a str> {
         staff.schedule.as_deref().or_else(|| {
             staff
                 .group
                 .as_deref()
-                .and_then(|g| self.groups.get(g))
-                .map(String::as_str)
+                .map(|g| self.groups.get(g).map_or(UNMAPPED_GROUP, String::as_str))
         })
     }
 }

@@ -182,6 +182,9 @@ impl ClockState {
     }
 }
 
+/// How far behind the latest trusted event a clock may read and still be trusted.
+pub const FLOOR_SLACK_MS: i64 = 10_000;
+
 /// Judges the clock at `now`. `floor` is the latest event time this gate recorded, `built`
 /// when this gated was built. A clock before either has certainly reset, whatever time sync
 /// says; otherwise time sync and jumps decide.
@@ -194,7 +197,9 @@ pub fn judge_clock(
     if now < built {
         return ClockState::Untrusted(Untrust::BeforeBuild);
     }
-    if floor.is_some_and(|f| now < f) {
+    // Lanes read the clock before their passes queue for the store, and time sync slews or
+    // steps by fractions of a second: a few seconds behind the floor is normal.
+    if floor.is_some_and(|f| now < f.saturating_sub(FLOOR_SLACK_MS)) {
         return ClockState::Untrusted(Untrust::BeforeLastEvent);
     }
     if sense.jumped {
@@ -208,7 +213,7 @@ pub fn judge_clock(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ms(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> UnixMs {
@@ -218,18 +223,16 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn office() -> Schedule {
-        let day = vec![Span::parse("08:00-18:00").unwrap_or(Span { start: 0, end: 1 })];
+    /// Weekdays 08:00-18:00, closed at weekends; follows the calendar.
+    pub(crate) fn office() -> Schedule {
+        let day = vec![Span {
+            start: 8 * 60,
+            end: 18 * 60,
+        }];
+        let mut week: [Vec<Span>; 7] = Default::default();
+        week[..5].fill(day);
         Schedule {
-            week: [
-                day.clone(),
-                day.clone(),
-                day.clone(),
-                day.clone(),
-                day,
-                vec![],
-                vec![],
-            ],
+            week,
             calendar: true,
         }
     }
@@ -317,8 +320,13 @@ mod tests {
             ClockState::Untrusted(Untrust::BeforeBuild)
         );
         assert_eq!(
-            judge_clock(40, Some(50), 10, sense),
+            judge_clock(40, Some(50 + FLOOR_SLACK_MS), 10, sense),
             ClockState::Untrusted(Untrust::BeforeLastEvent)
+        );
+        assert_eq!(
+            judge_clock(40, Some(50), 10, sense),
+            ClockState::Synced,
+            "within the slack"
         );
         let jumped = ClockSense {
             jumped: true,

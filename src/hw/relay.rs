@@ -83,9 +83,11 @@ pub struct Press {
     pub direction: Direction,
 }
 
-/// Debounces one input: a level counts once it was read twice in a row.
+/// Debounces one input: a level counts once it was read twice in a row. The first read only
+/// sets the starting level: a button held (or stuck) when the daemon starts is no press.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Debounce {
+    started: bool,
     raw: bool,
     count: u8,
     stable: bool,
@@ -94,6 +96,15 @@ pub struct Debounce {
 impl Debounce {
     /// Takes one read; true when it completes a press (off → on).
     pub fn read(&mut self, level: bool) -> bool {
+        if !self.started {
+            *self = Self {
+                started: true,
+                raw: level,
+                count: 2,
+                stable: level,
+            };
+            return false;
+        }
         if level == self.raw {
             self.count = self.count.saturating_add(1);
         } else {
@@ -295,9 +306,13 @@ mod tests {
 
     #[test]
     fn a_press_is_two_reads_on_after_two_off_and_a_stuck_button_presses_once() {
-        let mut d = Debounce::default();
         let presses =
             |d: &mut Debounce, levels: &[bool]| levels.iter().filter(|l| d.read(**l)).count();
+        // Held when the daemon starts: no press until let go and pressed again.
+        let mut held = Debounce::default();
+        assert_eq!(presses(&mut held, &[true; 10]), 0);
+        assert_eq!(presses(&mut held, &[false, false, true, true]), 1);
+        let mut d = Debounce::default();
         // A glitch of one read is no press.
         assert_eq!(presses(&mut d, &[false, false, true, false, false]), 0);
         // A press; held (stuck) for a long time, it stays one press.

@@ -574,26 +574,35 @@ impl Db {
         stamp: Option<&Stamp>,
         now: UnixMs,
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
+        let draft = EventDraft {
+            lane,
+            direction,
+            credential: None,
+            subject: None,
+            reason,
+            override_: Some(override_),
+            flags: Vec::new(),
+        };
+        self.record_event(draft, stamp, now, |_| Ok(()))
+    }
+
+    /// Records one event that no credential decided (an override, a button press), in its own
+    /// transaction with `also` and, for a command, its nonce.
+    fn record_event(
+        &mut self,
+        draft: EventDraft,
+        stamp: Option<&Stamp>,
+        now: UnixMs,
+        also: impl FnOnce(&Transaction) -> rusqlite::Result<()>,
+    ) -> Result<Result<PassEvent, Refusal>, StoreError> {
         let tx = write(&mut self.conn)?;
         if let Some(stamp) = stamp
             && let Err(r) = claim_nonce(&tx, stamp, now)?
         {
             return Ok(Err(r));
         }
-        let event = insert_event(
-            &tx,
-            &self.gate,
-            EventDraft {
-                lane,
-                direction,
-                credential: None,
-                subject: None,
-                reason,
-                override_: Some(override_),
-                flags: Vec::new(),
-            },
-            now,
-        )?;
+        also(&tx)?;
+        let event = insert_event(&tx, &self.gate, draft, now)?;
         tx.commit()?;
         self.pending += 1;
         self.after_insert(now);
@@ -704,6 +713,18 @@ impl Db {
         judge_clock(now, self.floor, self.built, self.sense)
     }
 
+    /// Lowers the clock floor to `at` if it is above: the clock jumped, and events recorded
+    /// just before the jump was seen may carry the jumped time.
+    pub fn lower_floor(&mut self, at: UnixMs) -> Result<(), StoreError> {
+        if self.floor.is_some_and(|f| f > at) {
+            let tx = write(&mut self.conn)?;
+            set_state(&tx, "clock_floor", &at.to_string())?;
+            tx.commit()?;
+            self.floor = Some(at);
+        }
+        Ok(())
+    }
+
     /// Pretends this gated was built at `at` (tests of the clock rules).
     pub fn set_build_time(&mut self, at: UnixMs) {
         self.built = at;
@@ -734,9 +755,14 @@ impl Db {
         let was = c.connected;
         c.connected = connected;
         if connected || was {
-            c.last = Some(c.last.map_or(now, |l| l.max(now)));
+            // The clock as it reads now, not the latest ever seen: a contact time saved while
+            // the clock ran ahead would otherwise keep the offline limit off until that date.
+            c.last = Some(now);
         }
-        let due = c.persisted.is_none_or(|p| now - p >= CONTACT_PERSIST_MS) || (was && !connected);
+        let due = c
+            .persisted
+            .is_none_or(|p| (now - p).abs() >= CONTACT_PERSIST_MS)
+            || (was && !connected);
         if let (true, Some(last)) = (due && c.last != c.persisted, c.last) {
             self.relaxed(|conn| {
                 let tx = write(conn)?;
@@ -770,7 +796,10 @@ impl Db {
             let tx = write(conn)?;
             let mut learned = 0;
             for e in events {
-                if e.site != gate.site || e.gate == gate.gate {
+                // Hostile input: another site's, our own, or a seq SQLite cannot hold (it
+                // would fail the whole batch) is skipped. That the event comes from the gate
+                // it names is the link's check (the topic's gate).
+                if e.site != gate.site || e.gate == gate.gate || e.seq > i64::MAX as u64 {
                     continue;
                 }
                 let last: Option<u64> = tx
@@ -788,6 +817,9 @@ impl Db {
                 learned += 1;
                 let Some(subject) = &e.subject else { continue };
                 let Ok(at) = parse_ts(&e.ts) else { continue };
+                // A peer whose clock runs ahead must not plant a state that never resets and
+                // that no later pass replaces.
+                let at = at.min(now.saturating_add(PEER_SKEW_MS));
                 if e.override_
                     .as_ref()
                     .is_some_and(|o| o.input == CLEAR_PASSBACK)
@@ -799,7 +831,7 @@ impl Db {
                 if !matches!(e.reason, Reason::Staff | Reason::Visitor | Reason::FreeExit) {
                     continue;
                 }
-                set_passback(&tx, subject, e.direction, at, &e.gate)?;
+                learn_passback(&tx, subject, e.direction, at, &e.gate)?;
                 if e.reason == Reason::Visitor {
                     use_entry(&tx, subject)?;
                 }
@@ -842,25 +874,17 @@ impl Db {
         let Some(reason) = core::decide_button(self.mode, free) else {
             return Ok(None);
         };
-        let tx = write(&mut self.conn)?;
-        let event = insert_event(
-            &tx,
-            &self.gate,
-            EventDraft {
-                lane,
-                direction,
-                credential: None,
-                subject: None,
-                reason,
-                override_: None,
-                flags: Vec::new(),
-            },
-            now,
-        )?;
-        tx.commit()?;
-        self.pending += 1;
-        self.after_insert(now);
-        Ok(Some(event))
+        let draft = EventDraft {
+            lane,
+            direction,
+            credential: None,
+            subject: None,
+            reason,
+            override_: None,
+            flags: Vec::new(),
+        };
+        // Without a nonce nothing can be refused.
+        Ok(self.record_event(draft, None, now, |_| Ok(()))?.ok())
     }
 
     /// A guard's override: forgets `subject`'s anti-passback state, and records it as an
@@ -872,32 +896,20 @@ impl Db {
         stamp: Option<&Stamp>,
         now: UnixMs,
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
-        let tx = write(&mut self.conn)?;
-        if let Some(stamp) = stamp
-            && let Err(r) = claim_nonce(&tx, stamp, now)?
-        {
-            return Ok(Err(r));
-        }
-        tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
-            .execute([subject])?;
-        let event = insert_event(
-            &tx,
-            &self.gate,
-            EventDraft {
-                lane: 0,
-                direction: Direction::In,
-                credential: None,
-                subject: Some(subject.to_string()),
-                reason: Reason::OverrideRemote,
-                override_: Some(override_),
-                flags: Vec::new(),
-            },
-            now,
-        )?;
-        tx.commit()?;
-        self.pending += 1;
-        self.after_insert(now);
-        Ok(Ok(event))
+        let draft = EventDraft {
+            lane: 0,
+            direction: Direction::In,
+            credential: None,
+            subject: Some(subject.to_string()),
+            reason: Reason::OverrideRemote,
+            override_: Some(override_),
+            flags: Vec::new(),
+        };
+        self.record_event(draft, stamp, now, |tx| {
+            tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
+                .execute([subject])?;
+            Ok(())
+        })
     }
 
     /// Used entries of an invitation (for tests and status).
@@ -980,7 +992,12 @@ fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
     match contact {
         None => None,
         Some(c) if c.connected => None,
-        Some(c) => Some(c.last.map_or(i64::MAX, |l| now.saturating_sub(l).max(0))),
+        // A last contact later than now cannot be judged: offline since ever (fail closed).
+        Some(c) => Some(
+            c.last
+                .filter(|l| *l <= now)
+                .map_or(i64::MAX, |l| now.saturating_sub(l)),
+        ),
     }
 }
 
@@ -993,8 +1010,29 @@ fn set_state(tx: &Transaction, key: &str, value: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Records a subject's pass for anti-passback, unless a later one is known already.
+/// How far ahead of this gate's clock a peer's event time is believed.
+const PEER_SKEW_MS: i64 = 60_000;
+
+/// Records a subject's pass at this gate: it always replaces what was known, whatever the
+/// times say (the gates' clocks differ, and this one may have been reset).
 fn set_passback(
+    tx: &Transaction,
+    subject: &str,
+    d: Direction,
+    at: UnixMs,
+    gate: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO passback (subject, direction, at, gate) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (subject) DO UPDATE SET direction = excluded.direction,
+           at = excluded.at, gate = excluded.gate",
+    )?
+    .execute(params![subject, d.as_str(), at, gate])?;
+    Ok(())
+}
+
+/// Records a subject's pass learned from a peer, unless a later one is known already.
+fn learn_passback(
     tx: &Transaction,
     subject: &str,
     d: Direction,

@@ -752,6 +752,21 @@ fn anti_passback_state_is_kept_and_learned_from_other_gates() {
         west.peers().expect("peers"),
         vec![("east-1".to_string(), 2)]
     );
+    // Hostile peer events: a seq SQLite cannot hold is skipped without failing the batch, and
+    // a time far ahead is believed only up to a minute ahead of this gate's clock.
+    let mut forged = from_east[0].clone();
+    forged.gate = "north-1".into();
+    forged.seq = u64::MAX;
+    let mut ahead = from_east[0].clone();
+    ahead.gate = "north-1".into();
+    ahead.seq = 1;
+    ahead.subject = Some("E9".into());
+    ahead.ts = crate::sync::contract::format_ts(NOW + 365 * 86_400_000);
+    assert_eq!(west.learn(&[forged, ahead], NOW + 3).expect("learn"), 1);
+    assert_eq!(
+        west.last_pass("E9").expect("state").map(|l| l.at),
+        Some(NOW + 3 + 60_000)
+    );
     // West's own later `out` stays newer than east's earlier `in`.
     assert_eq!(
         west.last_pass("E1").expect("state").map(|l| l.direction),
@@ -851,6 +866,11 @@ fn the_clock_floor_follows_trusted_events_only_and_survives_reopen() {
         db.clock_state(NOW - 60_000),
         ClockState::Untrusted(crate::core::Untrust::BeforeLastEvent)
     );
+    // A jump seen by the watcher lowers the floor back to the time before it.
+    db.lower_floor(NOW - 120_000).expect("lower");
+    assert!(db.clock_state(NOW - 60_000).trusted());
+    db.lower_floor(NOW).expect("a higher value changes nothing");
+    assert!(db.clock_state(NOW - 60_000).trusted());
     // An untrusted event did not lower or raise the floor; the right time is trusted again.
     assert_eq!(
         reason(&record_one(&mut db, at("q1", Direction::In, NOW + 1))),
@@ -919,6 +939,17 @@ fn max_offline_counts_from_the_last_contact_even_across_a_restart() {
         reason(&record_one(
             &mut db,
             at("c1", Direction::In, NOW + 25 * hour + 1)
+        )),
+        Reason::OfflineLimit
+    );
+    // A contact recorded while the clock ran a day ahead does not keep the limit off once
+    // the clock is right again: a last contact later than now counts as never.
+    db.contact(true, NOW + 50 * hour).expect("contact");
+    db.contact(false, NOW + 50 * hour).expect("lost");
+    assert_eq!(
+        reason(&record_one(
+            &mut db,
+            at("c1", Direction::In, NOW + 26 * hour)
         )),
         Reason::OfflineLimit
     );

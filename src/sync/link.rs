@@ -521,21 +521,43 @@ impl<'a> Connection<'a> {
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
                 self.on_message(&p.topic, p.payload, io).await;
             }
-            Event::Incoming(Packet::SubAck(_)) if self.role == Role::Peers => {
-                // Ok once the broker has taken the subscriptions: from here on the other
-                // gates' events arrive.
-                self.link.shared.health.set(self.role.component(), "ok");
+            Event::Incoming(Packet::SubAck(ack)) if self.role == Role::Peers => {
+                // Ok once the broker has taken every subscription: from here on the other
+                // gates' events arrive. A refused one (the broker's ACL) leaves compound-wide
+                // anti-passback off, which status must say.
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                let state = if refused {
+                    tracing::error!(
+                        topics = ?io.peer_topics,
+                        "the broker refused a subscription to the peer gates' events: their \
+                         passes are not learned (check the broker's ACL for this gate)"
+                    );
+                    "subscribe_refused"
+                } else {
+                    "ok"
+                };
+                self.link.shared.health.set(self.role.component(), state);
             }
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Peers => {
-                // Hostile input like any other: what does not parse as a pass event is
-                // skipped (and the store checks site, gate and seq).
+                // Hostile input like any other: what does not parse as a pass event, or names
+                // another gate than the topic it came on (a gate may publish only on its own
+                // topic, so only this holds it to its own name), is skipped. The store checks
+                // site and seq.
                 match serde_json::from_slice::<PassEvent>(&p.payload) {
-                    Ok(e) if e.gate != self.link.topics.gate => {
+                    Ok(e)
+                        if io.peer_topics.contains(&p.topic)
+                            && p.topic == self.link.topics.events_of(&e.gate) =>
+                    {
                         if let Some(tx) = &io.peer_tx {
                             let _ = tx.send(e).await;
                         }
                     }
-                    Ok(_) => {}
+                    Ok(e) => {
+                        tracing::warn!(topic = %p.topic, gate = %e.gate, "a pass event names another gate than its topic; skipped")
+                    }
                     Err(e) => {
                         tracing::debug!(topic = %p.topic, error = %e, "not a pass event; skipped")
                     }

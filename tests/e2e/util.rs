@@ -452,6 +452,22 @@ pub fn staff_snapshot(site: &str, version: u64, cards: &[(&str, &str)]) -> Strin
     .to_string()
 }
 
+impl Centre {
+    /// A centre on `broker` that has published staff list version 1, retained: E1001 with card
+    /// 0012345678, valid until 2099.
+    pub async fn with_staff(broker: &Broker) -> Centre {
+        let centre = Centre::connect(broker.port).await;
+        centre
+            .publish(
+                STAFF_TOPIC,
+                staff_snapshot("hq", 1, &[("E1001", "0012345678")]),
+                true,
+            )
+            .await;
+        centre
+    }
+}
+
 /// One running gate with everything it talks to.
 pub struct World {
     pub broker: Broker,
@@ -517,14 +533,7 @@ impl World {
         env: &[(&str, &Path)],
         wait_for_list: bool,
     ) -> World {
-        let centre = Centre::connect(broker.port).await;
-        centre
-            .publish(
-                STAFF_TOPIC,
-                staff_snapshot("hq", 1, &[("E1001", "0012345678")]),
-                true,
-            )
-            .await;
+        let centre = Centre::with_staff(&broker).await;
         let devices = Devices::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config_text(&dir.path().join("gated.db"), port, &devices) + config_extra;
