@@ -787,12 +787,15 @@ impl Db {
     /// Learns from other gates' pass events, read from the broker: subjects' in/out state
     /// (anti-passback) and invitation entries used. An event already learned (its gate's seq
     /// at or below the last one learned) changes nothing, so the broker's redeliveries are
-    /// harmless. Returns how many events were new. One transaction, not synced: what a power
+    /// harmless. A lower seq with a later id (UUIDv7 ids grow with time) is a gate that
+    /// started its numbering over, a replaced box or database: it is learned, and raised as a
+    /// `peer_seq_reset` alarm. Returns how many events were new. One transaction, not synced: what a power
     /// cut loses is learned again only if the broker sends it again; until then the gate
     /// judges on its own passes, as when it is cut off.
     pub fn learn(&mut self, events: &[PassEvent], now: UnixMs) -> Result<usize, StoreError> {
         let gate = self.gate.clone();
-        self.relaxed(|conn| {
+        let mut resets: Vec<(String, u64, u64)> = Vec::new();
+        let learned = self.relaxed(|conn| {
             let tx = write(conn)?;
             let mut learned = 0;
             for e in events {
@@ -802,18 +805,24 @@ impl Db {
                 if e.site != gate.site || e.gate == gate.gate || e.seq > i64::MAX as u64 {
                     continue;
                 }
-                let last: Option<u64> = tx
-                    .prepare_cached("SELECT seq FROM peer WHERE gate = ?1")?
-                    .query_row([&e.gate], |r| r.get(0))
+                let last: Option<(u64, String)> = tx
+                    .prepare_cached("SELECT seq, id FROM peer WHERE gate = ?1")?
+                    .query_row([&e.gate], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if last.is_some_and(|l| e.seq <= l) {
-                    continue;
+                if let Some((seq, id)) = &last
+                    && e.seq <= *seq
+                {
+                    if e.id.as_str() <= id.as_str() {
+                        continue;
+                    }
+                    resets.push((e.gate.clone(), *seq, e.seq));
                 }
                 tx.prepare_cached(
-                    "INSERT INTO peer (gate, seq, at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (gate) DO UPDATE SET seq = excluded.seq, at = excluded.at",
+                    "INSERT INTO peer (gate, seq, id, at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (gate) DO UPDATE SET seq = excluded.seq, id = excluded.id,
+                       at = excluded.at",
                 )?
-                .execute(params![e.gate, e.seq, now])?;
+                .execute(params![e.gate, e.seq, e.id, now])?;
                 learned += 1;
                 let Some(subject) = &e.subject else { continue };
                 let Ok(at) = parse_ts(&e.ts) else { continue };
@@ -838,7 +847,16 @@ impl Db {
             }
             tx.commit()?;
             Ok(learned)
-        })
+        })?;
+        for (peer, before, now_seq) in resets {
+            let detail = format!(
+                "gate `{peer}` numbers its events from {now_seq} again (it was at {before}): \
+                 a replaced box or database; its events are learned from here on"
+            );
+            tracing::warn!("{detail}");
+            self.record_alarm("peer_seq_reset", &peer, &detail, now)?;
+        }
+        Ok(learned)
     }
 
     /// The last event seq learned from each other gate.

@@ -158,11 +158,13 @@ fn v3(tx: &Transaction) -> rusqlite::Result<()> {
             gate      TEXT NOT NULL
         ) WITHOUT ROWID;
 
-        -- The last event seq learned from each other gate of the site, so that an event the
-        -- broker delivers twice is counted once.
+        -- The last event learned from each other gate of the site (its seq and UUIDv7 id), so
+        -- that an event the broker delivers twice is counted once, and a gate that starts its
+        -- numbering over (a replaced box) is noticed.
         CREATE TABLE peer (
             gate TEXT PRIMARY KEY,
             seq  INTEGER NOT NULL,
+            id   TEXT NOT NULL,
             at   INTEGER NOT NULL
         ) WITHOUT ROWID;
         "#,

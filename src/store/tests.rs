@@ -752,6 +752,33 @@ fn anti_passback_state_is_kept_and_learned_from_other_gates() {
         west.peers().expect("peers"),
         vec![("east-1".to_string(), 2)]
     );
+    // East is replaced and numbers from 1 again: a lower seq with a later id is learned, and
+    // alarmed; a redelivery of an old event (lower seq, earlier id) is not.
+    let mut renewed = from_east[0].clone();
+    renewed.id = uuid::Uuid::now_v7().to_string();
+    renewed.direction = Direction::Out;
+    renewed.ts = crate::sync::contract::format_ts(NOW + 3);
+    let pending_before = west.pending(0, 1000).expect("pending").len();
+    assert_eq!(
+        west.learn(&[from_east[0].clone(), renewed], NOW + 3)
+            .expect("learn"),
+        1
+    );
+    let alarms: Vec<String> = west
+        .pending(0, 1000)
+        .expect("pending")
+        .into_iter()
+        .skip(pending_before)
+        .map(|r| r.payload)
+        .collect();
+    assert!(
+        alarms.len() == 1 && alarms[0].contains("peer_seq_reset"),
+        "{alarms:?}"
+    );
+    assert_eq!(
+        west.peers().expect("peers"),
+        vec![("east-1".to_string(), 1)]
+    );
     // Hostile peer events: a seq SQLite cannot hold is skipped without failing the batch, and
     // a time far ahead is believed only up to a minute ahead of this gate's clock.
     let mut forged = from_east[0].clone();
