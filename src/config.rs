@@ -1075,6 +1075,19 @@ pub fn describe(c: &Config) -> String {
             "\n  lane {}: relay `{}` channel {}, release {} ms",
             l.id, l.relay, l.channel, l.release_ms
         );
+        if let Some(r) = c.policy.lanes.get(&l.id) {
+            if let Some(h) = &r.hours {
+                out += &format!("; hours `{h}`");
+            }
+            if let Some(ms) = r.two_factor_ms {
+                out += &format!("; two factors within {} s", ms / 1000);
+            }
+            for (d, f) in [("in", r.free_in), ("out", r.free_out)] {
+                if f != crate::core::FreeExit::No {
+                    out += &format!("; free {d} by {f:?}");
+                }
+            }
+        }
     }
     for r in &c.readers {
         out += &format!(
@@ -1089,6 +1102,33 @@ pub fn describe(c: &Config) -> String {
     }
     for r in &c.relays {
         out += &format!("\n  relay `{}` at {} unit {}", r.name, r.address, r.unit);
+    }
+    let p = &c.policy;
+    out += &format!(
+        "\n  rules: time zone {}; schedules [{}]; anti-passback {:?}{}; peers [{}]; clock sync {}",
+        p.tz,
+        p.schedules.keys().cloned().collect::<Vec<_>>().join(", "),
+        p.passback.mode,
+        p.passback
+            .reset_at
+            .map(|m| format!(" (reset {:02}:{:02})", m / 60, m % 60))
+            .unwrap_or_default(),
+        c.peers.join(", "),
+        match &c.clock.sync {
+            SyncSource::None => "not required".to_string(),
+            SyncSource::File(f) => format!("when {} exists", f.display()),
+        }
+    );
+    for (list, limit) in [
+        ("staff", p.staff_max_offline),
+        ("visitors", p.visitors_max_offline),
+    ] {
+        if let Some(ms) = limit {
+            out += &format!(
+                "\n  {list} stop after {} h without the centre",
+                ms / 3_600_000
+            );
+        }
     }
     for (id, key) in &c.trust.keys {
         let note = if key.is_weak() {
