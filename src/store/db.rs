@@ -840,7 +840,7 @@ impl Db {
                 if !matches!(e.reason, Reason::Staff | Reason::Visitor | Reason::FreeExit) {
                     continue;
                 }
-                learn_passback(&tx, subject, e.direction, at, &e.gate)?;
+                set_passback(&tx, subject, e.direction, at, &e.gate, true)?;
                 if e.reason == Reason::Visitor {
                     use_entry(&tx, subject)?;
                 }
@@ -1031,39 +1031,24 @@ fn set_state(tx: &Transaction, key: &str, value: &str) -> rusqlite::Result<()> {
 /// How far ahead of this gate's clock a peer's event time is believed.
 const PEER_SKEW_MS: i64 = 60_000;
 
-/// Records a subject's pass at this gate: it always replaces what was known, whatever the
-/// times say (the gates' clocks differ, and this one may have been reset).
+/// Records a subject's pass for anti-passback. A pass at this gate always replaces what was
+/// known, whatever the times say (the gates' clocks differ, and this one may have been reset);
+/// one learned from a peer only if it is not older than what is known.
 fn set_passback(
     tx: &Transaction,
     subject: &str,
     d: Direction,
     at: UnixMs,
     gate: &str,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO passback (subject, direction, at, gate) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (subject) DO UPDATE SET direction = excluded.direction,
-           at = excluded.at, gate = excluded.gate",
-    )?
-    .execute(params![subject, d.as_str(), at, gate])?;
-    Ok(())
-}
-
-/// Records a subject's pass learned from a peer, unless a later one is known already.
-fn learn_passback(
-    tx: &Transaction,
-    subject: &str,
-    d: Direction,
-    at: UnixMs,
-    gate: &str,
+    learned: bool,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO passback (subject, direction, at, gate) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (subject) DO UPDATE SET direction = excluded.direction,
            at = excluded.at, gate = excluded.gate
-         WHERE excluded.at >= passback.at",
+         WHERE NOT ?5 OR excluded.at >= passback.at",
     )?
-    .execute(params![subject, d.as_str(), at, gate])?;
+    .execute(params![subject, d.as_str(), at, gate, learned])?;
     Ok(())
 }
 
@@ -1112,7 +1097,7 @@ fn record_pass(
     if rules.policy.passback.mode != PassbackMode::Off
         && let Some(subject) = verdict.moves()
     {
-        set_passback(tx, subject, input.direction, input.now, &gate.gate)?;
+        set_passback(tx, subject, input.direction, input.now, &gate.gate, false)?;
     }
     match &verdict.factor {
         FactorChange::Keep => {}

@@ -133,19 +133,14 @@ async fn anti_passback_holds_across_two_gates_of_a_site() {
     assert_eq!(verdict(&e), ("denied", "anti_passback"), "{e}");
 
     // A guard clears E1001 at east, by a signed command: both gates forget the state.
-    let now = chrono::Utc::now();
-    let body = json!({"site": "hq", "gate": "east-1", "cmd": "clear_passback",
-        "subject": "E1001", "nonce": "clear-e1001-1",
-        "issued_at": now.to_rfc3339(),
-        "expires_at": (now + chrono::Duration::seconds(60)).to_rfc3339()});
-    centre
-        .publish_raw(&east.topic("cmd"), signed(body.to_string()), false)
-        .await;
-    centre
-        .wait_json("the ack of clear_passback", &east.topic("ack"), |a| {
-            a["ref"] == "clear-e1001-1" && a["ok"] == true
-        })
-        .await;
+    let ack = run_command(
+        &centre,
+        "clear_passback",
+        "clear-e1001-1",
+        json!({"subject": "E1001"}),
+    )
+    .await;
+    assert_eq!(ack["ok"], true, "{ack}");
     let cleared = centre
         .wait_json("the override event", &east.topic("event"), |e| {
             e["override"]["input"] == "clear_passback"

@@ -93,18 +93,14 @@ async fn the_exit_button_releases_once_per_press_and_is_recorded() {
     assert!(devices.relay.set_button(1, true, false));
 
     // In lockdown the button is refused: recorded, nothing opens.
-    let now = chrono::Utc::now();
-    let body = serde_json::json!({"site": "hq", "gate": "east-1", "cmd": "lockdown",
-        "nonce": "lockdown-free-exit", "issued_at": now.to_rfc3339(),
-        "expires_at": (now + chrono::Duration::seconds(60)).to_rfc3339()});
-    centre
-        .publish_raw("acs/hq/east-1/cmd", signed(body.to_string()), false)
-        .await;
-    centre
-        .wait_json("the lockdown ack", ACK, |a| {
-            a["ref"] == "lockdown-free-exit" && a["ok"] == true
-        })
-        .await;
+    let ack = run_command(
+        &centre,
+        "lockdown",
+        "lockdown-free-exit",
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(ack["ok"], true, "{ack}");
     reads(&devices.relay, 3).await;
     assert!(devices.relay.set_button(1, true, true));
     let e = centre
@@ -116,18 +112,8 @@ async fn the_exit_button_releases_once_per_press_and_is_recorded() {
     );
     // Back to normal, and one more press: it opens. Presses are carried out in order, so
     // once its pulse is there, a pulse of the refused press would be there too.
-    let now = chrono::Utc::now();
-    let body = serde_json::json!({"site": "hq", "gate": "east-1", "cmd": "normal",
-        "nonce": "normal-free-exit", "issued_at": now.to_rfc3339(),
-        "expires_at": (now + chrono::Duration::seconds(60)).to_rfc3339()});
-    centre
-        .publish_raw("acs/hq/east-1/cmd", signed(body.to_string()), false)
-        .await;
-    centre
-        .wait_json("the normal ack", ACK, |a| {
-            a["ref"] == "normal-free-exit" && a["ok"] == true
-        })
-        .await;
+    let ack = run_command(&centre, "normal", "normal-free-exit", serde_json::json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
     assert!(devices.relay.set_button(1, true, false));
     reads(&devices.relay, 3).await;
     assert!(devices.relay.set_button(1, true, true));

@@ -12,19 +12,6 @@ use crate::util::*;
 
 const CMD: &str = "acs/hq/east-1/cmd";
 
-fn command(cmd: &str, nonce: &str, extra: Value) -> Vec<u8> {
-    let now = chrono::Utc::now();
-    let mut body = json!({"site": "hq", "gate": "east-1", "cmd": cmd, "nonce": nonce,
-        "issued_at": now.to_rfc3339(),
-        "expires_at": (now + chrono::Duration::seconds(60)).to_rfc3339()});
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::to_vec(&body).expect("json")
-}
-
 /// Publishes `payload` as it is on `topic` and returns the next ack of `reference`.
 async fn ack_of(w: &World, topic: &str, payload: Vec<u8>, reference: &str) -> Value {
     let before = w.centre.on(ACK).len();
@@ -175,12 +162,12 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
     let forger = AdminKey::generate("ops-test").expect("key");
 
     // A command goes through once; the same signed message again is a replay.
-    let lockdown = signed(command("lockdown", "nonce-once-0001", json!({})));
+    let lockdown = signed(command_body("lockdown", "nonce-once-0001", json!({})));
     let ack = ack_of(&w, CMD, lockdown.clone(), "nonce-once-0001").await;
     assert_eq!(ack["ok"], true, "{ack}");
     let ack = ack_of(&w, CMD, lockdown.clone(), "nonce-once-0001").await;
     assert_refused(&ack, "replayed", "nonce-once-0001", "a replayed command");
-    let normal = signed(command("normal", "nonce-once-0002", json!({})));
+    let normal = signed(command_body("normal", "nonce-once-0002", json!({})));
     assert_eq!(ack_of(&w, CMD, normal, "nonce-once-0002").await["ok"], true);
     // Nonces are remembered across a restart.
     restart(&mut w).await;
@@ -193,7 +180,7 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
     );
 
     let past = chrono::Utc::now() - chrono::Duration::seconds(120);
-    let oversize = command(
+    let oversize = command_body(
         "resync",
         "nonce-big-00001",
         json!({"pad": "x".repeat(300 * 1024)}),
@@ -201,7 +188,7 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         (
             "an expired command",
-            signed(command(
+            signed(command_body(
                 "lockdown",
                 "nonce-expired-1",
                 json!({"issued_at": (past - chrono::Duration::seconds(60)).to_rfc3339(),
@@ -212,7 +199,7 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
         ),
         (
             "a command issued in the future",
-            signed(command(
+            signed(command_body(
                 "lockdown",
                 "nonce-future-01",
                 json!({"issued_at": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339(),
@@ -223,7 +210,7 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
         ),
         (
             "a command for another gate",
-            signed(command(
+            signed(command_body(
                 "lockdown",
                 "nonce-gate-0001",
                 json!({"gate": "west-2"}),
@@ -233,7 +220,7 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
         ),
         (
             "a command for another site",
-            signed(command(
+            signed(command_body(
                 "lockdown",
                 "nonce-site-0001",
                 json!({"site": "elsewhere"}),
@@ -243,19 +230,19 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
         ),
         (
             "an unsigned command",
-            command("lockdown", "nonce-unsig-001", json!({})),
+            command_body("lockdown", "nonce-unsig-001", json!({})),
             "unsigned",
             "cmd",
         ),
         (
             "a command signed by an untrusted key",
-            stranger.seal(&command("lockdown", "nonce-strange1", json!({}))),
+            stranger.seal(&command_body("lockdown", "nonce-strange1", json!({}))),
             "unknown_key",
             "cmd",
         ),
         (
             "a command with a forged signature",
-            forger.seal(&command("lockdown", "nonce-forged01", json!({}))),
+            forger.seal(&command_body("lockdown", "nonce-forged01", json!({}))),
             "bad_signature",
             "cmd",
         ),
@@ -274,13 +261,13 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
         ),
         (
             "an unknown command",
-            signed(command("self_destruct", "nonce-unknown1", json!({}))),
+            signed(command_body("self_destruct", "nonce-unknown1", json!({}))),
             "malformed",
             "cmd",
         ),
         (
             "open on a lane the gate does not have",
-            signed(command("open", "nonce-lane-0009", json!({"lane": 9}))),
+            signed(command_body("open", "nonce-lane-0009", json!({"lane": 9}))),
             "unsupported",
             "nonce-lane-0009",
         ),
@@ -298,7 +285,7 @@ async fn every_command_refusal_is_acked_and_changes_nothing() {
     );
     // The status published after a resync shows the mode in force now.
     let before = w.centre.on(STATUS).len();
-    let resync = signed(command("resync", "nonce-sync-after", json!({})));
+    let resync = signed(command_body("resync", "nonce-sync-after", json!({})));
     assert_eq!(
         ack_of(&w, CMD, resync, "nonce-sync-after").await["ok"],
         true
@@ -319,7 +306,7 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
     let ack = ack_of(
         &w,
         CMD,
-        signed(command(
+        signed(command_body(
             "open",
             "nonce-open-0001",
             json!({"lane": 1, "direction": "out"}),
@@ -349,7 +336,7 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
     assert_eq!((pulse.lane, pulse.exit, pulse.ms), (1, true, 2500));
 
     // hold_open: coils on for every lane, cards are logged and granted `hold_open`.
-    let hold = signed(command("hold_open", "nonce-hold-0001", json!({})));
+    let hold = signed(command_body("hold_open", "nonce-hold-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, hold, "nonce-hold-0001").await["ok"], true);
     let alarm = w
         .centre
@@ -369,7 +356,7 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
     assert_eq!(swipe(&w, "0099999999").await["reason"], "hold_open");
 
     // lockdown: coils off, even staff is refused; it survives a restart.
-    let lock = signed(command("lockdown", "nonce-lock-0001", json!({})));
+    let lock = signed(command_body("lockdown", "nonce-lock-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, lock, "nonce-lock-0001").await["ok"], true);
     wait_coils(&w, false, "hold coils off").await;
     assert_eq!(swipe(&w, "0012345678").await["reason"], "lockdown");
@@ -377,18 +364,22 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
     assert_eq!(swipe(&w, "0012345678").await["reason"], "lockdown");
 
     // emergency_release: every lane held open; normal ends it.
-    let er = signed(command("emergency_release", "nonce-emer-0001", json!({})));
+    let er = signed(command_body(
+        "emergency_release",
+        "nonce-emer-0001",
+        json!({}),
+    ));
     assert_eq!(ack_of(&w, CMD, er, "nonce-emer-0001").await["ok"], true);
     wait_coils(&w, true, "emergency coils on").await;
     assert_eq!(swipe(&w, "0099999999").await["reason"], "emergency_release");
-    let normal = signed(command("normal", "nonce-norm-0001", json!({})));
+    let normal = signed(command_body("normal", "nonce-norm-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, normal, "nonce-norm-0001").await["ok"], true);
     wait_coils(&w, false, "coils off again").await;
     assert_eq!(swipe(&w, "0012345678").await["reason"], "staff");
 
     // resync: the status is published again.
     let before = w.centre.on(STATUS).len();
-    let resync = signed(command("resync", "nonce-sync-0001", json!({})));
+    let resync = signed(command_body("resync", "nonce-sync-0001", json!({})));
     assert_eq!(ack_of(&w, CMD, resync, "nonce-sync-0001").await["ok"], true);
     wait_for("the status again", DEADLINE, || {
         (w.centre.on(STATUS).len() > before).then_some(())
@@ -408,7 +399,7 @@ async fn commands_open_lanes_and_change_the_mode_with_a_record_of_who() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_board_that_reboots_while_held_open_is_held_open_again() {
     let w = World::start().await;
-    let hold = signed(command("hold_open", "nonce-hold-boot1", json!({})));
+    let hold = signed(command_body("hold_open", "nonce-hold-boot1", json!({})));
     assert_eq!(ack_of(&w, CMD, hold, "nonce-hold-boot1").await["ok"], true);
     wait_coils(&w, true, "hold coils on").await;
     // The board loses power: coils off, connections gone. The daemon notices the broken
@@ -443,7 +434,7 @@ async fn a_command_does_not_wait_behind_a_list_being_applied() {
     w.centre
         .publish_raw(
             CMD,
-            signed(command("lockdown", "nonce-fast-0001", json!({}))),
+            signed(command_body("lockdown", "nonce-fast-0001", json!({}))),
             false,
         )
         .await;
@@ -477,7 +468,7 @@ async fn a_flood_of_junk_lists_does_not_stall_the_list_connection() {
             .publish_raw("acs/hq/lists/staff/delta", format!("junk {i}"), false)
             .await;
     }
-    let lockdown = signed(command("lockdown", "nonce-after-flood", json!({})));
+    let lockdown = signed(command_body("lockdown", "nonce-after-flood", json!({})));
     w.centre.publish_raw(CMD, lockdown, false).await;
     let ack = wait_for("the lockdown's ack after the flood", DEADLINE, || {
         w.centre
