@@ -273,6 +273,10 @@ struct RawRelayRegisters {
     coil_base: u16,
     #[serde(default = "default_button_base")]
     button_base: u16,
+    #[serde(default)]
+    fire_input: u16,
+    #[serde(default = "default_tamper_input")]
+    tamper_input: u16,
 }
 
 impl Default for RawRelayRegisters {
@@ -281,8 +285,14 @@ impl Default for RawRelayRegisters {
             pulse_base: default_pulse_base(),
             coil_base: 0,
             button_base: default_button_base(),
+            fire_input: 0,
+            tamper_input: default_tamper_input(),
         }
     }
+}
+
+fn default_tamper_input() -> u16 {
+    1
 }
 
 fn default_button_base() -> u16 {
@@ -464,6 +474,10 @@ pub struct RelayConfig {
     /// Discrete input `button_base + 2n` / `+2n+1`: request buttons of lane n's entry / exit,
     /// read only for directions with `free_in` / `free_out` = `"button"`.
     pub button_base: u16,
+    /// Discrete input of the fire alarm contact (1 = alarm): emergency release of every lane.
+    pub fire_input: u16,
+    /// Discrete input of the cabinet tamper contact (1 = open): an alarm.
+    pub tamper_input: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -820,6 +834,8 @@ impl Checker<'_> {
                 pulse_base: r.registers.pulse_base,
                 coil_base: r.registers.coil_base,
                 button_base: r.registers.button_base,
+                fire_input: r.registers.fire_input,
+                tamper_input: r.registers.tamper_input,
             });
         }
 

@@ -9,6 +9,14 @@
 //!
 //! Relays follow the mode on their own: each relay task watches it and holds its lanes open
 //! (coils on) in `hold_open` and `emergency_release`.
+//!
+//! The fire alarm contact (G9): when a relay board reports it on, the mode becomes
+//! `emergency_release` at once, before anything is recorded, so no store, broker or slow
+//! device can hold it up. Recording follows on its own task: the mode (persisted), a
+//! `fire_alarm` alarm, and one `emergency_release` event per lane with
+//! `override: {"source":"fire","input":"fire_contact"}`. The release stays latched: while any
+//! board's fire contact is on, no other mode is accepted; once it is off, a guard ends it
+//! (a remote `normal`; the guard panel's reset with the hardware issue).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +25,7 @@ use tokio::sync::watch;
 use crate::config::LaneConfig;
 use crate::core::{Direction, Mode, Reason, UnixMs};
 use crate::gate::Shared;
-use crate::hw::relay::RelayHandle;
+use crate::hw::relay::{Contact, ContactChange, RelayHandle};
 use crate::store::Stamp;
 use crate::sync::contract::{Override, Refusal};
 
@@ -52,6 +60,8 @@ pub struct Control {
     /// release, G9): refused as replays from memory, and claimed in the store as soon as it
     /// works again.
     unclaimed: std::sync::Mutex<Vec<Stamp>>,
+    /// Relay boards whose fire alarm contact is on.
+    fire: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Control {
@@ -66,6 +76,144 @@ impl Control {
             lanes,
             serial: tokio::sync::Mutex::new(()),
             unclaimed: std::sync::Mutex::new(Vec::new()),
+            fire: std::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    /// The boards whose fire alarm contact is on (empty: none).
+    pub fn fire_boards(&self) -> Vec<String> {
+        self.fire
+            .lock()
+            .map(|f| f.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Refuses any mode but emergency release while a fire contact is on.
+    fn check_fire(&self, mode: Mode) -> Result<(), Refusal> {
+        let boards = self.fire_boards();
+        if mode != Mode::EmergencyRelease && !boards.is_empty() {
+            return Err(Refusal::Unsupported(format!(
+                "the fire alarm contact of {} is on: the emergency release stays until it is \
+                 off, and a guard then resets it",
+                boards.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// A relay board's contact changed (debounced).
+    pub async fn contact(self: &std::sync::Arc<Self>, change: ContactChange, now: UnixMs) {
+        let board = change.board.clone();
+        match (change.contact, change.on) {
+            (Contact::Fire, true) => {
+                if let Ok(mut f) = self.fire.lock() {
+                    f.insert(board.clone());
+                }
+                // G9: in force first, whatever the store and the broker do.
+                self.mode_tx.send_replace(Mode::EmergencyRelease);
+                tracing::error!(board, "FIRE ALARM: emergency release of every lane");
+                let this = self.clone();
+                tokio::spawn(async move { this.record_fire(&board, now).await });
+            }
+            (Contact::Fire, false) => {
+                let was = self
+                    .fire
+                    .lock()
+                    .map(|mut f| f.remove(&board))
+                    .unwrap_or(false);
+                if was {
+                    tracing::warn!(
+                        board,
+                        "fire alarm contact off; the emergency release stays until a guard resets it"
+                    );
+                    let detail = "fire alarm contact off; the emergency release stays latched \
+                                  until a guard resets it";
+                    self.alarm_later("fire_cleared", board, detail);
+                }
+            }
+            (Contact::Tamper, on) => {
+                let (code, detail) = if on {
+                    ("tamper", "the cabinet is open (tamper contact)")
+                } else {
+                    (
+                        "tamper_cleared",
+                        "the cabinet is closed again (tamper contact)",
+                    )
+                };
+                tracing::warn!(board, "{detail}");
+                self.alarm_later(code, board, detail);
+            }
+        }
+    }
+
+    /// Records an alarm on its own task: contact changes are handled one after another, and
+    /// a fire alarm must never wait behind a store that is slow to record a tamper alarm.
+    fn alarm_later(&self, code: &'static str, source: String, detail: &'static str) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _ = shared.alarm(code, &source, detail).await;
+        });
+    }
+
+    /// Records a fire alarm's emergency release: the mode (persisted, so a restart keeps it),
+    /// the alarm, one event per lane. The release is already in force; while the store cannot
+    /// record, this tries again every second, for up to ten minutes.
+    async fn record_fire(&self, board: &str, now: UnixMs) {
+        const RETRIES: u32 = 600;
+        let _one_at_a_time = self.serial.lock().await;
+        let detail = format!("fire alarm contact of {board}: emergency release of every lane");
+        let mode = Mode::EmergencyRelease;
+        let mut attempt = 0;
+        loop {
+            let (d, source) = (detail.clone(), "fire");
+            match self
+                .shared
+                .store
+                .call(move |db| db.set_mode(mode, source, &d, None, now))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    if attempt == 0 {
+                        tracing::error!(error = %e, "{detail}: NOT RECORDED (store unavailable); in force anyway, retrying");
+                    }
+                    // Passes are decided under it as soon as the store takes jobs again.
+                    let _ = self
+                        .shared
+                        .store
+                        .call(move |db| {
+                            db.assume_mode(mode);
+                            Ok(())
+                        })
+                        .await;
+                    attempt += 1;
+                    if attempt >= RETRIES {
+                        tracing::error!("{detail}: never recorded; the store did not come back");
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let _ = self.shared.alarm("fire_alarm", board, &detail).await;
+        for &lane in self.lanes.keys() {
+            let ov = Override {
+                source: "fire".into(),
+                input: "fire_contact".into(),
+                by: Some(board.to_string()),
+            };
+            let r = self
+                .shared
+                .store
+                .call(move |db| {
+                    db.record_override(lane, Direction::In, Reason::EmergencyRelease, ov, None, now)
+                })
+                .await;
+            match r {
+                Ok(Ok(event)) => self.shared.publish_decision("fire", &event),
+                Ok(Err(r)) => tracing::error!(lane, %r, "fire release event refused"),
+                Err(e) => tracing::error!(lane, error = %e, "fire release event not recorded"),
+            }
         }
     }
 
@@ -199,6 +347,7 @@ impl Control {
         now: UnixMs,
     ) -> Result<String, Refusal> {
         let _one_at_a_time = self.serial.lock().await;
+        self.check_fire(mode)?;
         self.check_unclaimed(origin, now).await?;
         let from = self.mode();
         let detail = format!(
@@ -243,6 +392,8 @@ impl Control {
                 )));
             }
         }
+        // A fire alarm that came while the store recorded this change wins.
+        self.check_fire(mode)?;
         self.mode_tx.send_replace(mode);
         self.shared.kick_outbox();
         tracing::warn!("{detail}");

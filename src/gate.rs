@@ -170,6 +170,11 @@ impl Gate {
         crate::clock::watch(cfg.clock.clone(), shared.clone(), shutdown_rx.clone()).await;
         let mut relays = std::collections::HashMap::new();
         let (press_tx, press_rx) = mpsc::channel(64);
+        let (contact_tx, contact_rx) = mpsc::channel(64);
+        let inputs = relay::Inputs {
+            presses: press_tx,
+            contacts: contact_tx,
+        };
         for r in &cfg.relays {
             let on_board: Vec<&crate::config::LaneConfig> =
                 cfg.lanes.values().filter(|l| l.relay == r.name).collect();
@@ -194,7 +199,7 @@ impl Gate {
                     r.clone(),
                     channels,
                     buttons,
-                    press_tx.clone(),
+                    inputs.clone(),
                     shared.clone(),
                     shutdown_rx.clone(),
                 ),
@@ -209,6 +214,7 @@ impl Gate {
         }
         tokio::spawn(free_exits(press_rx, lanes.clone(), shared.clone()));
         let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes));
+        tokio::spawn(contacts(contact_rx, control.clone()));
         for r in &cfg.readers {
             let lane = cfg
                 .lanes
@@ -288,6 +294,13 @@ impl Gate {
         if let Some(s) = self.sync.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s).await;
         }
+    }
+}
+
+/// Hands the relay boards' contact changes (fire, tamper) to `Control`.
+async fn contacts(mut changes: mpsc::Receiver<relay::ContactChange>, control: Arc<Control>) {
+    while let Some(c) = changes.recv().await {
+        control.contact(c, crate::clock::now_ms()).await;
     }
 }
 

@@ -7,6 +7,10 @@
 //! change and written again after any error (a board that lost power comes back with its
 //! coils off), until the board has taken them.
 //!
+//! Every 200 ms it reads the board's fire and tamper contacts (debounced over two reads; the
+//! first stable reading counts, so a fire alarm already on at start releases) and hands
+//! changes to `Control::contact`. A fire alarm releases every lane (G9).
+//!
 //! Lane directions with free exit on a button (`free_in` / `free_out` = `"button"`): the task
 //! reads their request buttons (discrete input `button_base + 2n` / `+2n+1`) every 50 ms and
 //! hands each press to the gate (`Press`), which decides, records and then pulses. A press is
@@ -63,8 +67,9 @@ impl RelayHandle {
     }
 }
 
-/// How often an idle board is read, so that status shows a dead board before a pass needs it.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a board that has its coils is read: its fire and tamper contacts, which also
+/// shows a dead board in status before a pass needs it.
+const CONTACT_POLL: Duration = Duration::from_millis(200);
 /// How often request buttons are read.
 const BUTTON_POLL: Duration = Duration::from_millis(50);
 
@@ -74,6 +79,48 @@ pub struct Button {
     pub lane: u16,
     pub channel: u16,
     pub direction: Direction,
+}
+
+/// A board's contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contact {
+    Fire,
+    Tamper,
+}
+
+/// A contact changed (after debouncing), for the gate to act on. The first stable reading
+/// after start is reported too: a fire alarm already on when gated starts counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContactChange {
+    pub board: String,
+    pub contact: Contact,
+    pub on: bool,
+}
+
+/// A level input: a level counts once it was read twice in a row; every change of the
+/// counted level is reported, the first one included.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Level {
+    raw: Option<bool>,
+    count: u8,
+    stable: Option<bool>,
+}
+
+impl Level {
+    /// Takes one read; returns the new level when the counted level changes.
+    pub fn read(&mut self, level: bool) -> Option<bool> {
+        if self.raw == Some(level) {
+            self.count = self.count.saturating_add(1);
+        } else {
+            self.raw = Some(level);
+            self.count = 1;
+        }
+        if self.count >= 2 && self.stable != Some(level) {
+            self.stable = Some(level);
+            return Some(level);
+        }
+        None
+    }
 }
 
 /// A button press, for the gate to decide and record.
@@ -125,7 +172,7 @@ pub fn spawn(
     cfg: RelayConfig,
     channels: Vec<u16>,
     buttons: Vec<Button>,
-    presses: mpsc::Sender<Press>,
+    inputs: Inputs,
     shared: Shared,
     shutdown: watch::Receiver<bool>,
 ) -> RelayHandle {
@@ -134,9 +181,55 @@ pub fn spawn(
         name: cfg.name.clone(),
         tx,
     };
-    let watch = Buttons::new(&cfg, buttons, presses);
-    tokio::spawn(run(cfg, channels, watch, shared, rx, shutdown));
+    let watch = Buttons::new(&cfg, buttons, inputs.presses);
+    let contacts = Contacts {
+        fire: Level::default(),
+        tamper: Level::default(),
+        changes: inputs.contacts,
+    };
+    tokio::spawn(run(cfg, channels, watch, contacts, shared, rx, shutdown));
     handle
+}
+
+/// Where a board's inputs go: button presses, and contact changes.
+#[derive(Clone)]
+pub struct Inputs {
+    pub presses: mpsc::Sender<Press>,
+    pub contacts: mpsc::Sender<ContactChange>,
+}
+
+/// The fire and tamper contacts of one board.
+struct Contacts {
+    fire: Level,
+    tamper: Level,
+    changes: mpsc::Sender<ContactChange>,
+}
+
+impl Contacts {
+    /// Reads both contacts once and hands on the changes.
+    async fn poll(&mut self, conn: &mut ModbusTcp, cfg: &RelayConfig) -> Result<(), DeviceError> {
+        let fire = conn.read_discrete_inputs(cfg.fire_input, 1).await?;
+        let tamper = conn.read_discrete_inputs(cfg.tamper_input, 1).await?;
+        for (contact, level, bits) in [
+            (Contact::Fire, &mut self.fire, fire),
+            (Contact::Tamper, &mut self.tamper, tamper),
+        ] {
+            let on = bits.first().copied().unwrap_or(false);
+            if let Some(on) = level.read(on) {
+                // The gate's handler never blocks for long; a send that waits is still better
+                // than a fire alarm lost.
+                let _ = self
+                    .changes
+                    .send(ContactChange {
+                        board: cfg.name.clone(),
+                        contact,
+                        on,
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The request buttons of one board and their debouncers.
@@ -223,6 +316,7 @@ async fn run(
     cfg: RelayConfig,
     channels: Vec<u16>,
     mut buttons: Buttons,
+    mut contacts: Contacts,
     shared: Shared,
     mut rx: mpsc::Receiver<Pulse>,
     mut shutdown: watch::Receiver<bool>,
@@ -278,8 +372,7 @@ async fn run(
             }
             _ = tokio::time::sleep_until(next_check) => {
                 let r = if hold_confirmed {
-                    // Fire (0) and tamper (1) contacts; acting on them comes with the panel work.
-                    conn.read_discrete_inputs(0, 2).await.map(|_| ())
+                    contacts.poll(&mut conn, &cfg).await
                 } else {
                     let r = write_holds(&mut conn, &cfg, &channels, hold).await;
                     match &r {
@@ -294,7 +387,7 @@ async fn run(
                 hold_confirmed = ok;
                 shared.report(&cfg.name, r).await;
                 next_check = tokio::time::Instant::now()
-                    + if ok { backoff.reset(); HEARTBEAT } else { backoff.next_delay() };
+                    + if ok { backoff.reset(); CONTACT_POLL } else { backoff.next_delay() };
             }
         }
     }
@@ -303,6 +396,20 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_contact_counts_after_two_reads_and_an_alarm_at_start_counts() {
+        let mut fire = Level::default();
+        assert_eq!(fire.read(true), None);
+        assert_eq!(fire.read(true), Some(true), "on at start: reported");
+        assert_eq!(fire.read(true), None);
+        assert_eq!(fire.read(false), None, "one read is a glitch");
+        assert_eq!(fire.read(true), None);
+        assert_eq!(fire.read(false), None);
+        assert_eq!(fire.read(false), Some(false));
+        let mut quiet = Level::default();
+        assert_eq!((quiet.read(false), quiet.read(false)), (None, Some(false)));
+    }
 
     #[test]
     fn a_press_is_two_reads_on_after_two_off_and_a_stuck_button_presses_once() {

@@ -384,6 +384,9 @@ impl<'a> Connection<'a> {
         let mut status_tick = tokio::time::interval(self.link.cfg.status_interval);
         let mut health = self.link.shared.health.watch();
         let mut lists = self.link.lists_changed.subscribe();
+        // A mode change that no downlink message made (the fire contact) shows at once too.
+        let mut mode = self.link.shared.mode.clone();
+        mode.mark_unchanged();
         let end = loop {
             tokio::select! {
                 ev = self.events.recv() => match ev {
@@ -417,6 +420,7 @@ impl<'a> Connection<'a> {
                 }
                 Ok(()) = health.changed(), if uplink && self.connected => self.publish_status(true).await,
                 Ok(()) = lists.changed(), if uplink && self.connected => self.publish_status(true).await,
+                Ok(()) = mode.changed(), if uplink && self.connected => self.publish_status(true).await,
                 _ = shutdown.changed() => {
                     self.goodbye().await;
                     break End::Shutdown;

@@ -37,18 +37,6 @@ fn assert_refused(ack: &Value, code: &str, reference: &str, what: &str) {
     );
 }
 
-/// Waits until every hold coil of the gate (both lanes, entry and exit) is `on`.
-async fn wait_coils(w: &World, on: bool, what: &str) {
-    let all = || {
-        (0..2).all(|lane| {
-            [false, true]
-                .iter()
-                .all(|&exit| w.devices.relay.hold(lane, exit) == on)
-        })
-    };
-    wait_for(what, DEADLINE, || all().then_some(())).await;
-}
-
 /// Restarts the daemon and waits until its list connection is back (the retained staff@1 is
 /// acked again): commands are only delivered to a connected gate.
 async fn restart(w: &mut World) {

@@ -497,6 +497,18 @@ pub async fn run_command(centre: &Centre, cmd: &str, nonce: &str, extra: Value) 
         .await
 }
 
+/// Waits until every hold coil of the reference gate (2 lanes, entry and exit) is `on`.
+pub async fn wait_coils(w: &World, on: bool, what: &str) {
+    let all = || {
+        (0..2).all(|lane| {
+            [false, true]
+                .iter()
+                .all(|&exit| w.devices.relay.hold(lane, exit) == on)
+        })
+    };
+    wait_for(what, DEADLINE, || all().then_some(())).await;
+}
+
 /// One running gate with everything it talks to.
 pub struct World {
     pub broker: Broker,

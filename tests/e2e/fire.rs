@@ -1,0 +1,96 @@
+//! The fire alarm contact (G9) against the real binary: it releases every lane at once, with
+//! an alarm and an event per lane; the release stays latched (a remote `normal` is refused
+//! while the contact is on, and it is still in force after the contact goes off) until a guard
+//! resets it. It works with the store and the broker down: the coils come on while the
+//! database is locked by another process and the broker is stopped, and the alarm is recorded
+//! and delivered once both are back.
+
+use serde_json::json;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn the_fire_contact_releases_every_lane_and_stays_latched() {
+    let w = World::start().await;
+    w.devices.relay.set_fire(true);
+    wait_coils(&w, true, "every lane released by the fire contact").await;
+    w.centre
+        .wait_json("the fire alarm", ALARM, |a| a["alarm"] == "fire_alarm")
+        .await;
+    for lane in [0, 1] {
+        w.centre
+            .wait_json(&format!("lane {lane}'s release event"), EVENT, |e| {
+                e["lane"] == lane
+                    && e["reason"] == "emergency_release"
+                    && e["override"]["source"] == "fire"
+            })
+            .await;
+    }
+    w.centre
+        .wait_json("status in emergency release", STATUS, |s| {
+            s["mode"] == "emergency_release"
+        })
+        .await;
+
+    // A remote `normal` while the contact is on: refused; the lanes stay released.
+    let ack = run_command(&w.centre, "normal", "normal-during-fire", json!({})).await;
+    assert_eq!(
+        (&ack["ok"], &ack["error"]),
+        (&json!(false), &json!("unsupported")),
+        "{ack}"
+    );
+    assert!(
+        ack["detail"].as_str().unwrap_or("").contains("fire"),
+        "{ack}"
+    );
+
+    // The contact goes off: an alarm, and the release stays latched.
+    w.devices.relay.set_fire(false);
+    w.centre
+        .wait_json("the fire cleared alarm", ALARM, |a| {
+            a["alarm"] == "fire_cleared"
+        })
+        .await;
+    assert!(
+        w.devices.relay.hold(0, false) && w.devices.relay.hold(1, true),
+        "latched"
+    );
+
+    // A guard resets it.
+    let ack = run_command(&w.centre, "normal", "normal-after-fire", json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    wait_coils(&w, false, "the lanes closed again").await;
+}
+
+#[tokio::test]
+async fn the_fire_contact_releases_with_the_store_and_the_broker_down() {
+    let mut w = World::start().await;
+    w.broker.stop();
+    // Another process holds the database's write lock: every write of gated waits and fails.
+    let lock = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+
+    w.devices.relay.set_fire(true);
+    // Well within the 5 s a write waits for a lock before it fails: the release must not wait
+    // for the store at all, not even for it to fail.
+    let released =
+        || (0..2).all(|l| w.devices.relay.hold(l, false) && w.devices.relay.hold(l, true));
+    wait_for(
+        "every lane released with the store and broker down",
+        std::time::Duration::from_secs(3),
+        || released().then_some(()),
+    )
+    .await;
+
+    // Both come back: the release is recorded and reaches the centre.
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    w.broker.restart().await;
+    w.centre
+        .wait_json("the fire alarm, once recorded", ALARM, |a| {
+            a["alarm"] == "fire_alarm"
+        })
+        .await;
+    assert!(w.devices.relay.hold(0, false), "still released");
+}
