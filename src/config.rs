@@ -62,6 +62,66 @@ struct RawConfig {
     lane: Vec<Spanned<RawLane>>,
     #[serde(default)]
     clock: Option<Spanned<RawClock>>,
+    #[serde(default)]
+    panel: Vec<Spanned<RawPanel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPanel {
+    name: String,
+    address: String,
+    #[serde(default = "default_unit")]
+    unit: u8,
+    #[serde(default = "default_poll")]
+    poll_ms: u64,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    registers: RawPanelRegisters,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPanelRegisters {
+    #[serde(default)]
+    button_base: u16,
+    #[serde(default = "default_hold_open_input")]
+    hold_open: u16,
+    #[serde(default = "default_lockdown_input")]
+    lockdown: u16,
+    #[serde(default = "default_emergency_input")]
+    emergency: u16,
+    #[serde(default = "default_reset_input")]
+    reset: u16,
+    #[serde(default)]
+    lamp_base: u16,
+}
+
+impl Default for RawPanelRegisters {
+    fn default() -> Self {
+        Self {
+            button_base: 0,
+            hold_open: default_hold_open_input(),
+            lockdown: default_lockdown_input(),
+            emergency: default_emergency_input(),
+            reset: default_reset_input(),
+            lamp_base: 0,
+        }
+    }
+}
+
+fn default_hold_open_input() -> u16 {
+    32
+}
+fn default_lockdown_input() -> u16 {
+    33
+}
+fn default_emergency_input() -> u16 {
+    34
+}
+fn default_reset_input() -> u16 {
+    35
 }
 
 #[derive(Deserialize)]
@@ -379,6 +439,25 @@ pub struct Config {
     /// The other gates of the site whose pass events count here: subjects' in/out state
     /// (anti-passback) and invitation entries used are learned from them.
     pub peers: Vec<String>,
+    pub panels: Vec<PanelConfig>,
+}
+
+/// A guard's button panel: a Modbus IO module (DESIGN.md's profile).
+#[derive(Clone, Debug)]
+pub struct PanelConfig {
+    pub name: String,
+    pub address: String,
+    pub unit: u8,
+    pub poll: Duration,
+    pub timeout: Duration,
+    /// Discrete input `button_base + 2n` / `+2n+1`: open-once entry / exit of lane n.
+    pub button_base: u16,
+    pub hold_open: u16,
+    pub lockdown: u16,
+    pub emergency: u16,
+    pub reset: u16,
+    /// Coils `lamp_base` .. `+3`: lamps normal, lockdown, emergency, offline.
+    pub lamp_base: u16,
 }
 
 /// How the clock is judged (`clock.rs`).
@@ -923,6 +1002,48 @@ impl Checker<'_> {
             });
         }
 
+        let mut panels = Vec::new();
+        for (i, p) in raw.panel.into_iter().enumerate() {
+            let span = p.span();
+            let p = p.into_inner();
+            let key = |k: &str| format!("panel[{i}].{k}");
+            self.check_device(&span, &key("name"), &p.name, &mut names)?;
+            self.check_address(&span, &key("address"), &p.address)?;
+            self.check_ms(&span, &key("poll_ms"), p.poll_ms, 5, 10_000)?;
+            self.check_ms(&span, &key("timeout_ms"), p.timeout_ms, 10, 60_000)?;
+            let r = p.registers;
+            let top = lanes.values().map(|l| l.channel).max().unwrap_or(0);
+            let addrs = [
+                r.button_base,
+                r.button_base.saturating_add(2 * top + 1),
+                r.hold_open,
+                r.lockdown,
+                r.emergency,
+                r.reset,
+            ];
+            let (lo, hi) = (addrs.iter().min(), addrs.iter().max());
+            if lo.zip(hi).is_some_and(|(lo, hi)| hi - lo >= 2000) {
+                return self.err(
+                    span,
+                    &key("registers"),
+                    "the panel's inputs must lie within 2000 addresses (one read)",
+                );
+            }
+            panels.push(PanelConfig {
+                name: p.name,
+                address: p.address,
+                unit: p.unit,
+                poll: Duration::from_millis(p.poll_ms),
+                timeout: Duration::from_millis(p.timeout_ms),
+                button_base: r.button_base,
+                hold_open: r.hold_open,
+                lockdown: r.lockdown,
+                emergency: r.emergency,
+                reset: r.reset,
+                lamp_base: r.lamp_base,
+            });
+        }
+
         let clock = match raw.clock {
             None => ClockConfig {
                 sync: SyncSource::File(SyncSource::SYSTEMD.into()),
@@ -970,6 +1091,7 @@ impl Checker<'_> {
         Ok(Config {
             clock,
             peers,
+            panels,
             site: gate.site,
             gate: gate.gate,
             store: StoreConfig {

@@ -1,5 +1,5 @@
-//! Control: the one writer of the gate's mode, and the executor of overrides (a remote `open`
-//! now; the guard panel later).
+//! Control: the one writer of the gate's mode, and the executor of overrides (a remote `open`,
+//! the guard panel's buttons).
 //!
 //! Every override and every mode change is committed to the outbox before it takes effect
 //! (G8, G1): an `open` is a pass event `override_remote`, committed before the relay pulse; a
@@ -25,9 +25,17 @@ use tokio::sync::watch;
 use crate::config::LaneConfig;
 use crate::core::{Direction, Mode, Reason, UnixMs};
 use crate::gate::Shared;
+use crate::hw::panel::{PanelInput, PanelPress};
 use crate::hw::relay::{Contact, ContactChange, RelayHandle};
 use crate::store::Stamp;
 use crate::sync::contract::{Override, Refusal};
+
+/// What started an emergency release that is in force before it is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    Fire,
+    Panel,
+}
 
 /// Who or what asked for an override or a mode change.
 #[derive(Clone, Debug)]
@@ -101,6 +109,45 @@ impl Control {
         Ok(())
     }
 
+    /// A press on a guard panel (debounced), carried out like the remote command it matches,
+    /// with `source: "panel"` and the panel's name as `by`. What is refused (a lane the gate
+    /// does not have, a mode change while a fire contact is on) is logged and alarmed.
+    pub async fn panel(self: &std::sync::Arc<Self>, press: PanelPress, now: UnixMs) {
+        let origin = Origin {
+            source: "panel",
+            by: Some(press.panel.clone()),
+            nonce: None,
+        };
+        let r = match press.input {
+            PanelInput::Open { lane, direction } => self.open(lane, direction, &origin, now).await,
+            PanelInput::HoldOpen => self.set_mode(Mode::HoldOpen, &origin, now).await,
+            PanelInput::Lockdown => self.set_mode(Mode::Lockdown, &origin, now).await,
+            PanelInput::Emergency => {
+                // G9: in force first, like the fire contact; recorded after.
+                self.mode_tx.send_replace(Mode::EmergencyRelease);
+                tracing::error!(panel = %press.panel, "EMERGENCY RELEASE from the guard panel");
+                let this = self.clone();
+                let panel = press.panel.clone();
+                tokio::spawn(async move { this.record_release(Release::Panel, &panel, now).await });
+                Ok(String::new())
+            }
+            PanelInput::Reset => self.set_mode(Mode::Normal, &origin, now).await,
+        };
+        if let Err(refusal) = r {
+            let detail = format!(
+                "panel {}: {} refused: {refusal}",
+                press.panel,
+                press.input.name()
+            );
+            tracing::warn!("{detail}");
+            let shared = self.shared.clone();
+            let source = press.panel;
+            tokio::spawn(async move {
+                let _ = shared.alarm("panel_refused", &source, &detail).await;
+            });
+        }
+    }
+
     /// A relay board's contact changed (debounced).
     pub async fn contact(self: &std::sync::Arc<Self>, change: ContactChange, now: UnixMs) {
         let board = change.board.clone();
@@ -113,7 +160,7 @@ impl Control {
                 self.mode_tx.send_replace(Mode::EmergencyRelease);
                 tracing::error!(board, "FIRE ALARM: emergency release of every lane");
                 let this = self.clone();
-                tokio::spawn(async move { this.record_fire(&board, now).await });
+                tokio::spawn(async move { this.record_release(Release::Fire, &board, now).await });
             }
             (Contact::Fire, false) => {
                 let was = self
@@ -155,17 +202,22 @@ impl Control {
         });
     }
 
-    /// Records a fire alarm's emergency release: the mode (persisted, so a restart keeps it),
-    /// the alarm, one event per lane. The release is already in force; while the store cannot
+    /// Records an emergency release that is already in force (a fire contact, a panel's
+    /// emergency button): the mode (persisted, so a restart keeps it), for a fire the
+    /// `fire_alarm` alarm, and one event per lane. The release is already in force; while the store cannot
     /// record, this tries again every second, for up to ten minutes.
-    async fn record_fire(&self, board: &str, now: UnixMs) {
+    async fn record_release(&self, why: Release, by: &str, now: UnixMs) {
         const RETRIES: u32 = 600;
         let _one_at_a_time = self.serial.lock().await;
-        let detail = format!("fire alarm contact of {board}: emergency release of every lane");
+        let (source, input, what) = match why {
+            Release::Fire => ("fire", "fire_contact", "fire alarm contact"),
+            Release::Panel => ("panel", "emergency_release", "emergency button of panel"),
+        };
+        let detail = format!("{what} {by}: emergency release of every lane");
         let mode = Mode::EmergencyRelease;
         let mut attempt = 0;
         loop {
-            let (d, source) = (detail.clone(), "fire");
+            let d = detail.clone();
             match self
                 .shared
                 .store
@@ -195,12 +247,14 @@ impl Control {
                 }
             }
         }
-        let _ = self.shared.alarm("fire_alarm", board, &detail).await;
+        if why == Release::Fire {
+            let _ = self.shared.alarm("fire_alarm", by, &detail).await;
+        }
         for &lane in self.lanes.keys() {
             let ov = Override {
-                source: "fire".into(),
-                input: "fire_contact".into(),
-                by: Some(board.to_string()),
+                source: source.into(),
+                input: input.into(),
+                by: Some(by.to_string()),
             };
             let r = self
                 .shared
@@ -210,7 +264,7 @@ impl Control {
                 })
                 .await;
             match r {
-                Ok(Ok(event)) => self.shared.publish_decision("fire", &event),
+                Ok(Ok(event)) => self.shared.publish_decision(source, &event),
                 Ok(Err(r)) => tracing::error!(lane, %r, "fire release event refused"),
                 Err(e) => tracing::error!(lane, error = %e, "fire release event not recorded"),
             }
@@ -270,12 +324,14 @@ impl Control {
             )));
         };
         self.check_unclaimed(origin, now).await?;
-        // Only remote commands open lanes today; the guard panel (issue 4) will add its
-        // `override_panel` / `open_entry` / `open_exit` here.
-        let reason = Reason::OverrideRemote;
+        let (reason, input) = match (origin.source, direction) {
+            ("panel", Direction::In) => (Reason::OverridePanel, "open_entry"),
+            ("panel", Direction::Out) => (Reason::OverridePanel, "open_exit"),
+            _ => (Reason::OverrideRemote, "open"),
+        };
         let ov = Override {
             source: origin.source.to_string(),
-            input: "open".to_string(),
+            input: input.to_string(),
             by: origin.by.clone(),
         };
         let nonce = origin.nonce.clone();

@@ -215,6 +215,17 @@ impl Gate {
         tokio::spawn(free_exits(press_rx, lanes.clone(), shared.clone()));
         let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes));
         tokio::spawn(contacts(contact_rx, control.clone()));
+        let (panel_tx, panel_rx) = mpsc::channel(64);
+        for p in &cfg.panels {
+            crate::hw::panel::spawn(
+                p.clone(),
+                cfg.lanes.keys().copied().collect(),
+                panel_tx.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+            );
+        }
+        tokio::spawn(panels(panel_rx, control.clone()));
         for r in &cfg.readers {
             let lane = cfg
                 .lanes
@@ -294,6 +305,13 @@ impl Gate {
         if let Some(s) = self.sync.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s).await;
         }
+    }
+}
+
+/// Hands guard panel presses to `Control`, in the order they were made.
+async fn panels(mut presses: mpsc::Receiver<crate::hw::panel::PanelPress>, control: Arc<Control>) {
+    while let Some(p) = presses.recv().await {
+        control.panel(p, crate::clock::now_ms()).await;
     }
 }
 

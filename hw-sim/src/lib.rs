@@ -11,6 +11,7 @@
 //!   daemon reads and acknowledges.
 //! - [`SimRelay`]: a turnstile relay board unit: timed pulses, hold-open coils, passage counters,
 //!   fire and tamper inputs.
+//! - [`SimPanel`]: a guard's button panel (a Modbus IO module): buttons and lamps.
 //! - [`serve_control`]: the line-based control port that the `hw-sim` binary offers to a person
 //!   at a terminal (`nc 127.0.0.1 5099`).
 //!
@@ -29,11 +30,13 @@
 
 pub mod control;
 mod modbus;
+pub mod panel;
 pub mod reader;
 pub mod relay;
 pub mod server;
 
 pub use control::{Device, Devices, serve_control};
+pub use panel::SimPanel;
 pub use reader::{
     CREDENTIAL_MAX, KIND_CARD, KIND_FACE, KIND_PIN, KIND_QR, QUEUE_CAPACITY, READER_INPUTS,
     ReaderRegisters, SimReader,

@@ -99,6 +99,7 @@ impl Control {
 enum Unit {
     Reader(Arc<Mutex<ReaderState>>),
     Relay(Arc<Mutex<RelayState>>),
+    Panel(Arc<Mutex<crate::panel::PanelState>>),
 }
 
 impl Unit {
@@ -106,6 +107,7 @@ impl Unit {
         match self {
             Unit::Reader(state) => lock(state).handle(req, now),
             Unit::Relay(state) => lock(state).handle(req, now),
+            Unit::Panel(state) => lock(state).handle(req),
         }
     }
 }
@@ -436,6 +438,13 @@ impl SimServer {
         let state = Arc::new(Mutex::new(RelayState::new(lanes, regs)));
         self.host(unit, Unit::Relay(Arc::clone(&state)));
         SimRelay::new(unit, state, self.clone())
+    }
+
+    /// Hosts a guard panel at `unit`, replacing whatever that unit id hosted before.
+    pub fn add_panel(&self, unit: u8) -> crate::SimPanel {
+        let state = Arc::new(Mutex::new(crate::panel::PanelState::default()));
+        self.host(unit, Unit::Panel(Arc::clone(&state)));
+        crate::SimPanel::new(unit, state, self.clone())
     }
 
     fn host(&self, id: u8, unit: Unit) {

@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod modbus;
+pub mod panel;
 pub mod reader;
 pub mod relay;
 

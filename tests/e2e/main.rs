@@ -9,6 +9,7 @@ mod free_exit;
 mod gatectl;
 mod lists;
 mod outage;
+mod panel;
 mod pass;
 mod tidy;
 mod tls;

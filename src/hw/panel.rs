@@ -1,0 +1,203 @@
+//! The guard panel task: the one owner of a panel's connection (a Modbus IO module, DESIGN.md's
+//! profile). It reads the panel's inputs every `poll_ms` and hands each press to `Control`:
+//!
+//! - open-once entry / exit of lane n (discrete inputs `button_base + 2n` / `+2n+1`): one
+//!   release, recorded first as an `override_panel` event;
+//! - hold-open, lockdown, emergency release, reset (inputs 32..35): a mode change, recorded as
+//!   a `mode_changed` alarm with source `panel`. Reset puts the gate back to `normal`; while a
+//!   fire contact is on, every mode but emergency release is refused.
+//!
+//! Inputs are debounced (`relay::Debounce`): a press is the input read on twice in a row after
+//! being off twice. A glitch of one read is no press, a stuck button is one press, and a
+//! button held when gated starts is none until let go.
+//!
+//! It also drives the lamps (coils `lamp_base` .. `+3`): normal, lockdown, emergency (lanes
+//! held open: emergency release or hold-open), offline (no broker connection). They are
+//! written on every change, and again after any error (a panel that lost power comes back
+//! with its lamps off).
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::modbus::ModbusTcp;
+use super::relay::Debounce;
+use super::{Backoff, DeviceError};
+use crate::config::PanelConfig;
+use crate::core::{Direction, Mode};
+use crate::gate::Shared;
+
+/// What a panel input asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanelInput {
+    Open { lane: u16, direction: Direction },
+    HoldOpen,
+    Lockdown,
+    Emergency,
+    Reset,
+}
+
+impl PanelInput {
+    /// The input's name in events and alarms.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open {
+                direction: Direction::In,
+                ..
+            } => "open_entry",
+            Self::Open {
+                direction: Direction::Out,
+                ..
+            } => "open_exit",
+            Self::HoldOpen => "hold_open",
+            Self::Lockdown => "lockdown",
+            Self::Emergency => "emergency_release",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// A press on a panel, for `Control`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PanelPress {
+    pub panel: String,
+    pub input: PanelInput,
+}
+
+/// The lamps for a mode and a broker connection state.
+pub fn lamps(mode: Mode, online: bool) -> [bool; 4] {
+    [
+        mode == Mode::Normal,
+        mode == Mode::Lockdown,
+        matches!(mode, Mode::EmergencyRelease | Mode::HoldOpen),
+        !online,
+    ]
+}
+
+/// Starts the task of one panel; `lanes` are the lane ids whose buttons it reads.
+pub fn spawn(
+    cfg: PanelConfig,
+    lanes: Vec<u16>,
+    presses: mpsc::Sender<PanelPress>,
+    shared: Shared,
+    shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(run(cfg, lanes, presses, shared, shutdown));
+}
+
+async fn run(
+    cfg: PanelConfig,
+    lanes: Vec<u16>,
+    presses: mpsc::Sender<PanelPress>,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut inputs: Vec<(u16, PanelInput, Debounce)> = lanes
+        .iter()
+        .flat_map(|&ch| {
+            [(0, Direction::In), (1, Direction::Out)].map(|(off, direction)| {
+                (
+                    cfg.button_base.wrapping_add(2 * ch + off),
+                    PanelInput::Open {
+                        lane: ch,
+                        direction,
+                    },
+                    Debounce::default(),
+                )
+            })
+        })
+        .collect();
+    for (addr, input) in [
+        (cfg.hold_open, PanelInput::HoldOpen),
+        (cfg.lockdown, PanelInput::Lockdown),
+        (cfg.emergency, PanelInput::Emergency),
+        (cfg.reset, PanelInput::Reset),
+    ] {
+        inputs.push((addr, input, Debounce::default()));
+    }
+    let first = inputs.iter().map(|(a, _, _)| *a).min().unwrap_or(0);
+    let last = inputs.iter().map(|(a, _, _)| *a).max().unwrap_or(0);
+    let count = last - first + 1;
+
+    let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut mode = shared.mode.clone();
+    let mut health = shared.health.watch();
+    // The lamps the panel should show, and whether it has taken them.
+    let mut shown: Option<[bool; 4]> = None;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            Ok(()) = mode.changed() => next = tokio::time::Instant::now(),
+            Ok(()) = health.changed() => next = tokio::time::Instant::now(),
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        if tokio::time::Instant::now() < next {
+            continue;
+        }
+        let online = shared
+            .health
+            .snapshot()
+            .get("broker")
+            .is_some_and(|s| s == "ok");
+        let want = lamps(*mode.borrow_and_update(), online);
+        let mut r: Result<(), DeviceError> = Ok(());
+        if shown != Some(want) {
+            r = conn.write_multiple_coils(cfg.lamp_base, &want).await;
+            shown = r.is_ok().then_some(want);
+        }
+        if r.is_ok() {
+            r = match conn.read_discrete_inputs(first, count).await {
+                Ok(bits) => {
+                    for (addr, input, deb) in &mut inputs {
+                        let level = bits
+                            .get(usize::from(*addr - first))
+                            .copied()
+                            .unwrap_or(false);
+                        if deb.read(level) {
+                            tracing::info!(panel = %cfg.name, input = input.name(), "panel button pressed");
+                            let _ = presses
+                                .send(PanelPress {
+                                    panel: cfg.name.clone(),
+                                    input: *input,
+                                })
+                                .await;
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if r.is_err() {
+            // A panel that lost power comes back with its lamps off.
+            shown = None;
+        }
+        let ok = r.is_ok();
+        shared.report(&cfg.name, r).await;
+        next = tokio::time::Instant::now()
+            + if ok {
+                backoff.reset();
+                cfg.poll
+            } else {
+                backoff.next_delay()
+            };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lamps_show_the_mode_and_the_broker() {
+        assert_eq!(lamps(Mode::Normal, true), [true, false, false, false]);
+        assert_eq!(lamps(Mode::Lockdown, false), [false, true, false, true]);
+        assert_eq!(
+            lamps(Mode::EmergencyRelease, true),
+            [false, false, true, false]
+        );
+        assert_eq!(lamps(Mode::HoldOpen, true), [false, false, true, false]);
+    }
+}

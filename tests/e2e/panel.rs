@@ -1,0 +1,131 @@
+//! The guard panel (a Modbus IO module of the reference profile) against the real binary:
+//! open-once entry, a stuck button opening once, lockdown, emergency release and reset, the
+//! lamps following the mode, every press recorded (G8), and reset refused while the fire
+//! contact is on (G9).
+
+use std::net::SocketAddr;
+
+use hw_sim::panel::{INPUT_EMERGENCY, INPUT_LOCKDOWN, INPUT_RESET};
+use hw_sim::{SimPanel, SimServer};
+use serde_json::Value;
+
+use crate::util::*;
+
+/// Waits until the panel has answered `n` more input reads.
+async fn reads(panel: &SimPanel, n: u64) {
+    let target = panel.input_reads() + n;
+    wait_for(&format!("{n} more reads of the panel"), DEADLINE, || {
+        (panel.input_reads() >= target).then_some(())
+    })
+    .await;
+}
+
+/// Presses input `addr` until the panel has been read with it on, then lets go until it has
+/// been read with it off: one press, whatever the poll timing.
+async fn press(panel: &SimPanel, addr: u16) {
+    assert!(panel.set_input(addr, true));
+    reads(panel, 3).await;
+    assert!(panel.set_input(addr, false));
+    reads(panel, 3).await;
+}
+
+async fn lamps(panel: &SimPanel, want: [bool; 4], what: &str) {
+    wait_for(what, DEADLINE, || (panel.lamps() == want).then_some(())).await;
+}
+
+#[tokio::test]
+async fn the_guard_panel_opens_changes_modes_and_shows_them() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let devices = Devices::start().await;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+    let panel_srv = SimServer::bind(any).await.expect("bind panel");
+    let panel = panel_srv.add_panel(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_text(&dir.path().join("gated.db"), broker.port, &devices)
+        + &format!(
+            "[[panel]]\nname = \"panel1\"\naddress = \"{}\"\npoll_ms = 20\n",
+            panel_srv.local_addr()
+        );
+    let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    lamps(
+        &panel,
+        [true, false, false, false],
+        "the normal lamp, online",
+    )
+    .await;
+
+    // Open-once entry of lane 0, held down (stuck) for many reads: one release, recorded.
+    assert!(panel.set_input(0, true));
+    let e = centre
+        .wait_json("the panel override", EVENT, |e| {
+            e["reason"] == "override_panel"
+        })
+        .await;
+    assert_eq!(
+        (&e["lane"], &e["direction"], &e["override"]),
+        (
+            &Value::from(0),
+            &Value::from("in"),
+            &serde_json::json!({"source": "panel", "input": "open_entry", "by": "panel1"})
+        ),
+        "{e}"
+    );
+    reads(&panel, 6).await;
+    assert!(panel.set_input(0, false));
+    reads(&panel, 3).await;
+    let overrides = centre
+        .on(EVENT)
+        .iter()
+        .filter(|m| m.json()["reason"] == "override_panel")
+        .count();
+    assert_eq!(overrides, 1, "a stuck button opened more than once");
+    wait_for("the entry pulse", DEADLINE, || {
+        devices
+            .relay
+            .pulses()
+            .into_iter()
+            .find(|p| p.lane == 0 && !p.exit)
+    })
+    .await;
+
+    // Lockdown: recorded with who made it, shown on the lamps.
+    press(&panel, INPUT_LOCKDOWN).await;
+    centre
+        .wait_json("the lockdown alarm", ALARM, |a| {
+            a["alarm"] == "mode_changed" && a["source"] == "panel"
+        })
+        .await;
+    lamps(&panel, [false, true, false, false], "the lockdown lamp").await;
+
+    // Emergency release: every lane held open, the emergency lamp; reset ends it.
+    press(&panel, INPUT_EMERGENCY).await;
+    let released = || (0..2).all(|l| devices.relay.hold(l, false) && devices.relay.hold(l, true));
+    wait_for("every lane released", DEADLINE, || released().then_some(())).await;
+    lamps(&panel, [false, false, true, false], "the emergency lamp").await;
+    press(&panel, INPUT_RESET).await;
+    lamps(&panel, [true, false, false, false], "back to normal").await;
+    wait_for("the lanes closed", DEADLINE, || {
+        (0..2)
+            .all(|l| !devices.relay.hold(l, false) && !devices.relay.hold(l, true))
+            .then_some(())
+    })
+    .await;
+
+    // While the fire contact is on, reset is refused; after it is off, it works.
+    devices.relay.set_fire(true);
+    wait_for("the fire release", DEADLINE, || released().then_some(())).await;
+    press(&panel, INPUT_RESET).await;
+    centre
+        .wait_json("the refused reset", ALARM, |a| {
+            a["alarm"] == "panel_refused"
+        })
+        .await;
+    assert!(released(), "a reset during a fire closed the lanes");
+    devices.relay.set_fire(false);
+    centre
+        .wait_json("the fire cleared", ALARM, |a| a["alarm"] == "fire_cleared")
+        .await;
+    press(&panel, INPUT_RESET).await;
+    lamps(&panel, [true, false, false, false], "normal after the fire").await;
+}
