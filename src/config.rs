@@ -1012,21 +1012,34 @@ impl Checker<'_> {
             self.check_ms(&span, &key("poll_ms"), p.poll_ms, 5, 10_000)?;
             self.check_ms(&span, &key("timeout_ms"), p.timeout_ms, 10, 60_000)?;
             let r = p.registers;
-            let top = lanes.values().map(|l| l.channel).max().unwrap_or(0);
-            let addrs = [
-                r.button_base,
-                r.button_base.saturating_add(2 * top + 1),
-                r.hold_open,
-                r.lockdown,
-                r.emergency,
-                r.reset,
-            ];
-            let (lo, hi) = (addrs.iter().min(), addrs.iter().max());
-            if lo.zip(hi).is_some_and(|(lo, hi)| hi - lo >= 2000) {
+            // Buttons are per lane id: 2n / 2n+1 from button_base.
+            let buttons: Vec<u32> = lanes
+                .keys()
+                .flat_map(|&id| {
+                    let at = u32::from(r.button_base) + 2 * u32::from(id);
+                    [at, at + 1]
+                })
+                .collect();
+            let modes = [r.hold_open, r.lockdown, r.emergency, r.reset].map(u32::from);
+            let all: Vec<u32> = buttons.iter().copied().chain(modes).collect();
+            let (lo, hi) = (all.iter().min(), all.iter().max());
+            if hi.is_some_and(|hi| *hi > u32::from(u16::MAX))
+                || lo.zip(hi).is_some_and(|(lo, hi)| hi - lo >= 2000)
+            {
                 return self.err(
                     span,
                     &key("registers"),
-                    "the panel's inputs must lie within 2000 addresses (one read)",
+                    "the panel's inputs must be addresses below 65536 within 2000 of each other \
+                     (one read): lane n's buttons are button_base + 2n and + 2n + 1",
+                );
+            }
+            let mut seen = HashSet::new();
+            if !all.iter().all(|a| seen.insert(*a)) {
+                return self.err(
+                    span,
+                    &key("registers"),
+                    "two panel inputs share an address (lane n's buttons are button_base + 2n \
+                     and + 2n + 1; the mode buttons must lie elsewhere)",
                 );
             }
             panels.push(PanelConfig {

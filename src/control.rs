@@ -68,8 +68,23 @@ pub struct Control {
     /// release, G9): refused as replays from memory, and claimed in the store as soon as it
     /// works again.
     unclaimed: std::sync::Mutex<Vec<Stamp>>,
+    /// The fire contacts that are on, and the count of mode changes (releases included):
+    /// one lock for both, so that a mode change checks and switches against the same state
+    /// a fire alarm or an emergency button changes.
+    latch: std::sync::Mutex<Latch>,
+}
+
+/// What the emergency latch and the mode switches share.
+#[derive(Default)]
+struct Latch {
     /// Relay boards whose fire alarm contact is on.
-    fire: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    fire: std::collections::BTreeSet<String>,
+    /// Relay boards whose tamper contact is on.
+    tamper: std::collections::BTreeSet<String>,
+    /// Rises with every mode switch. A release being recorded that sees it moved on was
+    /// superseded; a mode change that sees it moved on while it was being recorded lost to a
+    /// release.
+    epoch: u64,
 }
 
 impl Control {
@@ -84,29 +99,64 @@ impl Control {
             lanes,
             serial: tokio::sync::Mutex::new(()),
             unclaimed: std::sync::Mutex::new(Vec::new()),
-            fire: std::sync::Mutex::new(Default::default()),
+            latch: std::sync::Mutex::new(Latch::default()),
         }
+    }
+
+    fn latch(&self) -> std::sync::MutexGuard<'_, Latch> {
+        self.latch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The boards whose fire alarm contact is on (empty: none).
     pub fn fire_boards(&self) -> Vec<String> {
-        self.fire
-            .lock()
-            .map(|f| f.iter().cloned().collect())
-            .unwrap_or_default()
+        self.latch().fire.iter().cloned().collect()
     }
 
     /// Refuses any mode but emergency release while a fire contact is on.
-    fn check_fire(&self, mode: Mode) -> Result<(), Refusal> {
-        let boards = self.fire_boards();
-        if mode != Mode::EmergencyRelease && !boards.is_empty() {
+    fn check_fire(latch: &Latch, mode: Mode) -> Result<(), Refusal> {
+        if mode != Mode::EmergencyRelease && !latch.fire.is_empty() {
             return Err(Refusal::Unsupported(format!(
                 "the fire alarm contact of {} is on: the emergency release stays until it is \
                  off, and a guard then resets it",
-                boards.join(", ")
+                latch.fire.iter().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
         Ok(())
+    }
+
+    /// Emergency release, in force at once (G9): no store, broker or device is waited for.
+    /// Recording follows on its own task. `board` is set for a fire contact.
+    fn release_now(self: &std::sync::Arc<Self>, why: Release, by: &str, now: UnixMs) {
+        let epoch = {
+            let mut latch = self.latch();
+            if why == Release::Fire {
+                latch.fire.insert(by.to_string());
+            }
+            latch.epoch += 1;
+            self.mode_tx.send_replace(Mode::EmergencyRelease);
+            latch.epoch
+        };
+        tracing::error!(by, ?why, "EMERGENCY RELEASE of every lane");
+        let this = self.clone();
+        let by = by.to_string();
+        tokio::spawn(async move { this.record_release(why, &by, epoch, now).await });
+    }
+
+    /// A press on a guard panel, first step: the emergency button is carried out here and
+    /// now, without waiting for anything; every other press is returned, to be carried out
+    /// in order by `panel`.
+    pub fn panel_now(
+        self: &std::sync::Arc<Self>,
+        press: PanelPress,
+        now: UnixMs,
+    ) -> Option<PanelPress> {
+        if press.input == PanelInput::Emergency {
+            self.release_now(Release::Panel, &press.panel, now);
+            return None;
+        }
+        Some(press)
     }
 
     /// A press on a guard panel (debounced), carried out like the remote command it matches,
@@ -123,12 +173,7 @@ impl Control {
             PanelInput::HoldOpen => self.set_mode(Mode::HoldOpen, &origin, now).await,
             PanelInput::Lockdown => self.set_mode(Mode::Lockdown, &origin, now).await,
             PanelInput::Emergency => {
-                // G9: in force first, like the fire contact; recorded after.
-                self.mode_tx.send_replace(Mode::EmergencyRelease);
-                tracing::error!(panel = %press.panel, "EMERGENCY RELEASE from the guard panel");
-                let this = self.clone();
-                let panel = press.panel.clone();
-                tokio::spawn(async move { this.record_release(Release::Panel, &panel, now).await });
+                self.release_now(Release::Panel, &press.panel, now);
                 Ok(String::new())
             }
             PanelInput::Reset => self.set_mode(Mode::Normal, &origin, now).await,
@@ -140,83 +185,83 @@ impl Control {
                 press.input.name()
             );
             tracing::warn!("{detail}");
-            let shared = self.shared.clone();
-            let source = press.panel;
-            tokio::spawn(async move {
-                let _ = shared.alarm("panel_refused", &source, &detail).await;
-            });
+            self.alarm_later("panel_refused", press.panel, detail);
         }
     }
 
-    /// A relay board's contact changed (debounced).
-    pub async fn contact(self: &std::sync::Arc<Self>, change: ContactChange, now: UnixMs) {
+    /// A relay board's contact changed (debounced). Never waits: a fire alarm must not be
+    /// held up by anything.
+    pub fn contact(self: &std::sync::Arc<Self>, change: ContactChange, now: UnixMs) {
         let board = change.board.clone();
         match (change.contact, change.on) {
-            (Contact::Fire, true) => {
-                if let Ok(mut f) = self.fire.lock() {
-                    f.insert(board.clone());
-                }
-                // G9: in force first, whatever the store and the broker do.
-                self.mode_tx.send_replace(Mode::EmergencyRelease);
-                tracing::error!(board, "FIRE ALARM: emergency release of every lane");
-                let this = self.clone();
-                tokio::spawn(async move { this.record_release(Release::Fire, &board, now).await });
-            }
+            (Contact::Fire, true) => self.release_now(Release::Fire, &board, now),
             (Contact::Fire, false) => {
-                let was = self
-                    .fire
-                    .lock()
-                    .map(|mut f| f.remove(&board))
-                    .unwrap_or(false);
-                if was {
+                if self.latch().fire.remove(&board) {
                     tracing::warn!(
                         board,
                         "fire alarm contact off; the emergency release stays until a guard resets it"
                     );
                     let detail = "fire alarm contact off; the emergency release stays latched \
                                   until a guard resets it";
-                    self.alarm_later("fire_cleared", board, detail);
+                    self.alarm_later("fire_cleared", board, detail.to_string());
                 }
             }
             (Contact::Tamper, on) => {
-                let (code, detail) = if on {
-                    ("tamper", "the cabinet is open (tamper contact)")
-                } else {
-                    (
-                        "tamper_cleared",
-                        "the cabinet is closed again (tamper contact)",
-                    )
+                // The first reading after start is reported too: "closed" then is no news.
+                let changed = {
+                    let mut latch = self.latch();
+                    if on {
+                        latch.tamper.insert(board.clone())
+                    } else {
+                        latch.tamper.remove(&board)
+                    }
                 };
-                tracing::warn!(board, "{detail}");
-                self.alarm_later(code, board, detail);
+                if changed {
+                    let (code, detail) = if on {
+                        ("tamper", "the cabinet is open (tamper contact)")
+                    } else {
+                        (
+                            "tamper_cleared",
+                            "the cabinet is closed again (tamper contact)",
+                        )
+                    };
+                    tracing::warn!(board, "{detail}");
+                    self.alarm_later(code, board, detail.to_string());
+                }
             }
         }
     }
 
-    /// Records an alarm on its own task: contact changes are handled one after another, and
-    /// a fire alarm must never wait behind a store that is slow to record a tamper alarm.
-    fn alarm_later(&self, code: &'static str, source: String, detail: &'static str) {
+    /// Records an alarm on its own task: contact changes and panel presses must never wait
+    /// behind a store that is slow to record one.
+    fn alarm_later(&self, code: &'static str, source: String, detail: String) {
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let _ = shared.alarm(code, &source, detail).await;
+            let _ = shared.alarm(code, &source, &detail).await;
         });
     }
 
     /// Records an emergency release that is already in force (a fire contact, a panel's
     /// emergency button): the mode (persisted, so a restart keeps it), for a fire the
-    /// `fire_alarm` alarm, and one event per lane. The release is already in force; while the store cannot
-    /// record, this tries again every second, for up to ten minutes.
-    async fn record_release(&self, why: Release, by: &str, now: UnixMs) {
-        const RETRIES: u32 = 600;
-        let _one_at_a_time = self.serial.lock().await;
+    /// `fire_alarm` alarm, and one event per lane. While the store cannot record, the mode is
+    /// tried again every second, for as long as this release is the latest mode switch; once
+    /// a later switch superseded it, only the alarm and the events are recorded (as history).
+    async fn record_release(&self, why: Release, by: &str, epoch: u64, now: UnixMs) {
         let (source, input, what) = match why {
             Release::Fire => ("fire", "fire_contact", "fire alarm contact"),
             Release::Panel => ("panel", "emergency_release", "emergency button of panel"),
         };
         let detail = format!("{what} {by}: emergency release of every lane");
         let mode = Mode::EmergencyRelease;
-        let mut attempt = 0;
-        loop {
+        let mut attempt: u64 = 0;
+        // The mode lock is taken per attempt, not across the retries: a guard's reset (which
+        // the store must record too) is not held up behind them.
+        let _recorded = loop {
+            let one_at_a_time = self.serial.lock().await;
+            if self.latch().epoch != epoch {
+                tracing::warn!("{detail}: superseded before its mode could be recorded");
+                break one_at_a_time;
+            }
             let d = detail.clone();
             match self
                 .shared
@@ -224,8 +269,9 @@ impl Control {
                 .call(move |db| db.set_mode(mode, source, &d, None, now))
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => break one_at_a_time,
                 Err(e) => {
+                    drop(one_at_a_time);
                     if attempt == 0 {
                         tracing::error!(error = %e, "{detail}: NOT RECORDED (store unavailable); in force anyway, retrying");
                     }
@@ -239,14 +285,13 @@ impl Control {
                         })
                         .await;
                     attempt += 1;
-                    if attempt >= RETRIES {
-                        tracing::error!("{detail}: never recorded; the store did not come back");
-                        return;
+                    if attempt.is_multiple_of(60) {
+                        tracing::error!(attempt, "{detail}: still not recorded; retrying");
                     }
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
-        }
+        };
         if why == Release::Fire {
             let _ = self.shared.alarm("fire_alarm", by, &detail).await;
         }
@@ -403,7 +448,11 @@ impl Control {
         now: UnixMs,
     ) -> Result<String, Refusal> {
         let _one_at_a_time = self.serial.lock().await;
-        self.check_fire(mode)?;
+        let epoch = {
+            let latch = self.latch();
+            Self::check_fire(&latch, mode)?;
+            latch.epoch
+        };
         self.check_unclaimed(origin, now).await?;
         let from = self.mode();
         let detail = format!(
@@ -448,9 +497,19 @@ impl Control {
                 )));
             }
         }
-        // A fire alarm that came while the store recorded this change wins.
-        self.check_fire(mode)?;
-        self.mode_tx.send_replace(mode);
+        {
+            // A release that came while the store recorded this change wins: it is recorded
+            // after this one, so the store ends with it too.
+            let mut latch = self.latch();
+            Self::check_fire(&latch, mode)?;
+            if latch.epoch != epoch && mode != Mode::EmergencyRelease {
+                return Err(Refusal::Unsupported(
+                    "an emergency release came while this change was recorded; it stays".into(),
+                ));
+            }
+            latch.epoch += 1;
+            self.mode_tx.send_replace(mode);
+        }
         self.shared.kick_outbox();
         tracing::warn!("{detail}");
         Ok(detail)

@@ -45,7 +45,7 @@ impl Shared {
             Transition::Fault => {
                 let e = r.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(device, error = %e, "device fault");
-                let _ = self.alarm("device_fault", device, &e).await;
+                self.alarm_later("device_fault", device, e);
             }
             Transition::Recovered => {
                 tracing::info!(device, "device recovered");
@@ -53,9 +53,18 @@ impl Shared {
                     "device answers again (without error for {} s)",
                     crate::hw::health::RECOVERY_HOLD.as_secs()
                 );
-                let _ = self.alarm("device_recovered", device, &detail).await;
+                self.alarm_later("device_recovered", device, detail);
             }
         }
+    }
+
+    /// Records an alarm on a task of its own: a device task (a relay board driving the hold
+    /// coils of a fire release) must never wait for the store.
+    fn alarm_later(&self, code: &'static str, device: &str, detail: String) {
+        let (shared, device) = (self.clone(), device.to_string());
+        tokio::spawn(async move {
+            let _ = shared.alarm(code, &device, &detail).await;
+        });
     }
 
     /// Puts an alarm in the outbox.
@@ -308,17 +317,28 @@ impl Gate {
     }
 }
 
-/// Hands guard panel presses to `Control`, in the order they were made.
+/// Hands guard panel presses to `Control`. The emergency button is carried out at once; the
+/// others in the order they were made, on a task of their own, so that none of them (waiting
+/// for the store or a relay board) ever holds up an emergency press or the panel's reads.
 async fn panels(mut presses: mpsc::Receiver<crate::hw::panel::PanelPress>, control: Arc<Control>) {
+    let (ordered_tx, mut ordered) = mpsc::unbounded_channel();
+    let worker = control.clone();
+    tokio::spawn(async move {
+        while let Some(p) = ordered.recv().await {
+            worker.panel(p, crate::clock::now_ms()).await;
+        }
+    });
     while let Some(p) = presses.recv().await {
-        control.panel(p, crate::clock::now_ms()).await;
+        if let Some(p) = control.panel_now(p, crate::clock::now_ms()) {
+            let _ = ordered_tx.send(p);
+        }
     }
 }
 
 /// Hands the relay boards' contact changes (fire, tamper) to `Control`.
 async fn contacts(mut changes: mpsc::Receiver<relay::ContactChange>, control: Arc<Control>) {
     while let Some(c) = changes.recv().await {
-        control.contact(c, crate::clock::now_ms()).await;
+        control.contact(c, crate::clock::now_ms());
     }
 }
 

@@ -12,7 +12,8 @@
 //! button held when gated starts is none until let go.
 //!
 //! It also drives the lamps (coils `lamp_base` .. `+3`): normal, lockdown, emergency (lanes
-//! held open: emergency release or hold-open), offline (no broker connection). They are
+//! held open: emergency release or hold-open), offline (no broker connection; always lit
+//! without `[mqtt]`). They are
 //! written on every change, and again after any error (a panel that lost power comes back
 //! with its lamps off).
 
@@ -20,9 +21,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use super::Backoff;
 use super::modbus::ModbusTcp;
 use super::relay::Debounce;
-use super::{Backoff, DeviceError};
 use crate::config::PanelConfig;
 use crate::core::{Direction, Mode};
 use crate::gate::Shared;
@@ -115,9 +116,10 @@ async fn run(
     ] {
         inputs.push((addr, input, Debounce::default()));
     }
+    // The config checked that every address fits and that they span fewer than 2000.
     let first = inputs.iter().map(|(a, _, _)| *a).min().unwrap_or(0);
     let last = inputs.iter().map(|(a, _, _)| *a).max().unwrap_or(0);
-    let count = last - first + 1;
+    let count = last.saturating_sub(first).saturating_add(1);
 
     let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -129,12 +131,11 @@ async fn run(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            Ok(()) = mode.changed() => next = tokio::time::Instant::now(),
-            Ok(()) = health.changed() => next = tokio::time::Instant::now(),
+            // The lamps follow at the next read; the reads keep their own pace (debounce
+            // counts reads, so extra reads would shorten it).
+            Ok(()) = mode.changed() => continue,
+            Ok(()) = health.changed() => continue,
             _ = tokio::time::sleep_until(next) => {}
-        }
-        if tokio::time::Instant::now() < next {
-            continue;
         }
         let online = shared
             .health
@@ -142,33 +143,34 @@ async fn run(
             .get("broker")
             .is_some_and(|s| s == "ok");
         let want = lamps(*mode.borrow_and_update(), online);
-        let mut r: Result<(), DeviceError> = Ok(());
-        if shown != Some(want) {
-            r = conn.write_multiple_coils(cfg.lamp_base, &want).await;
-            shown = r.is_ok().then_some(want);
-        }
-        if r.is_ok() {
-            r = match conn.read_discrete_inputs(first, count).await {
-                Ok(bits) => {
-                    for (addr, input, deb) in &mut inputs {
-                        let level = bits
-                            .get(usize::from(*addr - first))
-                            .copied()
-                            .unwrap_or(false);
-                        if deb.read(level) {
-                            tracing::info!(panel = %cfg.name, input = input.name(), "panel button pressed");
-                            let _ = presses
-                                .send(PanelPress {
-                                    panel: cfg.name.clone(),
-                                    input: *input,
-                                })
-                                .await;
-                        }
+        // The buttons first, whatever the lamps do: a module that refuses the lamp writes
+        // must still be read.
+        let mut r = match conn.read_discrete_inputs(first, count).await {
+            Ok(bits) => {
+                for (addr, input, deb) in &mut inputs {
+                    let level = bits
+                        .get(usize::from(*addr - first))
+                        .copied()
+                        .unwrap_or(false);
+                    if deb.read(level) {
+                        tracing::info!(panel = %cfg.name, input = input.name(), "panel button pressed");
+                        // The receiver never waits on anything (`gate::panels`).
+                        let _ = presses
+                            .send(PanelPress {
+                                panel: cfg.name.clone(),
+                                input: *input,
+                            })
+                            .await;
                     }
-                    Ok(())
                 }
-                Err(e) => Err(e),
-            };
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if shown != Some(want) {
+            let w = conn.write_multiple_coils(cfg.lamp_base, &want).await;
+            shown = w.is_ok().then_some(want);
+            r = r.and(w);
         }
         if r.is_err() {
             // A panel that lost power comes back with its lamps off.

@@ -51,9 +51,22 @@ async fn the_fire_contact_releases_every_lane_and_stays_latched() {
             a["alarm"] == "fire_cleared"
         })
         .await;
+    // Latched: after several more reads of the board it is still released.
+    let target = w.devices.relay.input_reads() + 6;
+    wait_for("more reads of the board", DEADLINE, || {
+        (w.devices.relay.input_reads() >= target).then_some(())
+    })
+    .await;
     assert!(
         w.devices.relay.hold(0, false) && w.devices.relay.hold(1, true),
         "latched"
+    );
+    // A closed cabinet at start is no news: no tamper alarm of any kind.
+    assert!(
+        !w.centre.on(ALARM).iter().any(|a| a.json()["alarm"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("tamper"))),
+        "a tamper alarm without a tamper"
     );
 
     // A guard resets it.

@@ -33,8 +33,18 @@ async fn lamps(panel: &SimPanel, want: [bool; 4], what: &str) {
     wait_for(what, DEADLINE, || (panel.lamps() == want).then_some(())).await;
 }
 
-#[tokio::test]
-async fn the_guard_panel_opens_changes_modes_and_shows_them() {
+struct Setup {
+    _broker: Broker,
+    centre: Centre,
+    devices: Devices,
+    panel: SimPanel,
+    _panel_srv: SimServer,
+    dir: tempfile::TempDir,
+    _daemon: Daemon,
+}
+
+/// The reference gate with a guard panel (`panel1`, read every 20 ms).
+async fn setup() -> Setup {
     let broker = Broker::start().await;
     let centre = Centre::with_staff(&broker).await;
     let devices = Devices::start().await;
@@ -47,9 +57,24 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
             "[[panel]]\nname = \"panel1\"\naddress = \"{}\"\npoll_ms = 20\n",
             panel_srv.local_addr()
         );
-    let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    let daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    Setup {
+        _broker: broker,
+        centre,
+        devices,
+        panel,
+        _panel_srv: panel_srv,
+        dir,
+        _daemon: daemon,
+    }
+}
+
+#[tokio::test]
+async fn the_guard_panel_opens_changes_modes_and_shows_them() {
+    let s = setup().await;
+    let (centre, devices, panel) = (&s.centre, &s.devices, &s.panel);
     lamps(
-        &panel,
+        panel,
         [true, false, false, false],
         "the normal lamp, online",
     )
@@ -71,9 +96,9 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
         ),
         "{e}"
     );
-    reads(&panel, 6).await;
+    reads(panel, 6).await;
     assert!(panel.set_input(0, false));
-    reads(&panel, 3).await;
+    reads(panel, 3).await;
     let overrides = centre
         .on(EVENT)
         .iter()
@@ -90,21 +115,21 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
     .await;
 
     // Lockdown: recorded with who made it, shown on the lamps.
-    press(&panel, INPUT_LOCKDOWN).await;
+    press(panel, INPUT_LOCKDOWN).await;
     centre
         .wait_json("the lockdown alarm", ALARM, |a| {
             a["alarm"] == "mode_changed" && a["source"] == "panel"
         })
         .await;
-    lamps(&panel, [false, true, false, false], "the lockdown lamp").await;
+    lamps(panel, [false, true, false, false], "the lockdown lamp").await;
 
     // Emergency release: every lane held open, the emergency lamp; reset ends it.
-    press(&panel, INPUT_EMERGENCY).await;
+    press(panel, INPUT_EMERGENCY).await;
     let released = || (0..2).all(|l| devices.relay.hold(l, false) && devices.relay.hold(l, true));
     wait_for("every lane released", DEADLINE, || released().then_some(())).await;
-    lamps(&panel, [false, false, true, false], "the emergency lamp").await;
-    press(&panel, INPUT_RESET).await;
-    lamps(&panel, [true, false, false, false], "back to normal").await;
+    lamps(panel, [false, false, true, false], "the emergency lamp").await;
+    press(panel, INPUT_RESET).await;
+    lamps(panel, [true, false, false, false], "back to normal").await;
     wait_for("the lanes closed", DEADLINE, || {
         (0..2)
             .all(|l| !devices.relay.hold(l, false) && !devices.relay.hold(l, true))
@@ -115,7 +140,7 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
     // While the fire contact is on, reset is refused; after it is off, it works.
     devices.relay.set_fire(true);
     wait_for("the fire release", DEADLINE, || released().then_some(())).await;
-    press(&panel, INPUT_RESET).await;
+    press(panel, INPUT_RESET).await;
     centre
         .wait_json("the refused reset", ALARM, |a| {
             a["alarm"] == "panel_refused"
@@ -126,6 +151,32 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
     centre
         .wait_json("the fire cleared", ALARM, |a| a["alarm"] == "fire_cleared")
         .await;
-    press(&panel, INPUT_RESET).await;
-    lamps(&panel, [true, false, false, false], "normal after the fire").await;
+    press(panel, INPUT_RESET).await;
+    lamps(panel, [true, false, false, false], "normal after the fire").await;
+}
+
+/// G9 from the panel: its emergency button releases every lane while another process holds
+/// the database's write lock, well within the 5 s a write waits before it fails.
+#[tokio::test]
+async fn the_panel_emergency_button_releases_with_the_store_locked() {
+    let s = setup().await;
+    lamps(&s.panel, [true, false, false, false], "the panel is read").await;
+    let lock = rusqlite::Connection::open(s.dir.path().join("gated.db")).expect("open");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    assert!(s.panel.set_input(INPUT_EMERGENCY, true));
+    let released =
+        || (0..2).all(|l| s.devices.relay.hold(l, false) && s.devices.relay.hold(l, true));
+    wait_for(
+        "every lane released with the store locked",
+        std::time::Duration::from_secs(3),
+        || released().then_some(()),
+    )
+    .await;
+    lock.execute_batch("COMMIT").expect("release the lock");
+    s.centre
+        .wait_json("the release, recorded once the store is back", EVENT, |e| {
+            e["reason"] == "emergency_release" && e["override"]["source"] == "panel"
+        })
+        .await;
 }
