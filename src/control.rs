@@ -232,6 +232,19 @@ impl Control {
         }
     }
 
+    /// Has the store decide passes under emergency release from now on, without recording it
+    /// (it could not be recorded), as soon as the store takes jobs again.
+    async fn assume_emergency(&self) {
+        let _ = self
+            .shared
+            .store
+            .call(|db| {
+                db.assume_mode(Mode::EmergencyRelease);
+                Ok(())
+            })
+            .await;
+    }
+
     /// Records an alarm on its own task: contact changes and panel presses must never wait
     /// behind a store that is slow to record one.
     fn alarm_later(&self, code: &'static str, source: String, detail: String) {
@@ -275,15 +288,7 @@ impl Control {
                     if attempt == 0 {
                         tracing::error!(error = %e, "{detail}: NOT RECORDED (store unavailable); in force anyway, retrying");
                     }
-                    // Passes are decided under it as soon as the store takes jobs again.
-                    let _ = self
-                        .shared
-                        .store
-                        .call(move |db| {
-                            db.assume_mode(mode);
-                            Ok(())
-                        })
-                        .await;
+                    self.assume_emergency().await;
                     attempt += 1;
                     if attempt.is_multiple_of(60) {
                         tracing::error!(attempt, "{detail}: still not recorded; retrying");
@@ -481,15 +486,7 @@ impl Control {
                 if let (Some(n), Ok(mut u)) = (origin.nonce.clone(), self.unclaimed.lock()) {
                     u.push(n);
                 }
-                // Passes are decided under it too, as soon as the store takes jobs again.
-                let _ = self
-                    .shared
-                    .store
-                    .call(move |db| {
-                        db.assume_mode(mode);
-                        Ok(())
-                    })
-                    .await;
+                self.assume_emergency().await;
             }
             Err(e) => {
                 return Err(Refusal::StoreError(format!(
