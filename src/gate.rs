@@ -38,7 +38,7 @@ pub struct Shared {
 
 impl Shared {
     /// Records an observation of a device; a fault, and a confirmed recovery, are alarms (G7).
-    pub async fn report(&self, device: &str, r: Result<(), DeviceError>) {
+    pub fn report(&self, device: &str, r: Result<(), DeviceError>) {
         let observed = r.as_ref().map(|_| ()).map_err(DeviceError::state);
         match self.health.observe(device, observed) {
             Transition::None => {}

@@ -177,7 +177,7 @@ async fn run(
             shown = None;
         }
         let ok = r.is_ok();
-        shared.report(&cfg.name, r).await;
+        shared.report(&cfg.name, r);
         next = tokio::time::Instant::now()
             + if ok {
                 backoff.reset();

@@ -120,7 +120,7 @@ async fn run(
                 if handled { Duration::ZERO } else { cfg.poll }
             }
             Err(e) => {
-                shared.report(&cfg.name, Err(e)).await;
+                shared.report(&cfg.name, Err(e));
                 backoff.next_delay().max(cfg.poll)
             }
         };
@@ -173,7 +173,7 @@ async fn poll_once(
     let regs = conn
         .read_input_registers(cfg.input_base, MAILBOX_LEN)
         .await?;
-    shared.report(&cfg.name, Ok(())).await;
+    shared.report(&cfg.name, Ok(()));
     let (head_seq, credential) = match decode(&regs) {
         Mailbox::Empty => {
             seen.observe_head(None);

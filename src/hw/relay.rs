@@ -107,6 +107,15 @@ pub struct Level {
 }
 
 impl Level {
+    /// A level already counted (no change to report for it).
+    fn settled(level: bool) -> Self {
+        Self {
+            raw: Some(level),
+            count: 2,
+            stable: Some(level),
+        }
+    }
+
     /// Takes one read; returns the new level when the counted level changes.
     pub fn read(&mut self, level: bool) -> Option<bool> {
         if self.raw == Some(level) {
@@ -130,39 +139,23 @@ pub struct Press {
     pub direction: Direction,
 }
 
-/// Debounces one input: a level counts once it was read twice in a row. The first read only
-/// sets the starting level: a button held (or stuck) when the daemon starts is no press.
+/// A button on a debounced input (`Level`): a press is the counted level going from off to
+/// on. The very first read only sets where the button starts: one held (or stuck) when the
+/// daemon starts is no press until let go, and a press right after the first read counts.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Debounce {
+    level: Level,
     started: bool,
-    raw: bool,
-    count: u8,
-    stable: bool,
 }
 
 impl Debounce {
     /// Takes one read; true when it completes a press (off → on).
     pub fn read(&mut self, level: bool) -> bool {
-        if !self.started {
-            *self = Self {
-                started: true,
-                raw: level,
-                count: 2,
-                stable: level,
-            };
+        if !std::mem::replace(&mut self.started, true) {
+            self.level = Level::settled(level);
             return false;
         }
-        if level == self.raw {
-            self.count = self.count.saturating_add(1);
-        } else {
-            self.raw = level;
-            self.count = 1;
-        }
-        if self.count >= 2 && self.stable != level {
-            self.stable = level;
-            return level;
-        }
-        false
+        self.level.read(level) == Some(true)
     }
 }
 
@@ -342,7 +335,7 @@ async fn run(
                     hold_confirmed = false;
                     next_check = tokio::time::Instant::now();
                 }
-                shared.report(&cfg.name, r).await;
+                shared.report(&cfg.name, r);
             }
             Ok(()) = mode.changed() => {
                 hold = holds_open(*mode.borrow_and_update());
@@ -364,7 +357,7 @@ async fn run(
                 if matches!(r, Err(DeviceError::Timeout(_) | DeviceError::Transport(_))) {
                     r = conn.write_single_register(reg, p.ms).await;
                 }
-                shared.report(&cfg.name, r.clone()).await;
+                shared.report(&cfg.name, r.clone());
                 if r.is_ok() {
                     backoff.reset();
                 }
@@ -385,7 +378,7 @@ async fn run(
                 // Whatever happened to a board that failed, its coils are written again once
                 // it answers (a power cycle turns them off).
                 hold_confirmed = ok;
-                shared.report(&cfg.name, r).await;
+                shared.report(&cfg.name, r);
                 next_check = tokio::time::Instant::now()
                     + if ok { backoff.reset(); CONTACT_POLL } else { backoff.next_delay() };
             }
@@ -419,6 +412,9 @@ mod tests {
         let mut held = Debounce::default();
         assert_eq!(presses(&mut held, &[true; 10]), 0);
         assert_eq!(presses(&mut held, &[false, false, true, true]), 1);
+        // The first read sets the start; a press right after it counts.
+        let mut early = Debounce::default();
+        assert_eq!(presses(&mut early, &[false, true, true]), 1);
         let mut d = Debounce::default();
         // A glitch of one read is no press.
         assert_eq!(presses(&mut d, &[false, false, true, false, false]), 0);

@@ -1644,8 +1644,9 @@ fn lookup(
         .optional()?;
     let staff = match holder {
         None => None,
-        Some((generation, subject)) => conn
-            .prepare_cached(
+        Some((generation, subject)) => {
+            let last = last(&subject)?;
+            conn.prepare_cached(
                 "SELECT valid_from, valid_until, gates, schedule, grp FROM staff
                  WHERE gen = ?1 AND subject = ?2",
             )?
@@ -1659,15 +1660,11 @@ fn lookup(
                     },
                     schedule: r.get(3)?,
                     group: r.get(4)?,
-                    last: None,
+                    last,
                 })
             })
             .optional()?
-            .map(|mut s| -> rusqlite::Result<StaffMatch> {
-                s.last = last(&s.subject)?;
-                Ok(s)
-            })
-            .transpose()?,
+        }
     };
     let holder = conn
         .prepare_cached(
@@ -1687,6 +1684,7 @@ fn lookup(
                 .query_row([&invitation], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
+            let last = last(&invitation)?;
             conn.prepare_cached(
                 "SELECT valid_from, valid_until, gates, max_entries FROM invitation
                  WHERE gen = ?1 AND invitation = ?2",
@@ -1701,15 +1699,10 @@ fn lookup(
                     },
                     max_entries: r.get(3)?,
                     used,
-                    last: None,
+                    last,
                 })
             })
             .optional()?
-            .map(|mut i| -> rusqlite::Result<InvitationMatch> {
-                i.last = last(&i.invitation)?;
-                Ok(i)
-            })
-            .transpose()?
         }
     };
     Ok(Lookups {

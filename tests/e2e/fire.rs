@@ -87,12 +87,11 @@ async fn the_fire_contact_releases_with_the_store_and_the_broker_down() {
     w.devices.relay.set_fire(true);
     // Well within the 5 s a write waits for a lock before it fails: the release must not wait
     // for the store at all, not even for it to fail.
-    let released =
-        || (0..2).all(|l| w.devices.relay.hold(l, false) && w.devices.relay.hold(l, true));
-    wait_for(
-        "every lane released with the store and broker down",
+    wait_all_coils(
+        &w.devices.relay,
+        true,
         std::time::Duration::from_secs(3),
-        || released().then_some(()),
+        "every lane released with the store and broker down",
     )
     .await;
 

@@ -125,28 +125,25 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
 
     // Emergency release: every lane held open, the emergency lamp; reset ends it.
     press(panel, INPUT_EMERGENCY).await;
-    let released = || (0..2).all(|l| devices.relay.hold(l, false) && devices.relay.hold(l, true));
-    wait_for("every lane released", DEADLINE, || released().then_some(())).await;
+    wait_all_coils(&devices.relay, true, DEADLINE, "every lane released").await;
     lamps(panel, [false, false, true, false], "the emergency lamp").await;
     press(panel, INPUT_RESET).await;
     lamps(panel, [true, false, false, false], "back to normal").await;
-    wait_for("the lanes closed", DEADLINE, || {
-        (0..2)
-            .all(|l| !devices.relay.hold(l, false) && !devices.relay.hold(l, true))
-            .then_some(())
-    })
-    .await;
+    wait_all_coils(&devices.relay, false, DEADLINE, "the lanes closed").await;
 
     // While the fire contact is on, reset is refused; after it is off, it works.
     devices.relay.set_fire(true);
-    wait_for("the fire release", DEADLINE, || released().then_some(())).await;
+    wait_all_coils(&devices.relay, true, DEADLINE, "the fire release").await;
     press(panel, INPUT_RESET).await;
     centre
         .wait_json("the refused reset", ALARM, |a| {
             a["alarm"] == "panel_refused"
         })
         .await;
-    assert!(released(), "a reset during a fire closed the lanes");
+    assert!(
+        all_coils(&devices.relay, true),
+        "a reset during a fire closed the lanes"
+    );
     devices.relay.set_fire(false);
     centre
         .wait_json("the fire cleared", ALARM, |a| a["alarm"] == "fire_cleared")
@@ -165,12 +162,11 @@ async fn the_panel_emergency_button_releases_with_the_store_locked() {
     lock.execute_batch("BEGIN EXCLUSIVE")
         .expect("take the write lock");
     assert!(s.panel.set_input(INPUT_EMERGENCY, true));
-    let released =
-        || (0..2).all(|l| s.devices.relay.hold(l, false) && s.devices.relay.hold(l, true));
-    wait_for(
-        "every lane released with the store locked",
+    wait_all_coils(
+        &s.devices.relay,
+        true,
         std::time::Duration::from_secs(3),
-        || released().then_some(()),
+        "every lane released with the store locked",
     )
     .await;
     lock.execute_batch("COMMIT").expect("release the lock");

@@ -411,6 +411,11 @@ async fn a_command_does_not_wait_behind_a_list_being_applied() {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     let before = w.centre.on(ACK).len();
+    // Another process holds the database's write lock, so the first list cannot get far:
+    // without it, three small lists could be applied before the command even arrived.
+    let lock = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
     // Three lists first (one being applied, two waiting), then the command, all on the same
     // connection: the lists go to the list worker, and the command is carried out while the
     // worker is still busy with them. Were commands handled in line, their ack would come last.
@@ -426,6 +431,14 @@ async fn a_command_does_not_wait_behind_a_list_being_applied() {
             false,
         )
         .await;
+    // The command is being carried out (it waits for the store, behind the first list's first
+    // step): let the store go. Well within the 5 s a write waits for a lock.
+    wait_for("the gate to take up the command", DEADLINE, || {
+        w.daemon.log().contains("remote command").then_some(())
+    })
+    .await;
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
     let acks = wait_for("all four acks", DEADLINE, || {
         let acks: Vec<Value> = w
             .centre

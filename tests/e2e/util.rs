@@ -499,14 +499,21 @@ pub async fn run_command(centre: &Centre, cmd: &str, nonce: &str, extra: Value) 
 
 /// Waits until every hold coil of the reference gate (2 lanes, entry and exit) is `on`.
 pub async fn wait_coils(w: &World, on: bool, what: &str) {
-    let all = || {
-        (0..2).all(|lane| {
-            [false, true]
-                .iter()
-                .all(|&exit| w.devices.relay.hold(lane, exit) == on)
-        })
-    };
-    wait_for(what, DEADLINE, || all().then_some(())).await;
+    wait_all_coils(&w.devices.relay, on, DEADLINE, what).await;
+}
+
+/// Whether every hold coil of the reference relay board (2 lanes, entry and exit) is `on`.
+pub fn all_coils(relay: &SimRelay, on: bool) -> bool {
+    (0..2).all(|lane| {
+        [false, true]
+            .iter()
+            .all(|&exit| relay.hold(lane, exit) == on)
+    })
+}
+
+/// Waits up to `within` until every hold coil of the reference relay board is `on`.
+pub async fn wait_all_coils(relay: &SimRelay, on: bool, within: Duration, what: &str) {
+    wait_for(what, within, || all_coils(relay, on).then_some(())).await;
 }
 
 /// One running gate with everything it talks to.
