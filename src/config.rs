@@ -70,7 +70,10 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawPanel {
     name: String,
-    address: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    serial: Option<RawSerial>,
     #[serde(default = "default_unit")]
     unit: u8,
     #[serde(default = "default_poll")]
@@ -79,6 +82,26 @@ struct RawPanel {
     timeout_ms: u64,
     #[serde(default)]
     registers: RawPanelRegisters,
+}
+
+/// A device on an RS-485 bus (Modbus RTU): `serial = { path = "/dev/ttyUSB0", baud = 9600 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSerial {
+    path: PathBuf,
+    #[serde(default = "default_baud")]
+    baud: u32,
+    #[serde(default)]
+    parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    stop_bits: u8,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_stop_bits() -> u8 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -315,7 +338,10 @@ fn default_face_score() -> f64 {
 #[serde(deny_unknown_fields)]
 struct RawRelay {
     name: String,
-    address: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    serial: Option<RawSerial>,
     #[serde(default = "default_unit")]
     unit: u8,
     #[serde(default = "default_timeout")]
@@ -373,7 +399,10 @@ fn default_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawReader {
     name: String,
-    address: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    serial: Option<RawSerial>,
     #[serde(default = "default_unit")]
     unit: u8,
     lane: u16,
@@ -446,7 +475,7 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct PanelConfig {
     pub name: String,
-    pub address: String,
+    pub link: Link,
     pub unit: u8,
     pub poll: Duration,
     pub timeout: Duration,
@@ -541,10 +570,58 @@ pub struct TrustConfig {
     pub allow_unsigned: bool,
 }
 
+/// How a Modbus device is reached: its own TCP socket, or a unit on a shared RS-485 bus.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Link {
+    /// `HOST:PORT`.
+    Tcp(String),
+    Rtu(SerialLink),
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Tcp(a) => f.write_str(a),
+            Link::Rtu(s) => write!(
+                f,
+                "{} {} 8{}{}",
+                s.path.display(),
+                s.baud,
+                match s.parity {
+                    Parity::None => 'N',
+                    Parity::Even => 'E',
+                    Parity::Odd => 'O',
+                },
+                s.stop_bits
+            ),
+        }
+    }
+}
+
+/// An RS-485 bus: every device on one `path` shares these settings (the config checks it).
+/// Modbus RTU always uses 8 data bits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialLink {
+    pub path: PathBuf,
+    pub baud: u32,
+    pub parity: Parity,
+    pub stop_bits: u8,
+}
+
+/// Serial parity. The Modbus spec's default is even.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    #[default]
+    Even,
+    Odd,
+}
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     pub name: String,
-    pub address: String,
+    pub link: Link,
     pub unit: u8,
     pub timeout: Duration,
     pub pulse_base: u16,
@@ -562,7 +639,7 @@ pub struct RelayConfig {
 #[derive(Clone, Debug)]
 pub struct ReaderConfig {
     pub name: String,
-    pub address: String,
+    pub link: Link,
     pub unit: u8,
     pub lane: u16,
     pub direction: Direction,
@@ -897,17 +974,18 @@ impl Checker<'_> {
         }
 
         let mut names = HashSet::new();
+        let mut buses = BTreeMap::new();
         let mut relays = Vec::new();
         for (i, r) in raw.relay.into_iter().enumerate() {
             let span = r.span();
             let r = r.into_inner();
             let key = |k: &str| format!("relay[{i}].{k}");
             self.check_device(&span, &key("name"), &r.name, &mut names)?;
-            self.check_address(&span, &key("address"), &r.address)?;
+            let link = self.check_link(&span, &key(""), r.address, r.serial, r.unit, &mut buses)?;
             self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
             relays.push(RelayConfig {
                 name: r.name,
-                address: r.address,
+                link,
                 unit: r.unit,
                 timeout: Duration::from_millis(r.timeout_ms),
                 pulse_base: r.registers.pulse_base,
@@ -983,7 +1061,7 @@ impl Checker<'_> {
             let r = r.into_inner();
             let key = |k: &str| format!("reader[{i}].{k}");
             self.check_device(&span, &key("name"), &r.name, &mut names)?;
-            self.check_address(&span, &key("address"), &r.address)?;
+            let link = self.check_link(&span, &key(""), r.address, r.serial, r.unit, &mut buses)?;
             self.check_ms(&span, &key("poll_ms"), r.poll_ms, 5, 10_000)?;
             self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
             if !lanes.contains_key(&r.lane) {
@@ -991,7 +1069,7 @@ impl Checker<'_> {
             }
             readers.push(ReaderConfig {
                 name: r.name,
-                address: r.address,
+                link,
                 unit: r.unit,
                 lane: r.lane,
                 direction: r.direction,
@@ -1008,7 +1086,7 @@ impl Checker<'_> {
             let p = p.into_inner();
             let key = |k: &str| format!("panel[{i}].{k}");
             self.check_device(&span, &key("name"), &p.name, &mut names)?;
-            self.check_address(&span, &key("address"), &p.address)?;
+            let link = self.check_link(&span, &key(""), p.address, p.serial, p.unit, &mut buses)?;
             self.check_ms(&span, &key("poll_ms"), p.poll_ms, 5, 10_000)?;
             self.check_ms(&span, &key("timeout_ms"), p.timeout_ms, 10, 60_000)?;
             let r = p.registers;
@@ -1044,7 +1122,7 @@ impl Checker<'_> {
             }
             panels.push(PanelConfig {
                 name: p.name,
-                address: p.address,
+                link,
                 unit: p.unit,
                 poll: Duration::from_millis(p.poll_ms),
                 timeout: Duration::from_millis(p.timeout_ms),
@@ -1176,6 +1254,85 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// A device's `address` (TCP) or `serial` (RTU): exactly one. Devices on one serial path
+    /// share a bus, so they must agree on its settings and have distinct unit ids. `key` is the
+    /// device's key prefix, e.g. `reader[0].`.
+    fn check_link(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        address: Option<String>,
+        serial: Option<RawSerial>,
+        unit: u8,
+        buses: &mut BTreeMap<PathBuf, (SerialLink, String, HashSet<u8>)>,
+    ) -> Result<Link, ConfigError> {
+        match (address, serial) {
+            (Some(a), None) => {
+                self.check_address(span, &format!("{key}address"), &a)?;
+                Ok(Link::Tcp(a))
+            }
+            (None, Some(s)) => {
+                let k = format!("{key}serial");
+                if s.path.as_os_str().is_empty() {
+                    return self.err(span.clone(), &format!("{k}.path"), "must not be empty");
+                }
+                if !(1200..=921_600).contains(&s.baud) {
+                    return self.err(span.clone(), &format!("{k}.baud"), "must be 1200..=921600");
+                }
+                if !(1..=2).contains(&s.stop_bits) {
+                    return self.err(span.clone(), &format!("{k}.stop_bits"), "must be 1 or 2");
+                }
+                if !(1..=247).contains(&unit) {
+                    return self.err(
+                        span.clone(),
+                        &format!("{key}unit"),
+                        "a unit on an RS-485 bus must be 1..=247 (0 is broadcast)",
+                    );
+                }
+                let link = SerialLink {
+                    path: s.path,
+                    baud: s.baud,
+                    parity: s.parity,
+                    stop_bits: s.stop_bits,
+                };
+                let first = key.trim_end_matches('.').to_string();
+                let (bus, by, units) = buses
+                    .entry(link.path.clone())
+                    .or_insert_with(|| (link.clone(), first, HashSet::new()));
+                if *bus != link {
+                    return self.err(
+                        span.clone(),
+                        &k,
+                        format!(
+                            "{} is also used by {by} with other settings ({}); every device \
+                             on one bus must use the same baud, parity and stop bits",
+                            link.path.display(),
+                            Link::Rtu(bus.clone())
+                        ),
+                    );
+                }
+                if !units.insert(unit) {
+                    return self.err(
+                        span.clone(),
+                        &format!("{key}unit"),
+                        format!("unit {unit} is used twice on {}", link.path.display()),
+                    );
+                }
+                Ok(Link::Rtu(link))
+            }
+            (Some(_), Some(_)) => self.err(
+                span.clone(),
+                key.trim_end_matches('.'),
+                "has both `address` (Modbus TCP) and `serial` (Modbus RTU); give one",
+            ),
+            (None, None) => self.err(
+                span.clone(),
+                key.trim_end_matches('.'),
+                "needs `address = \"HOST:PORT\"` (Modbus TCP) or `serial = { path = ... }` (Modbus RTU)",
+            ),
+        }
+    }
+
     fn check_ms(
         &self,
         span: &std::ops::Range<usize>,
@@ -1244,7 +1401,7 @@ pub fn describe(c: &Config) -> String {
         out += &format!(
             "\n  reader `{}` at {} unit {}: lane {} {}, poll {} ms",
             r.name,
-            r.address,
+            r.link,
             r.unit,
             r.lane,
             r.direction.as_str(),
@@ -1252,7 +1409,7 @@ pub fn describe(c: &Config) -> String {
         );
     }
     for r in &c.relays {
-        out += &format!("\n  relay `{}` at {} unit {}", r.name, r.address, r.unit);
+        out += &format!("\n  relay `{}` at {} unit {}", r.name, r.link, r.unit);
     }
     let p = &c.policy;
     out += &format!(
@@ -1335,6 +1492,67 @@ mod tests {
         );
         let e = err("[gate]\nsite = \"h/q\"\ngate = \"g\"\n[store]\npath = \"x\"\n");
         assert!(e.contains("gate.site") && e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn devices_on_a_serial_bus_must_agree_and_have_their_own_units() {
+        let relay =
+            "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[[lane]]\nid = 0\nrelay = \"k\"\n";
+        let reader = |name: &str, serial: &str, unit: u8| {
+            format!(
+                "[[reader]]\nname = \"{name}\"\nlane = 0\ndirection = \"in\"\nunit = {unit}\nserial = {serial}\n"
+            )
+        };
+        let bus = "{ path = \"/dev/ttyUSB0\", baud = 19200, parity = \"none\", stop_bits = 2 }";
+        let ok = format!(
+            "{MINIMAL}{relay}{}{}",
+            reader("a", bus, 1),
+            reader("b", bus, 2)
+        );
+        let c = Config::parse("t.toml", &ok).expect("two units on one bus");
+        assert_eq!(c.readers[1].link.to_string(), "/dev/ttyUSB0 19200 8N2");
+        let e = err(&format!(
+            "{MINIMAL}{relay}{}{}",
+            reader("a", bus, 1),
+            reader("b", bus, 1)
+        ));
+        assert!(
+            e.contains("reader[1].unit") && e.contains("used twice"),
+            "{e}"
+        );
+        let other = "{ path = \"/dev/ttyUSB0\", baud = 9600 }";
+        let e = err(&format!(
+            "{MINIMAL}{relay}{}{}",
+            reader("a", bus, 1),
+            reader("b", other, 2)
+        ));
+        assert!(
+            e.contains("reader[1].serial") && e.contains("also used by reader[0]"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}{relay}{}",
+            reader("a", "{ path = \"/dev/x\", baud = 7 }", 1)
+        ));
+        assert!(e.contains("reader[0].serial.baud"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}{relay}{}",
+            reader("a", "{ path = \"/dev/x\" }", 0)
+        ));
+        assert!(
+            e.contains("reader[0].unit") && e.contains("broadcast"),
+            "{e}"
+        );
+        let both = format!(
+            "{MINIMAL}{relay}[[reader]]\nname = \"a\"\nlane = 0\ndirection = \"in\"\naddress = \"127.0.0.1:2\"\nserial = {bus}\n"
+        );
+        assert!(err(&both).contains("both `address`"), "{}", err(&both));
+        let neither = format!("{MINIMAL}[[relay]]\nname = \"k\"\n");
+        assert!(
+            err(&neither).contains("relay[0]") && err(&neither).contains("needs `address"),
+            "{}",
+            err(&neither)
+        );
     }
 
     #[test]

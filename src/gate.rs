@@ -34,6 +34,8 @@ pub struct Shared {
     /// Signalled whenever a row enters the outbox, so the uplink sends it at once. A channel
     /// of one (not a `Notify`): a signal sent while the uplink is busy stays until it looks.
     pub outbox_kick: mpsc::Sender<()>,
+    /// The RS-485 buses, each owned by one task, shared by the devices on it.
+    pub buses: crate::hw::bus::Buses,
 }
 
 impl Shared {
@@ -172,6 +174,7 @@ impl Gate {
             mode: mode_rx,
             decisions: broadcast::channel(1024).0,
             outbox_kick,
+            buses: Default::default(),
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_modbus::ExceptionCode;
 
 use crate::reader::{KIND_CARD, KIND_FACE, KIND_PIN, KIND_QR};
-use crate::{Fault, SimError, SimReader, SimRelay, SimServer};
+use crate::{Fault, SimError, SimPanel, SimReader, SimRelay, SimServer};
 
 /// Longest command line accepted; a longer one is refused and skipped, so a runaway paste
 /// cannot make the simulator buffer without bound.
@@ -32,6 +32,7 @@ const MAX_LATENCY_MS: u64 = 600_000;
 pub enum Device {
     Reader(SimReader),
     Relay(SimRelay),
+    Panel(SimPanel),
 }
 
 impl Device {
@@ -39,6 +40,15 @@ impl Device {
         match self {
             Device::Reader(reader) => reader.server(),
             Device::Relay(relay) => relay.server(),
+            Device::Panel(panel) => panel.server(),
+        }
+    }
+
+    fn unit(&self) -> u8 {
+        match self {
+            Device::Reader(reader) => reader.unit(),
+            Device::Relay(relay) => relay.unit(),
+            Device::Panel(panel) => panel.unit(),
         }
     }
 
@@ -46,6 +56,7 @@ impl Device {
         match self {
             Device::Reader(_) => "reader",
             Device::Relay(_) => "relay",
+            Device::Panel(_) => "panel",
         }
     }
 }
@@ -68,6 +79,10 @@ impl Devices {
 
     pub fn add_relay(&mut self, name: &str, relay: SimRelay) -> Result<(), SimError> {
         self.add(name, Device::Relay(relay))
+    }
+
+    pub fn add_panel(&mut self, name: &str, panel: SimPanel) -> Result<(), SimError> {
+        self.add(name, Device::Panel(panel))
     }
 
     fn add(&mut self, name: &str, device: Device) -> Result<(), SimError> {
@@ -107,6 +122,13 @@ impl Devices {
         match self.lookup(name)? {
             Device::Reader(reader) => Ok(reader),
             other => Err(format!("'{name}' is a {}, not a reader", other.kind())),
+        }
+    }
+
+    fn panel(&self, name: &str) -> Result<&SimPanel, String> {
+        match self.lookup(name)? {
+            Device::Panel(panel) => Ok(panel),
+            other => Err(format!("'{name}' is a {}, not a panel", other.kind())),
         }
     }
 
@@ -217,6 +239,8 @@ pub fn execute(devices: &Devices, line: &str) -> Vec<String> {
         "tamper" => contact(devices, args, "tamper", SimRelay::set_tamper),
         "button" => button(devices, args),
         "fault" => fault(devices, args),
+        "device-fault" => device_fault(devices, args),
+        "panel" => panel(devices, args),
         "status" => status(devices, args),
         "help" => Ok(help()),
         other => Err(format!("unknown command '{other}' (try: help)")),
@@ -344,7 +368,7 @@ fn button(devices: &Devices, args: &[&str]) -> Reply {
 
 fn fault(devices: &Devices, args: &[&str]) -> Reply {
     const USAGE: &str =
-        "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage";
+        "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS";
     let Some((name, spec)) = args.split_first() else {
         return Err(USAGE.to_owned());
     };
@@ -353,10 +377,10 @@ fn fault(devices: &Devices, args: &[&str]) -> Reply {
     server.set_fault(fault);
     // A fault is the whole socket's: say which devices it hit, so nobody is surprised that
     // another reader on the same address went dark too.
-    let addr = server.local_addr();
+    let addr = server.endpoint();
     let sharing: Vec<&str> = devices
         .iter()
-        .filter(|(_, device)| device.server().local_addr() == addr)
+        .filter(|(_, device)| device.server().endpoint() == addr)
         .map(|(name, _)| name)
         .collect();
     Ok(vec![format!(
@@ -366,12 +390,85 @@ fn fault(devices: &Devices, args: &[&str]) -> Reply {
     )])
 }
 
-fn parse_fault(spec: &[&str]) -> Result<Fault, String> {
+/// A fault of one device (its unit), sparing the others on its socket or bus.
+fn device_fault(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str =
+        "usage: device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS";
+    let Some((name, spec)) = args.split_first() else {
+        return Err(USAGE.to_owned());
+    };
+    let device = devices.lookup(name)?;
+    let fault = parse_fault(spec).map_err(|err| format!("{err}; {USAGE}"))?;
+    if fault == Fault::Disconnect {
+        return Err(format!(
+            "a single device cannot be disconnected from a shared socket or bus (use noreply, \
+             or `fault {name} disconnect` for the whole socket)"
+        ));
+    }
+    device.server().set_unit_fault(device.unit(), fault);
+    Ok(vec![format!(
+        "ok device-fault={} on {name} (unit {} at {})",
+        device.server().unit_fault(device.unit()),
+        device.unit(),
+        device.server().endpoint()
+    )])
+}
+
+/// Sets a panel input: a lane's open button, or a mode switch, by name.
+fn panel(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str = "usage: panel PANEL open LANE in|out on|off | panel PANEL \
+                         hold-open|lockdown|emergency|reset on|off";
+    let (name, addr, state) = match args {
+        [name, "open", lane, direction, state] => {
+            let lane: u16 = lane
+                .parse()
+                .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+            let exit = parse_direction(direction)?;
+            let addr = lane
+                .checked_mul(2)
+                .and_then(|a| a.checked_add(u16::from(exit)))
+                .ok_or_else(|| format!("bad lane '{lane}'; {USAGE}"))?;
+            (*name, addr, *state)
+        }
+        [name, input, state] => {
+            let addr = match *input {
+                "hold-open" => crate::panel::INPUT_HOLD_OPEN,
+                "lockdown" => crate::panel::INPUT_LOCKDOWN,
+                "emergency" => crate::panel::INPUT_EMERGENCY,
+                "reset" => crate::panel::INPUT_RESET,
+                other => return Err(format!("unknown panel input '{other}'; {USAGE}")),
+            };
+            (*name, addr, *state)
+        }
+        _ => return Err(USAGE.to_owned()),
+    };
+    let on = match state {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("bad state '{other}' (expected on or off)")),
+    };
+    let panel = devices.panel(name)?;
+    if !panel.set_input(addr, on) {
+        return Err(format!("{name} has no input {addr}"));
+    }
+    Ok(vec![format!("ok panel {name} input {addr}={}", on_off(on))])
+}
+
+/// A fault as the control port spells it, split into words: `["latency", "200ms"]`.
+pub fn parse_fault(spec: &[&str]) -> Result<Fault, String> {
     match spec {
         ["none"] => Ok(Fault::None),
         ["noreply"] => Ok(Fault::NoReply),
         ["disconnect"] => Ok(Fault::Disconnect),
         ["garbage"] => Ok(Fault::Garbage),
+        ["flap", ms] => ms
+            .strip_suffix("ms")
+            .unwrap_or(ms)
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (10..=MAX_LATENCY_MS).contains(ms))
+            .map(|ms| Fault::Flap(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("bad flap period '{ms}' (expected 10..{MAX_LATENCY_MS} ms)")),
         ["latency", ms] => ms
             .strip_suffix("ms")
             .unwrap_or(ms)
@@ -406,9 +503,10 @@ fn status(devices: &Devices, args: &[&str]) -> Reply {
     for (name, device) in devices.iter() {
         let server = device.server();
         let common = format!(
-            "addr={} fault={} connections={}",
-            server.local_addr(),
+            "addr={} fault={} device-fault={} connections={}",
+            server.endpoint(),
             server.fault(),
+            server.unit_fault(device.unit()),
             server.connections()
         );
         lines.push(match device {
@@ -426,6 +524,17 @@ fn status(devices: &Devices, args: &[&str]) -> Reply {
                 on_off(relay.fire()),
                 on_off(relay.tamper())
             ),
+            Device::Panel(panel) => {
+                let lamps = panel.lamps();
+                format!(
+                    "{name} panel unit={} lamps=normal:{},lockdown:{},emergency:{},offline:{} {common}",
+                    panel.unit(),
+                    on_off(lamps[0]),
+                    on_off(lamps[1]),
+                    on_off(lamps[2]),
+                    on_off(lamps[3])
+                )
+            }
         });
     }
     lines.push(format!("ok {} devices", devices.by_name.len()));
@@ -440,8 +549,12 @@ fn help() -> Vec<String> {
         "fire RELAY on|off                                    fire alarm contact",
         "tamper RELAY on|off                                  cabinet tamper contact",
         "button RELAY LANE in|out on|off                      press or let go of a request button",
-        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage",
+        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS",
         "                                                     for every device on DEVICE's address",
+        "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS",
+        "                                                     for DEVICE alone (its unit)",
+        "panel PANEL open LANE in|out on|off                  a lane's open button on a guard panel",
+        "panel PANEL hold-open|lockdown|emergency|reset on|off  a guard panel's mode input",
         "status                                               devices, queues, faults",
         "quit                                                 close this connection",
         "ok",

@@ -20,7 +20,7 @@ const MAX_LANES: u16 = 1000;
     name = "hw-sim",
     version,
     about = "Simulated gate readers and relay boards over Modbus TCP",
-    after_help = "Example:\n  hw-sim --reader reader1=127.0.0.1:5020/1 --reader reader2=127.0.0.1:5021/1 \\\n         --relay relay1=127.0.0.1:5030/1/2 --control 127.0.0.1:5099\n  nc 127.0.0.1 5099   (then type: help)\n\nDevices with the same ADDR share one socket, under different unit ids.\nLog detail: RUST_LOG=hw_sim=debug."
+    after_help = "Example:\n  hw-sim --reader reader1=127.0.0.1:5020/1 --reader reader2=rtu:bus1/2 \\\n         --relay relay1=127.0.0.1:5030/1/2 --panel panel1=127.0.0.1:5040/1 \\\n         --device-fault reader2='flap 500ms' --control 127.0.0.1:5099\n  nc 127.0.0.1 5099   (then type: help)\n\nDevices with the same ADDR share one socket, under different unit ids. ADDR rtu:NAME\nserves Modbus RTU on a pseudo-terminal (an RS-485 bus); its path is printed, for the\ndaemon's `serial = { path = ... }`, and devices with the same NAME share that bus.\nLog detail: RUST_LOG=hw_sim=debug."
 )]
 struct Cli {
     /// A reader or face terminal; UNIT defaults to 1.
@@ -29,16 +29,47 @@ struct Cli {
     /// A relay board; UNIT defaults to 1, LANES to 2.
     #[arg(long = "relay", value_name = "NAME=ADDR[/UNIT[/LANES]]", value_parser = parse_relay)]
     relays: Vec<Spec>,
+    /// A guard panel (a Modbus IO module); UNIT defaults to 1.
+    #[arg(long = "panel", value_name = "NAME=ADDR[/UNIT]", value_parser = parse_reader)]
+    panels: Vec<Spec>,
+    /// Starts with a fault on one device (its unit), as the control port's `device-fault`.
+    #[arg(long = "device-fault", value_name = "NAME=FAULT", value_parser = parse_device_fault)]
+    device_faults: Vec<(String, hw_sim::Fault)>,
     /// Where to serve the control port (e.g. 127.0.0.1:5099).
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,
 }
 
-/// One `--reader` or `--relay` value.
+fn parse_device_fault(value: &str) -> Result<(String, hw_sim::Fault), String> {
+    let (name, spec) = value
+        .split_once('=')
+        .ok_or_else(|| format!("'{value}' has no '=' (expected NAME=FAULT)"))?;
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let fault = hw_sim::control::parse_fault(&words)?;
+    Ok((name.to_owned(), fault))
+}
+
+/// Where a device is served: a TCP socket, or a named RS-485 bus (a pseudo-terminal).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Endpoint {
+    Tcp(SocketAddr),
+    Rtu(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Rtu(n) => write!(f, "rtu:{n}"),
+        }
+    }
+}
+
+/// One `--reader`, `--relay` or `--panel` value.
 #[derive(Debug, Clone, PartialEq)]
 struct Spec {
     name: String,
-    addr: SocketAddr,
+    addr: Endpoint,
     unit: u8,
     lanes: u16,
 }
@@ -66,9 +97,12 @@ fn parse_spec(value: &str, relay: bool) -> Result<Spec, String> {
     }
     let mut parts = rest.split('/');
     let addr = parts.next().unwrap_or_default();
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("bad address '{addr}' (expected IP:PORT, e.g. 127.0.0.1:5020)"))?;
+    let addr = match addr.strip_prefix("rtu:") {
+        Some(bus) if !bus.is_empty() => Endpoint::Rtu(bus.to_owned()),
+        _ => Endpoint::Tcp(addr.parse().map_err(|_| {
+            format!("bad address '{addr}' (expected IP:PORT, e.g. 127.0.0.1:5020, or rtu:NAME)")
+        })?),
+    };
     let unit = match parts.next() {
         None => DEFAULT_UNIT,
         Some(unit) => unit
@@ -97,9 +131,9 @@ fn parse_spec(value: &str, relay: bool) -> Result<Spec, String> {
 
 /// Refuses two devices on the same address and unit: one would silently replace the other.
 fn check_units(specs: &[&Spec]) -> anyhow::Result<()> {
-    let mut seen: BTreeMap<(SocketAddr, u8), &str> = BTreeMap::new();
+    let mut seen: BTreeMap<(Endpoint, u8), &str> = BTreeMap::new();
     for spec in specs {
-        if let Some(other) = seen.insert((spec.addr, spec.unit), &spec.name) {
+        if let Some(other) = seen.insert((spec.addr.clone(), spec.unit), &spec.name) {
             bail!(
                 "{other} and {} are both unit {} on {}",
                 spec.name,
@@ -121,49 +155,71 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if cli.readers.is_empty() && cli.relays.is_empty() {
-        bail!("nothing to serve: give at least one --reader or --relay (see --help)");
+    if cli.readers.is_empty() && cli.relays.is_empty() && cli.panels.is_empty() {
+        bail!("nothing to serve: give at least one --reader, --relay or --panel (see --help)");
     }
-    check_units(&cli.readers.iter().chain(&cli.relays).collect::<Vec<_>>())?;
+    check_units(
+        &cli.readers
+            .iter()
+            .chain(&cli.relays)
+            .chain(&cli.panels)
+            .collect::<Vec<_>>(),
+    )?;
 
-    let mut servers: BTreeMap<SocketAddr, SimServer> = BTreeMap::new();
+    let mut servers: BTreeMap<Endpoint, SimServer> = BTreeMap::new();
     let mut devices = Devices::new();
-    for (spec, relay) in cli
+    for (spec, kind) in cli
         .readers
         .iter()
-        .map(|spec| (spec, false))
-        .chain(cli.relays.iter().map(|spec| (spec, true)))
+        .map(|spec| (spec, "reader"))
+        .chain(cli.relays.iter().map(|spec| (spec, "relay")))
+        .chain(cli.panels.iter().map(|spec| (spec, "panel")))
     {
         let server = match servers.get(&spec.addr) {
             Some(server) => server.clone(),
             None => {
-                let server = SimServer::bind(spec.addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {} for {}", spec.addr, spec.name))?;
-                servers.insert(spec.addr, server.clone());
+                let server = match &spec.addr {
+                    Endpoint::Tcp(addr) => SimServer::bind(*addr).await,
+                    Endpoint::Rtu(_) => SimServer::serial().await,
+                }
+                .with_context(|| format!("cannot serve {} for {}", spec.addr, spec.name))?;
+                if let Endpoint::Rtu(bus) = &spec.addr {
+                    println!("hw-sim: bus {bus} is {}", server.endpoint());
+                }
+                servers.insert(spec.addr.clone(), server.clone());
                 server
             }
         };
-        if relay {
-            let handle = server.add_relay(spec.unit, spec.lanes, RelayRegisters::default());
-            devices.add_relay(&spec.name, handle)?;
-            println!(
-                "hw-sim: relay {} on {} unit {}, {} lanes",
-                spec.name,
-                server.local_addr(),
-                spec.unit,
-                spec.lanes
-            );
-        } else {
-            let handle = server.add_reader(spec.unit, ReaderRegisters::default());
-            devices.add_reader(&spec.name, handle)?;
-            println!(
-                "hw-sim: reader {} on {} unit {}",
-                spec.name,
-                server.local_addr(),
-                spec.unit
-            );
+        match kind {
+            "relay" => {
+                let handle = server.add_relay(spec.unit, spec.lanes, RelayRegisters::default());
+                devices.add_relay(&spec.name, handle)?;
+            }
+            "panel" => devices.add_panel(&spec.name, server.add_panel(spec.unit))?,
+            _ => devices.add_reader(
+                &spec.name,
+                server.add_reader(spec.unit, ReaderRegisters::default()),
+            )?,
         }
+        let lanes = if kind == "relay" {
+            format!(", {} lanes", spec.lanes)
+        } else {
+            String::new()
+        };
+        println!(
+            "hw-sim: {kind} {} on {} unit {}{lanes}",
+            spec.name,
+            server.endpoint(),
+            spec.unit,
+        );
+    }
+    for (name, fault) in &cli.device_faults {
+        let reply = hw_sim::control::execute(&devices, &format!("device-fault {name} {fault}"));
+        let last = reply.last().cloned().unwrap_or_default();
+        if !last.starts_with("ok") {
+            bail!("--device-fault {name}={fault}: {last}");
+        }
+        println!("hw-sim: {last}");
     }
 
     let control = match cli.control {
@@ -228,7 +284,23 @@ mod tests {
     #[test]
     fn specs_take_defaults() {
         let spec = parse_reader("reader1=127.0.0.1:5020").expect("valid");
-        assert_eq!((spec.unit, spec.addr.port()), (1, 5020));
+        assert_eq!(
+            (spec.unit, spec.addr.clone()),
+            (1, Endpoint::Tcp("127.0.0.1:5020".parse().expect("literal")))
+        );
+        let spec = parse_reader("r2=rtu:bus1/3").expect("valid");
+        assert_eq!(
+            (spec.unit, spec.addr),
+            (3, Endpoint::Rtu("bus1".to_owned()))
+        );
+        assert_eq!(
+            parse_device_fault("r2=flap 500ms").expect("valid"),
+            (
+                "r2".to_owned(),
+                hw_sim::Fault::Flap(std::time::Duration::from_millis(500))
+            )
+        );
+        assert!(parse_device_fault("r2=wobble").is_err());
         let spec = parse_relay("relay1=127.0.0.1:5030/3/4").expect("valid");
         assert_eq!(
             (spec.name.as_str(), spec.unit, spec.lanes),

@@ -11,8 +11,14 @@
 //!   tokio-modbus cannot express: closing connections on demand (disconnect) and replacing the
 //!   encoded response with bytes that are not a frame (garbage).
 //!
-//! Faults are set on the whole server, because a fault is a property of the device at the end
-//! of the socket (a dead box, a bad cable), not of one unit behind it.
+//! A server can instead serve Modbus RTU on a pseudo-terminal ([`SimServer::serial`]), as the
+//! units of one RS-485 bus: the daemon opens the terminal's path as it would open
+//! `/dev/ttyUSB0`.
+//!
+//! Faults are set on the whole server ([`SimServer::set_fault`]: a dead box, a bad cable, a
+//! bus that is cut) or on one unit ([`SimServer::set_unit_fault`]: one device that stops
+//! answering, answers slowly, answers nonsense or flaps, while the others on the same socket or
+//! bus go on). The server's fault, when it has one, wins.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -58,7 +64,12 @@ pub enum Fault {
     /// Every answer is replaced by random bytes that are not a valid frame. The bytes are
     /// shaped like an MBAP header with a complete length but a nonzero protocol id, so a
     /// client rejects them at once instead of waiting for more; requests still take effect.
+    /// On one unit, or on a serial server, the answer is instead a well-formed frame of the
+    /// wrong function (a unit talking nonsense), which a client rejects just as well.
     Garbage,
+    /// The device flaps (a loose connector): it answers for this long, then stays silent for
+    /// as long, and so on, starting with an answering phase when the fault is set.
+    Flap(Duration),
 }
 
 impl fmt::Display for Fault {
@@ -71,14 +82,17 @@ impl fmt::Display for Fault {
             Fault::Exception(code) => write!(f, "exception {}", u8::from(*code)),
             Fault::Disconnect => f.write_str("disconnect"),
             Fault::Garbage => f.write_str("garbage"),
+            Fault::Flap(period) => write!(f, "flap {}ms", period.as_millis()),
         }
     }
 }
 
 /// What every connection of a server watches.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Control {
     fault: Fault,
+    /// When `fault` was set (a flap counts its phases from here).
+    since: std::time::Instant,
     /// Bumped each time `Disconnect` is set or connections are dropped. A connection remembers the epoch it was accepted
     /// in and closes when it changes, so even a `Disconnect` that is cleared again before the
     /// connection's task runs still closes it.
@@ -86,6 +100,36 @@ struct Control {
     shutdown: bool,
     /// Set by the accept task when it has stopped and the listener is closed.
     stopped: bool,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            fault: Fault::None,
+            since: std::time::Instant::now(),
+            epoch: 0,
+            shutdown: false,
+            stopped: false,
+        }
+    }
+}
+
+impl Fault {
+    /// The fault as it acts at `now`, for one set at `since`: a flap is `NoReply` in its
+    /// silent phases and no fault in the others.
+    fn at(&self, since: std::time::Instant, now: std::time::Instant) -> Fault {
+        match self {
+            Fault::Flap(period) => {
+                let phase = now.duration_since(since).as_millis() / period.as_millis().max(1);
+                if phase % 2 == 1 {
+                    Fault::NoReply
+                } else {
+                    Fault::None
+                }
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 impl Control {
@@ -114,7 +158,15 @@ impl Unit {
 
 struct Shared {
     local_addr: SocketAddr,
+    /// A serial server: the pseudo-terminal's path, and its slave end, held open so that the
+    /// daemon may close and reopen the path (a pty whose last slave closes hangs up).
+    serial: Option<(
+        std::path::PathBuf,
+        Mutex<Option<tokio_serial::SerialStream>>,
+    )>,
     units: Mutex<HashMap<u8, Unit>>,
+    /// Faults of single units, with when they were set.
+    unit_faults: Mutex<HashMap<u8, (Fault, std::time::Instant)>>,
     control: watch::Sender<Control>,
     connections: AtomicUsize,
 }
@@ -160,9 +212,27 @@ impl Shared {
         req: SlaveRequest<'static>,
         epoch: u64,
     ) -> Result<Option<Response>, ExceptionCode> {
-        let fault = self.control.borrow().fault.clone();
+        let now = std::time::Instant::now();
+        let (server_fault, since) = {
+            let c = self.control.borrow();
+            (c.fault.clone(), c.since)
+        };
+        let server_fault = server_fault.at(since, now);
+        // Garbage on a TCP socket is done by the stream (bytes that are not a frame); on a
+        // unit or a serial line it is a frame of the wrong function.
+        let mut wrong_frame = self.serial.is_some() && server_fault == Fault::Garbage;
+        let fault = if server_fault == Fault::None {
+            let unit = lock(&self.unit_faults).get(&req.slave).cloned();
+            let f = unit.map_or(Fault::None, |(f, since)| f.at(since, now));
+            wrong_frame |= f == Fault::Garbage;
+            f
+        } else {
+            server_fault
+        };
         match fault {
-            Fault::NoReply => return Ok(None),
+            // On a serial line there are no connections to drop: a disconnected device is a
+            // silent one.
+            Fault::NoReply | Fault::Disconnect => return Ok(None),
             Fault::Latency(delay) => {
                 // A connection dropped during the delay must not answer afterwards.
                 let mut control = self.control.subscribe();
@@ -179,7 +249,15 @@ impl Shared {
         if let Fault::Exception(code) = fault {
             return Err(code);
         }
-        unit.handle(&req.request, Now::read()).map(Some)
+        let answer = unit.handle(&req.request, Now::read())?;
+        if wrong_frame {
+            // The request took effect; the answer is nonsense.
+            return Ok(Some(match answer {
+                Response::ReadCoils(_) => Response::ReadDiscreteInputs(vec![true; 8]),
+                _ => Response::ReadCoils(vec![true; 8]),
+            }));
+        }
+        Ok(Some(answer))
     }
 }
 
@@ -369,6 +447,30 @@ async fn run(server: Server, shared: Arc<Shared>) {
     shared.control.send_modify(|control| control.stopped = true);
 }
 
+/// Serves RTU on the master end of the pty until shutdown. The connection's epoch is the one
+/// at start: a serial line has no connections to drop.
+async fn run_serial(master: tokio_serial::SerialStream, shared: Arc<Shared>) {
+    let mut control = shared.control.subscribe();
+    let epoch = control.borrow().epoch;
+    let connection = Connection {
+        shared: Arc::clone(&shared),
+        epoch,
+    };
+    let server = tokio_modbus::server::rtu::Server::new(master);
+    tokio::select! {
+        r = server.serve_forever(connection) => {
+            if let Err(err) = r {
+                tracing::error!(%err, "modbus RTU server stopped");
+            }
+        }
+        () = shutdown_requested(&mut control) => {}
+    }
+    if let Some((_, slave)) = &shared.serial {
+        lock(slave).take();
+    }
+    shared.control.send_modify(|control| control.stopped = true);
+}
+
 async fn shutdown_requested(control: &mut watch::Receiver<Control>) {
     let _ = control.wait_for(|control| control.shutdown).await;
 }
@@ -409,7 +511,9 @@ impl SimServer {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             local_addr,
+            serial: None,
             units: Mutex::new(HashMap::new()),
+            unit_faults: Mutex::new(HashMap::new()),
             control: watch::Sender::new(Control::default()),
             connections: AtomicUsize::new(0),
         });
@@ -421,8 +525,68 @@ impl SimServer {
         })
     }
 
+    /// Serves Modbus RTU on a new pseudo-terminal pair, as the units of one RS-485 bus: the
+    /// daemon opens [`serial_path`](Self::serial_path) like a serial adapter. Baud rate and
+    /// parity are whatever the daemon sets (a pty ignores them). Must be called inside a tokio
+    /// runtime.
+    pub async fn serial() -> io::Result<SimServer> {
+        use tokio_serial::SerialPort as _;
+        let (master, slave) = tokio_serial::SerialStream::pair().map_err(io::Error::other)?;
+        let path = slave
+            .name()
+            .ok_or_else(|| io::Error::other("the pseudo-terminal has no name"))?;
+        let shared = Arc::new(Shared {
+            local_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            serial: Some((path.clone().into(), Mutex::new(Some(slave)))),
+            units: Mutex::new(HashMap::new()),
+            unit_faults: Mutex::new(HashMap::new()),
+            control: watch::Sender::new(Control::default()),
+            connections: AtomicUsize::new(0),
+        });
+        tokio::spawn(run_serial(master, Arc::clone(&shared)));
+        tracing::debug!(%path, "modbus RTU server on a pseudo-terminal");
+        Ok(SimServer {
+            _alive: Arc::new(Alive(Arc::clone(&shared))),
+            shared,
+        })
+    }
+
+    /// The TCP address served; `0.0.0.0:0` for a serial server (see
+    /// [`serial_path`](Self::serial_path)).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The path the daemon opens, for a serial server.
+    pub fn serial_path(&self) -> Option<&std::path::Path> {
+        self.shared.serial.as_ref().map(|(p, _)| p.as_path())
+    }
+
+    /// Where the server is, for messages: `127.0.0.1:5020` or `/dev/pts/3`.
+    pub fn endpoint(&self) -> String {
+        match self.serial_path() {
+            Some(p) => p.display().to_string(),
+            None => self.shared.local_addr.to_string(),
+        }
+    }
+
+    /// Sets the fault of one unit (one device on the socket or bus); the others are spared.
+    /// [`Fault::Disconnect`] on a unit is [`Fault::NoReply`]: its socket stays up for the
+    /// others. [`Fault::None`] clears it.
+    pub fn set_unit_fault(&self, unit: u8, fault: Fault) {
+        let mut faults = lock(&self.shared.unit_faults);
+        if fault == Fault::None {
+            faults.remove(&unit);
+        } else {
+            faults.insert(unit, (fault, std::time::Instant::now()));
+        }
+    }
+
+    /// The fault set on one unit.
+    pub fn unit_fault(&self, unit: u8) -> Fault {
+        lock(&self.shared.unit_faults)
+            .get(&unit)
+            .map_or(Fault::None, |(f, _)| f.clone())
     }
 
     /// Hosts a reader at `unit`, replacing whatever that unit id hosted before.
@@ -460,6 +624,7 @@ impl SimServer {
                 control.epoch = control.epoch.wrapping_add(1);
             }
             control.fault = fault;
+            control.since = std::time::Instant::now();
         });
     }
 

@@ -4,6 +4,7 @@
 //! Architecture invariant: one task per device owns that device's connection. A lane never
 //! waits on another lane's device; a faulty device only stalls its own work.
 
+pub mod bus;
 pub mod health;
 pub mod modbus;
 pub mod panel;

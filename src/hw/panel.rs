@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::Backoff;
-use super::modbus::ModbusTcp;
+use super::modbus::Modbus;
 use super::relay::Debounce;
 use crate::config::PanelConfig;
 use crate::core::{Direction, Mode};
@@ -121,7 +121,7 @@ async fn run(
     let last = inputs.iter().map(|(a, _, _)| *a).max().unwrap_or(0);
     let count = last.saturating_sub(first).saturating_add(1);
 
-    let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
+    let mut conn = Modbus::new(&cfg.link, cfg.unit, cfg.timeout, &shared.buses);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut mode = shared.mode.clone();
     let mut health = shared.health.watch();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::modbus::ModbusTcp;
+use super::modbus::Modbus;
 use super::relay::RelayHandle;
 use super::{Backoff, DeviceError};
 use crate::config::{LaneConfig, ReaderConfig};
@@ -104,7 +104,7 @@ async fn run(
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
+    let mut conn = Modbus::new(&cfg.link, cfg.unit, cfg.timeout, &shared.buses);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut wait = Duration::ZERO;
     let mut seen = Seen::default();
@@ -167,7 +167,7 @@ async fn poll_once(
     lane: &LaneConfig,
     relay: &RelayHandle,
     shared: &Shared,
-    conn: &mut ModbusTcp,
+    conn: &mut Modbus,
     seen: &mut Seen,
 ) -> Result<bool, DeviceError> {
     let regs = conn

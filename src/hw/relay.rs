@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::modbus::ModbusTcp;
+use super::modbus::Modbus;
 use super::{Backoff, DeviceError};
 use crate::config::RelayConfig;
 use crate::core::{Direction, Mode};
@@ -200,7 +200,7 @@ struct Contacts {
 
 impl Contacts {
     /// Reads both contacts once and hands on the changes.
-    async fn poll(&mut self, conn: &mut ModbusTcp, cfg: &RelayConfig) -> Result<(), DeviceError> {
+    async fn poll(&mut self, conn: &mut Modbus, cfg: &RelayConfig) -> Result<(), DeviceError> {
         let fire = conn.read_discrete_inputs(cfg.fire_input, 1).await?;
         let tamper = conn.read_discrete_inputs(cfg.tamper_input, 1).await?;
         for (contact, level, bits) in [
@@ -254,7 +254,7 @@ impl Buttons {
     }
 
     /// Reads the buttons once and hands on the presses completed.
-    async fn poll(&mut self, conn: &mut ModbusTcp) -> Result<(), DeviceError> {
+    async fn poll(&mut self, conn: &mut Modbus) -> Result<(), DeviceError> {
         let Some((first, n)) = self.span else {
             return Ok(());
         };
@@ -288,7 +288,7 @@ pub fn holds_open(mode: Mode) -> bool {
 
 /// Writes the hold coils of every channel: entry and exit together.
 async fn write_holds(
-    conn: &mut ModbusTcp,
+    conn: &mut Modbus,
     cfg: &RelayConfig,
     channels: &[u16],
     on: bool,
@@ -314,7 +314,7 @@ async fn run(
     mut rx: mpsc::Receiver<Pulse>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn = ModbusTcp::new(&cfg.address, cfg.unit, cfg.timeout);
+    let mut conn = Modbus::new(&cfg.link, cfg.unit, cfg.timeout, &shared.buses);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut next_check = tokio::time::Instant::now();
     let mut mode = shared.mode.clone();

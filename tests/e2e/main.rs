@@ -1,4 +1,4 @@
-//! End-to-end tests: the real `gated` binary, hw-sim devices over Modbus TCP, and a real
+//! End-to-end tests: the real `gated` binary, hw-sim devices over Modbus TCP and RTU (a pseudo-terminal), and a real
 //! mosquitto, checked through an MQTT subscriber exactly as an operator would see them.
 
 mod cli;
@@ -11,6 +11,7 @@ mod lists;
 mod outage;
 mod panel;
 mod pass;
+mod rtu;
 mod tidy;
 mod tls;
 mod trust;

@@ -6,4 +6,5 @@ mod binary;
 mod control;
 mod faults;
 mod modbus;
+mod rtu;
 mod util;

@@ -1,0 +1,345 @@
+//! An RS-485 bus (Modbus RTU): one task owns the serial port; the device tasks of the units
+//! on it send it requests and await the replies.
+//!
+//! A bus carries one request at a time, so the order is the owner's choice. It serves the
+//! units round-robin, one request per unit per round: a dead unit costs the others one
+//! timeout per round at most (and its own task backs off after each failure, so it asks less
+//! and less), never a queue of them.
+//!
+//! After a timeout or a broken frame the port is closed, the line is left quiet for
+//! `QUIET`, and the port is opened again with its input flushed: a reply that comes late
+//! must never be taken for the answer to the next request (tokio-modbus #324).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+use tokio_modbus::client::{Context, Reader, Writer, rtu};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::{ExceptionCode, Slave};
+use tokio_serial::{SerialPort, SerialPortBuilderExt};
+
+use super::DeviceError;
+use crate::config::{Parity, SerialLink};
+
+/// How long the line is left quiet after a request that failed, before the next one: longer
+/// than any device takes to finish a late reply at the slowest baud rate we accept.
+const QUIET: Duration = Duration::from_millis(100);
+/// After the port could not be opened, requests fail at once for this long before another
+/// open is tried: a missing adapter must not cost every request an open attempt.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// One Modbus request on the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    ReadInputRegisters(u16, u16),
+    ReadHoldingRegisters(u16, u16),
+    ReadDiscreteInputs(u16, u16),
+    WriteMultipleCoils(u16, Vec<bool>),
+    WriteSingleRegister(u16, u16),
+}
+
+/// What a request gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+    Done,
+}
+
+struct Request {
+    unit: u8,
+    op: Op,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Reply, DeviceError>>,
+}
+
+/// A handle on one bus's owner task. Cheap to clone.
+#[derive(Clone)]
+pub struct BusHandle {
+    path: Arc<PathBuf>,
+    tx: mpsc::Sender<Request>,
+}
+
+impl BusHandle {
+    /// Sends one request for `unit` and waits for its turn and its reply. `wait` bounds the
+    /// wire time of this request, not its time in the queue.
+    pub async fn call(&self, unit: u8, op: Op, wait: Duration) -> Result<Reply, DeviceError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                unit,
+                op,
+                timeout: wait,
+                reply,
+            })
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
+        rx.await.map_err(|_| DeviceError::Stopped)?
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// The buses of a gate by serial path, each started on first use. Every device on one path
+/// gets the same bus (the config checked that they agree on its settings).
+#[derive(Clone, Default)]
+pub struct Buses {
+    by_path: Arc<Mutex<HashMap<PathBuf, BusHandle>>>,
+}
+
+impl Buses {
+    /// The bus of `link`, its owner task started if this is the first device on it. Must be
+    /// called inside the runtime. The task ends when every handle is gone.
+    pub fn get(&self, link: &SerialLink) -> BusHandle {
+        let mut map = self
+            .by_path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(link.path.clone())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(run(link.clone(), rx));
+                BusHandle {
+                    path: Arc::new(link.path.clone()),
+                    tx,
+                }
+            })
+            .clone()
+    }
+}
+
+/// The requests waiting, one queue per unit, served round-robin.
+#[derive(Default)]
+struct Queues {
+    by_unit: BTreeMap<u8, VecDeque<Request>>,
+    /// The unit served last; the next turn goes to the first unit after it that waits.
+    last: Option<u8>,
+}
+
+impl Queues {
+    fn push(&mut self, r: Request) {
+        self.by_unit.entry(r.unit).or_default().push_back(r);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_unit.values().all(VecDeque::is_empty)
+    }
+
+    /// The next request in round-robin order; requests whose caller has gone are dropped.
+    fn next(&mut self) -> Option<Request> {
+        loop {
+            let after = self.last.map_or(0, |u| u16::from(u) + 1);
+            let unit = self
+                .by_unit
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(u, _)| *u)
+                .find(|u| u16::from(*u) >= after)
+                .or_else(|| {
+                    self.by_unit
+                        .iter()
+                        .find(|(_, q)| !q.is_empty())
+                        .map(|(u, _)| *u)
+                })?;
+            self.last = Some(unit);
+            let r = self.by_unit.get_mut(&unit)?.pop_front()?;
+            if !r.reply.is_closed() {
+                return Some(r);
+            }
+        }
+    }
+}
+
+/// The serial port, opened on demand.
+struct Port {
+    link: SerialLink,
+    ctx: Option<Context>,
+    /// When the last open failed, and why: requests fail fast until `REOPEN_AFTER` has passed.
+    failed: Option<(Instant, String)>,
+}
+
+impl Port {
+    fn open(&mut self) -> Result<&mut Context, DeviceError> {
+        if self.ctx.is_none() {
+            if let Some((at, why)) = &self.failed
+                && at.elapsed() < REOPEN_AFTER
+            {
+                return Err(DeviceError::Connect(why.clone()));
+            }
+            let l = &self.link;
+            let opened = tokio_serial::new(l.path.to_string_lossy(), l.baud)
+                .data_bits(tokio_serial::DataBits::Eight)
+                .parity(match l.parity {
+                    Parity::None => tokio_serial::Parity::None,
+                    Parity::Even => tokio_serial::Parity::Even,
+                    Parity::Odd => tokio_serial::Parity::Odd,
+                })
+                .stop_bits(if l.stop_bits == 2 {
+                    tokio_serial::StopBits::Two
+                } else {
+                    tokio_serial::StopBits::One
+                })
+                .flow_control(tokio_serial::FlowControl::None)
+                .open_native_async();
+            let port = match opened {
+                Ok(p) => p,
+                Err(e) => {
+                    let why = format!("{}: {e}", l.path.display());
+                    tracing::warn!(bus = %l.path.display(), error = %e, "cannot open the serial port");
+                    self.failed = Some((Instant::now(), why.clone()));
+                    return Err(DeviceError::Connect(why));
+                }
+            };
+            // Whatever a device sent while the port was closed is not an answer to anything.
+            if let Err(e) = port.clear(tokio_serial::ClearBuffer::All) {
+                tracing::debug!(bus = %l.path.display(), error = %e, "cannot flush the port");
+            }
+            if self.failed.take().is_some() {
+                tracing::info!(bus = %l.path.display(), "serial port open again");
+            }
+            self.ctx = Some(rtu::attach(port));
+        }
+        self.ctx
+            .as_mut()
+            .ok_or_else(|| DeviceError::Connect("not open".into()))
+    }
+}
+
+async fn run(link: SerialLink, mut rx: mpsc::Receiver<Request>) {
+    let mut port = Port {
+        link,
+        ctx: None,
+        failed: None,
+    };
+    let mut queues = Queues::default();
+    loop {
+        if queues.is_empty() {
+            match rx.recv().await {
+                Some(r) => queues.push(r),
+                None => return, // every device task has stopped
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            queues.push(r);
+        }
+        let Some(r) = queues.next() else { continue };
+        let result = serve(&mut port, r.unit, &r.op, r.timeout).await;
+        if matches!(
+            result,
+            Err(DeviceError::Timeout(_) | DeviceError::Transport(_) | DeviceError::Garbage(_))
+        ) {
+            // Close, let a late reply die out, and open again with the input flushed.
+            port.ctx = None;
+            tokio::time::sleep(QUIET).await;
+        }
+        let _ = r.reply.send(result);
+    }
+}
+
+async fn serve(port: &mut Port, unit: u8, op: &Op, wait: Duration) -> Result<Reply, DeviceError> {
+    let ctx = port.open()?;
+    ctx.set_slave(Slave(unit));
+    let ms = wait.as_millis() as u64;
+    let settle = |r: Result<
+        Result<Result<Reply, ExceptionCode>, tokio_modbus::Error>,
+        tokio::time::error::Elapsed,
+    >| match r {
+        Err(_) => Err(DeviceError::Timeout(ms)),
+        Ok(Err(e)) => Err(super::modbus::transport(e)),
+        Ok(Ok(Err(code))) => Err(DeviceError::Exception(format!("{code:?}"))),
+        Ok(Ok(Ok(v))) => Ok(v),
+    };
+    let r = match op {
+        Op::ReadInputRegisters(a, n) => {
+            timeout(wait, async {
+                ctx.read_input_registers(*a, *n)
+                    .await
+                    .map(|r| r.map(Reply::Words))
+            })
+            .await
+        }
+        Op::ReadHoldingRegisters(a, n) => {
+            timeout(wait, async {
+                ctx.read_holding_registers(*a, *n)
+                    .await
+                    .map(|r| r.map(Reply::Words))
+            })
+            .await
+        }
+        Op::ReadDiscreteInputs(a, n) => {
+            timeout(wait, async {
+                ctx.read_discrete_inputs(*a, *n)
+                    .await
+                    .map(|r| r.map(Reply::Bits))
+            })
+            .await
+        }
+        Op::WriteMultipleCoils(a, v) => {
+            timeout(wait, async {
+                ctx.write_multiple_coils(*a, v)
+                    .await
+                    .map(|r| r.map(|()| Reply::Done))
+            })
+            .await
+        }
+        Op::WriteSingleRegister(a, v) => {
+            timeout(wait, async {
+                ctx.write_single_register(*a, *v)
+                    .await
+                    .map(|r| r.map(|()| Reply::Done))
+            })
+            .await
+        }
+    };
+    settle(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(unit: u8) -> (Request, oneshot::Receiver<Result<Reply, DeviceError>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Request {
+                unit,
+                op: Op::WriteSingleRegister(0, 0),
+                timeout: Duration::from_millis(10),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn units_take_turns_whatever_the_queue_lengths() {
+        let mut q = Queues::default();
+        let mut keep = Vec::new();
+        // Unit 5 (dead, say) has queued five requests; units 1 and 9 one each.
+        for u in [5, 5, 5, 5, 5, 1, 9] {
+            let (r, rx) = req(u);
+            q.push(r);
+            keep.push(rx);
+        }
+        let order: Vec<u8> = std::iter::from_fn(|| q.next().map(|r| r.unit)).collect();
+        assert_eq!(order, vec![1, 5, 9, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn a_request_whose_caller_left_is_skipped() {
+        let mut q = Queues::default();
+        let (gone, rx) = req(2);
+        drop(rx);
+        q.push(gone);
+        let (live, _rx) = req(3);
+        q.push(live);
+        assert_eq!(q.next().map(|r| r.unit), Some(3));
+        assert!(q.next().is_none());
+    }
+}
