@@ -64,6 +64,108 @@ struct RawConfig {
     clock: Option<Spanned<RawClock>>,
     #[serde(default)]
     panel: Vec<Spanned<RawPanel>>,
+    #[serde(default)]
+    wiegand: Vec<Spanned<RawWiegand>>,
+    #[serde(default)]
+    gpio_panel: Vec<Spanned<RawGpioPanel>>,
+    #[serde(default)]
+    gpio_relay: Vec<Spanned<RawGpioRelay>>,
+}
+
+/// A Wiegand reader on two GPIO lines (BCM numbers).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWiegand {
+    name: String,
+    d0: u8,
+    d1: u8,
+    lane: u16,
+    direction: Direction,
+    #[serde(default = "default_wiegand_formats")]
+    formats: Vec<u8>,
+    #[serde(default = "default_frame_timeout")]
+    frame_timeout_ms: u64,
+}
+
+fn default_wiegand_formats() -> Vec<u8> {
+    vec![26, 34]
+}
+fn default_frame_timeout() -> u64 {
+    25
+}
+
+/// A guard panel wired to GPIO lines (BCM numbers): buttons and switches to ground by default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpioPanel {
+    name: String,
+    #[serde(default = "default_true")]
+    active_low: bool,
+    #[serde(default = "default_gpio_poll")]
+    poll_ms: u64,
+    #[serde(default)]
+    lane: Vec<RawGpioPanelLane>,
+    #[serde(default)]
+    hold_open: Option<u8>,
+    #[serde(default)]
+    lockdown: Option<u8>,
+    #[serde(default)]
+    emergency: Option<u8>,
+    #[serde(default)]
+    reset: Option<u8>,
+    #[serde(default)]
+    lamps: RawGpioLamps,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpioPanelLane {
+    id: u16,
+    entry: u8,
+    exit: u8,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGpioLamps {
+    #[serde(default)]
+    normal: Option<u8>,
+    #[serde(default)]
+    lockdown: Option<u8>,
+    #[serde(default)]
+    emergency: Option<u8>,
+    #[serde(default)]
+    offline: Option<u8>,
+}
+
+/// Relay outputs on GPIO lines (BCM numbers), with an optional fire contact input.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpioRelay {
+    name: String,
+    #[serde(default)]
+    active_low: bool,
+    #[serde(default)]
+    lane: Vec<RawGpioRelayLane>,
+    #[serde(default)]
+    fire: Option<u8>,
+    #[serde(default = "default_true")]
+    fire_active_low: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpioRelayLane {
+    channel: u16,
+    entry: u8,
+    exit: u8,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_gpio_poll() -> u64 {
+    20
 }
 
 #[derive(Deserialize)]
@@ -469,6 +571,9 @@ pub struct Config {
     /// (anti-passback) and invitation entries used are learned from them.
     pub peers: Vec<String>,
     pub panels: Vec<PanelConfig>,
+    pub wiegand: Vec<WiegandReader>,
+    pub gpio_panels: Vec<GpioPanelConfig>,
+    pub gpio_relays: Vec<GpioRelayConfig>,
 }
 
 /// A guard's button panel: a Modbus IO module (DESIGN.md's profile).
@@ -616,6 +721,63 @@ pub enum Parity {
     #[default]
     Even,
     Odd,
+}
+
+/// A Wiegand reader on GPIO lines `d0` / `d1` (BCM numbers).
+#[derive(Clone, Debug)]
+pub struct WiegandReader {
+    pub name: String,
+    pub d0: u8,
+    pub d1: u8,
+    pub lane: u16,
+    pub direction: Direction,
+    pub decoder: crate::hw::wiegand::WiegandConfig,
+}
+
+/// A guard panel on GPIO lines (BCM numbers).
+#[derive(Clone, Debug)]
+pub struct GpioPanelConfig {
+    pub name: String,
+    /// Inputs are active when pulled low, and lamps are lit by driving low.
+    pub active_low: bool,
+    pub poll: Duration,
+    /// (lane id, open-entry pin, open-exit pin).
+    pub lanes: Vec<(u16, u8, u8)>,
+    pub hold_open: Option<u8>,
+    pub lockdown: Option<u8>,
+    pub emergency: Option<u8>,
+    pub reset: Option<u8>,
+    /// Normal, lockdown, emergency, offline.
+    pub lamps: [Option<u8>; 4],
+}
+
+/// Relay outputs on GPIO lines (BCM numbers).
+#[derive(Clone, Debug)]
+pub struct GpioRelayConfig {
+    pub name: String,
+    /// Outputs are active (releasing) when driven low.
+    pub active_low: bool,
+    /// (channel, entry pin, exit pin).
+    pub lanes: Vec<(u16, u8, u8)>,
+    pub fire: Option<u8>,
+    /// The fire contact is in alarm when pulled low.
+    pub fire_active_low: bool,
+}
+
+impl Config {
+    /// The GPIO devices of this config, named for messages; empty when it has none.
+    pub fn gpio_devices(&self) -> Vec<String> {
+        let w = self.wiegand.iter().map(|w| format!("wiegand `{}`", w.name));
+        let p = self
+            .gpio_panels
+            .iter()
+            .map(|p| format!("gpio_panel `{}`", p.name));
+        let r = self
+            .gpio_relays
+            .iter()
+            .map(|r| format!("gpio_relay `{}`", r.name));
+        w.chain(p).chain(r).collect()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -996,15 +1158,61 @@ impl Checker<'_> {
             });
         }
 
+        let mut pins = BTreeMap::new();
+        let mut gpio_relays = Vec::new();
+        for (i, r) in raw.gpio_relay.into_iter().enumerate() {
+            let span = r.span();
+            let r = r.into_inner();
+            let key = |k: &str| format!("gpio_relay[{i}].{k}");
+            self.check_device(&span, &key("name"), &r.name, &mut names)?;
+            let mut lanes = Vec::new();
+            for (j, l) in r.lane.iter().enumerate() {
+                let k = |what: &str| format!("gpio_relay[{i}].lane[{j}].{what}");
+                self.check_pin(&span, &k("entry"), l.entry, &mut pins)?;
+                self.check_pin(&span, &k("exit"), l.exit, &mut pins)?;
+                if lanes.iter().any(|(c, _, _)| *c == l.channel) {
+                    return self.err(span, &k("channel"), format!("channel {} twice", l.channel));
+                }
+                lanes.push((l.channel, l.entry, l.exit));
+            }
+            if let Some(f) = r.fire {
+                self.check_pin(&span, &key("fire"), f, &mut pins)?;
+            }
+            gpio_relays.push(GpioRelayConfig {
+                name: r.name,
+                active_low: r.active_low,
+                lanes,
+                fire: r.fire,
+                fire_active_low: r.fire_active_low,
+            });
+        }
+
         let mut lanes = BTreeMap::new();
         for (i, l) in raw.lane.into_iter().enumerate() {
             let span = l.span();
             let l = l.into_inner();
-            if !relays.iter().any(|r| r.name == l.relay) {
+            let gpio = gpio_relays.iter().find(|r| r.name == l.relay);
+            if !relays.iter().any(|r| r.name == l.relay) && gpio.is_none() {
                 return self.err(
                     span,
                     &format!("lane[{i}].relay"),
-                    format!("no [[relay]] is named `{}`", l.relay),
+                    format!("no [[relay]] or [[gpio_relay]] is named `{}`", l.relay),
+                );
+            }
+            if let Some(g) = gpio
+                && !g
+                    .lanes
+                    .iter()
+                    .any(|(c, _, _)| *c == l.channel.unwrap_or(l.id))
+            {
+                return self.err(
+                    span,
+                    &format!("lane[{i}].channel"),
+                    format!(
+                        "gpio_relay `{}` has no [[gpio_relay.lane]] with channel {}",
+                        g.name,
+                        l.channel.unwrap_or(l.id)
+                    ),
                 );
             }
             if !(100..=60_000).contains(&l.release_ms) {
@@ -1135,6 +1343,96 @@ impl Checker<'_> {
             });
         }
 
+        let mut wiegand = Vec::new();
+        for (i, w) in raw.wiegand.into_iter().enumerate() {
+            let span = w.span();
+            let w = w.into_inner();
+            let key = |k: &str| format!("wiegand[{i}].{k}");
+            self.check_device(&span, &key("name"), &w.name, &mut names)?;
+            self.check_pin(&span, &key("d0"), w.d0, &mut pins)?;
+            self.check_pin(&span, &key("d1"), w.d1, &mut pins)?;
+            if !lanes.contains_key(&w.lane) {
+                return self.err(span, &key("lane"), format!("no [[lane]] has id {}", w.lane));
+            }
+            let mut formats = Vec::new();
+            for f in &w.formats {
+                formats.push(match f {
+                    26 => crate::hw::wiegand::Format::W26,
+                    34 => crate::hw::wiegand::Format::W34,
+                    other => {
+                        return self.err(
+                            span,
+                            &key("formats"),
+                            format!("{other} bits is not a known format (26 or 34)"),
+                        );
+                    }
+                });
+            }
+            if formats.is_empty() {
+                return self.err(span, &key("formats"), "must name at least one format");
+            }
+            if !(5..=200).contains(&w.frame_timeout_ms) {
+                return self.err(span, &key("frame_timeout_ms"), "must be 5..=200");
+            }
+            wiegand.push(WiegandReader {
+                name: w.name,
+                d0: w.d0,
+                d1: w.d1,
+                lane: w.lane,
+                direction: w.direction,
+                decoder: crate::hw::wiegand::WiegandConfig {
+                    frame_timeout_us: w.frame_timeout_ms * 1000,
+                    formats,
+                    ..Default::default()
+                },
+            });
+        }
+
+        let mut gpio_panels = Vec::new();
+        for (i, p) in raw.gpio_panel.into_iter().enumerate() {
+            let span = p.span();
+            let p = p.into_inner();
+            let key = |k: &str| format!("gpio_panel[{i}].{k}");
+            self.check_device(&span, &key("name"), &p.name, &mut names)?;
+            self.check_ms(&span, &key("poll_ms"), p.poll_ms, 5, 1_000)?;
+            let mut panel_lanes = Vec::new();
+            for (j, l) in p.lane.iter().enumerate() {
+                let k = |what: &str| format!("gpio_panel[{i}].lane[{j}].{what}");
+                if !lanes.contains_key(&l.id) {
+                    return self.err(span, &k("id"), format!("no [[lane]] has id {}", l.id));
+                }
+                self.check_pin(&span, &k("entry"), l.entry, &mut pins)?;
+                self.check_pin(&span, &k("exit"), l.exit, &mut pins)?;
+                panel_lanes.push((l.id, l.entry, l.exit));
+            }
+            let l = &p.lamps;
+            for (what, pin) in [
+                ("hold_open", p.hold_open),
+                ("lockdown", p.lockdown),
+                ("emergency", p.emergency),
+                ("reset", p.reset),
+                ("lamps.normal", l.normal),
+                ("lamps.lockdown", l.lockdown),
+                ("lamps.emergency", l.emergency),
+                ("lamps.offline", l.offline),
+            ] {
+                if let Some(pin) = pin {
+                    self.check_pin(&span, &key(what), pin, &mut pins)?;
+                }
+            }
+            gpio_panels.push(GpioPanelConfig {
+                name: p.name,
+                active_low: p.active_low,
+                poll: Duration::from_millis(p.poll_ms),
+                lanes: panel_lanes,
+                hold_open: p.hold_open,
+                lockdown: p.lockdown,
+                emergency: p.emergency,
+                reset: p.reset,
+                lamps: [l.normal, l.lockdown, l.emergency, l.offline],
+            });
+        }
+
         let clock = match raw.clock {
             None => ClockConfig {
                 sync: SyncSource::File(SyncSource::SYSTEMD.into()),
@@ -1183,6 +1481,9 @@ impl Checker<'_> {
             clock,
             peers,
             panels,
+            wiegand,
+            gpio_panels,
+            gpio_relays,
             site: gate.site,
             gate: gate.gate,
             store: StoreConfig {
@@ -1196,6 +1497,31 @@ impl Checker<'_> {
             readers,
             lanes,
         })
+    }
+
+    /// A BCM GPIO number of the Pi's header (0..=27), used once in the whole config.
+    fn check_pin(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        pin: u8,
+        pins: &mut BTreeMap<u8, String>,
+    ) -> Result<(), ConfigError> {
+        if pin > 27 {
+            return self.err(
+                span.clone(),
+                key,
+                format!("GPIO {pin} is not on the header (BCM 0..=27)"),
+            );
+        }
+        if let Some(other) = pins.insert(pin, key.to_string()) {
+            return self.err(
+                span.clone(),
+                key,
+                format!("GPIO {pin} is already used by {other}"),
+            );
+        }
+        Ok(())
     }
 
     fn check_device(
@@ -1411,6 +1737,12 @@ pub fn describe(c: &Config) -> String {
     for r in &c.relays {
         out += &format!("\n  relay `{}` at {} unit {}", r.name, r.link, r.unit);
     }
+    for p in &c.panels {
+        out += &format!("\n  panel `{}` at {} unit {}", p.name, p.link, p.unit);
+    }
+    for d in c.gpio_devices() {
+        out += &format!("\n  {d} on GPIO (needs a Raspberry Pi)");
+    }
     let p = &c.policy;
     out += &format!(
         "\n  rules: time zone {}; schedules [{}]; anti-passback {:?}{}; peers [{}]; clock sync {}",
@@ -1462,8 +1794,51 @@ mod tests {
     fn the_example_config_is_valid() {
         let c = Config::parse("gated.example.toml", EXAMPLE).expect("example config must parse");
         assert_eq!(c.site, "hq");
-        assert!(!c.readers.is_empty());
         assert!(c.mqtt.is_some());
+        // The real gate the issue asks for: an RTU reader, a TCP face terminal, a TCP relay
+        // board and a GPIO panel.
+        assert!(
+            matches!(c.readers[0].link, Link::Rtu(_)),
+            "{:?}",
+            c.readers[0].link
+        );
+        assert!(matches!(c.readers[1].link, Link::Tcp(_)));
+        assert!(matches!(c.relays[0].link, Link::Tcp(_)));
+        assert_eq!(c.gpio_panels.len(), 1);
+        assert_eq!(c.gpio_panels[0].lanes.len(), 2);
+        let sim = Config::parse("gated.sim.toml", include_str!("../config/gated.sim.toml"))
+            .expect("the sim config must parse");
+        assert!(
+            sim.gpio_devices().is_empty(),
+            "the sim config runs anywhere"
+        );
+    }
+
+    #[test]
+    fn gpio_pins_are_checked_and_used_once() {
+        let relay =
+            "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[[lane]]\nid = 0\nrelay = \"k\"\n";
+        let w = |d0: u8, d1: u8| {
+            format!(
+                "[[wiegand]]\nname = \"w\"\nd0 = {d0}\nd1 = {d1}\nlane = 0\ndirection = \"in\"\n"
+            )
+        };
+        assert!(Config::parse("t.toml", &format!("{MINIMAL}{relay}{}", w(5, 6))).is_ok());
+        let e = err(&format!("{MINIMAL}{relay}{}", w(5, 5)));
+        assert!(
+            e.contains("wiegand[0].d1") && e.contains("already used by wiegand[0].d0"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}{relay}{}", w(5, 40)));
+        assert!(e.contains("BCM 0..=27"), "{e}");
+        let e = err(&format!("{MINIMAL}{relay}{}formats = [37]\n", w(5, 6)));
+        assert!(e.contains("37 bits"), "{e}");
+        let gpio_lane = "[[gpio_relay]]\nname = \"g\"\n[[gpio_relay.lane]]\nchannel = 0\nentry = 17\nexit = 27\n[[lane]]\nid = 1\nrelay = \"g\"\n";
+        let e = err(&format!("{MINIMAL}{gpio_lane}"));
+        assert!(
+            e.contains("lane[0].channel") && e.contains("no [[gpio_relay.lane]] with channel 1"),
+            "{e}"
+        );
     }
 
     fn err(text: &str) -> String {

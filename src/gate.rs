@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::config::Config;
 use crate::control::Control;
 use crate::core::Mode;
+use crate::hw::gpio::Gpio as _;
 use crate::hw::health::{Health, Transition};
 use crate::hw::{DeviceError, reader, relay};
 use crate::store::{GateId, Store, StoreError};
@@ -125,6 +126,14 @@ pub struct Gate {
 impl Gate {
     /// Opens the store and starts every task. Returns once they are running.
     pub async fn start(cfg: &Config) -> anyhow::Result<Gate> {
+        // GPIO devices need a Raspberry Pi: elsewhere this fails before anything starts, with a
+        // message naming them.
+        let gpio_devices = cfg.gpio_devices();
+        let gpio = if gpio_devices.is_empty() {
+            None
+        } else {
+            Some(crate::hw::gpio::Rpi::open(&gpio_devices.join(", "))?)
+        };
         // The broker's CA, this gate's certificate and its MQTT password, read before anything
         // starts: a bad file is an error at start that names it, not a retry loop.
         let secrets = cfg
@@ -217,6 +226,19 @@ impl Gate {
                 ),
             );
         }
+        for r in &cfg.gpio_relays {
+            let gpio = gpio.as_ref().context("GPIO opened for GPIO devices")?;
+            relays.insert(
+                r.name.clone(),
+                crate::hw::gpio::spawn_relay(
+                    r.clone(),
+                    gpio,
+                    inputs.contacts.clone(),
+                    shared.clone(),
+                    shutdown_rx.clone(),
+                )?,
+            );
+        }
         let mut lanes = std::collections::BTreeMap::new();
         for l in cfg.lanes.values() {
             let relay = relays
@@ -225,7 +247,7 @@ impl Gate {
             lanes.insert(l.id, (l.clone(), relay.clone()));
         }
         tokio::spawn(free_exits(press_rx, lanes.clone(), shared.clone()));
-        let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes));
+        let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes.clone()));
         tokio::spawn(contacts(contact_rx, control.clone()));
         let (panel_tx, panel_rx) = mpsc::channel(64);
         for p in &cfg.panels {
@@ -237,7 +259,45 @@ impl Gate {
                 shutdown_rx.clone(),
             );
         }
+        for p in &cfg.gpio_panels {
+            let gpio = gpio.as_ref().context("GPIO opened for GPIO devices")?;
+            crate::hw::gpio::spawn_panel(
+                p.clone(),
+                gpio,
+                panel_tx.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+            )?;
+        }
         tokio::spawn(panels(panel_rx, control.clone()));
+        for w in &cfg.wiegand {
+            let gpio = gpio.as_ref().context("GPIO opened for GPIO devices")?;
+            let (lane, relay) = lanes
+                .get(&w.lane)
+                .cloned()
+                .context("wiegand lane checked by config")?;
+            // Room for several whole frames: the interrupt thread must never find it full.
+            let (edge_tx, edge_rx) = mpsc::channel(1024);
+            let guards = [
+                gpio.falling_edges(w.d0, edge_tx.clone())?,
+                gpio.falling_edges(w.d1, edge_tx)?,
+            ];
+            let (frame_tx, frame_rx) = mpsc::channel(16);
+            tokio::spawn(crate::hw::gpio::wiegand_frames(
+                w.decoder.clone(),
+                w.d0,
+                edge_rx,
+                frame_tx,
+            ));
+            tokio::spawn(wiegand(
+                w.clone(),
+                lane,
+                relay,
+                frame_rx,
+                guards,
+                shared.clone(),
+            ));
+        }
         for r in &cfg.readers {
             let lane = cfg
                 .lanes
@@ -334,6 +394,66 @@ async fn panels(mut presses: mpsc::Receiver<crate::hw::panel::PanelPress>, contr
     while let Some(p) = presses.recv().await {
         if let Some(p) = control.panel_now(p, crate::clock::now_ms()) {
             let _ = ordered_tx.send(p);
+        }
+    }
+}
+
+/// The lane side of a Wiegand reader: each card is decided and recorded (G1), then the lane is
+/// released if granted. A damaged frame grants nothing: it is logged and raised as a
+/// `reader_garbage` alarm (at most one a minute per reader, so a noisy line cannot flood the
+/// outbox). A Wiegand reader has no memory: a card the store cannot record is lost, and the
+/// person presents it again. `_lines` keeps the GPIO interrupts alive.
+async fn wiegand(
+    cfg: crate::config::WiegandReader,
+    lane: crate::config::LaneConfig,
+    relay: relay::RelayHandle,
+    mut frames: mpsc::Receiver<Result<crate::hw::wiegand::Card, crate::hw::wiegand::Rejected>>,
+    _lines: [Box<dyn Send>; 2],
+    shared: Shared,
+) {
+    shared.report(&cfg.name, Ok(()));
+    let mut last_alarm: Option<std::time::Instant> = None;
+    while let Some(frame) = frames.recv().await {
+        let card = match frame {
+            Ok(card) => card,
+            Err(rejected) => {
+                tracing::warn!(reader = %cfg.name, %rejected, "Wiegand frame rejected");
+                if last_alarm.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                    last_alarm = Some(std::time::Instant::now());
+                    let detail = format!("Wiegand frame rejected: {rejected}");
+                    let _ = shared.alarm("reader_garbage", &cfg.name, &detail).await;
+                }
+                continue;
+            }
+        };
+        let input = crate::store::PassInput {
+            from: None,
+            lane: lane.id,
+            direction: cfg.direction,
+            credential: crate::core::Credential {
+                kind: crate::core::CredentialKind::Card,
+                id: card.id(),
+                score: None,
+            },
+            now: crate::clock::now_ms(),
+        };
+        match shared.store.pass(input).await {
+            Ok(crate::store::PassOutcome::Recorded { verdict, event }) => {
+                crate::hw::reader::release(
+                    &shared,
+                    &relay,
+                    &lane,
+                    &cfg.name,
+                    verdict.granted(),
+                    &event,
+                )
+                .await;
+            }
+            Ok(crate::store::PassOutcome::AlreadyRecorded) => {}
+            Err(e) => {
+                tracing::error!(reader = %cfg.name, error = %e, "store unavailable; card not decided (present it again)");
+                shared.health.set("store", "error");
+            }
         }
     }
 }

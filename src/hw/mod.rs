@@ -5,11 +5,13 @@
 //! waits on another lane's device; a faulty device only stalls its own work.
 
 pub mod bus;
+pub mod gpio;
 pub mod health;
 pub mod modbus;
 pub mod panel;
 pub mod reader;
 pub mod relay;
+pub mod wiegand;
 
 /// What went wrong talking to a device. A device's exception is kept apart from a broken
 /// transport (tokio-modbus's `Result<Result<T, ExceptionCode>, Error>`).

@@ -161,6 +161,35 @@ impl Seen {
     }
 }
 
+/// After a pass was recorded (G1): releases the lane if it was granted (a release that fails
+/// is a `relay_failed` alarm), then reports the decision.
+pub async fn release(
+    shared: &Shared,
+    relay: &RelayHandle,
+    lane: &LaneConfig,
+    reader: &str,
+    granted: bool,
+    event: &crate::sync::contract::PassEvent,
+) {
+    shared.health.set("store", "ok");
+    if granted {
+        let r = relay
+            .pulse(lane.channel, event.direction, lane.release_ms)
+            .await;
+        if let Err(e) = r {
+            let detail = format!(
+                "pass {} granted but lane {} {} was not released: {e}",
+                event.id,
+                lane.id,
+                event.direction.as_str()
+            );
+            tracing::error!(reader, "{detail}");
+            let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
+        }
+    }
+    shared.publish_decision(reader, event);
+}
+
 /// One poll: `Ok(true)` when an event was handled.
 async fn poll_once(
     cfg: &ReaderConfig,
@@ -220,23 +249,7 @@ async fn poll_once(
     };
     match shared.store.pass(input).await {
         Ok(PassOutcome::Recorded { verdict, event }) => {
-            shared.health.set("store", "ok");
-            if verdict.granted() {
-                let r = relay
-                    .pulse(lane.channel, cfg.direction, lane.release_ms)
-                    .await;
-                if let Err(e) = r {
-                    let detail = format!(
-                        "pass {} granted but lane {} {} was not released: {e}",
-                        event.id,
-                        lane.id,
-                        cfg.direction.as_str()
-                    );
-                    tracing::error!(reader = %cfg.name, "{detail}");
-                    let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
-                }
-            }
-            shared.publish_decision(&cfg.name, &event);
+            release(shared, relay, lane, &cfg.name, verdict.granted(), &event).await;
         }
         Ok(PassOutcome::AlreadyRecorded) => {
             tracing::info!(reader = %cfg.name, head_seq, "mailbox event already recorded; acking it again");

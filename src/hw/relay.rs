@@ -27,11 +27,12 @@ use crate::config::RelayConfig;
 use crate::core::{Direction, Mode};
 use crate::gate::Shared;
 
-struct Pulse {
-    channel: u16,
-    direction: Direction,
-    ms: u16,
-    reply: oneshot::Sender<Result<(), DeviceError>>,
+/// A release asked of a relay task.
+pub struct Pulse {
+    pub channel: u16,
+    pub direction: Direction,
+    pub ms: u16,
+    pub reply: oneshot::Sender<Result<(), DeviceError>>,
 }
 
 #[derive(Clone)]
@@ -41,6 +42,18 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
+    /// A handle and the receiving end its task serves.
+    pub fn channel(name: &str) -> (RelayHandle, mpsc::Receiver<Pulse>) {
+        let (tx, rx) = mpsc::channel(64);
+        (
+            RelayHandle {
+                name: name.to_string(),
+                tx,
+            },
+            rx,
+        )
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -169,11 +182,7 @@ pub fn spawn(
     shared: Shared,
     shutdown: watch::Receiver<bool>,
 ) -> RelayHandle {
-    let (tx, rx) = mpsc::channel(64);
-    let handle = RelayHandle {
-        name: cfg.name.clone(),
-        tx,
-    };
+    let (handle, rx) = RelayHandle::channel(&cfg.name);
     let watch = Buttons::new(&cfg, buttons, inputs.presses);
     let contacts = Contacts {
         fire: Level::default(),

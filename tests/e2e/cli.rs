@@ -84,3 +84,25 @@ async fn demo_with_mqtt_exits_once_every_event_is_acknowledged() {
         .collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
 }
+
+/// The example config is a real gate with a GPIO panel: on a machine that is not a Raspberry
+/// Pi, gated refuses to start and says why, before it touches anything.
+#[test]
+fn gpio_devices_off_a_pi_stop_gated_at_start_with_a_clear_error() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gated.example.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store").join("gated.db");
+    let text = std::fs::read_to_string(example)
+        .expect("example")
+        .replace("/var/lib/gated/gated.db", db.to_str().expect("utf-8 path"));
+    let config = dir.path().join("gated.toml");
+    std::fs::write(&config, text).expect("write");
+    let out = gated(&["run", "--config", config.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "gated must not run GPIO devices off a Pi");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gpio_panel `panel1`") && err.contains("Raspberry Pi"),
+        "{err}"
+    );
+    assert!(!db.exists(), "nothing was created before the refusal");
+}
