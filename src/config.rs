@@ -387,6 +387,20 @@ struct RawPolicy {
     max_offline: Option<RawMaxOffline>,
     #[serde(default)]
     peers: Vec<String>,
+    #[serde(default)]
+    visitor_entry: VisitorEntry,
+}
+
+/// When an invitation's entry counts as used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VisitorEntry {
+    /// At the grant.
+    #[default]
+    Grant,
+    /// At the passage: the grant reserves it, and a release that ends with nobody through
+    /// (on a lane whose board has a passage sensor) gives it back.
+    Passage,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +455,8 @@ fn default_face_score() -> f64 {
 struct RawRelay {
     name: String,
     #[serde(default)]
+    passage_sensor: bool,
+    #[serde(default)]
     address: Option<String>,
     #[serde(default)]
     serial: Option<RawSerial>,
@@ -465,6 +481,8 @@ struct RawRelayRegisters {
     fire_input: u16,
     #[serde(default = "default_tamper_input")]
     tamper_input: u16,
+    #[serde(default)]
+    counter_base: u16,
 }
 
 impl Default for RawRelayRegisters {
@@ -475,6 +493,7 @@ impl Default for RawRelayRegisters {
             button_base: default_button_base(),
             fire_input: 0,
             tamper_input: default_tamper_input(),
+            counter_base: 0,
         }
     }
 }
@@ -571,6 +590,7 @@ pub struct Config {
     /// (anti-passback) and invitation entries used are learned from them.
     pub peers: Vec<String>,
     pub panels: Vec<PanelConfig>,
+    pub visitor_entry: VisitorEntry,
     pub wiegand: Vec<WiegandReader>,
     pub gpio_panels: Vec<GpioPanelConfig>,
     pub gpio_relays: Vec<GpioRelayConfig>,
@@ -796,6 +816,10 @@ pub struct RelayConfig {
     pub fire_input: u16,
     /// Discrete input of the cabinet tamper contact (1 = open): an alarm.
     pub tamper_input: u16,
+    /// Whether the board's passage counters are read (a passage sensor is wired).
+    pub passage_sensor: bool,
+    /// Input register `counter_base + 2n` / `+2n+1`: lane n's entry / exit passage counter.
+    pub counter_base: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -1030,6 +1054,7 @@ impl Checker<'_> {
             },
         };
         let mut peers = Vec::new();
+        let mut visitor_entry = VisitorEntry::Grant;
         let mut policy = Policy {
             tz,
             ..Policy::default()
@@ -1041,6 +1066,7 @@ impl Checker<'_> {
                 return self.err(span, "policy.min_face_score", "must be within 0..=1");
             }
             policy.min_face_score = p.min_face_score;
+            visitor_entry = p.visitor_entry;
             for (name, raw) in p.schedule {
                 let key = format!("policy.schedule.{name}");
                 if !is_safe_name(&name) {
@@ -1155,6 +1181,8 @@ impl Checker<'_> {
                 button_base: r.registers.button_base,
                 fire_input: r.registers.fire_input,
                 tamper_input: r.registers.tamper_input,
+                passage_sensor: r.passage_sensor,
+                counter_base: r.registers.counter_base,
             });
         }
 
@@ -1480,6 +1508,7 @@ impl Checker<'_> {
         Ok(Config {
             clock,
             peers,
+            visitor_entry,
             panels,
             wiegand,
             gpio_panels,

@@ -192,10 +192,32 @@ impl Gate {
         let mut relays = std::collections::HashMap::new();
         let (press_tx, press_rx) = mpsc::channel(64);
         let (contact_tx, contact_rx) = mpsc::channel(64);
+        let (passage_tx, passage_rx) = mpsc::channel(256);
         let inputs = relay::Inputs {
             presses: press_tx,
             contacts: contact_tx,
+            passages: passage_tx,
         };
+        // Lanes whose board has a passage sensor: their grants wait for the sensor.
+        let sensed: crate::hw::passage::Sensed = cfg
+            .lanes
+            .values()
+            .filter(|l| {
+                cfg.relays
+                    .iter()
+                    .any(|r| r.name == l.relay && r.passage_sensor)
+            })
+            .map(|l| ((l.relay.clone(), l.channel), (l.id, l.release_ms)))
+            .collect();
+        if !sensed.is_empty() {
+            tokio::spawn(crate::hw::passage::run(
+                sensed,
+                cfg.visitor_entry,
+                shared.decisions.subscribe(),
+                passage_rx,
+                shared.clone(),
+            ));
+        }
         for r in &cfg.relays {
             let on_board: Vec<&crate::config::LaneConfig> =
                 cfg.lanes.values().filter(|l| l.relay == r.name).collect();

@@ -11,6 +11,12 @@
 //! first stable reading counts, so a fire alarm already on at start releases) and hands
 //! changes to `Control::contact`. A fire alarm releases every lane (G9).
 //!
+//! With `passage_sensor`, the same 200 ms read takes the passage counters of its lanes (input
+//! `counter_base + 2n` / `+2n+1`, wrapping at 65536) and hands each increase to the gate
+//! (`Passage`), which matches it with the grants waiting on that lane. The first read after
+//! start only sets where the counters stand; an implausible jump (more than
+//! `MAX_COUNTED` at once: a board that restarted from 0) resets that too.
+//!
 //! Lane directions with free exit on a button (`free_in` / `free_out` = `"button"`): the task
 //! reads their request buttons (discrete input `button_base + 2n` / `+2n+1`) every 50 ms and
 //! hands each press to the gate (`Press`), which decides, records and then pulses. A press is
@@ -145,6 +151,82 @@ impl Level {
     }
 }
 
+/// People counted through one lane direction of a board since its last read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Passage {
+    pub board: String,
+    pub channel: u16,
+    pub direction: Direction,
+    pub count: u16,
+}
+
+/// The most passages one read may add; more is a counter that restarted, not people.
+pub const MAX_COUNTED: u16 = 1000;
+
+/// How many passed between two reads of a counter: none for the first read (it only sets the
+/// start) or for an implausible jump (a board that restarted from 0).
+pub fn counted(old: Option<u16>, new: u16) -> Option<u16> {
+    let delta = new.wrapping_sub(old?);
+    (delta > 0 && delta <= MAX_COUNTED).then_some(delta)
+}
+
+/// The passage counters of a board's lanes.
+struct Counters {
+    /// The first channel read, and how many registers from `counter_base + 2 * first`.
+    first: u16,
+    n: u16,
+    channels: Vec<u16>,
+    last: Vec<Option<u16>>,
+    passages: mpsc::Sender<Passage>,
+}
+
+impl Counters {
+    fn new(channels: &[u16], passages: mpsc::Sender<Passage>) -> Option<Counters> {
+        let first = *channels.iter().min()?;
+        let last_ch = *channels.iter().max()?;
+        let n = 2 * (last_ch - first + 1);
+        Some(Counters {
+            first,
+            n,
+            channels: channels.to_vec(),
+            last: vec![None; usize::from(n)],
+            passages,
+        })
+    }
+
+    async fn poll(&mut self, conn: &mut Modbus, cfg: &RelayConfig) -> Result<(), DeviceError> {
+        let at = cfg.counter_base.wrapping_add(2 * self.first);
+        let regs = conn.read_input_registers(at, self.n).await?;
+        for (i, &value) in regs.iter().enumerate() {
+            let channel = self.first + (i / 2) as u16;
+            let direction = if i % 2 == 0 {
+                Direction::In
+            } else {
+                Direction::Out
+            };
+            let old = self.last[i].replace(value);
+            if !self.channels.contains(&channel) {
+                continue;
+            }
+            if old.is_some_and(|o| value.wrapping_sub(o) > MAX_COUNTED) {
+                tracing::warn!(relay = %cfg.name, channel, from = old, to = value, "passage counter jumped; taken as a restart of the board");
+            }
+            if let Some(count) = counted(old, value) {
+                let _ = self
+                    .passages
+                    .send(Passage {
+                        board: cfg.name.clone(),
+                        channel,
+                        direction,
+                        count,
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A button press, for the gate to decide and record.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Press {
@@ -188,6 +270,11 @@ pub fn spawn(
         fire: Level::default(),
         tamper: Level::default(),
         changes: inputs.contacts,
+        counters: if cfg.passage_sensor {
+            Counters::new(&channels, inputs.passages)
+        } else {
+            None
+        },
     };
     tokio::spawn(run(cfg, channels, watch, contacts, shared, rx, shutdown));
     handle
@@ -198,6 +285,7 @@ pub fn spawn(
 pub struct Inputs {
     pub presses: mpsc::Sender<Press>,
     pub contacts: mpsc::Sender<ContactChange>,
+    pub passages: mpsc::Sender<Passage>,
 }
 
 /// The fire and tamper contacts of one board.
@@ -205,6 +293,7 @@ struct Contacts {
     fire: Level,
     tamper: Level,
     changes: mpsc::Sender<ContactChange>,
+    counters: Option<Counters>,
 }
 
 impl Contacts {
@@ -229,6 +318,9 @@ impl Contacts {
                     })
                     .await;
             }
+        }
+        if let Some(c) = &mut self.counters {
+            c.poll(conn, cfg).await?;
         }
         Ok(())
     }
@@ -398,6 +490,16 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_count_increases_and_wrap_but_not_a_restart() {
+        assert_eq!(counted(None, 7), None, "the first read sets the start");
+        assert_eq!(counted(Some(7), 7), None);
+        assert_eq!(counted(Some(7), 9), Some(2));
+        assert_eq!(counted(Some(65535), 1), Some(2), "wraps at 65536");
+        assert_eq!(counted(Some(500), 0), None, "a board restarted from 0");
+        assert_eq!(counted(Some(0), 1001), None, "an implausible jump");
+    }
 
     #[test]
     fn a_contact_counts_after_two_reads_and_an_alarm_at_start_counts() {

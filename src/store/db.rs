@@ -582,6 +582,8 @@ impl Db {
             reason,
             override_: Some(override_),
             flags: Vec::new(),
+            passed: None,
+            ref_: None,
         };
         self.record_event(draft, stamp, now, |_| Ok(()))
     }
@@ -900,9 +902,76 @@ impl Db {
             reason,
             override_: None,
             flags: Vec::new(),
+            passed: None,
+            ref_: None,
         };
         // Without a nonce nothing can be refused.
         Ok(self.record_event(draft, None, now, |_| Ok(()))?.ok())
+    }
+
+    /// A later fact about a granted pass (DESIGN.md: a new event with reason `passage` and a
+    /// `ref` to the pass): the passage sensor counted someone (`passed` true), or the release
+    /// ended with nobody through (false). In the second case `give_back` returns the
+    /// invitation entry the pass used, in the same transaction.
+    pub fn record_passage(
+        &mut self,
+        pass: &PassEvent,
+        passed: bool,
+        give_back: Option<&str>,
+        now: UnixMs,
+    ) -> Result<PassEvent, StoreError> {
+        let draft = EventDraft {
+            lane: pass.lane,
+            direction: pass.direction,
+            credential: pass.credential.as_ref().map(|c| Credential {
+                kind: c.kind,
+                id: c.id.clone(),
+                score: c.score,
+            }),
+            subject: pass.subject.clone(),
+            reason: core::Reason::Passage,
+            override_: None,
+            flags: Vec::new(),
+            passed: Some(passed),
+            ref_: Some(pass.id.clone()),
+        };
+        let give_back = give_back.filter(|_| !passed);
+        let event = self.record_event(draft, None, now, |tx| {
+            if let Some(invitation) = give_back {
+                tx.prepare_cached(
+                    "UPDATE invitation_usage SET used = used - 1
+                     WHERE invitation = ?1 AND used > 0",
+                )?
+                .execute([invitation])?;
+            }
+            Ok(())
+        })?;
+        // Without a nonce nothing can be refused.
+        event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
+    }
+
+    /// Someone went through a lane with no grant waiting, while the gate's mode held it open
+    /// (`reason` `hold_open` or `emergency_release`): recorded, with no credential.
+    pub fn record_free_passage(
+        &mut self,
+        lane: u16,
+        direction: Direction,
+        reason: core::Reason,
+        now: UnixMs,
+    ) -> Result<PassEvent, StoreError> {
+        let draft = EventDraft {
+            lane,
+            direction,
+            credential: None,
+            subject: None,
+            reason,
+            override_: None,
+            flags: Vec::new(),
+            passed: Some(true),
+            ref_: None,
+        };
+        let event = self.record_event(draft, None, now, |_| Ok(()))?;
+        event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
     }
 
     /// A guard's override: forgets `subject`'s anti-passback state, and records it as an
@@ -922,6 +991,8 @@ impl Db {
             reason: Reason::OverrideRemote,
             override_: Some(override_),
             flags: Vec::new(),
+            passed: None,
+            ref_: None,
         };
         self.record_event(draft, stamp, now, |tx| {
             tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
@@ -991,6 +1062,9 @@ struct EventDraft {
     pub reason: core::Reason,
     pub override_: Option<Override>,
     pub flags: Vec<String>,
+    /// A later fact about a pass: whether someone went through, and the pass it is about.
+    pub passed: Option<bool>,
+    pub ref_: Option<String>,
 }
 
 /// The `override.input` of the event that records a `clear_passback` override.
@@ -1124,6 +1198,8 @@ fn record_pass(
             reason: verdict.reason,
             override_: None,
             flags,
+            passed: None,
+            ref_: None,
         },
         input.now,
     )?;
@@ -1256,9 +1332,9 @@ fn insert_event(
         decision: d.reason.decision(),
         reason: d.reason,
         override_: d.override_,
-        passed: None,
+        passed: d.passed,
         snapshot: None,
-        ref_: None,
+        ref_: d.ref_,
         flags: d.flags,
     };
     let payload = serde_json::to_string(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;

@@ -98,7 +98,10 @@ fn gpio_devices_off_a_pi_stop_gated_at_start_with_a_clear_error() {
     let config = dir.path().join("gated.toml");
     std::fs::write(&config, text).expect("write");
     let out = gated(&["run", "--config", config.to_str().expect("utf-8 path")]);
-    assert!(!out.status.success(), "gated must not run GPIO devices off a Pi");
+    assert!(
+        !out.status.success(),
+        "gated must not run GPIO devices off a Pi"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("gpio_panel `panel1`") && err.contains("Raspberry Pi"),

@@ -11,6 +11,7 @@ mod lists;
 mod outage;
 mod panel;
 mod pass;
+mod passage;
 mod rtu;
 mod tidy;
 mod tls;
