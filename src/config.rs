@@ -456,6 +456,8 @@ struct RawRelay {
     name: String,
     #[serde(default)]
     passage_sensor: bool,
+    #[serde(default = "default_held_open")]
+    held_open_s: u64,
     #[serde(default)]
     address: Option<String>,
     #[serde(default)]
@@ -483,6 +485,14 @@ struct RawRelayRegisters {
     tamper_input: u16,
     #[serde(default)]
     counter_base: u16,
+    #[serde(default)]
+    feedback_base: Option<u16>,
+    #[serde(default)]
+    door_base: Option<u16>,
+}
+
+fn default_held_open() -> u64 {
+    30
 }
 
 impl Default for RawRelayRegisters {
@@ -494,6 +504,8 @@ impl Default for RawRelayRegisters {
             fire_input: 0,
             tamper_input: default_tamper_input(),
             counter_base: 0,
+            feedback_base: None,
+            door_base: None,
         }
     }
 }
@@ -820,6 +832,13 @@ pub struct RelayConfig {
     pub passage_sensor: bool,
     /// Input register `counter_base + 2n` / `+2n+1`: lane n's entry / exit passage counter.
     pub counter_base: u16,
+    /// Discrete input `feedback_base + 2n` / `+2n+1`: the relay feedback contacts of lane n's
+    /// entry / exit (1 = energized), checked against what the board was told: a stuck relay.
+    pub feedback_base: Option<u16>,
+    /// Discrete input `door_base + n`: lane n's door or wing contact (1 = open).
+    pub door_base: Option<u16>,
+    /// A door open longer than this, while the mode does not hold it open, is `held_open`.
+    pub held_open: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -1171,6 +1190,9 @@ impl Checker<'_> {
             self.check_device(&span, &key("name"), &r.name, &mut names)?;
             let link = self.check_link(&span, &key(""), r.address, r.serial, r.unit, &mut buses)?;
             self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
+            if !(1..=3600).contains(&r.held_open_s) {
+                return self.err(span, &key("held_open_s"), "must be 1..=3600");
+            }
             relays.push(RelayConfig {
                 name: r.name,
                 link,
@@ -1183,6 +1205,9 @@ impl Checker<'_> {
                 tamper_input: r.registers.tamper_input,
                 passage_sensor: r.passage_sensor,
                 counter_base: r.registers.counter_base,
+                feedback_base: r.registers.feedback_base,
+                door_base: r.registers.door_base,
+                held_open: Duration::from_secs(r.held_open_s),
             });
         }
 

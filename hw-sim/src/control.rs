@@ -238,6 +238,8 @@ pub fn execute(devices: &Devices, line: &str) -> Vec<String> {
         "fire" => contact(devices, args, "fire", SimRelay::set_fire),
         "tamper" => contact(devices, args, "tamper", SimRelay::set_tamper),
         "button" => button(devices, args),
+        "stuck" => stuck(devices, args),
+        "door" => door(devices, args),
         "fault" => fault(devices, args),
         "device-fault" => device_fault(devices, args),
         "panel" => panel(devices, args),
@@ -339,6 +341,50 @@ fn contact(devices: &Devices, args: &[&str], what: &str, set: fn(&SimRelay, bool
     };
     set(relay, on);
     Ok(vec![format!("ok {what}={state}")])
+}
+
+/// Sticks a relay on or off (a hardware fault of the board), or frees it.
+fn stuck(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str = "usage: stuck RELAY LANE in|out on|off|none";
+    let [name, lane, direction, state] = args else {
+        return Err(USAGE.to_owned());
+    };
+    let relay = devices.relay(name)?;
+    let lane: u16 = lane
+        .parse()
+        .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+    let exit = parse_direction(direction)?;
+    let stuck = match *state {
+        "on" => Some(true),
+        "off" => Some(false),
+        "none" => None,
+        other => return Err(format!("bad state '{other}'; {USAGE}")),
+    };
+    if !relay.set_stuck(lane, exit, stuck) {
+        return Err(format!("{name} has no lane {lane}"));
+    }
+    Ok(vec![format!("ok stuck lane {lane} {direction}={state}")])
+}
+
+/// Opens or closes a lane's door (or wing) contact.
+fn door(devices: &Devices, args: &[&str]) -> Reply {
+    const USAGE: &str = "usage: door RELAY LANE open|closed";
+    let [name, lane, state] = args else {
+        return Err(USAGE.to_owned());
+    };
+    let relay = devices.relay(name)?;
+    let lane: u16 = lane
+        .parse()
+        .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+    let open = match *state {
+        "open" => true,
+        "closed" => false,
+        other => return Err(format!("bad state '{other}'; {USAGE}")),
+    };
+    if !relay.set_door(lane, open) {
+        return Err(format!("{name} has no lane {lane}"));
+    }
+    Ok(vec![format!("ok door lane {lane} {state}")])
 }
 
 fn button(devices: &Devices, args: &[&str]) -> Reply {
@@ -549,6 +595,8 @@ fn help() -> Vec<String> {
         "fire RELAY on|off                                    fire alarm contact",
         "tamper RELAY on|off                                  cabinet tamper contact",
         "button RELAY LANE in|out on|off                      press or let go of a request button",
+        "stuck RELAY LANE in|out on|off|none                  stick a relay on or off, or free it",
+        "door RELAY LANE open|closed                          a lane's door (or wing) contact",
         "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS",
         "                                                     for every device on DEVICE's address",
         "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS",

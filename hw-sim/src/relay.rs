@@ -11,6 +11,11 @@
 //! | discrete input `fire_input` | fire alarm contact (1 = alarm) |
 //! | discrete input `tamper_input` | cabinet tamper (1 = open) |
 //! | discrete input `button_base` + 2n / +2n+1 | request buttons of lane n's entry / exit (1 = pressed), for free exit (an extension of the reference profile) |
+//! | discrete input `feedback_base` + 2n / +2n+1 | the entry / exit relay's feedback contact: 1 while the relay is energized (an extension) |
+//! | discrete input `door_base` + n | lane n's door or wing contact, 1 = open (an extension) |
+//!
+//! A relay can be made stuck ([`SimRelay::set_stuck`]): stuck on, its lane stays released
+//! whatever is written; stuck off, it never releases. Its feedback contact shows the truth.
 //!
 //! The board times its pulses itself, so a daemon that crashes mid-pulse cannot leave a lane
 //! open; every nonzero pulse write is recorded as a [`Pulse`] for tests to check.
@@ -41,6 +46,10 @@ pub struct RelayRegisters {
     pub tamper_input: u16,
     /// Discrete input of lane 0's entry request button; lane n's entry / exit are +2n / +2n+1.
     pub button_base: u16,
+    /// Discrete input of lane 0's entry relay feedback; lane n's entry / exit are +2n / +2n+1.
+    pub feedback_base: u16,
+    /// Discrete input of lane 0's door contact; lane n's is +n.
+    pub door_base: u16,
 }
 
 impl Default for RelayRegisters {
@@ -52,6 +61,8 @@ impl Default for RelayRegisters {
             fire_input: 0,
             tamper_input: 1,
             button_base: 8,
+            feedback_base: 4000,
+            door_base: 6000,
         }
     }
 }
@@ -79,6 +90,9 @@ pub(crate) struct RelayState {
     fire: bool,
     tamper: bool,
     buttons: Vec<bool>,
+    /// A relay stuck on (`Some(true)`) or off, whatever is written.
+    stuck: Vec<Option<bool>>,
+    doors: Vec<bool>,
     /// Discrete-input reads answered, so a test can wait for the daemon to have looked.
     input_reads: u64,
     pulses: Vec<Pulse>,
@@ -96,6 +110,8 @@ impl RelayState {
             fire: false,
             tamper: false,
             buttons: vec![false; outputs],
+            stuck: vec![None; outputs],
+            doors: vec![false; usize::from(lanes)],
             input_reads: 0,
             pulses: Vec::new(),
         }
@@ -132,7 +148,15 @@ impl RelayState {
         })
     }
 
-    fn discrete_input(&self, addr: u16) -> Result<bool, ExceptionCode> {
+    /// Whether the relay of output `i` is energized: released by a pulse or a hold coil,
+    /// unless it is stuck.
+    fn energized(&self, i: usize, now: Instant) -> bool {
+        self.stuck[i].unwrap_or(self.coils[i] || self.remaining_ms(i, now) > 0)
+    }
+
+    fn discrete_input(&self, addr: u16, now: Instant) -> Result<bool, ExceptionCode> {
+        let within =
+            |base: u16, n: usize| addr.checked_sub(base).map(usize::from).filter(|i| *i < n);
         if addr == self.regs.fire_input {
             Ok(self.fire)
         } else if addr == self.regs.tamper_input {
@@ -143,6 +167,10 @@ impl RelayState {
             .filter(|i| *i < self.outputs())
         {
             Ok(self.buttons[i])
+        } else if let Some(i) = within(self.regs.feedback_base, self.outputs()) {
+            Ok(self.energized(i, now))
+        } else if let Some(i) = within(self.regs.door_base, usize::from(self.lanes)) {
+            Ok(self.doors[i])
         } else {
             Err(ExceptionCode::IllegalDataAddress)
         }
@@ -217,7 +245,7 @@ impl RelayState {
                     .map(|addr| {
                         u16::try_from(addr)
                             .map_err(|_| ExceptionCode::IllegalDataAddress)
-                            .and_then(|addr| self.discrete_input(addr))
+                            .and_then(|addr| self.discrete_input(addr, now.mono))
                     })
                     .collect::<Result<Vec<bool>, ExceptionCode>>()?;
                 self.input_reads += 1;
@@ -258,12 +286,40 @@ impl SimRelay {
         state.index(lane, exit).is_some_and(|i| state.coils[i])
     }
 
-    /// Whether the lane is released right now: hold-open on, or a pulse still running.
+    /// Whether the lane is released right now: hold-open on, or a pulse still running (or
+    /// its relay stuck on, and not if stuck off).
     pub fn released(&self, lane: u16, exit: bool) -> bool {
         let state = lock(&self.state);
         state
             .index(lane, exit)
-            .is_some_and(|i| state.coils[i] || state.remaining_ms(i, Instant::now()) > 0)
+            .is_some_and(|i| state.energized(i, Instant::now()))
+    }
+
+    /// Sticks the relay of this lane and direction on (`Some(true)`: welded contacts, the lane
+    /// stays released) or off (`Some(false)`: it never releases); `None` frees it. Returns
+    /// false if the board has no such lane.
+    pub fn set_stuck(&self, lane: u16, exit: bool, stuck: Option<bool>) -> bool {
+        let mut state = lock(&self.state);
+        match state.index(lane, exit) {
+            Some(i) => {
+                state.stuck[i] = stuck;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens (`true`) or closes lane `lane`'s door or wing contact. Returns false if the board
+    /// has no such lane.
+    pub fn set_door(&self, lane: u16, open: bool) -> bool {
+        let mut state = lock(&self.state);
+        match state.doors.get_mut(usize::from(lane)) {
+            Some(d) => {
+                *d = open;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn counter(&self, lane: u16, exit: bool) -> u16 {

@@ -30,6 +30,9 @@ pub enum DeviceError {
     Garbage(String),
     #[error("device task stopped")]
     Stopped,
+    /// The device answers, but a relay's feedback contact contradicts what it was told.
+    #[error("{0}")]
+    Stuck(String),
 }
 
 impl DeviceError {
@@ -42,6 +45,7 @@ impl DeviceError {
             Self::Exception(_) => "exception",
             Self::Garbage(_) => "garbage",
             Self::Stopped => "stopped",
+            Self::Stuck(_) => "stuck",
         }
     }
 }

@@ -17,13 +17,20 @@
 //! start only sets where the counters stand; an implausible jump (more than
 //! `MAX_COUNTED` at once: a board that restarted from 0) resets that too.
 //!
+//! With `feedback_base`, it also reads every relay's feedback contact and compares it with what
+//! the board was told (a pulse running, the hold coils): two reads in a row that contradict it,
+//! away from a change, are a stuck relay, shown as the board's state `stuck` (and its
+//! `device_fault` alarm, naming the lane). With `door_base`, it reads each lane's door contact:
+//! open longer than `held_open_s`, while the mode does not hold the lanes open, is a
+//! `held_open` alarm, once per opening.
+//!
 //! Lane directions with free exit on a button (`free_in` / `free_out` = `"button"`): the task
 //! reads their request buttons (discrete input `button_base + 2n` / `+2n+1`) every 50 ms and
 //! hands each press to the gate (`Press`), which decides, records and then pulses. A press is
 //! a level seen on in two reads in a row after being off in two: a one-read glitch is no
 //! press, and a button stuck on gives one press, not one per read.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -122,7 +129,8 @@ pub struct ContactChange {
 pub struct Level {
     raw: Option<bool>,
     count: u8,
-    stable: Option<bool>,
+    /// The counted level.
+    pub stable: Option<bool>,
 }
 
 impl Level {
@@ -227,6 +235,160 @@ impl Counters {
     }
 }
 
+/// How long after a change (a pulse written or ending, the hold coils switched) a relay's
+/// feedback is not judged.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// What a relay's feedback contact must show now: `Some(on)` when certain, `None` close to a
+/// change. `hold` is the hold coils' state and since when the board has had it; `pulse` the
+/// last pulse written (when, and until when).
+pub fn expected(
+    hold: (bool, Instant),
+    pulse: Option<(Instant, Instant)>,
+    now: Instant,
+) -> Option<bool> {
+    let (held, since) = hold;
+    if now < since + SETTLE {
+        return None;
+    }
+    if held {
+        return Some(true);
+    }
+    match pulse {
+        None => Some(false),
+        Some((written, _)) if now < written + SETTLE => None,
+        Some((_, until)) if now + SETTLE <= until => Some(true),
+        Some((_, until)) if now >= until + SETTLE => Some(false),
+        Some(_) => None,
+    }
+}
+
+/// A board's relay feedback and door contacts, checked every contact read.
+struct Checks {
+    channels: Vec<u16>,
+    /// The last pulse written per (channel, exit): when, and until when.
+    pulses: std::collections::HashMap<(u16, bool), (Instant, Instant)>,
+    /// The hold coils the board has confirmed, and since when.
+    hold: (bool, Instant),
+    /// Reads in a row that contradicted each relay.
+    suspect: std::collections::HashMap<(u16, bool), u8>,
+    /// Per channel: its door contact, since when it has been open, and whether that opening
+    /// was alarmed.
+    doors: Vec<(Level, Option<Instant>, bool)>,
+}
+
+impl Checks {
+    fn new(channels: &[u16]) -> Checks {
+        Checks {
+            channels: channels.to_vec(),
+            pulses: Default::default(),
+            hold: (false, Instant::now()),
+            suspect: Default::default(),
+            doors: channels
+                .iter()
+                .map(|_| (Level::default(), None, false))
+                .collect(),
+        }
+    }
+
+    fn pulsed(&mut self, channel: u16, direction: Direction, ms: u16) {
+        let now = Instant::now();
+        let until = now + Duration::from_millis(u64::from(ms));
+        self.pulses
+            .insert((channel, direction == Direction::Out), (now, until));
+    }
+
+    fn held(&mut self, hold: bool) {
+        if self.hold.0 != hold {
+            self.hold = (hold, Instant::now());
+        }
+    }
+
+    /// Reads the feedback contacts; `Err(Stuck)` names the relays that contradict the board's
+    /// orders two reads in a row.
+    async fn feedback(
+        &mut self,
+        conn: &mut Modbus,
+        base: u16,
+        board: &str,
+    ) -> Result<(), DeviceError> {
+        let (Some(&lo), Some(&hi)) = (self.channels.iter().min(), self.channels.iter().max())
+        else {
+            return Ok(());
+        };
+        let bits = conn
+            .read_discrete_inputs(base.wrapping_add(2 * lo), 2 * (hi - lo + 1))
+            .await?;
+        let now = Instant::now();
+        let mut stuck = Vec::new();
+        for &ch in &self.channels {
+            for exit in [false, true] {
+                let i = usize::from(2 * (ch - lo) + u16::from(exit));
+                let actual = bits.get(i).copied().unwrap_or(false);
+                let want = expected(self.hold, self.pulses.get(&(ch, exit)).copied(), now);
+                let n = self.suspect.entry((ch, exit)).or_default();
+                *n = if want.is_some_and(|w| w != actual) {
+                    n.saturating_add(1)
+                } else {
+                    0
+                };
+                if *n >= 2 {
+                    stuck.push(format!(
+                        "lane channel {ch} {} relay stuck {}",
+                        if exit { "exit" } else { "entry" },
+                        if actual { "on" } else { "off" }
+                    ));
+                }
+            }
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            let detail = stuck.join("; ");
+            tracing::warn!(relay = board, "{detail}");
+            Err(DeviceError::Stuck(detail))
+        }
+    }
+
+    /// Reads the door contacts; returns the doors newly held open too long.
+    async fn doors(
+        &mut self,
+        conn: &mut Modbus,
+        base: u16,
+        limit: Duration,
+        mode_holds: bool,
+    ) -> Result<Vec<(u16, Duration)>, DeviceError> {
+        let (Some(&lo), Some(&hi)) = (self.channels.iter().min(), self.channels.iter().max())
+        else {
+            return Ok(Vec::new());
+        };
+        let bits = conn
+            .read_discrete_inputs(base.wrapping_add(lo), hi - lo + 1)
+            .await?;
+        let now = Instant::now();
+        let mut held = Vec::new();
+        for (k, &ch) in self.channels.iter().enumerate() {
+            let open = bits.get(usize::from(ch - lo)).copied().unwrap_or(false);
+            let (level, since, alarmed) = &mut self.doors[k];
+            level.read(open);
+            if level.stable != Some(true) {
+                *since = None;
+                *alarmed = false;
+                continue;
+            }
+            // Held open by the mode: expected; the time counts from when the mode ends.
+            let start = *since.get_or_insert(now);
+            if mode_holds {
+                *since = Some(now);
+            } else if !*alarmed && now.duration_since(start) >= limit {
+                *alarmed = true;
+                held.push((ch, now.duration_since(start)));
+            }
+        }
+        Ok(held)
+    }
+}
+
 /// A button press, for the gate to decide and record.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Press {
@@ -275,6 +437,7 @@ pub fn spawn(
         } else {
             None
         },
+        checks: Checks::new(&channels),
     };
     tokio::spawn(run(cfg, channels, watch, contacts, shared, rx, shutdown));
     handle
@@ -294,11 +457,17 @@ struct Contacts {
     tamper: Level,
     changes: mpsc::Sender<ContactChange>,
     counters: Option<Counters>,
+    checks: Checks,
 }
 
 impl Contacts {
     /// Reads both contacts once and hands on the changes.
-    async fn poll(&mut self, conn: &mut Modbus, cfg: &RelayConfig) -> Result<(), DeviceError> {
+    async fn poll(
+        &mut self,
+        conn: &mut Modbus,
+        cfg: &RelayConfig,
+        shared: &Shared,
+    ) -> Result<(), DeviceError> {
         let fire = conn.read_discrete_inputs(cfg.fire_input, 1).await?;
         let tamper = conn.read_discrete_inputs(cfg.tamper_input, 1).await?;
         for (contact, level, bits) in [
@@ -321,6 +490,23 @@ impl Contacts {
         }
         if let Some(c) = &mut self.counters {
             c.poll(conn, cfg).await?;
+        }
+        if let Some(base) = cfg.door_base {
+            let holds = holds_open(*shared.mode.borrow());
+            for (ch, open) in self.checks.doors(conn, base, cfg.held_open, holds).await? {
+                let detail = format!(
+                    "lane channel {ch}'s door has been open for {} s",
+                    open.as_secs()
+                );
+                tracing::warn!(relay = %cfg.name, "{detail}");
+                let (shared, board) = (shared.clone(), cfg.name.clone());
+                tokio::spawn(async move {
+                    let _ = shared.alarm("held_open", &board, &detail).await;
+                });
+            }
+        }
+        if let Some(base) = cfg.feedback_base {
+            self.checks.feedback(conn, base, &cfg.name).await?;
         }
         Ok(())
     }
@@ -461,21 +647,27 @@ async fn run(
                 shared.report(&cfg.name, r.clone());
                 if r.is_ok() {
                     backoff.reset();
+                    contacts.checks.pulsed(p.channel, p.direction, p.ms);
                 }
                 let _ = p.reply.send(r);
             }
             _ = tokio::time::sleep_until(next_check) => {
                 let r = if hold_confirmed {
-                    contacts.poll(&mut conn, &cfg).await
+                    contacts.poll(&mut conn, &cfg, &shared).await
                 } else {
                     let r = write_holds(&mut conn, &cfg, &channels, hold).await;
                     match &r {
-                        Ok(()) => tracing::info!(relay = %cfg.name, hold, "hold coils written"),
+                        Ok(()) => {
+                            tracing::info!(relay = %cfg.name, hold, "hold coils written");
+                            contacts.checks.held(hold);
+                        }
                         Err(e) => tracing::warn!(relay = %cfg.name, hold, error = %e, "hold coils not written; will retry"),
                     }
                     r
                 };
-                let ok = r.is_ok();
+                // A stuck relay is a fault of the board, not of the link: the contacts are
+                // still read at the usual pace.
+                let ok = matches!(r, Ok(()) | Err(DeviceError::Stuck(_)));
                 // Whatever happened to a board that failed, its coils are written again once
                 // it answers (a power cycle turns them off).
                 hold_confirmed = ok;
@@ -490,6 +682,23 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_is_judged_only_away_from_a_change() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let idle = (false, t0);
+        // Idle: off; just after the hold switched on: not judged; then on.
+        assert_eq!(expected(idle, None, s(1000)), Some(false));
+        assert_eq!(expected((true, s(1000)), None, s(1100)), None);
+        assert_eq!(expected((true, s(1000)), None, s(1400)), Some(true));
+        // A 3 s pulse written at 1 s: not judged at first, on inside, off well after.
+        let p = Some((s(1000), s(4000)));
+        assert_eq!(expected(idle, p, s(1100)), None);
+        assert_eq!(expected(idle, p, s(2000)), Some(true));
+        assert_eq!(expected(idle, p, s(3900)), None);
+        assert_eq!(expected(idle, p, s(4400)), Some(false));
+    }
 
     #[test]
     fn counters_count_increases_and_wrap_but_not_a_restart() {

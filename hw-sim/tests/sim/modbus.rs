@@ -274,6 +274,8 @@ async fn register_bases_are_configurable() {
             fire_input: 7,
             tamper_input: 9,
             button_base: 20,
+            feedback_base: 500,
+            door_base: 600,
         },
     );
     let seq = reader.present(KIND_CARD, "77", 0).expect("present");

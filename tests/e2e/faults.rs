@@ -1,0 +1,194 @@
+//! Device faults injected per device in hw-sim, against the real binary: each one is an alarm
+//! and a status entry, the device recovers once the fault clears, and the other lanes go on.
+
+use std::time::Duration;
+
+use hw_sim::{Fault, KIND_CARD};
+use serde_json::Value;
+use tokio_modbus::ExceptionCode;
+
+use crate::util::*;
+
+fn alarms(centre: &Centre, code: &str, source: &str) -> usize {
+    centre
+        .on(ALARM)
+        .iter()
+        .map(Msg::json)
+        .filter(|a| a["alarm"] == code && a["source"] == source)
+        .count()
+}
+
+/// Waits for the `n`th alarm `code` from `source`.
+async fn nth_alarm(centre: &Centre, code: &str, source: &str, n: usize) {
+    wait_for(&format!("{code} alarm #{n} of {source}"), DEADLINE, || {
+        (alarms(centre, code, source) >= n).then_some(())
+    })
+    .await;
+}
+
+/// A card on reader2 (lane 1, exit) is granted and releases lane 1.
+async fn lane1_passes(devices: &Devices, centre: &Centre) {
+    let before = devices.relay.pulses().len();
+    let seq = devices
+        .reader2
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("queued");
+    wait_for("reader2's card acked", DEADLINE, || {
+        devices.reader2.acked().contains(&seq).then_some(())
+    })
+    .await;
+    wait_for("lane 1 released", DEADLINE, || {
+        devices.relay.pulses()[before..]
+            .iter()
+            .any(|p| p.lane == 1 && p.exit)
+            .then_some(())
+    })
+    .await;
+    let e = centre.on(EVENT).last().map(Msg::json).unwrap_or_default();
+    assert_eq!(e["decision"], "granted", "{e}");
+}
+
+#[tokio::test]
+async fn each_reader_fault_is_alarmed_shown_and_recovered_and_spares_the_other_lane() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let devices = Devices::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_text(&dir.path().join("gated.db"), broker.port, &devices);
+    let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    centre
+        .wait_json("the ack of staff@1", ACK, |a| a["ref"] == "staff@1")
+        .await;
+    let faults = [
+        (Fault::NoReply, "timeout"),
+        (
+            Fault::Exception(ExceptionCode::ServerDeviceFailure),
+            "exception",
+        ),
+        (Fault::Garbage, "garbage"),
+        (Fault::Latency(Duration::from_millis(600)), "timeout"),
+        (Fault::Flap(Duration::from_millis(300)), "timeout"),
+    ];
+    for (n, (fault, state)) in faults.into_iter().enumerate() {
+        let what = fault.to_string();
+        devices.reader1_srv.set_unit_fault(1, fault);
+        centre
+            .wait_json(
+                &format!("reader1 `{state}` in status ({what})"),
+                STATUS,
+                |s| s["devices"]["reader1"] == state,
+            )
+            .await;
+        nth_alarm(&centre, "device_fault", "reader1", n + 1).await;
+        // The other lane is unaffected.
+        lane1_passes(&devices, &centre).await;
+        devices.reader1_srv.set_unit_fault(1, Fault::None);
+        nth_alarm(&centre, "device_recovered", "reader1", n + 1).await;
+        centre
+            .wait_json(&format!("reader1 ok after {what}"), STATUS, |s| {
+                s["devices"]["reader1"] == "ok"
+            })
+            .await;
+        assert_eq!(
+            alarms(&centre, "device_fault", "reader1"),
+            n + 1,
+            "one alarm per episode ({what})"
+        );
+    }
+    // Recovered for real: a card on reader1 passes.
+    devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("queued");
+    centre
+        .wait_json("a pass on lane 0 again", EVENT, |e| {
+            e["lane"] == 0 && e["decision"] == "granted"
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_stuck_relay_and_a_door_held_open_are_alarmed_and_recover() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let devices = Devices::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_text(&dir.path().join("gated.db"), broker.port, &devices).replace(
+        "timeout_ms = 200\n[[lane]]",
+        "timeout_ms = 200\nheld_open_s = 1\n[relay.registers]\nfeedback_base = 4000\ndoor_base = 6000\n[[lane]]",
+    );
+    assert!(config.contains("feedback_base"), "{config}");
+    let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    centre
+        .wait_json("the ack of staff@1", ACK, |a| a["ref"] == "staff@1")
+        .await;
+    centre
+        .wait_json("relay1 ok", STATUS, |s| s["devices"]["relay1"] == "ok")
+        .await;
+
+    // Lane 0's entry relay welds on: the board is `stuck`, one alarm names the lane.
+    assert!(devices.relay.set_stuck(0, false, Some(true)));
+    centre
+        .wait_json("relay1 stuck in status", STATUS, |s| {
+            s["devices"]["relay1"] == "stuck"
+        })
+        .await;
+    let a = centre
+        .wait_json("the stuck alarm", ALARM, |a| {
+            a["alarm"] == "device_fault" && a["source"] == "relay1"
+        })
+        .await;
+    assert!(
+        a["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("channel 0 entry relay stuck on")),
+        "{a}"
+    );
+    // Lane 1 is still released by its reader.
+    lane1_passes(&devices, &centre).await;
+    assert!(devices.relay.set_stuck(0, false, None));
+    nth_alarm(&centre, "device_recovered", "relay1", 1).await;
+
+    // Stuck off: a granted pass releases nothing, and the feedback shows it.
+    assert!(devices.relay.set_stuck(0, false, Some(false)));
+    devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("queued");
+    nth_alarm(&centre, "device_fault", "relay1", 2).await;
+    let a: Value = centre
+        .on(ALARM)
+        .iter()
+        .map(Msg::json)
+        .rfind(|a| a["alarm"] == "device_fault" && a["source"] == "relay1")
+        .unwrap_or_default();
+    assert!(
+        a["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("channel 0 entry relay stuck off")),
+        "{a}"
+    );
+    assert!(devices.relay.set_stuck(0, false, None));
+    nth_alarm(&centre, "device_recovered", "relay1", 2).await;
+
+    // Lane 1's door stays open past held_open_s: one alarm; closed and opened again: another.
+    assert!(devices.relay.set_door(1, true));
+    let a = centre
+        .wait_json("the held_open alarm", ALARM, |a| a["alarm"] == "held_open")
+        .await;
+    assert!(
+        a["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("channel 1")),
+        "{a}"
+    );
+    assert!(devices.relay.set_door(1, false));
+    let reads = devices.relay.input_reads();
+    wait_for("the board read with the door closed", DEADLINE, || {
+        (devices.relay.input_reads() > reads + 6).then_some(())
+    })
+    .await;
+    assert_eq!(alarms(&centre, "held_open", "relay1"), 1);
+    assert!(devices.relay.set_door(1, true));
+    nth_alarm(&centre, "held_open", "relay1", 2).await;
+}
