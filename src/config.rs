@@ -67,9 +67,45 @@ struct RawConfig {
     #[serde(default)]
     wiegand: Vec<Spanned<RawWiegand>>,
     #[serde(default)]
+    snapshot: Option<Spanned<RawSnapshot>>,
+    #[serde(default)]
     gpio_panel: Vec<Spanned<RawGpioPanel>>,
     #[serde(default)]
     gpio_relay: Vec<Spanned<RawGpioRelay>>,
+}
+
+/// Face-terminal snapshots: limits on what is read and decoded, the thumbnail, retention.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    #[serde(default = "default_snap_bytes")]
+    max_bytes: usize,
+    #[serde(default = "default_snap_px")]
+    max_width: u32,
+    #[serde(default = "default_snap_px")]
+    max_height: u32,
+    #[serde(default = "default_thumb_px")]
+    thumb_px: u32,
+    #[serde(default = "default_jpeg_quality")]
+    jpeg_quality: u8,
+    #[serde(default = "default_keep")]
+    keep: u32,
+}
+
+fn default_snap_bytes() -> usize {
+    crate::hw::snapshot::SnapshotLimits::default().max_bytes
+}
+fn default_snap_px() -> u32 {
+    4096
+}
+fn default_thumb_px() -> u32 {
+    320
+}
+fn default_jpeg_quality() -> u8 {
+    80
+}
+fn default_keep() -> u32 {
+    1000
 }
 
 /// A Wiegand reader on two GPIO lines (BCM numbers).
@@ -533,6 +569,8 @@ fn default_timeout() -> u64 {
 struct RawReader {
     name: String,
     #[serde(default)]
+    snapshots: bool,
+    #[serde(default)]
     address: Option<String>,
     #[serde(default)]
     serial: Option<RawSerial>,
@@ -548,13 +586,41 @@ struct RawReader {
     registers: RawReaderRegisters,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReaderRegisters {
     #[serde(default)]
     input_base: u16,
     #[serde(default)]
     ack_register: u16,
+    #[serde(default = "default_snapshot_select")]
+    snapshot_select: u16,
+    #[serde(default = "default_snapshot_base")]
+    snapshot_base: u16,
+    #[serde(default = "default_snapshot_data")]
+    snapshot_data: u16,
+}
+
+impl Default for RawReaderRegisters {
+    fn default() -> Self {
+        Self {
+            input_base: 0,
+            ack_register: 0,
+            snapshot_select: default_snapshot_select(),
+            snapshot_base: default_snapshot_base(),
+            snapshot_data: default_snapshot_data(),
+        }
+    }
+}
+
+fn default_snapshot_select() -> u16 {
+    1
+}
+fn default_snapshot_base() -> u16 {
+    40
+}
+fn default_snapshot_data() -> u16 {
+    1000
 }
 
 fn default_poll() -> u64 {
@@ -603,6 +669,7 @@ pub struct Config {
     pub peers: Vec<String>,
     pub panels: Vec<PanelConfig>,
     pub visitor_entry: VisitorEntry,
+    pub snapshot: SnapshotConfig,
     pub wiegand: Vec<WiegandReader>,
     pub gpio_panels: Vec<GpioPanelConfig>,
     pub gpio_relays: Vec<GpioRelayConfig>,
@@ -755,6 +822,14 @@ pub enum Parity {
     Odd,
 }
 
+/// Face-terminal snapshots.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    pub limits: crate::hw::snapshot::SnapshotLimits,
+    /// How many thumbnails are kept; the oldest beyond are deleted, uploaded or not.
+    pub keep: u32,
+}
+
 /// A Wiegand reader on GPIO lines `d0` / `d1` (BCM numbers).
 #[derive(Clone, Debug)]
 pub struct WiegandReader {
@@ -852,6 +927,15 @@ pub struct ReaderConfig {
     pub timeout: Duration,
     pub input_base: u16,
     pub ack_register: u16,
+    /// Whether this face terminal's snapshots are read (after each event, never before the
+    /// decision), and where: the holding register that selects one by seq, its three-register
+    /// header (seq, length high, length low), its bytes.
+    pub snapshots: bool,
+    pub snapshot_select: u16,
+    pub snapshot_base: u16,
+    pub snapshot_data: u16,
+    /// `[snapshot] max_bytes`: a larger snapshot is refused unread.
+    pub snapshot_max_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -1338,6 +1422,11 @@ impl Checker<'_> {
                 timeout: Duration::from_millis(r.timeout_ms),
                 input_base: r.registers.input_base,
                 ack_register: r.registers.ack_register,
+                snapshots: r.snapshots,
+                snapshot_select: r.registers.snapshot_select,
+                snapshot_base: r.registers.snapshot_base,
+                snapshot_data: r.registers.snapshot_data,
+                snapshot_max_bytes: 0, // set below, from [snapshot]
             });
         }
 
@@ -1486,6 +1575,50 @@ impl Checker<'_> {
             });
         }
 
+        let snapshot = match raw.snapshot {
+            None => SnapshotConfig {
+                limits: Default::default(),
+                keep: default_keep(),
+            },
+            Some(sn) => {
+                let span = sn.span();
+                let sn = sn.into_inner();
+                // The data block holds at most (65536 - 1000) registers of two bytes.
+                if !(1024..=130_000).contains(&sn.max_bytes) {
+                    return self.err(span, "snapshot.max_bytes", "must be 1024..=130000");
+                }
+                for (k, v) in [("max_width", sn.max_width), ("max_height", sn.max_height)] {
+                    if !(16..=16_384).contains(&v) {
+                        return self.err(span, &format!("snapshot.{k}"), "must be 16..=16384");
+                    }
+                }
+                if !(16..=2048).contains(&sn.thumb_px) {
+                    return self.err(span, "snapshot.thumb_px", "must be 16..=2048");
+                }
+                if !(1..=100).contains(&sn.jpeg_quality) {
+                    return self.err(span, "snapshot.jpeg_quality", "must be 1..=100");
+                }
+                if sn.keep == 0 {
+                    return self.err(span, "snapshot.keep", "must be at least 1");
+                }
+                SnapshotConfig {
+                    limits: crate::hw::snapshot::SnapshotLimits {
+                        max_bytes: sn.max_bytes,
+                        max_width: sn.max_width,
+                        max_height: sn.max_height,
+                        thumb_px: sn.thumb_px,
+                        jpeg_quality: sn.jpeg_quality,
+                        ..Default::default()
+                    },
+                    keep: sn.keep,
+                }
+            }
+        };
+
+        for r in &mut readers {
+            r.snapshot_max_bytes = snapshot.limits.max_bytes;
+        }
+
         let clock = match raw.clock {
             None => ClockConfig {
                 sync: SyncSource::File(SyncSource::SYSTEMD.into()),
@@ -1534,6 +1667,7 @@ impl Checker<'_> {
             clock,
             peers,
             visitor_entry,
+            snapshot,
             panels,
             wiegand,
             gpio_panels,

@@ -37,6 +37,8 @@ pub struct Shared {
     pub outbox_kick: mpsc::Sender<()>,
     /// The RS-485 buses, each owned by one task, shared by the devices on it.
     pub buses: crate::hw::bus::Buses,
+    /// Face-terminal snapshots, for the snapshot task to decode and store.
+    pub snapshots: mpsc::Sender<crate::hw::snapshot::Job>,
 }
 
 impl Shared {
@@ -177,6 +179,8 @@ impl Gate {
         }
         let (mode_tx, mode_rx) = watch::channel(mode);
         let (outbox_kick, kick_rx) = mpsc::channel(1);
+        // A few snapshots may wait; more are dropped (logged), never waited for.
+        let (snapshot_tx, snapshot_rx) = mpsc::channel(8);
         let shared = Shared {
             store,
             health: Health::default(),
@@ -184,7 +188,13 @@ impl Gate {
             decisions: broadcast::channel(1024).0,
             outbox_kick,
             buses: Default::default(),
+            snapshots: snapshot_tx,
         };
+        tokio::spawn(crate::hw::snapshot::run(
+            snapshot_rx,
+            cfg.snapshot.clone(),
+            shared.clone(),
+        ));
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         // The clock's state reaches the store before any lane decides.

@@ -39,7 +39,7 @@ pub use control::{Device, Devices, serve_control};
 pub use panel::SimPanel;
 pub use reader::{
     CREDENTIAL_MAX, KIND_CARD, KIND_FACE, KIND_PIN, KIND_QR, QUEUE_CAPACITY, READER_INPUTS,
-    ReaderRegisters, SimReader,
+    ReaderRegisters, SNAPSHOTS_KEPT, SimReader,
 };
 pub use relay::{Pulse, RelayRegisters, SimRelay};
 pub use server::{Fault, SimServer};
@@ -52,6 +52,8 @@ pub enum SimError {
     CredentialTooLong { len: usize },
     #[error("credential is not ASCII (use present_raw for arbitrary bytes)")]
     NotAscii,
+    #[error("snapshot is {len} bytes; the data block holds at most {max}")]
+    SnapshotTooLarge { len: usize, max: usize },
     #[error("the reader queue is full ({QUEUE_CAPACITY} events not acknowledged)")]
     QueueFull,
     #[error("device name {0:?} is already taken")]

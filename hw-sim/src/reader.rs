@@ -13,6 +13,16 @@
 //! | input +3 | `len`: credential length in bytes (≤ 64) |
 //! | input +4..+35 | credential bytes, two per register, high byte first |
 //! | holding `ack_register` | `ack_seq`: writing the head's seq drops it; other values are ignored |
+//!
+//! A face terminal also keeps the snapshots of its last [`SNAPSHOTS_KEPT`] events (an extension
+//! of the reference profile; `docs/devices.md`):
+//!
+//! | register | meaning |
+//! |---|---|
+//! | holding `snapshot_select` | the daemon writes the seq whose snapshot it wants |
+//! | input `snapshot_base` +0 | `snap_seq`: the seq whose snapshot is shown (the one selected, if kept), 0 = none |
+//! | input `snapshot_base` +1, +2 | its length in bytes, high word first |
+//! | input `snapshot_data` + i | bytes 2i, 2i+1 of the image, high byte first; zeros past its end |
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -41,13 +51,34 @@ pub const QUEUE_CAPACITY: usize = 32_768;
 
 /// Where a reader's registers sit. Real devices differ; the semantics do not. The default is
 /// the reference profile: inputs from 0, ack in holding register 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReaderRegisters {
     /// First of the 36 input registers (`head_seq`).
     pub input_base: u16,
     /// The holding register the daemon writes `ack_seq` to.
     pub ack_register: u16,
+    /// The holding register that selects a snapshot by seq.
+    pub snapshot_select: u16,
+    /// The three input registers of the selected snapshot's header.
+    pub snapshot_base: u16,
+    /// The first input register of the selected snapshot's bytes.
+    pub snapshot_data: u16,
 }
+
+impl Default for ReaderRegisters {
+    fn default() -> Self {
+        Self {
+            input_base: 0,
+            ack_register: 0,
+            snapshot_select: 1,
+            snapshot_base: 40,
+            snapshot_data: 1000,
+        }
+    }
+}
+
+/// How many events' snapshots a terminal keeps.
+pub const SNAPSHOTS_KEPT: usize = 8;
 
 #[derive(Debug, Clone)]
 struct Event {
@@ -73,6 +104,9 @@ pub(crate) struct ReaderState {
     /// How many more valid acks to accept and not act on: a device that keeps showing an
     /// event it was told to drop (a slow scan cycle, a queue restored after a reboot).
     ignore_acks: usize,
+    /// The snapshots of the last events, oldest first, and the seq selected.
+    snapshots: VecDeque<(u16, Vec<u8>)>,
+    select: u16,
 }
 
 impl ReaderState {
@@ -85,7 +119,39 @@ impl ReaderState {
             acked: Vec::new(),
             head_since: HashMap::new(),
             ignore_acks: 0,
+            snapshots: VecDeque::new(),
+            select: 0,
         }
+    }
+
+    /// Registers of the snapshot data block: up to the end of the address space.
+    fn data_regs(&self) -> usize {
+        65_536 - usize::from(self.regs.snapshot_data)
+    }
+
+    fn snapshot_header(&self) -> [u16; 3] {
+        match self.snapshots.iter().find(|(seq, _)| *seq == self.select) {
+            Some((seq, image)) => {
+                let len = u32::try_from(image.len()).unwrap_or(u32::MAX);
+                [*seq, (len >> 16) as u16, len as u16]
+            }
+            None => [0; 3],
+        }
+    }
+
+    fn snapshot_words(&self, at: usize, quantity: usize) -> Vec<u16> {
+        let image = self
+            .snapshots
+            .iter()
+            .find(|(seq, _)| *seq == self.select)
+            .map_or(&[][..], |(_, image)| image.as_slice());
+        (at..at + quantity)
+            .map(|i| {
+                let high = image.get(2 * i).copied().unwrap_or(0);
+                let low = image.get(2 * i + 1).copied().unwrap_or(0);
+                u16::from_be_bytes([high, low])
+            })
+            .collect()
     }
 
     fn present(
@@ -167,17 +233,37 @@ impl ReaderState {
             Request::ReadInputRegisters(addr, quantity) => {
                 let quantity = usize::from(*quantity);
                 check_quantity(quantity, MAX_READ_REGISTERS)?;
-                let at = offset_in(self.regs.input_base, inputs, *addr, quantity)?;
-                let image = self.image();
-                Ok(Response::ReadInputRegisters(
-                    image[at..at + quantity].to_vec(),
-                ))
+                // The mailbox first: a configured base may sit inside the default data block.
+                if let Ok(at) = offset_in(self.regs.input_base, inputs, *addr, quantity) {
+                    let image = self.image();
+                    return Ok(Response::ReadInputRegisters(
+                        image[at..at + quantity].to_vec(),
+                    ));
+                }
+                if let Ok(at) = offset_in(self.regs.snapshot_base, 3, *addr, quantity) {
+                    let header = self.snapshot_header();
+                    return Ok(Response::ReadInputRegisters(
+                        header[at..at + quantity].to_vec(),
+                    ));
+                }
+                if let Ok(at) =
+                    offset_in(self.regs.snapshot_data, self.data_regs(), *addr, quantity)
+                {
+                    return Ok(Response::ReadInputRegisters(
+                        self.snapshot_words(at, quantity),
+                    ));
+                }
+                Err(ExceptionCode::IllegalDataAddress)
             }
             Request::ReadHoldingRegisters(addr, quantity) => {
                 let quantity = usize::from(*quantity);
                 check_quantity(quantity, MAX_READ_REGISTERS)?;
                 offset_in(self.regs.ack_register, 1, *addr, quantity)?;
                 Ok(Response::ReadHoldingRegisters(vec![self.ack_value]))
+            }
+            Request::WriteSingleRegister(addr, value) if *addr == self.regs.snapshot_select => {
+                self.select = *value;
+                Ok(Response::WriteSingleRegister(*addr, *value))
             }
             Request::WriteSingleRegister(addr, value) => {
                 offset_in(self.regs.ack_register, 1, *addr, 1)?;
@@ -242,6 +328,35 @@ impl SimReader {
     /// Like [`present`](Self::present), for any bytes (at most 64): a misbehaving device.
     pub fn present_raw(&self, kind: u16, credential: &[u8], score: u16) -> Result<u16, SimError> {
         lock(&self.state).present(kind, credential, score, SystemTime::now())
+    }
+
+    /// Like [`present`](Self::present), for a face terminal that also took a snapshot (any
+    /// bytes: a JPEG, or something hostile). The terminal keeps the last
+    /// [`SNAPSHOTS_KEPT`]; an image too large for the data block is refused.
+    pub fn present_with_snapshot(
+        &self,
+        kind: u16,
+        credential: &str,
+        score: u16,
+        image: Vec<u8>,
+    ) -> Result<u16, SimError> {
+        let mut state = lock(&self.state);
+        let max = 2 * state.data_regs();
+        if image.len() > max {
+            return Err(SimError::SnapshotTooLarge {
+                len: image.len(),
+                max,
+            });
+        }
+        if !credential.is_ascii() {
+            return Err(SimError::NotAscii);
+        }
+        let seq = state.present(kind, credential.as_bytes(), score, SystemTime::now())?;
+        state.snapshots.push_back((seq, image));
+        while state.snapshots.len() > SNAPSHOTS_KEPT {
+            state.snapshots.pop_front();
+        }
+        Ok(seq)
     }
 
     /// Events not acknowledged yet, the head included.
@@ -358,10 +473,41 @@ mod tests {
     }
 
     #[test]
+    fn a_selected_snapshot_shows_its_header_and_bytes_and_old_ones_are_dropped() {
+        let mut state = ReaderState::new(ReaderRegisters::default());
+        let now = SystemTime::now();
+        let mut seqs = Vec::new();
+        for i in 0..=SNAPSHOTS_KEPT {
+            let seq = state.present(KIND_FACE, b"P1", 900, now).expect("queued");
+            state.snapshots.push_back((seq, vec![0xFF, 0xD8, i as u8]));
+            while state.snapshots.len() > SNAPSHOTS_KEPT {
+                state.snapshots.pop_front();
+            }
+            seqs.push(seq);
+        }
+        let select = |state: &mut ReaderState, seq: u16| {
+            state
+                .handle(&Request::WriteSingleRegister(1, seq), Now::read())
+                .expect("select")
+        };
+        let last = *seqs.last().expect("seqs");
+        select(&mut state, last);
+        assert_eq!(read(&mut state, 40, 3), Ok(vec![last, 0, 3]));
+        assert_eq!(read(&mut state, 1000, 3), Ok(vec![0xFFD8, 0x0800, 0]));
+        // The first one is no longer kept: no snapshot.
+        select(&mut state, seqs[0]);
+        assert_eq!(read(&mut state, 40, 3), Ok(vec![0, 0, 0]));
+        assert_eq!(read(&mut state, 1000, 1), Ok(vec![0]));
+    }
+
+    #[test]
     fn configured_bases_move_the_map() {
         let mut state = ReaderState::new(ReaderRegisters {
             input_base: 1000,
             ack_register: 7,
+            snapshot_base: 2000,
+            snapshot_data: 3000,
+            ..ReaderRegisters::default()
         });
         assert!(state.present(KIND_QR, b"QR", 0, SystemTime::now()).is_ok());
         assert_eq!(read(&mut state, 1000, 2), Ok(vec![1, KIND_QR]));

@@ -558,6 +558,7 @@ mod tests {
             decisions: tokio::sync::broadcast::channel(8).0,
             outbox_kick: mpsc::channel(1).0,
             buses: Default::default(),
+            snapshots: mpsc::channel(1).0,
         };
         (shared, mode_tx, dir)
     }

@@ -12,6 +12,7 @@ pub mod panel;
 pub mod passage;
 pub mod reader;
 pub mod relay;
+pub mod snapshot;
 pub mod wiegand;
 
 /// What went wrong talking to a device. A device's exception is kept apart from a broken

@@ -247,9 +247,11 @@ async fn poll_once(
         credential,
         now: crate::clock::now_ms(),
     };
+    let mut recorded = None;
     match shared.store.pass(input).await {
         Ok(PassOutcome::Recorded { verdict, event }) => {
             release(shared, relay, lane, &cfg.name, verdict.granted(), &event).await;
+            recorded = Some(event);
         }
         Ok(PassOutcome::AlreadyRecorded) => {
             tracing::info!(reader = %cfg.name, head_seq, "mailbox event already recorded; acking it again");
@@ -264,7 +266,78 @@ async fn poll_once(
     }
     conn.write_single_register(cfg.ack_register, head_seq)
         .await?;
-    seen.acked_now(head_seq, kept)
+    let handled = seen.acked_now(head_seq, kept);
+    // The snapshot after the release and the ack: never on the decision path.
+    if let Some(event) = recorded.filter(|_| cfg.snapshots) {
+        match fetch_snapshot(cfg, conn, head_seq, cfg.snapshot_max_bytes).await? {
+            Fetched::None => {}
+            Fetched::Refused(what) => {
+                let detail = format!("snapshot of pass {} rejected: {what}", event.id);
+                tracing::warn!(reader = %cfg.name, "{detail}");
+                let (shared, reader) = (shared.clone(), cfg.name.clone());
+                tokio::spawn(async move {
+                    let _ = shared.alarm("snapshot_rejected", &reader, &detail).await;
+                });
+            }
+            Fetched::Bytes(bytes) => {
+                let job = crate::hw::snapshot::Job {
+                    reader: cfg.name.clone(),
+                    event,
+                    bytes,
+                };
+                if shared.snapshots.try_send(job).is_err() {
+                    tracing::warn!(reader = %cfg.name, "snapshot dropped: the snapshot task is behind");
+                }
+            }
+        }
+    }
+    handled
+}
+
+/// What a terminal had for an event's snapshot.
+enum Fetched {
+    None,
+    Bytes(Vec<u8>),
+    /// Announced larger than the limit (or than the data block): not read.
+    Refused(String),
+}
+
+/// Selects `head_seq`'s snapshot and reads it, 125 registers at a time, if the terminal still
+/// has it and it is within `max_bytes`.
+async fn fetch_snapshot(
+    cfg: &ReaderConfig,
+    conn: &mut Modbus,
+    head_seq: u16,
+    max_bytes: usize,
+) -> Result<Fetched, DeviceError> {
+    conn.write_single_register(cfg.snapshot_select, head_seq)
+        .await?;
+    let h = conn.read_input_registers(cfg.snapshot_base, 3).await?;
+    if h[0] != head_seq {
+        return Ok(Fetched::None);
+    }
+    let len = ((usize::from(h[1])) << 16) | usize::from(h[2]);
+    if len == 0 {
+        return Ok(Fetched::None);
+    }
+    let words = len.div_ceil(2);
+    if len > max_bytes || usize::from(cfg.snapshot_data) + words > 65_536 {
+        return Ok(Fetched::Refused(format!(
+            "the terminal announced {len} bytes, over the limit of {max_bytes}"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(2 * words);
+    let mut at = 0;
+    while at < words {
+        let n = (words - at).min(125);
+        let addr = u16::try_from(usize::from(cfg.snapshot_data) + at)
+            .map_err(|_| DeviceError::Garbage("snapshot address out of range".into()))?;
+        let regs = conn.read_input_registers(addr, n as u16).await?;
+        bytes.extend(regs.iter().flat_map(|w| w.to_be_bytes()));
+        at += n;
+    }
+    bytes.truncate(len);
+    Ok(Fetched::Bytes(bytes))
 }
 
 #[cfg(test)]

@@ -230,6 +230,56 @@ fn decode_error(format: &str, stage: &str, e: &ImageError) -> SnapshotError {
     }
 }
 
+/// A snapshot read from a terminal, for the snapshot task.
+pub struct Job {
+    pub reader: String,
+    /// The pass it shows.
+    pub event: crate::sync::contract::PassEvent,
+    pub bytes: Vec<u8>,
+}
+
+/// The snapshot task: decodes each snapshot off the async threads (`spawn_blocking`), stores
+/// its thumbnail and records it as a later fact of the pass; the uplink uploads it. A snapshot
+/// refused by the limits is a `snapshot_rejected` alarm naming the reader and what was wrong.
+pub async fn run(
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+    cfg: crate::config::SnapshotConfig,
+    shared: crate::gate::Shared,
+) {
+    while let Some(job) = jobs.recv().await {
+        let limits = cfg.limits.clone();
+        let Job {
+            reader,
+            event,
+            bytes,
+        } = job;
+        let made = tokio::task::spawn_blocking(move || thumbnail(&bytes, &limits)).await;
+        let thumb = match made {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let detail = format!("snapshot of pass {} rejected: {e}", event.id);
+                tracing::warn!(reader, "{detail}");
+                let _ = shared.alarm("snapshot_rejected", &reader, &detail).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(reader, error = %e, "snapshot decoding stopped");
+                continue;
+            }
+        };
+        let keep = cfg.keep;
+        let now = crate::clock::now_ms();
+        match shared
+            .store
+            .call(move |db| db.store_snapshot(&event, &thumb.jpeg, keep, now))
+            .await
+        {
+            Ok(e) => shared.publish_decision(&reader, &e),
+            Err(e) => tracing::error!(reader, error = %e, "snapshot not stored"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -584,6 +584,7 @@ impl Db {
             flags: Vec::new(),
             passed: None,
             ref_: None,
+            snapshot: None,
         };
         self.record_event(draft, stamp, now, |_| Ok(()))
     }
@@ -904,6 +905,7 @@ impl Db {
             flags: Vec::new(),
             passed: None,
             ref_: None,
+            snapshot: None,
         };
         // Without a nonce nothing can be refused.
         Ok(self.record_event(draft, None, now, |_| Ok(()))?.ok())
@@ -934,6 +936,7 @@ impl Db {
             flags: Vec::new(),
             passed: Some(passed),
             ref_: Some(pass.id.clone()),
+            snapshot: None,
         };
         let give_back = give_back.filter(|_| !passed);
         let event = self.record_event(draft, None, now, |tx| {
@@ -948,6 +951,93 @@ impl Db {
         })?;
         // Without a nonce nothing can be refused.
         event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
+    }
+
+    /// A face terminal's snapshot of a pass, as a thumbnail: kept (the oldest beyond `keep`
+    /// are deleted, uploaded or not) and recorded as a later fact of the pass (reason
+    /// `passage`, `ref` to it) whose `snapshot` names it: `snapshot/{pass id}`, the last part of
+    /// the topic it is uploaded on.
+    pub fn store_snapshot(
+        &mut self,
+        pass: &PassEvent,
+        jpeg: &[u8],
+        keep: u32,
+        now: UnixMs,
+    ) -> Result<PassEvent, StoreError> {
+        let draft = EventDraft {
+            lane: pass.lane,
+            direction: pass.direction,
+            credential: pass.credential.as_ref().map(|c| Credential {
+                kind: c.kind,
+                id: c.id.clone(),
+                score: c.score,
+            }),
+            subject: pass.subject.clone(),
+            reason: core::Reason::Passage,
+            override_: None,
+            flags: Vec::new(),
+            passed: None,
+            ref_: Some(pass.id.clone()),
+            snapshot: Some(format!("snapshot/{}", pass.id)),
+        };
+        let event = self.record_event(draft, None, now, |tx| {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO snapshot (event_id, ts, jpeg, uploaded)
+                 VALUES (?1, ?2, ?3, 0)",
+            )?
+            .execute(params![pass.id, now, jpeg])?;
+            let gone = tx
+                .prepare_cached(
+                    "DELETE FROM snapshot WHERE event_id NOT IN
+                     (SELECT event_id FROM snapshot ORDER BY ts DESC, event_id DESC LIMIT ?1)",
+                )?
+                .execute([keep])?;
+            if gone > 0 {
+                tracing::info!(deleted = gone, keep, "old snapshots deleted (retention)");
+            }
+            Ok(())
+        })?;
+        event.map_err(|r| StoreError::Invalid(format!("snapshot refused: {r:?}")))
+    }
+
+    /// Snapshots not uploaded yet, oldest first, leaving out `skip` (in flight).
+    pub fn snapshots_to_upload(
+        &self,
+        skip: &[String],
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT event_id, jpeg FROM snapshot WHERE uploaded = 0 ORDER BY ts, event_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, jpeg) = row?;
+            if !skip.contains(&id) {
+                out.push((id, jpeg));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The broker has taken this snapshot.
+    pub fn snapshot_uploaded(&self, event_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE snapshot SET uploaded = 1 WHERE event_id = ?1")?
+            .execute([event_id])?;
+        Ok(())
+    }
+
+    /// The snapshots kept, oldest first: (pass id, uploaded).
+    pub fn snapshots(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT event_id, uploaded FROM snapshot ORDER BY ts, event_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Someone went through a lane with no grant waiting, while the gate's mode held it open
@@ -969,6 +1059,7 @@ impl Db {
             flags: Vec::new(),
             passed: Some(true),
             ref_: None,
+            snapshot: None,
         };
         let event = self.record_event(draft, None, now, |_| Ok(()))?;
         event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
@@ -993,6 +1084,7 @@ impl Db {
             flags: Vec::new(),
             passed: None,
             ref_: None,
+            snapshot: None,
         };
         self.record_event(draft, stamp, now, |tx| {
             tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
@@ -1065,6 +1157,7 @@ struct EventDraft {
     /// A later fact about a pass: whether someone went through, and the pass it is about.
     pub passed: Option<bool>,
     pub ref_: Option<String>,
+    pub snapshot: Option<String>,
 }
 
 /// The `override.input` of the event that records a `clear_passback` override.
@@ -1200,6 +1293,7 @@ fn record_pass(
             flags,
             passed: None,
             ref_: None,
+            snapshot: None,
         },
         input.now,
     )?;
@@ -1333,7 +1427,7 @@ fn insert_event(
         reason: d.reason,
         override_: d.override_,
         passed: d.passed,
-        snapshot: None,
+        snapshot: d.snapshot,
         ref_: d.ref_,
         flags: d.flags,
     };

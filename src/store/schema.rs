@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2, v3];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -167,6 +167,22 @@ fn v3(tx: &Transaction) -> rusqlite::Result<()> {
             id   TEXT NOT NULL,
             at   INTEGER NOT NULL
         ) WITHOUT ROWID;
+        "#,
+    )
+}
+
+/// v4: face-terminal snapshots (thumbnails), kept up to a retention limit, and whether each
+/// has been uploaded to the broker.
+fn v4(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        r#"
+        CREATE TABLE snapshot (
+            event_id TEXT PRIMARY KEY,
+            ts       INTEGER NOT NULL,
+            jpeg     BLOB NOT NULL,
+            uploaded INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX snapshot_ts ON snapshot (ts);
         "#,
     )
 }

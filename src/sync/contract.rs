@@ -28,6 +28,10 @@ impl Topics {
     pub fn alarm(&self) -> String {
         self.gate_topic("alarm")
     }
+    /// Where the thumbnail of a pass's snapshot is uploaded (the pass's event id).
+    pub fn snapshot(&self, event_id: &str) -> String {
+        self.gate_topic(&format!("snapshot/{event_id}"))
+    }
     pub fn status(&self) -> String {
         self.gate_topic("status")
     }

@@ -38,11 +38,16 @@ use crate::gate::Shared;
 use crate::hw::Backoff;
 use crate::store::Stream;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Tag {
     Outbox(i64),
+    /// A snapshot's thumbnail, by the id of its pass.
+    Snapshot(String),
     Other,
 }
+
+/// Snapshot uploads in flight at once: each is tens of KB, and events go first.
+const SNAPSHOTS_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Role {
@@ -337,6 +342,8 @@ struct Connection<'a> {
     fill_failed: bool,
     /// Acks (serialized) that did not fit in the client's queue yet, oldest first.
     acks_waiting: VecDeque<Vec<u8>>,
+    /// Snapshots queued or in flight on this connection, by pass id.
+    snapshots: Vec<String>,
 }
 
 impl<'a> Connection<'a> {
@@ -371,6 +378,7 @@ impl<'a> Connection<'a> {
             acked: Vec::new(),
             fill_failed: false,
             acks_waiting: VecDeque::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -473,6 +481,7 @@ impl<'a> Connection<'a> {
                         self.publish_status(true).await;
                         // Everything unacknowledged goes again, oldest first.
                         self.cursor = 0;
+                        self.snapshots.clear();
                         self.fill().await;
                     }
                     Role::Downlink => {
@@ -508,11 +517,15 @@ impl<'a> Connection<'a> {
                 return Err(format!("packet id {pkid} collided"));
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(Tag::Outbox(rowid)) = self.inflight.remove(&ack.pkid) {
-                    self.acked.push(rowid);
-                    if self.acked.len() >= ACK_BATCH {
-                        self.flush_acks().await;
+                match self.inflight.remove(&ack.pkid) {
+                    Some(Tag::Outbox(rowid)) => {
+                        self.acked.push(rowid);
+                        if self.acked.len() >= ACK_BATCH {
+                            self.flush_acks().await;
+                        }
                     }
+                    Some(Tag::Snapshot(id)) => self.snapshot_acked(id).await,
+                    _ => {}
                 }
                 match self.role {
                     // Refill once an eighth of the window is free, not on every PUBACK: one
@@ -707,6 +720,8 @@ impl<'a> Connection<'a> {
             };
             self.fill_failed = false;
             if rows.is_empty() {
+                // Events and alarms first; then the snapshots, a few at a time.
+                self.fill_snapshots().await;
                 return;
             }
             for row in rows {
@@ -729,6 +744,53 @@ impl<'a> Connection<'a> {
                 self.cursor = row.rowid;
             }
         }
+    }
+
+    /// Queues snapshots not uploaded yet, up to `SNAPSHOTS_IN_FLIGHT` and the window's room.
+    async fn fill_snapshots(&mut self) {
+        let want = SNAPSHOTS_IN_FLIGHT
+            .saturating_sub(self.snapshots.len())
+            .min(self.room());
+        if want == 0 {
+            return;
+        }
+        let skip = self.snapshots.clone();
+        let snaps = match self
+            .link
+            .shared
+            .store
+            .call(move |db| db.snapshots_to_upload(&skip, want))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the snapshots");
+                return;
+            }
+        };
+        for (id, jpeg) in snaps {
+            let topic = self.link.topics.snapshot(&id);
+            if !self.publish(topic, jpeg, false, Tag::Snapshot(id.clone())) {
+                return;
+            }
+            self.snapshots.push(id);
+        }
+    }
+
+    /// The broker has a snapshot: marked uploaded (a failure uploads it again later).
+    async fn snapshot_acked(&mut self, id: String) {
+        self.snapshots.retain(|s| *s != id);
+        let done = id.clone();
+        if let Err(e) = self
+            .link
+            .shared
+            .store
+            .call(move |db| db.snapshot_uploaded(&done))
+            .await
+        {
+            tracing::error!(error = %e, snapshot = %id, "cannot mark the snapshot uploaded");
+        }
+        self.fill_snapshots().await;
     }
 
     async fn flush_acks(&mut self) {

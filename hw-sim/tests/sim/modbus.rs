@@ -214,7 +214,7 @@ async fn out_of_range_addresses_are_illegal_data_address() {
         Err(illegal)
     );
     assert_eq!(
-        within(reader.write_single_register(1, 5))
+        within(reader.write_single_register(2, 5))
             .await
             .expect("io"),
         Err(illegal)
@@ -262,6 +262,7 @@ async fn register_bases_are_configurable() {
         ReaderRegisters {
             input_base: 2000,
             ack_register: 3000,
+            ..ReaderRegisters::default()
         },
     );
     let relay = server.add_relay(
