@@ -81,17 +81,28 @@ struct Latch {
     fire: std::collections::BTreeSet<String>,
     /// Relay boards whose tamper contact is on.
     tamper: std::collections::BTreeSet<String>,
+    /// Boards whose fire contact has not been read since start: an emergency release
+    /// persisted across a restart is not left on their word until they have been read (or
+    /// `FIRE_READ_GRACE` has passed: a dead board must not hold the lanes open for ever).
+    unread: std::collections::BTreeSet<String>,
+    started: Option<std::time::Instant>,
     /// Rises with every mode switch. A release being recorded that sees it moved on was
     /// superseded; a mode change that sees it moved on while it was being recorded lost to a
     /// release.
     epoch: u64,
 }
 
+/// How long after start an emergency release may not be left while a board's fire contact
+/// has not been read yet.
+pub const FIRE_READ_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Control {
+    /// `fire_boards` are the boards with a fire contact.
     pub fn new(
         shared: Shared,
         mode_tx: watch::Sender<Mode>,
         lanes: BTreeMap<u16, (LaneConfig, RelayHandle)>,
+        fire_boards: Vec<String>,
     ) -> Self {
         Self {
             shared,
@@ -99,7 +110,11 @@ impl Control {
             lanes,
             serial: tokio::sync::Mutex::new(()),
             unclaimed: std::sync::Mutex::new(Vec::new()),
-            latch: std::sync::Mutex::new(Latch::default()),
+            latch: std::sync::Mutex::new(Latch {
+                unread: fire_boards.into_iter().collect(),
+                started: Some(std::time::Instant::now()),
+                ..Latch::default()
+            }),
         }
     }
 
@@ -114,8 +129,21 @@ impl Control {
         self.latch().fire.iter().cloned().collect()
     }
 
-    /// Refuses any mode but emergency release while a fire contact is on.
-    fn check_fire(latch: &Latch, mode: Mode) -> Result<(), Refusal> {
+    /// Refuses any mode but emergency release while a fire contact is on, and leaving an
+    /// emergency release (`current`) before every fire contact has been read since start.
+    fn check_fire(latch: &Latch, mode: Mode, current: Mode) -> Result<(), Refusal> {
+        let early = latch.started.is_some_and(|t| t.elapsed() < FIRE_READ_GRACE);
+        if mode != Mode::EmergencyRelease
+            && current == Mode::EmergencyRelease
+            && early
+            && !latch.unread.is_empty()
+        {
+            return Err(Refusal::Unsupported(format!(
+                "the fire alarm contact of {} has not been read since gated started: the \
+                 emergency release stays; try again in a few seconds",
+                latch.unread.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         if mode != Mode::EmergencyRelease && !latch.fire.is_empty() {
             return Err(Refusal::Unsupported(format!(
                 "the fire alarm contact of {} is on: the emergency release stays until it is \
@@ -193,6 +221,9 @@ impl Control {
     /// held up by anything.
     pub fn contact(self: &std::sync::Arc<Self>, change: ContactChange, now: UnixMs) {
         let board = change.board.clone();
+        if change.contact == Contact::Fire {
+            self.latch().unread.remove(&board);
+        }
         match (change.contact, change.on) {
             (Contact::Fire, true) => self.release_now(Release::Fire, &board, now),
             (Contact::Fire, false) => {
@@ -455,7 +486,7 @@ impl Control {
         let _one_at_a_time = self.serial.lock().await;
         let epoch = {
             let latch = self.latch();
-            Self::check_fire(&latch, mode)?;
+            Self::check_fire(&latch, mode, self.mode())?;
             latch.epoch
         };
         self.check_unclaimed(origin, now).await?;
@@ -498,7 +529,7 @@ impl Control {
             // A release that came while the store recorded this change wins: it is recorded
             // after this one, so the store ends with it too.
             let mut latch = self.latch();
-            Self::check_fire(&latch, mode)?;
+            Self::check_fire(&latch, mode, self.mode())?;
             if latch.epoch != epoch && mode != Mode::EmergencyRelease {
                 return Err(Refusal::Unsupported(
                     "an emergency release came while this change was recorded; it stays".into(),
@@ -523,5 +554,36 @@ impl Control {
             .call(move |db| db.claim_nonce(&stamp, now))
             .await
             .map_err(|e| Refusal::StoreError(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emergency_release_is_not_left_before_the_fire_contacts_are_read() {
+        let mut latch = Latch {
+            unread: ["relay1".to_string()].into(),
+            started: Some(std::time::Instant::now()),
+            ..Latch::default()
+        };
+        let leave = Control::check_fire(&latch, Mode::Normal, Mode::EmergencyRelease);
+        assert!(
+            matches!(&leave, Err(Refusal::Unsupported(m)) if m.contains("relay1") && m.contains("not been read")),
+            "{leave:?}"
+        );
+        // Other changes are not held up by it.
+        assert!(Control::check_fire(&latch, Mode::Lockdown, Mode::Normal).is_ok());
+        // Once read (and off), or once the grace has passed, it may be left.
+        latch.unread.clear();
+        assert!(Control::check_fire(&latch, Mode::Normal, Mode::EmergencyRelease).is_ok());
+        latch.unread.insert("relay1".into());
+        latch.started = std::time::Instant::now().checked_sub(FIRE_READ_GRACE);
+        assert!(Control::check_fire(&latch, Mode::Normal, Mode::EmergencyRelease).is_ok());
+        // A fire contact on refuses every mode but the release.
+        latch.fire.insert("relay1".into());
+        assert!(Control::check_fire(&latch, Mode::Normal, Mode::EmergencyRelease).is_err());
+        assert!(Control::check_fire(&latch, Mode::EmergencyRelease, Mode::Normal).is_ok());
     }
 }

@@ -279,7 +279,23 @@ impl Gate {
             lanes.insert(l.id, (l.clone(), relay.clone()));
         }
         tokio::spawn(free_exits(press_rx, lanes.clone(), shared.clone()));
-        let control = Arc::new(Control::new(shared.clone(), mode_tx, lanes.clone()));
+        let fire_boards = cfg
+            .relays
+            .iter()
+            .map(|r| r.name.clone())
+            .chain(
+                cfg.gpio_relays
+                    .iter()
+                    .filter(|r| r.fire.is_some())
+                    .map(|r| r.name.clone()),
+            )
+            .collect();
+        let control = Arc::new(Control::new(
+            shared.clone(),
+            mode_tx,
+            lanes.clone(),
+            fire_boards,
+        ));
         tokio::spawn(contacts(contact_rx, control.clone()));
         let (panel_tx, panel_rx) = mpsc::channel(64);
         for p in &cfg.panels {
