@@ -1,10 +1,13 @@
 //! Passage sensing: the relay boards' passage counters, matched with the grants of their lanes.
 //!
 //! A granted release waits on its lane direction (first granted, first matched) until the
-//! sensor counts someone through, or until the release has ended (`release_ms` plus
-//! `SLACK`). Each outcome is a new event (DESIGN.md: reason `passage`, `ref` to the pass):
-//! `passed` true or false. With `[policy] visitor_entry = "passage"`, an invitation's entry
-//! used by a grant nobody went through is given back.
+//! sensor counts someone through, or until the release has ended (`release_ms` plus `SLACK`)
+//! AND a read of its board's counters that started after that end has succeeded: a board that
+//! cannot be read says nothing about who went through. Each outcome is a new event (DESIGN.md:
+//! reason `passage`, `ref` to the pass): `passed` true or false. With
+//! `[policy] visitor_entry = "passage"`, an invitation's entry used by a grant nobody went
+//! through is given back, but only if no other grant waited on that lane direction with it
+//! (two releases with one person through cannot say whose it was).
 //!
 //! A passage with no grant waiting is given `GRACE` for its grant to arrive (a pass is
 //! reported just after its pulse, and the counters are read every 200 ms, so the two can cross).
@@ -20,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::relay::{Passage, holds_open};
+use super::relay::{Counted, holds_open};
 use crate::config::VisitorEntry;
 use crate::core::{Direction, Reason};
 use crate::gate::Shared;
@@ -37,7 +40,13 @@ struct Waiting {
     event: PassEvent,
     until: Instant,
     give_back: Option<String>,
+    /// No other grant waited on the lane direction at the same time.
+    alone: bool,
 }
+
+/// Grants waiting on one lane direction at most (a board unread for a long time while people
+/// are granted): beyond, the oldest is recorded unused, with nothing given back.
+const MAX_WAITING: usize = 1000;
 
 /// A fact to record.
 #[derive(Debug, PartialEq)]
@@ -88,12 +97,24 @@ impl Tracker {
             }
             return vec![Fact::Passed(event)];
         }
-        self.grants.entry(key).or_default().push_back(Waiting {
+        let q = self.grants.entry(key).or_default();
+        let alone = q.is_empty();
+        for w in q.iter_mut() {
+            w.alone = false;
+        }
+        q.push_back(Waiting {
             event,
             until: now + release + SLACK,
             give_back,
+            alone,
         });
-        Vec::new()
+        let mut facts = Vec::new();
+        while q.len() > MAX_WAITING {
+            if let Some(w) = q.pop_front() {
+                facts.push(Fact::Unused(w.event, None));
+            }
+        }
+        facts
     }
 
     /// `count` people counted through a lane direction; `mode` is the gate's mode's reason
@@ -131,12 +152,18 @@ impl Tracker {
     }
 
     /// Grants whose release has ended unused, and passages that waited in vain for a grant.
-    pub fn tick(&mut self, now: Instant) -> Vec<Fact> {
+    /// `read_since(lane)` is when the last successful read of the lane's counters started.
+    pub fn tick(&mut self, now: Instant, read_since: impl Fn(u16) -> Option<Instant>) -> Vec<Fact> {
         let mut facts = Vec::new();
-        for q in self.grants.values_mut() {
-            while q.front().is_some_and(|w| w.until <= now) {
+        for (&(lane, _), q) in &mut self.grants {
+            let read = read_since(lane);
+            while q
+                .front()
+                .is_some_and(|w| w.until <= now && read.is_some_and(|r| r >= w.until))
+            {
                 if let Some(w) = q.pop_front() {
-                    facts.push(Fact::Unused(w.event, w.give_back));
+                    let give_back = w.give_back.filter(|_| w.alone);
+                    facts.push(Fact::Unused(w.event, give_back));
                 }
             }
         }
@@ -181,14 +208,18 @@ pub async fn run(
     sensed: Sensed,
     visitor_entry: VisitorEntry,
     mut decisions: broadcast::Receiver<crate::gate::Decided>,
-    mut passages: mpsc::Receiver<Passage>,
+    mut passages: mpsc::Receiver<Counted>,
     shared: Shared,
 ) {
     let release: HashMap<u16, u16> = sensed.values().copied().collect();
+    let board_of: HashMap<u16, String> = sensed
+        .iter()
+        .map(|((board, _), (lane, _))| (*lane, board.clone()))
+        .collect();
+    let mut reads: HashMap<String, Instant> = HashMap::new();
     let mut tracker = Tracker::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        let now = Instant::now();
         let facts = tokio::select! {
             d = decisions.recv() => match d {
                 Ok(d) => {
@@ -199,7 +230,8 @@ pub async fn run(
                                 && e.reason == Reason::Visitor)
                                 .then(|| e.subject.clone())
                                 .flatten();
-                            tracker.grant(e, Duration::from_millis(u64::from(ms)), give_back, now)
+                            let ms = Duration::from_millis(u64::from(ms));
+                            tracker.grant(e, ms, give_back, Instant::now())
                         }
                         _ => Vec::new(),
                     }
@@ -211,7 +243,14 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             p = passages.recv() => {
-                let Some(p) = p else { return };
+                let p = match p {
+                    None => return,
+                    Some(Counted::Read { board, started }) => {
+                        reads.insert(board, started);
+                        continue;
+                    }
+                    Some(Counted::Passage(p)) => p,
+                };
                 let Some(&(lane, _)) = sensed.get(&(p.board.clone(), p.channel)) else {
                     continue;
                 };
@@ -223,9 +262,11 @@ pub async fn run(
                         Reason::EmergencyRelease
                     }
                 });
-                tracker.passage(lane, p.direction, p.count, reason, now)
+                tracker.passage(lane, p.direction, p.count, reason, Instant::now())
             }
-            _ = tick.tick() => tracker.tick(now),
+            _ = tick.tick() => tracker.tick(Instant::now(), |lane| {
+                board_of.get(&lane).and_then(|b| reads.get(b)).copied()
+            }),
         };
         for fact in facts {
             record(&shared, fact).await;
@@ -329,13 +370,24 @@ mod tests {
         );
         let f = t.passage(0, Direction::In, 1, None, t0 + Duration::from_secs(1));
         assert_eq!(f, vec![Fact::Passed(pass("a", 0, Reason::Staff))]);
+        let end = t0 + ms + SLACK;
+        let read_at = |at: Instant| move |_lane: u16| Some(at);
         // Not yet over: nothing.
-        assert!(t.tick(t0 + Duration::from_secs(4)).is_empty());
-        let f = t.tick(t0 + ms + SLACK);
+        assert!(t.tick(t0 + Duration::from_secs(4), read_at(end)).is_empty());
+        // Over, but the board has not been read since: nothing yet (it may be down, and the
+        // visitor through).
+        assert!(t.tick(end, |_| None).is_empty());
+        assert!(t.tick(end, read_at(end - SLACK)).is_empty());
+        // Read after the end: unused. "b" waited with "a", so nothing is given back.
+        let f = t.tick(end, read_at(end));
+        assert_eq!(f, vec![Fact::Unused(pass("b", 0, Reason::Visitor), None)]);
+        // Alone, an unused visitor grant gives its entry back.
+        t.grant(pass("c", 0, Reason::Visitor), ms, Some("INV-1".into()), t0);
+        let f = t.tick(end, read_at(end));
         assert_eq!(
             f,
             vec![Fact::Unused(
-                pass("b", 0, Reason::Visitor),
+                pass("c", 0, Reason::Visitor),
                 Some("INV-1".into())
             )]
         );
@@ -355,12 +407,15 @@ mod tests {
             t0 + Duration::from_millis(100),
         );
         assert_eq!(f, vec![Fact::Passed(pass("a", 1, Reason::Staff))]);
-        assert!(t.tick(t0 + GRACE * 2).is_empty(), "nothing left waiting");
+        assert!(
+            t.tick(t0 + GRACE * 2, |_| None).is_empty(),
+            "nothing left waiting"
+        );
         // Two through with no grant: forced, after the grace.
         assert!(t.passage(1, Direction::In, 2, None, t0).is_empty());
-        assert!(t.tick(t0 + GRACE / 2).is_empty());
+        assert!(t.tick(t0 + GRACE / 2, |_| None).is_empty());
         assert_eq!(
-            t.tick(t0 + GRACE),
+            t.tick(t0 + GRACE, |_| None),
             vec![Fact::Forced {
                 lane: 1,
                 direction: Direction::In,
@@ -372,7 +427,7 @@ mod tests {
         let f = t.passage(1, Direction::In, 3, None, t0);
         assert_eq!(f, vec![Fact::Passed(pass("c", 1, Reason::Staff))]);
         assert_eq!(
-            t.tick(t0 + GRACE),
+            t.tick(t0 + GRACE, |_| None),
             vec![Fact::Forced {
                 lane: 1,
                 direction: Direction::In,

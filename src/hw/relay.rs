@@ -168,6 +168,18 @@ pub struct Passage {
     pub count: u16,
 }
 
+/// What a board's counters tell the passage task: people counted, or that a read of the
+/// counters that started at `started` succeeded (so a release that ended before then, with
+/// nobody counted, was unused).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Counted {
+    Passage(Passage),
+    Read {
+        board: String,
+        started: tokio::time::Instant,
+    },
+}
+
 /// The most passages one read may add; more is a counter that restarted, not people.
 pub const MAX_COUNTED: u16 = 1000;
 
@@ -185,11 +197,11 @@ struct Counters {
     n: u16,
     channels: Vec<u16>,
     last: Vec<Option<u16>>,
-    passages: mpsc::Sender<Passage>,
+    passages: mpsc::Sender<Counted>,
 }
 
 impl Counters {
-    fn new(channels: &[u16], passages: mpsc::Sender<Passage>) -> Option<Counters> {
+    fn new(channels: &[u16], passages: mpsc::Sender<Counted>) -> Option<Counters> {
         let first = *channels.iter().min()?;
         let last_ch = *channels.iter().max()?;
         let n = 2 * (last_ch - first + 1);
@@ -202,9 +214,14 @@ impl Counters {
         })
     }
 
+    /// Reads the counters and hands on the increases. Never waits for the passage task (this
+    /// task also reads the fire contact): when its channel is full, an increase stays where
+    /// it was and is handed on after a later read (the counters keep counting).
     async fn poll(&mut self, conn: &mut Modbus, cfg: &RelayConfig) -> Result<(), DeviceError> {
         let at = cfg.counter_base.wrapping_add(2 * self.first);
+        let started = tokio::time::Instant::now();
         let regs = conn.read_input_registers(at, self.n).await?;
+        let mut all_sent = true;
         for (i, &value) in regs.iter().enumerate() {
             let channel = self.first + (i / 2) as u16;
             let direction = if i % 2 == 0 {
@@ -220,16 +237,23 @@ impl Counters {
                 tracing::warn!(relay = %cfg.name, channel, from = old, to = value, "passage counter jumped; taken as a restart of the board");
             }
             if let Some(count) = counted(old, value) {
-                let _ = self
-                    .passages
-                    .send(Passage {
-                        board: cfg.name.clone(),
-                        channel,
-                        direction,
-                        count,
-                    })
-                    .await;
+                let sent = self.passages.try_send(Counted::Passage(Passage {
+                    board: cfg.name.clone(),
+                    channel,
+                    direction,
+                    count,
+                }));
+                if sent.is_err() {
+                    self.last[i] = old;
+                    all_sent = false;
+                }
             }
+        }
+        if all_sent {
+            let _ = self.passages.try_send(Counted::Read {
+                board: cfg.name.clone(),
+                started,
+            });
         }
         Ok(())
     }
@@ -448,7 +472,7 @@ pub fn spawn(
 pub struct Inputs {
     pub presses: mpsc::Sender<Press>,
     pub contacts: mpsc::Sender<ContactChange>,
-    pub passages: mpsc::Sender<Passage>,
+    pub passages: mpsc::Sender<Counted>,
 }
 
 /// The fire and tamper contacts of one board.

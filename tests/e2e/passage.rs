@@ -17,6 +17,10 @@ fn visitors() -> String {
         "entries": [{"invitation": "INV-1", "visitor": "Zhang San", "host": "E1001",
             "credentials": [{"kind": "qr", "id": "QR-TOKEN-1"}],
             "valid_from": null, "valid_until": "2099-12-31T23:59:59Z",
+            "gates": ["east-1"], "max_entries": 1},
+           {"invitation": "INV-2", "visitor": "Li Si", "host": "E1001",
+            "credentials": [{"kind": "qr", "id": "QR-TOKEN-2"}],
+            "valid_from": null, "valid_until": "2099-12-31T23:59:59Z",
             "gates": ["east-1"], "max_entries": 1}]})
     .to_string()
 }
@@ -124,6 +128,35 @@ async fn passages_are_matched_with_grants_and_forced_ones_are_alarms() {
             e["reason"] == "entries_exhausted"
         })
         .await;
+
+    // A visitor granted while the board then cannot be read, who goes through during the
+    // outage: the release is not judged unused (nor the entry given back) on a board that
+    // said nothing; once it answers, the counter shows the passage.
+    devices.reader1.present(KIND_QR, "QR-TOKEN-2", 0).expect("queued");
+    let outage = centre
+        .wait_json("the visitor pass before the outage", EVENT, |e| {
+            e["reason"] == "visitor" && e["subject"] == "INV-2"
+        })
+        .await;
+    devices.relay_srv.set_fault(hw_sim::Fault::NoReply);
+    devices.relay.bump_counter(0, false);
+    centre
+        .wait_json("relay1 down", ALARM, |a| {
+            a["alarm"] == "device_fault" && a["source"] == "relay1"
+        })
+        .await;
+    // Well past the release and its slack (0.5 s + 2 s): proving an absence needs a wait.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    devices.relay_srv.set_fault(hw_sim::Fault::None);
+    let p = passage_of(&centre, &outage["id"]).await;
+    assert_eq!(p["passed"], true, "{p}");
+    let facts: Vec<Value> = centre
+        .on(EVENT)
+        .iter()
+        .map(Msg::json)
+        .filter(|e| e["ref"] == outage["id"])
+        .collect();
+    assert_eq!(facts.len(), 1, "one fact, not an unused one first: {facts:?}");
 
     // Someone through lane 1's exit with no grant: door forced.
     devices.relay.bump_counter(1, true);
