@@ -9,7 +9,11 @@
 //! - **Wiegand** (`[[wiegand]]`): the D0/D1 falling edges come from rppal's interrupt thread
 //!   (`set_async_interrupt`, no debounce: a pulse is 20–100 µs). The callback hands each edge to
 //!   tokio with `try_send` on a bounded channel and never blocks; a full channel loses the edge,
-//!   which damages the frame, which the decoder then rejects (never a wrong card).
+//!   which damages the frame, which the decoder then rejects. A frame ended by the timer is held
+//!   `SPLIT_HOLD` longer: an edge that arrives meanwhile but whose kernel timestamp puts it
+//!   inside the frame means the bits were delivered late and the frame was cut, and it is
+//!   rejected (a W34 cut after 26 bits could otherwise pass as a W26 card). A stall of the
+//!   interrupt thread longer than that hold is not caught this way; parity still is.
 //! - **Inputs** (panel buttons, the fire contact): read as levels every `poll_ms`, with the
 //!   two-read debounce of the Modbus devices (`relay::Debounce`, `relay::Level`). A level read
 //!   never misses a held button or a fire contact, as an edge can.
@@ -161,50 +165,79 @@ impl Gpio for Rpi {
 
 // ---- Wiegand --------------------------------------------------------------------------------
 
-/// Turns the edges of one reader's two lines into frames: a card, or a rejection. The frame
-/// ends `frame_timeout_us` after its last edge, timed on the daemon's clock from when that edge
-/// arrived (the edges' own times only order the bits).
+/// How long a frame ended by the timer is held back, watching for late bits of it.
+pub const SPLIT_HOLD: Duration = Duration::from_millis(75);
+
+/// A frame ended by the timer, held back `SPLIT_HOLD`.
+struct Held {
+    frame: Result<Card, Rejected>,
+    /// Its last edge's kernel time, and its length.
+    last_us: u64,
+    bits: usize,
+    until: Instant,
+}
+
+/// Turns the edges of one reader's two lines into frames: a card, or a rejection. A frame ends
+/// when an edge comes `frame_timeout_us` after the previous one by the edges' own (kernel)
+/// times, or `frame_timeout_us` after its last edge arrived here; in the second case it is
+/// held `SPLIT_HOLD` more, and rejected if a late edge shows it was cut.
 pub async fn wiegand_frames(
     cfg: WiegandConfig,
     d0: u8,
     mut edges: mpsc::Receiver<PinEdge>,
     frames: mpsc::Sender<Result<Card, Rejected>>,
 ) {
-    let timeout = Duration::from_micros(cfg.frame_timeout_us);
+    let timeout_us = cfg.frame_timeout_us;
+    let timeout = Duration::from_micros(timeout_us);
     let mut decoder = Decoder::new(cfg);
     let mut last = Instant::now();
-    let feed = |decoder: &mut Decoder, e: PinEdge| {
-        let line = if e.pin == d0 { Line::D0 } else { Line::D1 };
-        decoder.edge(Edge {
-            line,
-            at_us: e.at_us,
-        })
-    };
+    let mut bits = 0usize;
+    let mut held: Option<Held> = None;
     loop {
         let pending = decoder.deadline_us();
-        let out = tokio::select! {
+        let hold_until = held.as_ref().map(|h| h.until);
+        let mut out = Vec::new();
+        tokio::select! {
             e = edges.recv() => {
                 let Some(e) = e else { return };
                 last = Instant::now();
-                feed(&mut decoder, e)
-            }
-            _ = tokio::time::sleep_until(last + timeout), if pending.is_some() => {
-                // Edges already queued belong to this frame: take them first.
-                let mut out = None;
-                while let Ok(e) = edges.try_recv() {
-                    last = Instant::now();
-                    out = feed(&mut decoder, e).or(out);
+                if let Some(h) = held.take() {
+                    let gap = e.at_us.saturating_sub(h.last_us);
+                    if gap < timeout_us {
+                        out.push(Err(Rejected::Split { bits: h.bits, gap_us: gap }));
+                    } else {
+                        out.push(h.frame);
+                    }
                 }
-                if out.is_none() && last.elapsed() >= timeout {
-                    out = decoder.deadline_us().and_then(|at| decoder.tick(at));
+                let line = if e.pin == d0 { Line::D0 } else { Line::D1 };
+                let ended = decoder.edge(Edge { line, at_us: e.at_us });
+                if ended.is_some() {
+                    bits = 0;
                 }
-                out
+                bits += 1;
+                out.extend(ended);
             }
-        };
-        if let Some(frame) = out
-            && frames.send(frame).await.is_err()
-        {
-            return;
+            _ = tokio::time::sleep_until(last + timeout), if pending.is_some() && held.is_none() => {
+                if let Some(at) = decoder.deadline_us()
+                    && let Some(frame) = decoder.tick(at)
+                {
+                    held = Some(Held {
+                        frame,
+                        last_us: at.saturating_sub(timeout_us),
+                        bits,
+                        until: Instant::now() + SPLIT_HOLD,
+                    });
+                    bits = 0;
+                }
+            }
+            _ = tokio::time::sleep_until(hold_until.unwrap_or_else(Instant::now)), if hold_until.is_some() => {
+                out.extend(held.take().map(|h| h.frame));
+            }
+        }
+        for frame in out {
+            if frames.send(frame).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -536,6 +569,32 @@ mod tests {
             .expect("a frame")
             .expect("open");
         assert!(r.is_err(), "a glitch must reject the frame: {r:?}");
+
+        // A W34 whose last 8 bits arrive late (the interrupt thread stalled 40 ms): its first
+        // 26 bits are a valid W26 (the W26 frame above), but the kernel times of the late bits
+        // put them inside the frame. Rejected as cut, not read as that W26 card.
+        let w34_head = W26;
+        let t0 = 30_000_000;
+        for e in frame(w34_head, t0, 2_000, 5, 6) {
+            edge_tx.send(e).await.expect("open");
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        for e in frame("01010101", t0 + 26 * 2_000, 2_000, 5, 6) {
+            edge_tx.send(e).await.expect("open");
+        }
+        let r = tokio::time::timeout(Duration::from_secs(2), frames.recv())
+            .await
+            .expect("a frame")
+            .expect("open");
+        assert!(
+            matches!(r, Err(Rejected::Split { bits: 26, .. })),
+            "a frame cut by late delivery must be rejected: {r:?}"
+        );
+        let rest = tokio::time::timeout(Duration::from_secs(2), frames.recv())
+            .await
+            .expect("a frame")
+            .expect("open");
+        assert!(rest.is_err(), "its tail is no card either: {rest:?}");
     }
 
     fn test_shared() -> (Shared, watch::Sender<crate::core::Mode>, tempfile::TempDir) {

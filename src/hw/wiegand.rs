@@ -150,6 +150,9 @@ pub enum Rejected {
     },
     /// More than `MAX_BITS` edges in one frame: a stuck line or noise.
     Overflow { bits: usize },
+    /// The frame was ended by the timer, then an edge arrived that the edges' own times put
+    /// inside it: its bits were delivered late (a stalled interrupt thread), and it was cut.
+    Split { bits: usize, gap_us: u64 },
 }
 
 impl fmt::Display for Rejected {
@@ -191,6 +194,11 @@ impl fmt::Display for Rejected {
             Self::Overflow { bits } => {
                 write!(f, "frame of {bits} bits is longer than {MAX_BITS}")
             }
+            Self::Split { bits, gap_us } => write!(
+                f,
+                "{bits}-bit frame cut short: another bit came {gap_us} µs after its last one \
+                 (the bits were delivered late)"
+            ),
         }
     }
 }
