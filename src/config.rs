@@ -1274,8 +1274,24 @@ impl Checker<'_> {
             self.check_device(&span, &key("name"), &r.name, &mut names)?;
             let link = self.check_link(&span, &key(""), r.address, r.serial, r.unit, &mut buses)?;
             self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
+            self.check_rtu_timeout(&span, &key("timeout_ms"), &link, r.timeout_ms)?;
             if !(1..=3600).contains(&r.held_open_s) {
                 return self.err(span, &key("held_open_s"), "must be 1..=3600");
+            }
+            // Lanes are channels 0..=31: a block of 64 inputs (32 doors) must fit below 65536.
+            let g = &r.registers;
+            for (what, base, n) in [
+                ("counter_base", Some(g.counter_base), 64u32),
+                ("feedback_base", g.feedback_base, 64),
+                ("door_base", g.door_base, 32),
+            ] {
+                if base.is_some_and(|b| u32::from(b) + n > 65_536) {
+                    return self.err(
+                        span,
+                        &key(&format!("registers.{what}")),
+                        format!("must leave room for {n} inputs below 65536"),
+                    );
+                }
             }
             relays.push(RelayConfig {
                 name: r.name,
@@ -1359,6 +1375,23 @@ impl Checker<'_> {
                     "must be 100..=60000",
                 );
             }
+            if let Some(r) = relays
+                .iter()
+                .find(|r| r.name == l.relay && r.door_base.is_some())
+                && u128::from(l.release_ms) >= r.held_open.as_millis()
+            {
+                return self.err(
+                    span,
+                    &format!("lane[{i}].release_ms"),
+                    format!(
+                        "{} ms is not shorter than relay `{}`'s held_open_s ({} s): every pass \
+                         would raise held_open",
+                        l.release_ms,
+                        r.name,
+                        r.held_open.as_secs()
+                    ),
+                );
+            }
             let channel = l.channel.unwrap_or(l.id);
             if channel > 31 {
                 return self.err(span, &format!("lane[{i}].channel"), "must be 0..=31");
@@ -1409,6 +1442,15 @@ impl Checker<'_> {
             let link = self.check_link(&span, &key(""), r.address, r.serial, r.unit, &mut buses)?;
             self.check_ms(&span, &key("poll_ms"), r.poll_ms, 5, 10_000)?;
             self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
+            self.check_rtu_timeout(&span, &key("timeout_ms"), &link, r.timeout_ms)?;
+            if r.snapshots && matches!(link, Link::Rtu(_)) {
+                return self.err(
+                    span,
+                    &key("snapshots"),
+                    "snapshots need a network link (`address`): read over RS-485 they would \
+                     hold the bus for minutes",
+                );
+            }
             if !lanes.contains_key(&r.lane) {
                 return self.err(span, &key("lane"), format!("no [[lane]] has id {}", r.lane));
             }
@@ -1439,6 +1481,7 @@ impl Checker<'_> {
             let link = self.check_link(&span, &key(""), p.address, p.serial, p.unit, &mut buses)?;
             self.check_ms(&span, &key("poll_ms"), p.poll_ms, 5, 10_000)?;
             self.check_ms(&span, &key("timeout_ms"), p.timeout_ms, 10, 60_000)?;
+            self.check_rtu_timeout(&span, &key("timeout_ms"), &link, p.timeout_ms)?;
             let r = p.registers;
             // Buttons are per lane id: 2n / 2n+1 from button_base.
             let buttons: Vec<u32> = lanes
@@ -1847,6 +1890,32 @@ impl Checker<'_> {
         }
     }
 
+    /// On a serial bus, a timeout must outlast the longest reply on the wire at its baud rate:
+    /// a shorter one would time a healthy device out.
+    fn check_rtu_timeout(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        link: &Link,
+        timeout_ms: u64,
+    ) -> Result<(), ConfigError> {
+        if let Link::Rtu(serial) = link {
+            let need = crate::hw::bus::frame_time(serial).as_millis() as u64 + 1;
+            if timeout_ms < need {
+                return self.err(
+                    span.clone(),
+                    key,
+                    format!(
+                        "{timeout_ms} ms is shorter than the longest reply takes at {} baud \
+                         ({need} ms): set at least {need}",
+                        serial.baud
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn check_ms(
         &self,
         span: &std::ops::Range<usize>,
@@ -2000,6 +2069,33 @@ mod tests {
             sim.gpio_devices().is_empty(),
             "the sim config runs anywhere"
         );
+    }
+
+    #[test]
+    fn serial_timeouts_snapshots_and_door_limits_are_checked() {
+        let relay =
+            "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[[lane]]\nid = 0\nrelay = \"k\"\n";
+        let slow = "{ path = \"/dev/ttyUSB0\", baud = 4800 }";
+        let e = err(&format!(
+            "{MINIMAL}{relay}[[reader]]\nname = \"a\"\nlane = 0\ndirection = \"in\"\nunit = 1\nserial = {slow}\n"
+        ));
+        assert!(
+            e.contains("reader[0].timeout_ms") && e.contains("4800 baud"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}{relay}[[reader]]\nname = \"a\"\nlane = 0\ndirection = \"in\"\nunit = 1\nsnapshots = true\nserial = {{ path = \"/dev/ttyUSB0\" }}\n"
+        ));
+        assert!(e.contains("reader[0].snapshots"), "{e}");
+        let door = "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\nheld_open_s = 2\n[relay.registers]\ndoor_base = 6000\n[[lane]]\nid = 0\nrelay = \"k\"\nrelease_ms = 3000\n";
+        let e = err(&format!("{MINIMAL}{door}"));
+        assert!(
+            e.contains("lane[0].release_ms") && e.contains("held_open"),
+            "{e}"
+        );
+        let high = "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[relay.registers]\nfeedback_base = 65500\n";
+        let e = err(&format!("{MINIMAL}{high}"));
+        assert!(e.contains("registers.feedback_base"), "{e}");
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) struct ReaderState {
     /// The snapshots of the last events, oldest first, and the seq selected.
     snapshots: VecDeque<(u16, Vec<u8>)>,
     select: u16,
+    /// When a snapshot was last selected.
+    selected_at: Option<SystemTime>,
 }
 
 impl ReaderState {
@@ -121,6 +123,7 @@ impl ReaderState {
             ignore_acks: 0,
             snapshots: VecDeque::new(),
             select: 0,
+            selected_at: None,
         }
     }
 
@@ -263,6 +266,7 @@ impl ReaderState {
             }
             Request::WriteSingleRegister(addr, value) if *addr == self.regs.snapshot_select => {
                 self.select = *value;
+                self.selected_at = Some(now.wall);
                 Ok(Response::WriteSingleRegister(*addr, *value))
             }
             Request::WriteSingleRegister(addr, value) => {
@@ -357,6 +361,11 @@ impl SimReader {
             state.snapshots.pop_front();
         }
         Ok(seq)
+    }
+
+    /// When the daemon last selected a snapshot (wrote `snapshot_select`).
+    pub fn snapshot_selected_at(&self) -> Option<SystemTime> {
+        lock(&self.state).selected_at
     }
 
     /// Events not acknowledged yet, the head included.

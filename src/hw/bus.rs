@@ -6,9 +6,11 @@
 //! timeout per round at most (and its own task backs off after each failure, so it asks less
 //! and less), never a queue of them.
 //!
-//! After a timeout or a broken frame the port is closed, the line is left quiet for
-//! `QUIET`, and the port is opened again with its input flushed: a reply that comes late
-//! must never be taken for the answer to the next request (tokio-modbus #324).
+//! After a timeout or a broken frame the port is closed, the line is left quiet for `quiet()`
+//! (the time of the longest frame at the bus's baud rate, plus a margin), and the port is
+//! opened again with its input flushed: a reply that comes late must never be taken for the
+//! answer to the next request (tokio-modbus #324). A device slower than that is not covered;
+//! the reply's CRC, unit and function checks remain.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -25,9 +27,18 @@ use tokio_serial::{SerialPort, SerialPortBuilderExt};
 use super::DeviceError;
 use crate::config::{Parity, SerialLink};
 
-/// How long the line is left quiet after a request that failed, before the next one: longer
-/// than any device takes to finish a late reply at the slowest baud rate we accept.
-const QUIET: Duration = Duration::from_millis(100);
+/// How long the longest Modbus RTU frame (256 bytes) takes on the wire at `link`'s settings.
+pub fn frame_time(link: &SerialLink) -> Duration {
+    // Start bit, 8 data bits, parity, stop bits.
+    let bits_per_char = 1 + 8 + u64::from(link.parity != Parity::None) + u64::from(link.stop_bits);
+    Duration::from_micros(256 * bits_per_char * 1_000_000 / u64::from(link.baud.max(1)))
+}
+
+/// How long the line is left quiet after a request that failed, before the next one: a late
+/// reply of the longest frame has finished by then.
+fn quiet(link: &SerialLink) -> Duration {
+    frame_time(link) + Duration::from_millis(50)
+}
 /// After the port could not be opened, requests fail at once for this long before another
 /// open is tried: a missing adapter must not cost every request an open attempt.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
@@ -236,7 +247,7 @@ async fn run(link: SerialLink, mut rx: mpsc::Receiver<Request>) {
         ) {
             // Close, let a late reply die out, and open again with the input flushed.
             port.ctx = None;
-            tokio::time::sleep(QUIET).await;
+            tokio::time::sleep(quiet(&port.link)).await;
         }
         let _ = r.reply.send(result);
     }
@@ -329,6 +340,57 @@ mod tests {
         }
         let order: Vec<u8> = std::iter::from_fn(|| q.next().map(|r| r.unit)).collect();
         assert_eq!(order, vec![1, 5, 9, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn the_quiet_time_covers_the_longest_frame() {
+        let link = |baud, parity| SerialLink {
+            path: "/dev/x".into(),
+            baud,
+            parity,
+            stop_bits: 1,
+        };
+        // 256 bytes of 11 bits at 9600 baud: 293 ms.
+        assert_eq!(frame_time(&link(9600, Parity::Even)).as_millis(), 293);
+        assert_eq!(frame_time(&link(115_200, Parity::None)).as_millis(), 22);
+    }
+
+    /// Unit 1 answers late (after the timeout); the next request, to unit 2, must get unit 2's
+    /// own answer, not unit 1's late one.
+    #[tokio::test]
+    async fn a_late_reply_is_never_taken_for_the_next_units_answer() {
+        let bus = hw_sim::SimServer::serial().await.expect("pty");
+        let slow = bus.add_reader(1, hw_sim::ReaderRegisters::default());
+        let fast = bus.add_reader(2, hw_sim::ReaderRegisters::default());
+        slow.present(hw_sim::KIND_CARD, "SLOW-UNIT", 0)
+            .expect("queued");
+        fast.present(hw_sim::KIND_CARD, "FAST-UNIT", 0)
+            .expect("queued");
+        let timeout = Duration::from_millis(150);
+        bus.set_unit_fault(
+            1,
+            hw_sim::Fault::Latency(timeout + Duration::from_millis(50)),
+        );
+        let link = SerialLink {
+            path: bus.serial_path().expect("serial").to_path_buf(),
+            baud: 19_200,
+            parity: Parity::Even,
+            stop_bits: 1,
+        };
+        let handle = Buses::default().get(&link);
+        let r = handle.call(1, Op::ReadInputRegisters(0, 36), timeout).await;
+        assert!(matches!(r, Err(DeviceError::Timeout(_))), "{r:?}");
+        for _ in 0..3 {
+            let r = handle
+                .call(2, Op::ReadInputRegisters(0, 36), timeout)
+                .await
+                .expect("unit 2 answers");
+            let Reply::Words(w) = r else {
+                panic!("words expected, got {r:?}")
+            };
+            let bytes: Vec<u8> = w[4..9].iter().flat_map(|x| x.to_be_bytes()).collect();
+            assert_eq!(&bytes[..9], b"FAST-UNIT", "unit 2's own mailbox");
+        }
     }
 
     #[test]

@@ -269,7 +269,12 @@ async fn poll_once(
     let handled = seen.acked_now(head_seq, kept);
     // The snapshot after the release and the ack: never on the decision path.
     if let Some(event) = recorded.filter(|_| cfg.snapshots) {
-        match fetch_snapshot(cfg, conn, head_seq, cfg.snapshot_max_bytes).await? {
+        // A snapshot that cannot be read is that snapshot's problem, not a fault of the
+        // terminal (whose next poll shows whether its link is broken).
+        let fetched = fetch_snapshot(cfg, conn, head_seq, cfg.snapshot_max_bytes)
+            .await
+            .unwrap_or_else(|e| Fetched::Refused(format!("it could not be read: {e}")));
+        match fetched {
             Fetched::None => {}
             Fetched::Refused(what) => {
                 let detail = format!("snapshot of pass {} rejected: {what}", event.id);
@@ -302,8 +307,12 @@ enum Fetched {
     Refused(String),
 }
 
+/// How long reading one snapshot may hold up the terminal's next event.
+pub const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Selects `head_seq`'s snapshot and reads it, 125 registers at a time, if the terminal still
-/// has it and it is within `max_bytes`.
+/// has it and it is within `max_bytes`. Given up (refused) once reading it has taken
+/// `SNAPSHOT_BUDGET`: the next person at the lane must not wait longer.
 async fn fetch_snapshot(
     cfg: &ReaderConfig,
     conn: &mut Modbus,
@@ -321,14 +330,27 @@ async fn fetch_snapshot(
         return Ok(Fetched::None);
     }
     let words = len.div_ceil(2);
-    if len > max_bytes || usize::from(cfg.snapshot_data) + words > 65_536 {
+    if len > max_bytes {
         return Ok(Fetched::Refused(format!(
             "the terminal announced {len} bytes, over the limit of {max_bytes}"
         )));
     }
+    if usize::from(cfg.snapshot_data) + words > 65_536 {
+        return Ok(Fetched::Refused(format!(
+            "the terminal announced {len} bytes, more than its data block from input {} can hold",
+            cfg.snapshot_data
+        )));
+    }
+    let started = std::time::Instant::now();
     let mut bytes = Vec::with_capacity(2 * words);
     let mut at = 0;
     while at < words {
+        if started.elapsed() >= SNAPSHOT_BUDGET {
+            return Ok(Fetched::Refused(format!(
+                "reading its {len} bytes took longer than {} s; given up",
+                SNAPSHOT_BUDGET.as_secs()
+            )));
+        }
         let n = (words - at).min(125);
         let addr = u16::try_from(usize::from(cfg.snapshot_data) + at)
             .map_err(|_| DeviceError::Garbage("snapshot address out of range".into()))?;

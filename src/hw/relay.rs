@@ -290,8 +290,9 @@ pub fn expected(
 /// A board's relay feedback and door contacts, checked every contact read.
 struct Checks {
     channels: Vec<u16>,
-    /// The last pulse written per (channel, exit): when, and until when.
-    pulses: std::collections::HashMap<(u16, bool), (Instant, Instant)>,
+    /// The last pulse asked per (channel, exit): when, until when, and whether the board
+    /// confirmed the write (a write that failed may still have been carried out).
+    pulses: std::collections::HashMap<(u16, bool), (Instant, Instant, bool)>,
     /// The hold coils the board has confirmed, and since when.
     hold: (bool, Instant),
     /// Reads in a row that contradicted each relay.
@@ -315,11 +316,13 @@ impl Checks {
         }
     }
 
-    fn pulsed(&mut self, channel: u16, direction: Direction, ms: u16) {
+    fn pulsed(&mut self, channel: u16, direction: Direction, ms: u16, confirmed: bool) {
         let now = Instant::now();
         let until = now + Duration::from_millis(u64::from(ms));
-        self.pulses
-            .insert((channel, direction == Direction::Out), (now, until));
+        self.pulses.insert(
+            (channel, direction == Direction::Out),
+            (now, until, confirmed),
+        );
     }
 
     fn held(&mut self, hold: bool) {
@@ -349,7 +352,12 @@ impl Checks {
             for exit in [false, true] {
                 let i = usize::from(2 * (ch - lo) + u16::from(exit));
                 let actual = bits.get(i).copied().unwrap_or(false);
-                let want = expected(self.hold, self.pulses.get(&(ch, exit)).copied(), now);
+                let want = match self.pulses.get(&(ch, exit)).copied() {
+                    // A write that failed may or may not have been carried out: the relay
+                    // is not judged until that pulse would have ended.
+                    Some((_, until, false)) if now < until + SETTLE => None,
+                    p => expected(self.hold, p.map(|(w, u, _)| (w, u)), now),
+                };
                 let n = self.suspect.entry((ch, exit)).or_default();
                 *n = if want.is_some_and(|w| w != actual) {
                     n.saturating_add(1)
@@ -669,9 +677,9 @@ async fn run(
                     r = conn.write_single_register(reg, p.ms).await;
                 }
                 shared.report(&cfg.name, r.clone());
+                contacts.checks.pulsed(p.channel, p.direction, p.ms, r.is_ok());
                 if r.is_ok() {
                     backoff.reset();
-                    contacts.checks.pulsed(p.channel, p.direction, p.ms);
                 }
                 let _ = p.reply.send(r);
             }

@@ -230,6 +230,10 @@ fn decode_error(format: &str, stage: &str, e: &ImageError) -> SnapshotError {
     }
 }
 
+/// The largest thumbnail stored: it must be uploaded in one MQTT packet, whose outgoing limit
+/// is 1 MiB (with room for the topic and header).
+pub const MAX_UPLOAD: usize = 1000 * 1024;
+
 /// A snapshot read from a terminal, for the snapshot task.
 pub struct Job {
     pub reader: String,
@@ -255,6 +259,19 @@ pub async fn run(
         } = job;
         let made = tokio::task::spawn_blocking(move || thumbnail(&bytes, &limits)).await;
         let thumb = match made {
+            // An upload must fit in one MQTT packet (rumqttc's outgoing limit, 1 MiB).
+            Ok(Ok(t)) if t.jpeg.len() > MAX_UPLOAD => {
+                let detail = format!(
+                    "snapshot of pass {} rejected: its thumbnail is {} bytes, over the {} an \
+                     upload may carry; lower [snapshot] thumb_px or jpeg_quality",
+                    event.id,
+                    t.jpeg.len(),
+                    MAX_UPLOAD
+                );
+                tracing::warn!(reader, "{detail}");
+                let _ = shared.alarm("snapshot_rejected", &reader, &detail).await;
+                continue;
+            }
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 let detail = format!("snapshot of pass {} rejected: {e}", event.id);

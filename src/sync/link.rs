@@ -790,7 +790,8 @@ impl<'a> Connection<'a> {
         {
             tracing::error!(error = %e, snapshot = %id, "cannot mark the snapshot uploaded");
         }
-        self.fill_snapshots().await;
+        // Events and alarms first, then more snapshots.
+        self.fill().await;
     }
 
     async fn flush_acks(&mut self) {

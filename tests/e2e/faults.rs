@@ -59,7 +59,9 @@ async fn each_reader_fault_is_alarmed_shown_and_recovered_and_spares_the_other_l
     centre
         .wait_json("the ack of staff@1", ACK, |a| a["ref"] == "staff@1")
         .await;
+    // Per device (its unit), and for Disconnect its whole socket (reader1's own).
     let faults = [
+        (Fault::Disconnect, "disconnected"),
         (Fault::NoReply, "timeout"),
         (
             Fault::Exception(ExceptionCode::ServerDeviceFailure),
@@ -71,7 +73,12 @@ async fn each_reader_fault_is_alarmed_shown_and_recovered_and_spares_the_other_l
     ];
     for (n, (fault, state)) in faults.into_iter().enumerate() {
         let what = fault.to_string();
-        devices.reader1_srv.set_unit_fault(1, fault);
+        let socket = fault == Fault::Disconnect;
+        if socket {
+            devices.reader1_srv.set_fault(fault);
+        } else {
+            devices.reader1_srv.set_unit_fault(1, fault);
+        }
         centre
             .wait_json(
                 &format!("reader1 `{state}` in status ({what})"),
@@ -82,7 +89,11 @@ async fn each_reader_fault_is_alarmed_shown_and_recovered_and_spares_the_other_l
         nth_alarm(&centre, "device_fault", "reader1", n + 1).await;
         // The other lane is unaffected.
         lane1_passes(&devices, &centre).await;
-        devices.reader1_srv.set_unit_fault(1, Fault::None);
+        if socket {
+            devices.reader1_srv.set_fault(Fault::None);
+        } else {
+            devices.reader1_srv.set_unit_fault(1, Fault::None);
+        }
         nth_alarm(&centre, "device_recovered", "reader1", n + 1).await;
         centre
             .wait_json(&format!("reader1 ok after {what}"), STATUS, |s| {
@@ -115,7 +126,7 @@ async fn a_stuck_relay_and_a_door_held_open_are_alarmed_and_recover() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config_text(&dir.path().join("gated.db"), broker.port, &devices).replace(
         "timeout_ms = 200\n[[lane]]",
-        "timeout_ms = 200\nheld_open_s = 1\n[relay.registers]\nfeedback_base = 4000\ndoor_base = 6000\n[[lane]]",
+        "timeout_ms = 200\nheld_open_s = 4\n[relay.registers]\nfeedback_base = 4000\ndoor_base = 6000\n[[lane]]",
     );
     assert!(config.contains("feedback_base"), "{config}");
     let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
@@ -171,7 +182,8 @@ async fn a_stuck_relay_and_a_door_held_open_are_alarmed_and_recover() {
     assert!(devices.relay.set_stuck(0, false, None));
     nth_alarm(&centre, "device_recovered", "relay1", 2).await;
 
-    // Lane 1's door stays open past held_open_s: one alarm; closed and opened again: another.
+    // Lane 1's door stays open past held_open_s (4 s, longer than any release): one alarm;
+    // closed and opened again: another.
     assert!(devices.relay.set_door(1, true));
     let a = centre
         .wait_json("the held_open alarm", ALARM, |a| a["alarm"] == "held_open")
@@ -191,4 +203,43 @@ async fn a_stuck_relay_and_a_door_held_open_are_alarmed_and_recover() {
     assert_eq!(alarms(&centre, "held_open", "relay1"), 1);
     assert!(devices.relay.set_door(1, true));
     nth_alarm(&centre, "held_open", "relay1", 2).await;
+}
+
+#[tokio::test]
+async fn a_dead_guard_panel_is_alarmed_and_shown_and_the_lanes_go_on() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let devices = Devices::start().await;
+    let panel_srv = hw_sim::SimServer::bind("127.0.0.1:0".parse().expect("literal"))
+        .await
+        .expect("bind");
+    let _panel = panel_srv.add_panel(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_text(&dir.path().join("gated.db"), broker.port, &devices)
+        + &format!(
+            "[[panel]]\nname = \"panel1\"\naddress = \"{}\"\ntimeout_ms = 200\n",
+            panel_srv.local_addr()
+        );
+    let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    centre
+        .wait_json("the ack of staff@1", ACK, |a| a["ref"] == "staff@1")
+        .await;
+    centre
+        .wait_json("panel1 ok", STATUS, |s| s["devices"]["panel1"] == "ok")
+        .await;
+    panel_srv.set_unit_fault(1, Fault::Exception(ExceptionCode::ServerDeviceBusy));
+    centre
+        .wait_json("panel1 failing in status", STATUS, |s| {
+            s["devices"]["panel1"] == "exception"
+        })
+        .await;
+    nth_alarm(&centre, "device_fault", "panel1", 1).await;
+    lane1_passes(&devices, &centre).await;
+    panel_srv.set_unit_fault(1, Fault::None);
+    nth_alarm(&centre, "device_recovered", "panel1", 1).await;
+    centre
+        .wait_json("panel1 ok again", STATUS, |s| {
+            s["devices"]["panel1"] == "ok"
+        })
+        .await;
 }

@@ -132,7 +132,10 @@ async fn passages_are_matched_with_grants_and_forced_ones_are_alarms() {
     // A visitor granted while the board then cannot be read, who goes through during the
     // outage: the release is not judged unused (nor the entry given back) on a board that
     // said nothing; once it answers, the counter shows the passage.
-    devices.reader1.present(KIND_QR, "QR-TOKEN-2", 0).expect("queued");
+    devices
+        .reader1
+        .present(KIND_QR, "QR-TOKEN-2", 0)
+        .expect("queued");
     let outage = centre
         .wait_json("the visitor pass before the outage", EVENT, |e| {
             e["reason"] == "visitor" && e["subject"] == "INV-2"
@@ -156,7 +159,11 @@ async fn passages_are_matched_with_grants_and_forced_ones_are_alarms() {
         .map(Msg::json)
         .filter(|e| e["ref"] == outage["id"])
         .collect();
-    assert_eq!(facts.len(), 1, "one fact, not an unused one first: {facts:?}");
+    assert_eq!(
+        facts.len(),
+        1,
+        "one fact, not an unused one first: {facts:?}"
+    );
 
     // Someone through lane 1's exit with no grant: door forced.
     devices.relay.bump_counter(1, true);

@@ -88,7 +88,7 @@ async fn a_snapshot_is_shrunk_stored_uploaded_and_a_hostile_one_rejected() {
     let config = config.replace(
         "name = \"reader2\"\n",
         "name = \"reader2\"\nsnapshots = true\n",
-    ) + "[snapshot]\nkeep = 2\n";
+    ) + "[snapshot]\nkeep = 2\nmax_bytes = 100000\n";
     assert!(config.contains("snapshots = true"));
     let daemon = Daemon::start_with_env(dir.path(), &config, &[]);
     centre
@@ -97,8 +97,22 @@ async fn a_snapshot_is_shrunk_stored_uploaded_and_a_hostile_one_rejected() {
 
     let pass = pass_with(&devices, &centre, jpeg(1280, 720)).await;
     let id = pass["id"].as_str().expect("id").to_string();
-    // The lane was released before the snapshot was read: the pulse is there.
-    assert!(devices.relay.pulses().iter().any(|p| p.lane == 1 && p.exit));
+    // The lane was released before the snapshot was read.
+    let pulse = devices
+        .relay
+        .pulses()
+        .into_iter()
+        .find(|p| p.lane == 1 && p.exit)
+        .expect("lane 1 released");
+    let selected = wait_for("the snapshot selected", DEADLINE, || {
+        devices.reader2.snapshot_selected_at()
+    })
+    .await;
+    assert!(
+        pulse.at <= selected,
+        "the snapshot was read before the release: {:?} > {selected:?}",
+        pulse.at
+    );
     let fact = centre
         .wait_json("the snapshot fact", EVENT, |e| {
             e["reason"] == "passage" && e["ref"] == id.as_str()
@@ -139,6 +153,19 @@ async fn a_snapshot_is_shrunk_stored_uploaded_and_a_hostile_one_rejected() {
         (n == 2).then_some(())
     })
     .await;
+
+    // Announced larger than [snapshot] max_bytes (100000 here): refused unread.
+    pass_with(&devices, &centre, vec![0xFF; 110_000]).await;
+    let a = wait_for("the oversized snapshot refused", DEADLINE, || {
+        centre.on(ALARM).iter().map(Msg::json).find(|a| {
+            a["alarm"] == "snapshot_rejected"
+                && a["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("announced 110000 bytes"))
+        })
+    })
+    .await;
+    assert_eq!(a["source"], "reader2");
 
     // Retention: two more good snapshots; only the newest two are kept.
     let second = pass_with(&devices, &centre, jpeg(640, 480)).await;
