@@ -85,6 +85,8 @@ struct Latch {
     /// persisted across a restart is not left on their word until they have been read (or
     /// `FIRE_READ_GRACE` has passed: a dead board must not hold the lanes open for ever).
     unread: std::collections::BTreeSet<String>,
+    /// When gated started, if it started in a persisted emergency release (the only case the
+    /// rule above is for).
     started: Option<std::time::Instant>,
     /// Rises with every mode switch. A release being recorded that sees it moved on was
     /// superseded; a mode change that sees it moved on while it was being recorded lost to a
@@ -104,6 +106,7 @@ impl Control {
         lanes: BTreeMap<u16, (LaneConfig, RelayHandle)>,
         fire_boards: Vec<String>,
     ) -> Self {
+        let persisted = *mode_tx.borrow() == Mode::EmergencyRelease;
         Self {
             shared,
             mode_tx,
@@ -112,7 +115,7 @@ impl Control {
             unclaimed: std::sync::Mutex::new(Vec::new()),
             latch: std::sync::Mutex::new(Latch {
                 unread: fire_boards.into_iter().collect(),
-                started: Some(std::time::Instant::now()),
+                started: persisted.then(std::time::Instant::now),
                 ..Latch::default()
             }),
         }
@@ -200,6 +203,15 @@ impl Control {
             PanelInput::Open { lane, direction } => self.open(lane, direction, &origin, now).await,
             PanelInput::HoldOpen => self.set_mode(Mode::HoldOpen, &origin, now).await,
             PanelInput::Lockdown => self.set_mode(Mode::Lockdown, &origin, now).await,
+            // A switch turned off ends its own mode only: if something else has changed the
+            // mode since, that stays.
+            PanelInput::HoldOpenOff if self.mode() == Mode::HoldOpen => {
+                self.set_mode(Mode::Normal, &origin, now).await
+            }
+            PanelInput::LockdownOff if self.mode() == Mode::Lockdown => {
+                self.set_mode(Mode::Normal, &origin, now).await
+            }
+            PanelInput::HoldOpenOff | PanelInput::LockdownOff => Ok(String::new()),
             PanelInput::Emergency => {
                 self.release_now(Release::Panel, &press.panel, now);
                 Ok(String::new())
@@ -221,8 +233,8 @@ impl Control {
     /// held up by anything.
     pub fn contact(self: &std::sync::Arc<Self>, change: ContactChange, now: UnixMs) {
         let board = change.board.clone();
-        if change.contact == Contact::Fire {
-            self.latch().unread.remove(&board);
+        if change.contact == Contact::Fire && self.latch().unread.remove(&board) {
+            tracing::info!(board, on = change.on, "fire contact read");
         }
         match (change.contact, change.on) {
             (Contact::Fire, true) => self.release_now(Release::Fire, &board, now),

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::DeviceError;
-use super::panel::{PanelInput, PanelPress, lamps};
+use super::panel::{PanelInput, PanelPress, Reading, lamps};
 use super::relay::{Contact, ContactChange, Debounce, Level, RelayHandle, holds_open};
 use super::wiegand::{Card, Decoder, Edge, Line, Rejected, WiegandConfig};
 use crate::config::{GpioPanelConfig, GpioRelayConfig};
@@ -259,7 +259,7 @@ pub fn spawn_panel(
             inputs.push((
                 gpio.input(pin)?,
                 PanelInput::Open { lane, direction },
-                Debounce::default(),
+                Reading::Button(Debounce::default()),
             ));
         }
     }
@@ -270,7 +270,7 @@ pub fn spawn_panel(
         (cfg.reset, PanelInput::Reset),
     ] {
         if let Some(pin) = pin {
-            inputs.push((gpio.input(pin)?, input, Debounce::default()));
+            inputs.push((gpio.input(pin)?, input, Reading::of(input)));
         }
     }
     // Lamps start dark (inactive); the first read lights the right one.
@@ -284,7 +284,7 @@ pub fn spawn_panel(
     Ok(())
 }
 
-type PanelLines = Vec<(Box<dyn Input>, PanelInput, Debounce)>;
+type PanelLines = Vec<(Box<dyn Input>, PanelInput, Reading)>;
 
 async fn run_panel(
     cfg: GpioPanelConfig,
@@ -302,14 +302,14 @@ async fn run_panel(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        for (line, input, deb) in &mut inputs {
+        for (line, input, reading) in &mut inputs {
             let active = line.is_high() != cfg.active_low;
-            if deb.read(active) {
-                tracing::info!(panel = %cfg.name, input = input.name(), "panel button pressed");
+            if let Some(asked) = reading.read(*input, active) {
+                tracing::info!(panel = %cfg.name, input = asked.name(), "panel input");
                 let _ = presses
                     .send(PanelPress {
                         panel: cfg.name.clone(),
-                        input: *input,
+                        input: asked,
                     })
                     .await;
             }

@@ -3,13 +3,17 @@
 //!
 //! - open-once entry / exit of lane n (discrete inputs `button_base + 2n` / `+2n+1`): one
 //!   release, recorded first as an `override_panel` event;
-//! - hold-open, lockdown, emergency release, reset (inputs 32..35): a mode change, recorded as
+//! - hold-open and lockdown switches, emergency release, reset (inputs 32..35): a mode change, recorded as
 //!   a `mode_changed` alarm with source `panel`. Reset puts the gate back to `normal`; while a
 //!   fire contact is on, every mode but emergency release is refused.
 //!
 //! Inputs are debounced (`relay::Debounce`): a press is the input read on twice in a row after
 //! being off twice. A glitch of one read is no press, a stuck button is one press, and a
 //! button held when gated starts is none until let go.
+//!
+//! Hold-open and lockdown are switches (DESIGN.md): turned on, the mode; turned off, back to
+//! normal if that mode is still in force (a remote command may have changed it since). A
+//! switch found on at start puts its mode in force; one found off changes nothing.
 //!
 //! It also drives the lamps (coils `lamp_base` .. `+3`): normal, lockdown, emergency (lanes
 //! held open: emergency release or hold-open), offline (no broker connection; always lit
@@ -31,9 +35,15 @@ use crate::gate::Shared;
 /// What a panel input asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PanelInput {
-    Open { lane: u16, direction: Direction },
+    Open {
+        lane: u16,
+        direction: Direction,
+    },
     HoldOpen,
     Lockdown,
+    /// The hold-open or lockdown switch turned off.
+    HoldOpenOff,
+    LockdownOff,
     Emergency,
     Reset,
 }
@@ -52,9 +62,57 @@ impl PanelInput {
             } => "open_exit",
             Self::HoldOpen => "hold_open",
             Self::Lockdown => "lockdown",
+            Self::HoldOpenOff => "hold_open_off",
+            Self::LockdownOff => "lockdown_off",
             Self::Emergency => "emergency_release",
             Self::Reset => "reset",
         }
+    }
+}
+
+/// How one panel input is read: a button (a press), or a switch (on, off).
+#[derive(Clone, Copy, Debug)]
+pub enum Reading {
+    Button(Debounce),
+    Switch(Switch),
+}
+
+impl Reading {
+    /// The reading for `input`: hold-open and lockdown are switches, the rest buttons.
+    pub fn of(input: PanelInput) -> Reading {
+        match input {
+            PanelInput::HoldOpen | PanelInput::Lockdown => Reading::Switch(Switch::default()),
+            _ => Reading::Button(Debounce::default()),
+        }
+    }
+
+    /// Takes one read of `input`'s line; what it asks for, if anything.
+    pub fn read(&mut self, input: PanelInput, level: bool) -> Option<PanelInput> {
+        match self {
+            Reading::Button(d) => d.read(level).then_some(input),
+            Reading::Switch(s) => match (s.read(level)?, input) {
+                (true, i) => Some(i),
+                (false, PanelInput::HoldOpen) => Some(PanelInput::HoldOpenOff),
+                (false, PanelInput::Lockdown) => Some(PanelInput::LockdownOff),
+                (false, _) => None,
+            },
+        }
+    }
+}
+
+/// A switch on a debounced input (`relay::Level`): every change of its counted position, but
+/// for a first reading of off (a switch found off at start asks for nothing).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Switch {
+    level: super::relay::Level,
+    started: bool,
+}
+
+impl Switch {
+    pub fn read(&mut self, on: bool) -> Option<bool> {
+        let changed = self.level.read(on)?;
+        let first = !std::mem::replace(&mut self.started, true);
+        (!first || changed).then_some(changed)
     }
 }
 
@@ -93,7 +151,7 @@ async fn run(
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut inputs: Vec<(u16, PanelInput, Debounce)> = lanes
+    let mut inputs: Vec<(u16, PanelInput, Reading)> = lanes
         .iter()
         .flat_map(|&ch| {
             [(0, Direction::In), (1, Direction::Out)].map(|(off, direction)| {
@@ -103,7 +161,7 @@ async fn run(
                         lane: ch,
                         direction,
                     },
-                    Debounce::default(),
+                    Reading::Button(Debounce::default()),
                 )
             })
         })
@@ -114,7 +172,7 @@ async fn run(
         (cfg.emergency, PanelInput::Emergency),
         (cfg.reset, PanelInput::Reset),
     ] {
-        inputs.push((addr, input, Debounce::default()));
+        inputs.push((addr, input, Reading::of(input)));
     }
     // The config checked that every address fits and that they span fewer than 2000.
     let first = inputs.iter().map(|(a, _, _)| *a).min().unwrap_or(0);
@@ -147,18 +205,18 @@ async fn run(
         // must still be read.
         let mut r = match conn.read_discrete_inputs(first, count).await {
             Ok(bits) => {
-                for (addr, input, deb) in &mut inputs {
+                for (addr, input, reading) in &mut inputs {
                     let level = bits
                         .get(usize::from(*addr - first))
                         .copied()
                         .unwrap_or(false);
-                    if deb.read(level) {
-                        tracing::info!(panel = %cfg.name, input = input.name(), "panel button pressed");
+                    if let Some(asked) = reading.read(*input, level) {
+                        tracing::info!(panel = %cfg.name, input = asked.name(), "panel input");
                         // The receiver never waits on anything (`gate::panels`).
                         let _ = presses
                             .send(PanelPress {
                                 panel: cfg.name.clone(),
-                                input: *input,
+                                input: asked,
                             })
                             .await;
                     }
@@ -191,6 +249,36 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_open_and_lockdown_are_switches_the_rest_buttons() {
+        let reads = |input: PanelInput, levels: &[bool]| {
+            let mut r = Reading::of(input);
+            levels
+                .iter()
+                .filter_map(|l| r.read(input, *l))
+                .collect::<Vec<_>>()
+        };
+        // A switch: on, then off again.
+        assert_eq!(
+            reads(
+                PanelInput::Lockdown,
+                &[false, false, true, true, true, false, false]
+            ),
+            vec![PanelInput::Lockdown, PanelInput::LockdownOff]
+        );
+        // Found on at start: its mode; found off: nothing.
+        assert_eq!(
+            reads(PanelInput::HoldOpen, &[true, true]),
+            vec![PanelInput::HoldOpen]
+        );
+        assert!(reads(PanelInput::HoldOpen, &[false, false, false]).is_empty());
+        // A button held on and let go presses once and asks nothing on release.
+        assert_eq!(
+            reads(PanelInput::Reset, &[false, false, true, true, false, false]),
+            vec![PanelInput::Reset]
+        );
+    }
 
     #[test]
     fn the_lamps_show_the_mode_and_the_broker() {

@@ -39,8 +39,9 @@ struct Setup {
     devices: Devices,
     panel: SimPanel,
     _panel_srv: SimServer,
-    dir: tempfile::TempDir,
+    // Dropped before `dir`, so that a failing test can still print the daemon's log.
     _daemon: Daemon,
+    dir: tempfile::TempDir,
 }
 
 /// The reference gate with a guard panel (`panel1`, read every 20 ms).
@@ -114,14 +115,24 @@ async fn the_guard_panel_opens_changes_modes_and_shows_them() {
     })
     .await;
 
-    // Lockdown: recorded with who made it, shown on the lamps.
-    press(panel, INPUT_LOCKDOWN).await;
+    // Lockdown is a switch: on, recorded with who made it and shown on the lamps; off, back
+    // to normal.
+    assert!(panel.set_input(INPUT_LOCKDOWN, true));
     centre
         .wait_json("the lockdown alarm", ALARM, |a| {
             a["alarm"] == "mode_changed" && a["source"] == "panel"
         })
         .await;
     lamps(panel, [false, true, false, false], "the lockdown lamp").await;
+    reads(panel, 3).await;
+    lamps(
+        panel,
+        [false, true, false, false],
+        "lockdown while the switch is on",
+    )
+    .await;
+    assert!(panel.set_input(INPUT_LOCKDOWN, false));
+    lamps(panel, [true, false, false, false], "the switch off: normal").await;
 
     // Emergency release: every lane held open, the emergency lamp; reset ends it.
     press(panel, INPUT_EMERGENCY).await;
