@@ -29,6 +29,7 @@ async fn nth_alarm(centre: &Centre, code: &str, source: &str, n: usize) {
 /// A card on reader2 (lane 1, exit) is granted and releases lane 1.
 async fn lane1_passes(devices: &Devices, centre: &Centre) {
     let before = devices.relay.pulses().len();
+    let events = centre.on(EVENT).len();
     let seq = devices
         .reader2
         .present(KIND_CARD, "0012345678", 0)
@@ -44,7 +45,14 @@ async fn lane1_passes(devices: &Devices, centre: &Centre) {
             .then_some(())
     })
     .await;
-    let e = centre.on(EVENT).last().map(Msg::json).unwrap_or_default();
+    // The pulse comes before the event reaches the centre: wait for it.
+    let e = wait_for("lane 1's event", DEADLINE, || {
+        centre.on(EVENT)[events..]
+            .iter()
+            .map(Msg::json)
+            .find(|e| e["lane"] == 1)
+    })
+    .await;
     assert_eq!(e["decision"], "granted", "{e}");
 }
 
