@@ -47,7 +47,6 @@ const REOPEN_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     ReadInputRegisters(u16, u16),
-    ReadHoldingRegisters(u16, u16),
     ReadDiscreteInputs(u16, u16),
     WriteMultipleCoils(u16, Vec<bool>),
     WriteSingleRegister(u16, u16),
@@ -270,14 +269,6 @@ async fn serve(port: &mut Port, unit: u8, op: &Op, wait: Duration) -> Result<Rep
         Op::ReadInputRegisters(a, n) => {
             timeout(wait, async {
                 ctx.read_input_registers(*a, *n)
-                    .await
-                    .map(|r| r.map(Reply::Words))
-            })
-            .await
-        }
-        Op::ReadHoldingRegisters(a, n) => {
-            timeout(wait, async {
-                ctx.read_holding_registers(*a, *n)
                     .await
                     .map(|r| r.map(Reply::Words))
             })

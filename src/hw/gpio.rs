@@ -305,13 +305,7 @@ async fn run_panel(
         for (line, input, reading) in &mut inputs {
             let active = line.is_high() != cfg.active_low;
             if let Some(asked) = reading.read(*input, active) {
-                tracing::info!(panel = %cfg.name, input = asked.name(), "panel input");
-                let _ = presses
-                    .send(PanelPress {
-                        panel: cfg.name.clone(),
-                        input: asked,
-                    })
-                    .await;
+                super::panel::hand_on(&presses, &cfg.name, asked).await;
             }
         }
         let online = shared

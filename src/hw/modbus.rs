@@ -60,21 +60,6 @@ impl Modbus {
         }
     }
 
-    pub async fn read_holding_registers(
-        &mut self,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<u16>, DeviceError> {
-        match self {
-            Modbus::Tcp(t) => t.read_holding_registers(addr, cnt).await,
-            Modbus::Rtu { bus, unit, timeout } => {
-                let r =
-                    Self::rtu(bus, *unit, *timeout, Op::ReadHoldingRegisters(addr, cnt)).await?;
-                words(r, addr, cnt, "holding registers")
-            }
-        }
-    }
-
     pub async fn read_discrete_inputs(
         &mut self,
         addr: u16,
@@ -214,29 +199,22 @@ impl ModbusTcp {
         let ctx = self.context().await?;
         let r = timeout(t, ctx.read_input_registers(addr, cnt)).await;
         let v = self.settle(r)?;
-        if v.len() != usize::from(cnt) {
-            self.ctx = None;
-            return Err(DeviceError::Garbage(format!(
-                "asked for {cnt} input registers at {addr}, got {}",
-                v.len()
-            )));
-        }
-        Ok(v)
+        self.exactly(v, addr, cnt, "input registers")
     }
 
-    pub async fn read_holding_registers(
+    /// A register read that did not return what was asked is garbage; the connection is
+    /// rebuilt (the reply may belong to another request).
+    fn exactly(
         &mut self,
+        v: Vec<u16>,
         addr: u16,
         cnt: u16,
+        what: &str,
     ) -> Result<Vec<u16>, DeviceError> {
-        let t = self.timeout;
-        let ctx = self.context().await?;
-        let r = timeout(t, ctx.read_holding_registers(addr, cnt)).await;
-        let v = self.settle(r)?;
         if v.len() != usize::from(cnt) {
             self.ctx = None;
             return Err(DeviceError::Garbage(format!(
-                "asked for {cnt} holding registers at {addr}, got {}",
+                "asked for {cnt} {what} at {addr}, got {}",
                 v.len()
             )));
         }

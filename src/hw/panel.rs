@@ -116,6 +116,18 @@ impl Switch {
     }
 }
 
+/// Hands what a panel input asked for to `Control`. The receiver never waits on anything
+/// (`gate::panels`).
+pub async fn hand_on(presses: &mpsc::Sender<PanelPress>, panel: &str, input: PanelInput) {
+    tracing::info!(panel, input = input.name(), "panel input");
+    let _ = presses
+        .send(PanelPress {
+            panel: panel.to_string(),
+            input,
+        })
+        .await;
+}
+
 /// A press on a panel, for `Control`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PanelPress {
@@ -211,14 +223,7 @@ async fn run(
                         .copied()
                         .unwrap_or(false);
                     if let Some(asked) = reading.read(*input, level) {
-                        tracing::info!(panel = %cfg.name, input = asked.name(), "panel input");
-                        // The receiver never waits on anything (`gate::panels`).
-                        let _ = presses
-                            .send(PanelPress {
-                                panel: cfg.name.clone(),
-                                input: asked,
-                            })
-                            .await;
+                        hand_on(&presses, &cfg.name, asked).await;
                     }
                 }
                 Ok(())

@@ -922,22 +922,7 @@ impl Db {
         give_back: Option<&str>,
         now: UnixMs,
     ) -> Result<PassEvent, StoreError> {
-        let draft = EventDraft {
-            lane: pass.lane,
-            direction: pass.direction,
-            credential: pass.credential.as_ref().map(|c| Credential {
-                kind: c.kind,
-                id: c.id.clone(),
-                score: c.score,
-            }),
-            subject: pass.subject.clone(),
-            reason: core::Reason::Passage,
-            override_: None,
-            flags: Vec::new(),
-            passed: Some(passed),
-            ref_: Some(pass.id.clone()),
-            snapshot: None,
-        };
+        let draft = EventDraft::fact_of(pass, Some(passed), None);
         let give_back = give_back.filter(|_| !passed);
         let event = self.record_event(draft, None, now, |tx| {
             if let Some(invitation) = give_back {
@@ -964,22 +949,7 @@ impl Db {
         keep: u32,
         now: UnixMs,
     ) -> Result<PassEvent, StoreError> {
-        let draft = EventDraft {
-            lane: pass.lane,
-            direction: pass.direction,
-            credential: pass.credential.as_ref().map(|c| Credential {
-                kind: c.kind,
-                id: c.id.clone(),
-                score: c.score,
-            }),
-            subject: pass.subject.clone(),
-            reason: core::Reason::Passage,
-            override_: None,
-            flags: Vec::new(),
-            passed: None,
-            ref_: Some(pass.id.clone()),
-            snapshot: Some(format!("snapshot/{}", pass.id)),
-        };
+        let draft = EventDraft::fact_of(pass, None, Some(format!("snapshot/{}", pass.id)));
         let event = self.record_event(draft, None, now, |tx| {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO snapshot (event_id, ts, jpeg, uploaded)
@@ -1158,6 +1128,29 @@ struct EventDraft {
     pub passed: Option<bool>,
     pub ref_: Option<String>,
     pub snapshot: Option<String>,
+}
+
+impl EventDraft {
+    /// A later fact about `pass` (DESIGN.md): reason `passage`, `ref` to it, the same lane,
+    /// direction, credential and subject.
+    fn fact_of(pass: &PassEvent, passed: Option<bool>, snapshot: Option<String>) -> EventDraft {
+        EventDraft {
+            lane: pass.lane,
+            direction: pass.direction,
+            credential: pass.credential.as_ref().map(|c| Credential {
+                kind: c.kind,
+                id: c.id.clone(),
+                score: c.score,
+            }),
+            subject: pass.subject.clone(),
+            reason: core::Reason::Passage,
+            override_: None,
+            flags: Vec::new(),
+            passed,
+            ref_: Some(pass.id.clone()),
+            snapshot,
+        }
+    }
 }
 
 /// The `override.input` of the event that records a `clear_passback` override.
