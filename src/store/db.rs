@@ -895,18 +895,7 @@ impl Db {
         let Some(reason) = core::decide_button(self.mode, free) else {
             return Ok(None);
         };
-        let draft = EventDraft {
-            lane,
-            direction,
-            credential: None,
-            subject: None,
-            reason,
-            override_: None,
-            flags: Vec::new(),
-            passed: None,
-            ref_: None,
-            snapshot: None,
-        };
+        let draft = EventDraft::bare(lane, direction, reason);
         // Without a nonce nothing can be refused.
         Ok(self.record_event(draft, None, now, |_| Ok(()))?.ok())
     }
@@ -1020,16 +1009,8 @@ impl Db {
         now: UnixMs,
     ) -> Result<PassEvent, StoreError> {
         let draft = EventDraft {
-            lane,
-            direction,
-            credential: None,
-            subject: None,
-            reason,
-            override_: None,
-            flags: Vec::new(),
             passed: Some(true),
-            ref_: None,
-            snapshot: None,
+            ..EventDraft::bare(lane, direction, reason)
         };
         let event = self.record_event(draft, None, now, |_| Ok(()))?;
         event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
@@ -1131,6 +1112,22 @@ struct EventDraft {
 }
 
 impl EventDraft {
+    /// An event of a lane with no credential, subject or override.
+    fn bare(lane: u16, direction: Direction, reason: core::Reason) -> EventDraft {
+        EventDraft {
+            lane,
+            direction,
+            credential: None,
+            subject: None,
+            reason,
+            override_: None,
+            flags: Vec::new(),
+            passed: None,
+            ref_: None,
+            snapshot: None,
+        }
+    }
+
     /// A later fact about `pass` (DESIGN.md): reason `passage`, `ref` to it, the same lane,
     /// direction, credential and subject.
     fn fact_of(pass: &PassEvent, passed: Option<bool>, snapshot: Option<String>) -> EventDraft {
