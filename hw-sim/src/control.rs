@@ -334,11 +334,7 @@ fn contact(devices: &Devices, args: &[&str], what: &str, set: fn(&SimRelay, bool
         return Err(format!("usage: {what} RELAY on|off"));
     };
     let relay = devices.relay(name)?;
-    let on = match *state {
-        "on" => true,
-        "off" => false,
-        other => return Err(format!("bad state '{other}' (expected on or off)")),
-    };
+    let on = parse_on_off(state)?;
     set(relay, on);
     Ok(vec![format!("ok {what}={state}")])
 }
@@ -350,9 +346,7 @@ fn stuck(devices: &Devices, args: &[&str]) -> Reply {
         return Err(USAGE.to_owned());
     };
     let relay = devices.relay(name)?;
-    let lane: u16 = lane
-        .parse()
-        .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+    let lane = parse_lane(lane, USAGE)?;
     let exit = parse_direction(direction)?;
     let stuck = match *state {
         "on" => Some(true),
@@ -373,9 +367,7 @@ fn door(devices: &Devices, args: &[&str]) -> Reply {
         return Err(USAGE.to_owned());
     };
     let relay = devices.relay(name)?;
-    let lane: u16 = lane
-        .parse()
-        .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+    let lane = parse_lane(lane, USAGE)?;
     let open = match *state {
         "open" => true,
         "closed" => false,
@@ -393,19 +385,9 @@ fn button(devices: &Devices, args: &[&str]) -> Reply {
         return Err(USAGE.to_owned());
     };
     let relay = devices.relay(name)?;
-    let lane: u16 = lane
-        .parse()
-        .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
-    let exit = match *direction {
-        "in" => false,
-        "out" => true,
-        other => return Err(format!("bad direction '{other}'; {USAGE}")),
-    };
-    let pressed = match *state {
-        "on" => true,
-        "off" => false,
-        other => return Err(format!("bad state '{other}'; {USAGE}")),
-    };
+    let lane = parse_lane(lane, USAGE)?;
+    let exit = parse_direction(direction)?;
+    let pressed = parse_on_off(state)?;
     if !relay.set_button(lane, exit, pressed) {
         return Err(format!("{name} has no lane {lane}"));
     }
@@ -466,9 +448,7 @@ fn panel(devices: &Devices, args: &[&str]) -> Reply {
                          hold-open|lockdown|emergency|reset on|off";
     let (name, addr, state) = match args {
         [name, "open", lane, direction, state] => {
-            let lane: u16 = lane
-                .parse()
-                .map_err(|_| format!("bad lane '{lane}'; {USAGE}"))?;
+            let lane = parse_lane(lane, USAGE)?;
             let exit = parse_direction(direction)?;
             let addr = lane
                 .checked_mul(2)
@@ -488,11 +468,7 @@ fn panel(devices: &Devices, args: &[&str]) -> Reply {
         }
         _ => return Err(USAGE.to_owned()),
     };
-    let on = match state {
-        "on" => true,
-        "off" => false,
-        other => return Err(format!("bad state '{other}' (expected on or off)")),
-    };
+    let on = parse_on_off(state)?;
     let panel = devices.panel(name)?;
     if !panel.set_input(addr, on) {
         return Err(format!("{name} has no input {addr}"));
@@ -609,6 +585,19 @@ fn help() -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
+}
+
+fn parse_lane(word: &str, usage: &str) -> Result<u16, String> {
+    word.parse()
+        .map_err(|_| format!("bad lane '{word}'; {usage}"))
+}
+
+fn parse_on_off(word: &str) -> Result<bool, String> {
+    match word {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("bad state '{other}' (expected on or off)")),
+    }
 }
 
 fn parse_direction(word: &str) -> Result<bool, String> {
