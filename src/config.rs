@@ -1278,10 +1278,14 @@ impl Checker<'_> {
             if !(1..=3600).contains(&r.held_open_s) {
                 return self.err(span, &key("held_open_s"), "must be 1..=3600");
             }
-            // Lanes are channels 0..=31: a block of 64 inputs (32 doors) must fit below 65536.
+            // Lanes are channels 0..=31: a block of 64 registers (32 doors) must fit below 65536,
+            // so that no lane's address wraps around to another register.
             let g = &r.registers;
             for (what, base, n) in [
-                ("counter_base", Some(g.counter_base), 64u32),
+                ("pulse_base", Some(g.pulse_base), 64u32),
+                ("coil_base", Some(g.coil_base), 64),
+                ("button_base", Some(g.button_base), 64),
+                ("counter_base", Some(g.counter_base), 64),
                 ("feedback_base", g.feedback_base, 64),
                 ("door_base", g.door_base, 32),
             ] {
@@ -1289,7 +1293,7 @@ impl Checker<'_> {
                     return self.err(
                         span,
                         &key(&format!("registers.{what}")),
-                        format!("must leave room for {n} inputs below 65536"),
+                        format!("must leave room for {n} registers below 65536"),
                     );
                 }
             }
@@ -1433,6 +1437,46 @@ impl Checker<'_> {
             );
         }
 
+        let snapshot = match raw.snapshot {
+            None => SnapshotConfig {
+                limits: Default::default(),
+                keep: default_keep(),
+            },
+            Some(sn) => {
+                let span = sn.span();
+                let sn = sn.into_inner();
+                // The data block holds at most (65536 - 1000) registers of two bytes.
+                if !(1024..=130_000).contains(&sn.max_bytes) {
+                    return self.err(span, "snapshot.max_bytes", "must be 1024..=130000");
+                }
+                for (k, v) in [("max_width", sn.max_width), ("max_height", sn.max_height)] {
+                    if !(16..=16_384).contains(&v) {
+                        return self.err(span, &format!("snapshot.{k}"), "must be 16..=16384");
+                    }
+                }
+                if !(16..=2048).contains(&sn.thumb_px) {
+                    return self.err(span, "snapshot.thumb_px", "must be 16..=2048");
+                }
+                if !(1..=100).contains(&sn.jpeg_quality) {
+                    return self.err(span, "snapshot.jpeg_quality", "must be 1..=100");
+                }
+                if sn.keep == 0 {
+                    return self.err(span, "snapshot.keep", "must be at least 1");
+                }
+                SnapshotConfig {
+                    limits: crate::hw::snapshot::SnapshotLimits {
+                        max_bytes: sn.max_bytes,
+                        max_width: sn.max_width,
+                        max_height: sn.max_height,
+                        thumb_px: sn.thumb_px,
+                        jpeg_quality: sn.jpeg_quality,
+                        ..Default::default()
+                    },
+                    keep: sn.keep,
+                }
+            }
+        };
+
         let mut readers = Vec::new();
         for (i, r) in raw.reader.into_iter().enumerate() {
             let span = r.span();
@@ -1449,6 +1493,19 @@ impl Checker<'_> {
                     &key("snapshots"),
                     "snapshots need a network link (`address`): read over RS-485 they would \
                      hold the bus for minutes",
+                );
+            }
+            // The largest snapshot allowed must fit in the data block below 65536.
+            let words = snapshot.limits.max_bytes.div_ceil(2);
+            if r.snapshots && usize::from(r.registers.snapshot_data) + words > 65_536 {
+                return self.err(
+                    span,
+                    &key("registers.snapshot_data"),
+                    format!(
+                        "a block from input {} cannot hold [snapshot] max_bytes ({} bytes, two \
+                         per register) below 65536",
+                        r.registers.snapshot_data, snapshot.limits.max_bytes
+                    ),
                 );
             }
             if !lanes.contains_key(&r.lane) {
@@ -1468,7 +1525,7 @@ impl Checker<'_> {
                 snapshot_select: r.registers.snapshot_select,
                 snapshot_base: r.registers.snapshot_base,
                 snapshot_data: r.registers.snapshot_data,
-                snapshot_max_bytes: 0, // set below, from [snapshot]
+                snapshot_max_bytes: snapshot.limits.max_bytes,
             });
         }
 
@@ -1616,50 +1673,6 @@ impl Checker<'_> {
                 reset: p.reset,
                 lamps: [l.normal, l.lockdown, l.emergency, l.offline],
             });
-        }
-
-        let snapshot = match raw.snapshot {
-            None => SnapshotConfig {
-                limits: Default::default(),
-                keep: default_keep(),
-            },
-            Some(sn) => {
-                let span = sn.span();
-                let sn = sn.into_inner();
-                // The data block holds at most (65536 - 1000) registers of two bytes.
-                if !(1024..=130_000).contains(&sn.max_bytes) {
-                    return self.err(span, "snapshot.max_bytes", "must be 1024..=130000");
-                }
-                for (k, v) in [("max_width", sn.max_width), ("max_height", sn.max_height)] {
-                    if !(16..=16_384).contains(&v) {
-                        return self.err(span, &format!("snapshot.{k}"), "must be 16..=16384");
-                    }
-                }
-                if !(16..=2048).contains(&sn.thumb_px) {
-                    return self.err(span, "snapshot.thumb_px", "must be 16..=2048");
-                }
-                if !(1..=100).contains(&sn.jpeg_quality) {
-                    return self.err(span, "snapshot.jpeg_quality", "must be 1..=100");
-                }
-                if sn.keep == 0 {
-                    return self.err(span, "snapshot.keep", "must be at least 1");
-                }
-                SnapshotConfig {
-                    limits: crate::hw::snapshot::SnapshotLimits {
-                        max_bytes: sn.max_bytes,
-                        max_width: sn.max_width,
-                        max_height: sn.max_height,
-                        thumb_px: sn.thumb_px,
-                        jpeg_quality: sn.jpeg_quality,
-                        ..Default::default()
-                    },
-                    keep: sn.keep,
-                }
-            }
-        };
-
-        for r in &mut readers {
-            r.snapshot_max_bytes = snapshot.limits.max_bytes;
         }
 
         let clock = match raw.clock {
@@ -2096,6 +2109,14 @@ mod tests {
         let high = "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[relay.registers]\nfeedback_base = 65500\n";
         let e = err(&format!("{MINIMAL}{high}"));
         assert!(e.contains("registers.feedback_base"), "{e}");
+        let wrap = "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[relay.registers]\npulse_base = 65500\n";
+        let e = err(&format!("{MINIMAL}{wrap}"));
+        assert!(e.contains("registers.pulse_base"), "{e}");
+        let face = format!(
+            "{MINIMAL}{relay}[[reader]]\nname = \"f\"\naddress = \"127.0.0.1:2\"\nlane = 0\ndirection = \"in\"\nsnapshots = true\n[reader.registers]\nsnapshot_data = 60000\n"
+        );
+        let e = err(&face);
+        assert!(e.contains("reader[0].registers.snapshot_data"), "{e}");
     }
 
     #[test]

@@ -311,7 +311,8 @@ enum Fetched {
 pub const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Selects `head_seq`'s snapshot and reads it, 125 registers at a time, if the terminal still
-/// has it and it is within `max_bytes`. Given up (refused) once reading it has taken
+/// has it and it is within `max_bytes` (which the config checked fits in the data block).
+/// Given up (refused) once reading it has taken
 /// `SNAPSHOT_BUDGET`: the next person at the lane must not wait longer.
 async fn fetch_snapshot(
     cfg: &ReaderConfig,
@@ -333,12 +334,6 @@ async fn fetch_snapshot(
     if len > max_bytes {
         return Ok(Fetched::Refused(format!(
             "the terminal announced {len} bytes, over the limit of {max_bytes}"
-        )));
-    }
-    if usize::from(cfg.snapshot_data) + words > 65_536 {
-        return Ok(Fetched::Refused(format!(
-            "the terminal announced {len} bytes, more than its data block from input {} can hold",
-            cfg.snapshot_data
         )));
     }
     let started = std::time::Instant::now();
