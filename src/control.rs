@@ -291,10 +291,7 @@ impl Control {
     /// Records an alarm on its own task: contact changes and panel presses must never wait
     /// behind a store that is slow to record one.
     fn alarm_later(&self, code: &'static str, source: String, detail: String) {
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let _ = shared.alarm(code, &source, &detail).await;
-        });
+        self.shared.alarm_later(code, &source, detail);
     }
 
     /// Records an emergency release that is already in force (a fire contact, a panel's

@@ -65,7 +65,8 @@ impl Shared {
 
     /// Records an alarm on a task of its own: a device task (a relay board driving the hold
     /// coils of a fire release) must never wait for the store.
-    fn alarm_later(&self, code: &'static str, device: &str, detail: String) {
+    /// Records an alarm on a task of its own: the caller never waits for the store.
+    pub fn alarm_later(&self, code: &'static str, device: &str, detail: String) {
         let (shared, device) = (self.clone(), device.to_string());
         tokio::spawn(async move {
             let _ = shared.alarm(code, &device, &detail).await;
@@ -469,7 +470,7 @@ async fn wiegand(
                 if last_alarm.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
                     last_alarm = Some(std::time::Instant::now());
                     let detail = format!("Wiegand frame rejected: {rejected}");
-                    let _ = shared.alarm("reader_garbage", &cfg.name, &detail).await;
+                    shared.alarm_later("reader_garbage", &cfg.name, detail);
                 }
                 continue;
             }
@@ -485,24 +486,8 @@ async fn wiegand(
             },
             now: crate::clock::now_ms(),
         };
-        match shared.store.pass(input).await {
-            Ok(crate::store::PassOutcome::Recorded { verdict, event }) => {
-                crate::hw::reader::release(
-                    &shared,
-                    &relay,
-                    &lane,
-                    &cfg.name,
-                    verdict.granted(),
-                    &event,
-                )
-                .await;
-            }
-            Ok(crate::store::PassOutcome::AlreadyRecorded) => {}
-            Err(e) => {
-                tracing::error!(reader = %cfg.name, error = %e, "store unavailable; card not decided (present it again)");
-                shared.health.set("store", "error");
-            }
-        }
+        // A card the store cannot record is lost (logged by `decide`): present it again.
+        let _ = reader::decide(&shared, &relay, &lane, &cfg.name, input).await;
     }
 }
 
@@ -534,29 +519,15 @@ async fn free_exits(
                 continue;
             }
         };
-        shared.publish_decision("button", &event);
         let Some((lane, relay)) = lanes.get(&p.lane).cloned() else {
+            shared.publish_decision("button", &event);
             continue;
         };
-        if !event.reason.is_granted() {
-            continue;
-        }
-        // Each pulse on its own task: a board that does not answer holds up only its lanes.
+        // Each release on its own task: a board that does not answer holds up only its lanes.
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = relay
-                .pulse(lane.channel, p.direction, lane.release_ms)
-                .await
-            {
-                let detail = format!(
-                    "free exit {} recorded but lane {} {} was not released: {e}",
-                    event.id,
-                    p.lane,
-                    p.direction.as_str()
-                );
-                tracing::error!("{detail}");
-                let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
-            }
+            let granted = event.reason.is_granted();
+            reader::release(&shared, &relay, &lane, "button", granted, &event).await;
         });
     }
 }

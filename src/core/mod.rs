@@ -82,6 +82,20 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Whether this mode holds every lane open (its hold coils on).
+    pub fn holds_open(self) -> bool {
+        matches!(self, Mode::HoldOpen | Mode::EmergencyRelease)
+    }
+
+    /// The reason of a pass this mode lets through with no grant, when it holds lanes open.
+    pub fn open_reason(self) -> Option<Reason> {
+        match self {
+            Mode::HoldOpen => Some(Reason::HoldOpen),
+            Mode::EmergencyRelease => Some(Reason::EmergencyRelease),
+            Mode::Normal | Mode::Lockdown => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Normal => "normal",

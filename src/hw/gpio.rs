@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::DeviceError;
 use super::panel::{PanelInput, PanelPress, Reading, lamps};
-use super::relay::{Contact, ContactChange, Debounce, Level, RelayHandle, holds_open};
+use super::relay::{Contact, ContactChange, Debounce, Level, RelayHandle};
 use super::wiegand::{Card, Decoder, Edge, Line, Rejected, WiegandConfig};
 use crate::config::{GpioPanelConfig, GpioRelayConfig};
 use crate::core::Direction;
@@ -308,11 +308,7 @@ async fn run_panel(
                 super::panel::hand_on(&presses, &cfg.name, asked).await;
             }
         }
-        let online = shared
-            .health
-            .snapshot()
-            .get("broker")
-            .is_some_and(|s| s == "ok");
+        let online = shared.health.is_ok("broker");
         let want = lamps(*shared.mode.borrow(), online);
         for (line, on) in lamp_lines.iter_mut().zip(want) {
             if let Some(line) = line {
@@ -365,7 +361,7 @@ async fn run_relay(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut mode = shared.mode.clone();
-    let mut hold = holds_open(*mode.borrow_and_update());
+    let mut hold = mode.borrow_and_update().holds_open();
     let mut fire_level = Level::default();
     let mut contact_tick = tokio::time::interval(CONTACT_POLL);
     contact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -393,7 +389,7 @@ async fn run_relay(
                 return;
             }
             Ok(()) = mode.changed() => {
-                hold = holds_open(*mode.borrow_and_update());
+                hold = mode.borrow_and_update().holds_open();
             }
             p = rx.recv() => {
                 let Some(p) = p else { return };

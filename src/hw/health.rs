@@ -138,6 +138,15 @@ impl Health {
         }
     }
 
+    /// Whether `device` is known and `ok`, without copying the whole map.
+    pub fn is_ok(&self, device: &str) -> bool {
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device)
+            .is_some_and(|h| *h == DeviceHealth::Ok)
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, String> {
         self.devices
             .lock()

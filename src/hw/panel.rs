@@ -140,7 +140,7 @@ pub fn lamps(mode: Mode, online: bool) -> [bool; 4] {
     [
         mode == Mode::Normal,
         mode == Mode::Lockdown,
-        matches!(mode, Mode::EmergencyRelease | Mode::HoldOpen),
+        mode.holds_open(),
         !online,
     ]
 }
@@ -207,11 +207,7 @@ async fn run(
             Ok(()) = health.changed() => continue,
             _ = tokio::time::sleep_until(next) => {}
         }
-        let online = shared
-            .health
-            .snapshot()
-            .get("broker")
-            .is_some_and(|s| s == "ok");
+        let online = shared.health.is_ok("broker");
         let want = lamps(*mode.borrow_and_update(), online);
         // The buttons first, whatever the lamps do: a module that refuses the lamp writes
         // must still be read.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::relay::{Counted, holds_open};
+use super::relay::Counted;
 use crate::config::VisitorEntry;
 use crate::core::{Direction, Reason};
 use crate::gate::Shared;
@@ -254,14 +254,7 @@ pub async fn run(
                 let Some(&(lane, _)) = sensed.get(&(p.board.clone(), p.channel)) else {
                     continue;
                 };
-                let mode = *shared.mode.borrow();
-                let reason = holds_open(mode).then(|| {
-                    if mode == crate::core::Mode::HoldOpen {
-                        Reason::HoldOpen
-                    } else {
-                        Reason::EmergencyRelease
-                    }
-                });
+                let reason = shared.mode.borrow().open_reason();
                 tracker.passage(lane, p.direction, p.count, reason, Instant::now())
             }
             _ = tick.tick() => tracker.tick(Instant::now(), |lane| {

@@ -161,6 +161,30 @@ impl Seen {
     }
 }
 
+/// Decides and records one credential on a lane (G1), then releases the lane if it was
+/// granted. `Ok(None)`: a mailbox event recorded before (nothing done again). `Err`: the store
+/// could not record it, and nobody was released.
+pub async fn decide(
+    shared: &Shared,
+    relay: &RelayHandle,
+    lane: &LaneConfig,
+    reader: &str,
+    input: PassInput,
+) -> Result<Option<crate::sync::contract::PassEvent>, crate::store::StoreError> {
+    match shared.store.pass(input).await {
+        Ok(PassOutcome::Recorded { verdict, event }) => {
+            release(shared, relay, lane, reader, verdict.granted(), &event).await;
+            Ok(Some(event))
+        }
+        Ok(PassOutcome::AlreadyRecorded) => Ok(None),
+        Err(e) => {
+            tracing::error!(reader, error = %e, "store unavailable; pass not decided");
+            shared.health.set("store", "error");
+            Err(e)
+        }
+    }
+}
+
 /// After a pass was recorded (G1): releases the lane if it was granted (a release that fails
 /// is a `relay_failed` alarm), then reports the decision.
 pub async fn release(
@@ -171,7 +195,6 @@ pub async fn release(
     granted: bool,
     event: &crate::sync::contract::PassEvent,
 ) {
-    shared.health.set("store", "ok");
     if granted {
         let r = relay
             .pulse(lane.channel, event.direction, lane.release_ms)
@@ -187,6 +210,7 @@ pub async fn release(
             let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
         }
     }
+    shared.health.set("store", "ok");
     shared.publish_decision(reader, event);
 }
 
@@ -247,23 +271,16 @@ async fn poll_once(
         credential,
         now: crate::clock::now_ms(),
     };
-    let mut recorded = None;
-    match shared.store.pass(input).await {
-        Ok(PassOutcome::Recorded { verdict, event }) => {
-            release(shared, relay, lane, &cfg.name, verdict.granted(), &event).await;
-            recorded = Some(event);
-        }
-        Ok(PassOutcome::AlreadyRecorded) => {
+    let recorded = match decide(shared, relay, lane, &cfg.name, input).await {
+        Ok(Some(event)) => Some(event),
+        Ok(None) => {
             tracing::info!(reader = %cfg.name, head_seq, "mailbox event already recorded; acking it again");
+            None
         }
-        Err(e) => {
-            // No pass without a record (G1): the event stays in the device mailbox, nobody is
-            // released, and it is decided once the store works again.
-            tracing::error!(reader = %cfg.name, error = %e, "store unavailable; pass not decided");
-            shared.health.set("store", "error");
-            return Ok(false);
-        }
-    }
+        // No pass without a record (G1): the event stays in the device mailbox, nobody is
+        // released, and it is decided once the store works again.
+        Err(_) => return Ok(false),
+    };
     conn.write_single_register(cfg.ack_register, head_seq)
         .await?;
     let handled = seen.acked_now(head_seq, kept);
@@ -279,10 +296,7 @@ async fn poll_once(
             Fetched::Refused(what) => {
                 let detail = format!("snapshot of pass {} rejected: {what}", event.id);
                 tracing::warn!(reader = %cfg.name, "{detail}");
-                let (shared, reader) = (shared.clone(), cfg.name.clone());
-                tokio::spawn(async move {
-                    let _ = shared.alarm("snapshot_rejected", &reader, &detail).await;
-                });
+                shared.alarm_later("snapshot_rejected", &cfg.name, detail);
             }
             Fetched::Bytes(bytes) => {
                 let job = crate::hw::snapshot::Job {

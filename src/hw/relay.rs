@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::modbus::Modbus;
 use super::{Backoff, DeviceError};
 use crate::config::RelayConfig;
-use crate::core::{Direction, Mode};
+use crate::core::Direction;
 use crate::gate::Shared;
 
 /// A release asked of a relay task.
@@ -524,17 +524,14 @@ impl Contacts {
             c.poll(conn, cfg).await?;
         }
         if let Some(base) = cfg.door_base {
-            let holds = holds_open(*shared.mode.borrow());
+            let holds = shared.mode.borrow().holds_open();
             for (ch, open) in self.checks.doors(conn, base, cfg.held_open, holds).await? {
                 let detail = format!(
                     "lane channel {ch}'s door has been open for {} s",
                     open.as_secs()
                 );
                 tracing::warn!(relay = %cfg.name, "{detail}");
-                let (shared, board) = (shared.clone(), cfg.name.clone());
-                tokio::spawn(async move {
-                    let _ = shared.alarm("held_open", &board, &detail).await;
-                });
+                shared.alarm_later("held_open", &cfg.name, detail);
             }
         }
         if let Some(base) = cfg.feedback_base {
@@ -600,11 +597,6 @@ impl Buttons {
     }
 }
 
-/// Whether a mode holds the lanes open.
-pub fn holds_open(mode: Mode) -> bool {
-    matches!(mode, Mode::HoldOpen | Mode::EmergencyRelease)
-}
-
 /// Writes the hold coils of every channel: entry and exit together.
 async fn write_holds(
     conn: &mut Modbus,
@@ -639,7 +631,7 @@ async fn run(
     let mut mode = shared.mode.clone();
     // The hold state the board should have, and whether it has confirmed it. At start the
     // coils are written whatever the mode: a restart must not leave a lane held open.
-    let mut hold = holds_open(*mode.borrow_and_update());
+    let mut hold = mode.borrow_and_update().holds_open();
     let mut hold_confirmed = false;
     let mut button_tick = tokio::time::interval(BUTTON_POLL);
     button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -657,7 +649,7 @@ async fn run(
                 shared.report(&cfg.name, r);
             }
             Ok(()) = mode.changed() => {
-                hold = holds_open(*mode.borrow_and_update());
+                hold = mode.borrow_and_update().holds_open();
                 hold_confirmed = false;
                 next_check = tokio::time::Instant::now(); // write them now
             }
