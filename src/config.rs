@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::core::time::{ClockSense, Span, minute_of_day};
+use crate::core::time::{Span, minute_of_day};
 use crate::core::{Direction, FreeExit, LaneRules, Passback, PassbackMode, Policy, Schedule};
 
 /// `site`, `gate` and MQTT root are made of `[A-Za-z0-9_-]`, so they can never inject `/`,
@@ -714,17 +714,6 @@ pub enum SyncSource {
 
 impl SyncSource {
     pub const SYSTEMD: &str = "/run/systemd/timesync/synchronized";
-
-    /// What a decision assumes before the first reading.
-    pub fn initial(&self) -> ClockSense {
-        ClockSense {
-            synced: match self {
-                Self::None => None,
-                Self::File(p) => Some(p.exists()),
-            },
-            jumped: false,
-        }
-    }
 }
 
 #[derive(Clone, Debug)]

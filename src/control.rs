@@ -127,11 +127,6 @@ impl Control {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The boards whose fire alarm contact is on (empty: none).
-    pub fn fire_boards(&self) -> Vec<String> {
-        self.latch().fire.iter().cloned().collect()
-    }
-
     /// Refuses any mode but emergency release while a fire contact is on, and leaving an
     /// emergency release (`current`) before every fire contact has been read since start.
     fn check_fire(latch: &Latch, mode: Mode, current: Mode) -> Result<(), Refusal> {

@@ -194,10 +194,10 @@ pub fn status_table(rows: &[(String, Value)], now: UnixMs) -> String {
                     .collect()
             })
             .unwrap_or_default();
-        // `unchecked` is what a gate says when it has no way to check its clock (today: all).
+        // `free_running` is a gate told not to require time sync (`clock.sync = "none"`).
         if let Some(c) = s.get("clock").and_then(Value::as_str)
             && c != "synced"
-            && c != "unchecked"
+            && c != "free_running"
         {
             problems.push(format!("clock:{}", clean(c)));
         }

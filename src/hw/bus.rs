@@ -70,7 +70,6 @@ struct Request {
 /// A handle on one bus's owner task. Cheap to clone.
 #[derive(Clone)]
 pub struct BusHandle {
-    path: Arc<PathBuf>,
     tx: mpsc::Sender<Request>,
 }
 
@@ -89,10 +88,6 @@ impl BusHandle {
             .await
             .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)?
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
     }
 }
 
@@ -115,10 +110,7 @@ impl Buses {
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(64);
                 tokio::spawn(run(link.clone(), rx));
-                BusHandle {
-                    path: Arc::new(link.path.clone()),
-                    tx,
-                }
+                BusHandle { tx }
             })
             .clone()
     }

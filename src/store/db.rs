@@ -990,15 +990,6 @@ impl Db {
         Ok(())
     }
 
-    /// The snapshots kept, oldest first: (pass id, uploaded).
-    pub fn snapshots(&self) -> Result<Vec<(String, bool)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT event_id, uploaded FROM snapshot ORDER BY ts, event_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// Someone went through a lane with no grant waiting, while the gate's mode held it open
     /// (`reason` `hold_open` or `emergency_release`): recorded, with no credential.
     pub fn record_free_passage(

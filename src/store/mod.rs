@@ -8,7 +8,7 @@ mod db;
 mod schema;
 
 pub use db::{
-    Applied, CLEAR_PASSBACK, Contact, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow,
+    Applied, CLEAR_PASSBACK, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow,
     OutboxStats, PassInput, PassOutcome, SnapshotStep, Stamp, Stream, build_time,
 };
 
