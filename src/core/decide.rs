@@ -68,10 +68,10 @@ impl Verdict {
     /// The subject whose in/out state this grant moves (anti-passback): a credential grant
     /// (or a free exit) of a known subject.
     pub fn moves(&self) -> Option<&str> {
-        match self.reason {
-            Reason::Staff | Reason::Visitor | Reason::FreeExit => self.subject.as_deref(),
-            _ => None,
-        }
+        self.reason
+            .moves_passback()
+            .then_some(self.subject.as_deref())
+            .flatten()
     }
 }
 

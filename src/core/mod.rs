@@ -146,6 +146,12 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Whether a pass for this reason moves its subject's in/out state (anti-passback): a
+    /// credential grant, or a free exit.
+    pub fn moves_passback(self) -> bool {
+        matches!(self, Self::Staff | Self::Visitor | Self::FreeExit)
+    }
+
     pub fn decision(self) -> Decision {
         match self {
             Self::Staff

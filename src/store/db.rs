@@ -575,18 +575,22 @@ impl Db {
         now: UnixMs,
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
         let draft = EventDraft {
-            lane,
-            direction,
-            credential: None,
-            subject: None,
-            reason,
             override_: Some(override_),
-            flags: Vec::new(),
-            passed: None,
-            ref_: None,
-            snapshot: None,
+            ..EventDraft::bare(lane, direction, reason)
         };
         self.record_event(draft, stamp, now, |_| Ok(()))
+    }
+
+    /// `record_event` for an event with no command behind it: with no nonce to claim, nothing
+    /// can be refused.
+    fn record_local(
+        &mut self,
+        draft: EventDraft,
+        now: UnixMs,
+        also: impl FnOnce(&Transaction) -> rusqlite::Result<()>,
+    ) -> Result<PassEvent, StoreError> {
+        self.record_event(draft, None, now, also)?
+            .map_err(|r| StoreError::Invalid(format!("an event with no nonce was refused: {r}")))
     }
 
     /// Records one event that no credential decided (an override, a button press), in its own
@@ -840,7 +844,7 @@ impl Db {
                         .execute(params![subject, at])?;
                     continue;
                 }
-                if !matches!(e.reason, Reason::Staff | Reason::Visitor | Reason::FreeExit) {
+                if !e.reason.moves_passback() {
                     continue;
                 }
                 set_passback(&tx, subject, e.direction, at, &e.gate, true)?;
@@ -896,8 +900,7 @@ impl Db {
             return Ok(None);
         };
         let draft = EventDraft::bare(lane, direction, reason);
-        // Without a nonce nothing can be refused.
-        Ok(self.record_event(draft, None, now, |_| Ok(()))?.ok())
+        self.record_local(draft, now, |_| Ok(())).map(Some)
     }
 
     /// A later fact about a granted pass (DESIGN.md: a new event with reason `passage` and a
@@ -913,7 +916,7 @@ impl Db {
     ) -> Result<PassEvent, StoreError> {
         let draft = EventDraft::fact_of(pass, Some(passed), None);
         let give_back = give_back.filter(|_| !passed);
-        let event = self.record_event(draft, None, now, |tx| {
+        self.record_local(draft, now, |tx| {
             if let Some(invitation) = give_back {
                 tx.prepare_cached(
                     "UPDATE invitation_usage SET used = used - 1
@@ -922,9 +925,7 @@ impl Db {
                 .execute([invitation])?;
             }
             Ok(())
-        })?;
-        // Without a nonce nothing can be refused.
-        event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
+        })
     }
 
     /// A face terminal's snapshot of a pass, as a thumbnail: kept (the oldest beyond `keep`
@@ -939,7 +940,7 @@ impl Db {
         now: UnixMs,
     ) -> Result<PassEvent, StoreError> {
         let draft = EventDraft::fact_of(pass, None, Some(format!("snapshot/{}", pass.id)));
-        let event = self.record_event(draft, None, now, |tx| {
+        self.record_local(draft, now, |tx| {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO snapshot (event_id, ts, jpeg, uploaded)
                  VALUES (?1, ?2, ?3, 0)",
@@ -955,8 +956,7 @@ impl Db {
                 tracing::info!(deleted = gone, keep, "old snapshots deleted (retention)");
             }
             Ok(())
-        })?;
-        event.map_err(|r| StoreError::Invalid(format!("snapshot refused: {r:?}")))
+        })
     }
 
     /// Snapshots not uploaded yet, oldest first, leaving out `skip` (in flight).
@@ -965,19 +965,21 @@ impl Db {
         skip: &[String],
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT event_id, jpeg FROM snapshot WHERE uploaded = 0 ORDER BY ts, event_id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        // Ids first: the images of those in flight are not read for nothing.
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT event_id FROM snapshot WHERE uploaded = 0 ORDER BY ts, event_id",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut jpeg = self
+            .conn
+            .prepare_cached("SELECT jpeg FROM snapshot WHERE event_id = ?1")?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, jpeg) = row?;
-            if !skip.contains(&id) {
-                out.push((id, jpeg));
-            }
-            if out.len() >= limit {
-                break;
-            }
+        for id in ids.into_iter().filter(|id| !skip.contains(id)).take(limit) {
+            let bytes: Vec<u8> = jpeg.query_row([&id], |r| r.get(0))?;
+            out.push((id, bytes));
         }
         Ok(out)
     }
@@ -1003,8 +1005,7 @@ impl Db {
             passed: Some(true),
             ..EventDraft::bare(lane, direction, reason)
         };
-        let event = self.record_event(draft, None, now, |_| Ok(()))?;
-        event.map_err(|r| StoreError::Invalid(format!("passage refused: {r:?}")))
+        self.record_local(draft, now, |_| Ok(()))
     }
 
     /// A guard's override: forgets `subject`'s anti-passback state, and records it as an
@@ -1017,16 +1018,9 @@ impl Db {
         now: UnixMs,
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
         let draft = EventDraft {
-            lane: 0,
-            direction: Direction::In,
-            credential: None,
             subject: Some(subject.to_string()),
-            reason: Reason::OverrideRemote,
             override_: Some(override_),
-            flags: Vec::new(),
-            passed: None,
-            ref_: None,
-            snapshot: None,
+            ..EventDraft::bare(0, Direction::In, Reason::OverrideRemote)
         };
         self.record_event(draft, stamp, now, |tx| {
             tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?

@@ -342,8 +342,6 @@ struct Connection<'a> {
     fill_failed: bool,
     /// Acks (serialized) that did not fit in the client's queue yet, oldest first.
     acks_waiting: VecDeque<Vec<u8>>,
-    /// Snapshots queued or in flight on this connection, by pass id.
-    snapshots: Vec<String>,
 }
 
 impl<'a> Connection<'a> {
@@ -378,7 +376,6 @@ impl<'a> Connection<'a> {
             acked: Vec::new(),
             fill_failed: false,
             acks_waiting: VecDeque::new(),
-            snapshots: Vec::new(),
         }
     }
 
@@ -481,7 +478,6 @@ impl<'a> Connection<'a> {
                         self.publish_status(true).await;
                         // Everything unacknowledged goes again, oldest first.
                         self.cursor = 0;
-                        self.snapshots.clear();
                         self.fill().await;
                     }
                     Role::Downlink => {
@@ -746,15 +742,27 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// The snapshots queued or awaiting their PUBACK on this connection, by pass id.
+    fn snapshots_out(&self) -> Vec<String> {
+        self.queued
+            .iter()
+            .chain(self.inflight.values())
+            .filter_map(|t| match t {
+                Tag::Snapshot(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Queues snapshots not uploaded yet, up to `SNAPSHOTS_IN_FLIGHT` and the window's room.
     async fn fill_snapshots(&mut self) {
+        let skip = self.snapshots_out();
         let want = SNAPSHOTS_IN_FLIGHT
-            .saturating_sub(self.snapshots.len())
+            .saturating_sub(skip.len())
             .min(self.room());
         if want == 0 {
             return;
         }
-        let skip = self.snapshots.clone();
         let snaps = match self
             .link
             .shared
@@ -770,16 +778,14 @@ impl<'a> Connection<'a> {
         };
         for (id, jpeg) in snaps {
             let topic = self.link.topics.snapshot(&id);
-            if !self.publish(topic, jpeg, false, Tag::Snapshot(id.clone())) {
+            if !self.publish(topic, jpeg, false, Tag::Snapshot(id)) {
                 return;
             }
-            self.snapshots.push(id);
         }
     }
 
     /// The broker has a snapshot: marked uploaded (a failure uploads it again later).
     async fn snapshot_acked(&mut self, id: String) {
-        self.snapshots.retain(|s| *s != id);
         let done = id.clone();
         if let Err(e) = self
             .link
