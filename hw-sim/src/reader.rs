@@ -127,6 +127,15 @@ impl ReaderState {
         }
     }
 
+    /// Keeps `image` as the snapshot of event `seq`, dropping the oldest beyond
+    /// [`SNAPSHOTS_KEPT`].
+    fn add_snapshot(&mut self, seq: u16, image: Vec<u8>) {
+        self.snapshots.push_back((seq, image));
+        while self.snapshots.len() > SNAPSHOTS_KEPT {
+            self.snapshots.pop_front();
+        }
+    }
+
     /// Registers of the snapshot data block: up to the end of the address space.
     fn data_regs(&self) -> usize {
         65_536 - usize::from(self.regs.snapshot_data)
@@ -356,10 +365,7 @@ impl SimReader {
             return Err(SimError::NotAscii);
         }
         let seq = state.present(kind, credential.as_bytes(), score, SystemTime::now())?;
-        state.snapshots.push_back((seq, image));
-        while state.snapshots.len() > SNAPSHOTS_KEPT {
-            state.snapshots.pop_front();
-        }
+        state.add_snapshot(seq, image);
         Ok(seq)
     }
 
@@ -488,10 +494,7 @@ mod tests {
         let mut seqs = Vec::new();
         for i in 0..=SNAPSHOTS_KEPT {
             let seq = state.present(KIND_FACE, b"P1", 900, now).expect("queued");
-            state.snapshots.push_back((seq, vec![0xFF, 0xD8, i as u8]));
-            while state.snapshots.len() > SNAPSHOTS_KEPT {
-                state.snapshots.pop_front();
-            }
+            state.add_snapshot(seq, vec![0xFF, 0xD8, i as u8]);
             seqs.push(seq);
         }
         let select = |state: &mut ReaderState, seq: u16| {

@@ -718,10 +718,7 @@ mod tests {
                     assert!(t.width >= 1 && t.width <= limits.thumb_px);
                     assert!(t.height >= 1 && t.height <= limits.thumb_px);
                 }
-                Err(e) => {
-                    err += 1;
-                    assert!(!e.to_string().is_empty());
-                }
+                Err(_) => err += 1,
             }
         }
         (ok, err)
@@ -731,9 +728,10 @@ mod tests {
     fn random_mutations_never_panic() {
         let (ok, err) = mutate_and_run(&jpeg_bytes(96, 64), 200, 0xDEAD_BEEF_1234_5678, false);
         println!("mutated JPEG: {ok} thumbnails, {err} errors");
-        assert_eq!(ok + err, 200);
+        // Both outcomes are reached: the mutations get past the format checks, and are caught.
+        assert!(ok > 0 && err > 0, "JPEG: {ok} thumbnails, {err} errors");
         let (ok, err) = mutate_and_run(&png_bytes(96, 64), 200, 0x0123_4567_89AB_CDEF, true);
         println!("mutated PNG: {ok} thumbnails, {err} errors");
-        assert_eq!(ok + err, 200);
+        assert!(ok > 0 && err > 0, "PNG: {ok} thumbnails, {err} errors");
     }
 }

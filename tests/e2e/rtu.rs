@@ -79,8 +79,6 @@ async fn readers_share_a_bus_and_a_dead_unit_spares_the_other() {
         (centre.on(EVENT).len() >= before + 3).then_some(())
     })
     .await;
-    let status = centre.on(STATUS).last().map(Msg::json).unwrap_or_default();
-    assert_eq!(status["devices"]["reader1"], "ok", "{status}");
 
     // A card shown on the dead unit waits in the device; once it answers, it passes.
     let seq = exit.present(KIND_CARD, "0012345678", 0).expect("queued");
