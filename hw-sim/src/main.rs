@@ -19,7 +19,7 @@ const MAX_LANES: u16 = 1000;
 #[command(
     name = "hw-sim",
     version,
-    about = "Simulated gate readers and relay boards over Modbus TCP",
+    about = "Simulated gate readers, relay boards and guard panels over Modbus TCP or RTU",
     after_help = "Example:\n  hw-sim --reader reader1=127.0.0.1:5020/1 --reader reader2=rtu:bus1/2 \\\n         --relay relay1=127.0.0.1:5030/1/2 --panel panel1=127.0.0.1:5040/1 \\\n         --device-fault reader2='flap 500ms' --control 127.0.0.1:5099\n  nc 127.0.0.1 5099   (then type: help)\n\nDevices with the same ADDR share one socket, under different unit ids. ADDR rtu:NAME\nserves Modbus RTU on a pseudo-terminal (an RS-485 bus); its path is printed, for the\ndaemon's `serial = { path = ... }`, and devices with the same NAME share that bus.\nLog detail: RUST_LOG=hw_sim=debug."
 )]
 struct Cli {
