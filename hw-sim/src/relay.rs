@@ -161,11 +161,7 @@ impl RelayState {
             Ok(self.fire)
         } else if addr == self.regs.tamper_input {
             Ok(self.tamper)
-        } else if let Some(i) = addr
-            .checked_sub(self.regs.button_base)
-            .map(usize::from)
-            .filter(|i| *i < self.outputs())
-        {
+        } else if let Some(i) = within(self.regs.button_base, self.outputs()) {
             Ok(self.buttons[i])
         } else if let Some(i) = within(self.regs.feedback_base, self.outputs()) {
             Ok(self.energized(i, now))

@@ -613,7 +613,7 @@ impl SimServer {
 
     fn host(&self, id: u8, unit: Unit) {
         if lock(&self.shared.units).insert(id, unit).is_some() {
-            tracing::warn!(addr = %self.shared.local_addr, unit = id, "unit replaced");
+            tracing::warn!(at = %self.endpoint(), unit = id, "unit replaced");
         }
     }
 
