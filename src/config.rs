@@ -675,7 +675,7 @@ pub struct Config {
     pub gpio_relays: Vec<GpioRelayConfig>,
 }
 
-/// A guard's button panel: a Modbus IO module (DESIGN.md's profile).
+/// A guard's button panel: a Modbus IO module (docs/design.md, "Guard panel").
 #[derive(Clone, Debug)]
 pub struct PanelConfig {
     pub name: String,

@@ -1,4 +1,4 @@
-//! hw-sim: the gate devices of the reference profile (DESIGN.md, "The reference device profile
+//! hw-sim: the gate devices of the reference profile (docs/design.md, "The reference device profile
 //! (Modbus)"), served over real Modbus TCP sockets, with fault injection.
 //!
 //! It exists so that `gated`'s integration tests, benchmarks and demo talk to something that

@@ -11,7 +11,7 @@
 //!   `card`, `face`, `qr` and `gates` hold several values separated by `;`; `gates` is `*` for
 //!   every gate. An empty field is "none" (no credential of that kind, no bound on the window,
 //!   no limit on entries); `gates` may not be empty.
-//! - JSON: an array of entries exactly as in a snapshot's `entries` (DESIGN.md).
+//! - JSON: an array of entries exactly as in a snapshot's `entries` (docs/design.md, "Lists").
 //!
 //! Every problem is reported as `file:line: field: what`, all of them at once (up to
 //! `MAX_REPORTED`), so a large export is fixed in one pass. Each entry also goes through the

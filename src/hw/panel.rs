@@ -1,4 +1,4 @@
-//! The guard panel task: the one owner of a panel's connection (a Modbus IO module, DESIGN.md's
+//! The guard panel task: the one owner of a panel's link (a Modbus IO module, docs/design.md's
 //! profile). It reads the panel's inputs every `poll_ms` and hands each press to `Control`:
 //!
 //! - open-once entry / exit of lane n (discrete inputs `button_base + 2n` / `+2n+1`): one
@@ -11,7 +11,7 @@
 //! being off twice. A glitch of one read is no press, a stuck button is one press, and a
 //! button held when gated starts is none until let go.
 //!
-//! Hold-open and lockdown are switches (DESIGN.md): turned on, the mode; turned off, back to
+//! Hold-open and lockdown are switches (docs/design.md, "Guard panel"): on, the mode; off, back to
 //! normal if that mode is still in force (a remote command may have changed it since). A
 //! switch found on at start puts its mode in force; one found off changes nothing.
 //!

@@ -3,7 +3,7 @@
 //! A granted release waits on its lane direction (first granted, first matched) until the
 //! sensor counts someone through, or until the release has ended (`release_ms` plus `SLACK`)
 //! AND a read of its board's counters that started after that end has succeeded: a board that
-//! cannot be read says nothing about who went through. Each outcome is a new event (DESIGN.md:
+//! cannot be read says nothing of who went through. Each outcome is a later fact (docs/design.md:
 //! reason `passage`, `ref` to the pass): `passed` true or false. With
 //! `[policy] visitor_entry = "passage"`, an invitation's entry used by a grant nobody went
 //! through is given back, but only if no other grant waited on that lane direction with it

@@ -903,7 +903,7 @@ impl Db {
         self.record_local(draft, now, |_| Ok(())).map(Some)
     }
 
-    /// A later fact about a granted pass (DESIGN.md: a new event with reason `passage` and a
+    /// A later fact about a granted pass (docs/design.md: a new event with reason `passage` and a
     /// `ref` to the pass): the passage sensor counted someone (`passed` true), or the release
     /// ended with nobody through (false). In the second case `give_back` returns the
     /// invitation entry the pass used, in the same transaction.
@@ -1113,7 +1113,7 @@ impl EventDraft {
         }
     }
 
-    /// A later fact about `pass` (DESIGN.md): reason `passage`, `ref` to it, the same lane,
+    /// A later fact about `pass` (docs/design.md): reason `passage`, `ref` to it, the same lane,
     /// direction, credential and subject.
     fn fact_of(pass: &PassEvent, passed: Option<bool>, snapshot: Option<String>) -> EventDraft {
         EventDraft {

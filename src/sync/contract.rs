@@ -1,4 +1,4 @@
-//! The MQTT contract of DESIGN.md as types: topics, pass events, alarms, list bodies, acks and
+//! The MQTT contract (docs/design.md) as types: topics, pass events, alarms, list bodies, acks and
 //! status. Parsing here is strict (unknown fields in what the centre sends are refused: a typo
 //! in a list must never widen access), and every check names what was wrong.
 
@@ -415,7 +415,7 @@ fn check_id(what: &str, s: &str) -> Result<(), Refusal> {
 
 fn check_credentials(at: &str, creds: &[CredentialRef]) -> Result<(), Refusal> {
     for (i, c) in creds.iter().enumerate() {
-        // Credentials travel through the reader mailbox as ASCII (DESIGN.md device profile).
+        // Credentials pass through the reader mailbox as ASCII (docs/design.md, "Reader mailbox").
         if !c.id.is_ascii() {
             return Err(malformed(format!("{at}.credentials[{i}].id is not ASCII")));
         }
@@ -642,7 +642,7 @@ pub fn parse_delta(topic_list: ListName, body: &[u8]) -> Result<Delta, Refusal> 
     })
 }
 
-/// A remote command (DESIGN.md's command body), as the centre sends it on `{gate}/cmd`.
+/// A remote command (docs/design.md, "Commands"), as the centre sends it on `{gate}/cmd`.
 /// On the wire it is snake_case (`hold_open`); on gatectl's command line kebab-case
 /// (`hold-open`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

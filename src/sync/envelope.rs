@@ -1,4 +1,4 @@
-//! The signed envelope of DESIGN.md, for every list and command the centre sends:
+//! The signed envelope (docs/design.md) of every list and command the centre sends:
 //! `{"v":1,"key":"<key id>","sig":"<base64 Ed25519 signature of the body bytes>","body":"<base64 of the body JSON>"}`.
 //!
 //! A gate holds the admin public keys of its config (several at once: that is how keys are
