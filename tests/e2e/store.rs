@@ -90,8 +90,8 @@ async fn a_second_gated_on_the_same_store_is_refused_naming_the_first() {
     assert!(first.is_running(), "the first gated is left alone");
 }
 
-/// A store remembers the gate it was made for: east-2's config on east-1's file is refused,
-/// naming both. A store from before this rule (no gate recorded)
+/// A store remembers the gate it was made for: east-2's config on east-1's file is refused by
+/// `run` and by `check-config`, naming both. A store from before this rule (no gate recorded)
 /// takes the gate of the first config that runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_made_for_another_gate_is_refused_naming_both() {
@@ -114,6 +114,15 @@ async fn a_store_made_for_another_gate_is_refused_naming_both() {
     assert!(!status.success(), "{err}");
     let names_both =
         |e: &str| e.contains("site `hq` gate `east-1`") && e.contains("site `hq` gate `east-2`");
+    assert!(names_both(&err), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gated"))
+        .args(["check-config", "--config"])
+        .arg(&east2)
+        .output()
+        .expect("check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(names_both(&err), "{err}");
 
     // A store from an older gated: no gate recorded. The first run adopts its config's gate.
