@@ -21,10 +21,20 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// A `gated` the test started, killed when the test ends, even by a failed assert.
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `gated run --config FILE` in `sh` with `umask`, its stderr in `log`.
-fn spawn_run(config: &Path, umask: &str, log: &Path) -> Child {
+fn spawn_run(config: &Path, umask: &str, log: &Path) -> Run {
     let log = std::fs::File::create(log).expect("log");
-    Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(format!("umask {umask} && exec \"$0\" run --config \"$1\""))
         .arg(env!("CARGO_BIN_EXE_gated"))
@@ -33,11 +43,12 @@ fn spawn_run(config: &Path, umask: &str, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start gated")
+        .expect("start gated");
+    Run(child)
 }
 
 /// Waits until `child` exits (with its status) or `DEADLINE` passes (`None`, the child killed).
-async fn exit_within(child: &mut Child) -> Option<std::process::ExitStatus> {
+async fn exit_within(Run(child): &mut Run) -> Option<std::process::ExitStatus> {
     let end = Instant::now() + DEADLINE;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -133,10 +144,9 @@ async fn a_store_made_for_another_gate_is_refused_naming_both() {
     assert_eq!(removed, 2, "the store recorded its site and gate");
     drop(conn);
     let log = dir.path().join("adopt.log");
-    let mut adopt = spawn_run(&east2, "022", &log);
+    let adopt = spawn_run(&east2, "022", &log);
     wait_running("east-2 to adopt the old store", &log).await;
-    let _ = adopt.kill();
-    let _ = adopt.wait();
+    drop(adopt);
     let mut again = spawn_run(&dir.path().join("gated.toml"), "022", &log);
     let status = exit_within(&mut again).await;
     let err = std::fs::read_to_string(&log).unwrap_or_default();
@@ -164,7 +174,7 @@ async fn the_store_is_created_private_whatever_the_umask() {
     let db = store_dir.join("gated.db");
     let config = write(dir.path(), "gated.toml", &config(&db, &devices, "east-1"));
     let log = dir.path().join("gated.log");
-    let mut run = spawn_run(&config, "000", &log);
+    let run = spawn_run(&config, "000", &log);
     wait_running("gated to run", &log).await;
     let wal = db.with_extension("db-wal");
     let shm = db.with_extension("db-shm");
@@ -178,14 +188,12 @@ async fn the_store_is_created_private_whatever_the_umask() {
     for d in [&store_dir, &dir.path().join("state")] {
         assert_eq!(mode(d), 0o700, "{}", d.display());
     }
-    let _ = run.kill();
-    let _ = run.wait();
+    drop(run);
 
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let mut run = spawn_run(&config, "022", &log);
+    let run = spawn_run(&config, "022", &log);
     wait_running("gated to run again", &log).await;
-    let _ = run.kill();
-    let _ = run.wait();
+    drop(run);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.lines().any(|l| l.contains("WARN")
