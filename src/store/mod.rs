@@ -133,9 +133,10 @@ impl Store {
         Ok(Store { tx, waiting })
     }
 
-    /// What `open` would refuse, found without creating or changing anything (for `gated
-    /// check-config`): a place where the store cannot be made, a database from a newer gated,
-    /// or one made for another gate. Whether another gated holds the store is not checked:
+    /// What `open` would refuse, found without changing the store (for `gated check-config`):
+    /// a place where the store cannot be made, a database from a newer gated, or one made for
+    /// another gate. Nothing is created where there is no store yet; beside a stopped one,
+    /// SQLite may leave an empty `-wal` and `-shm` (with the database's mode and owner). Whether another gated holds the store is not checked:
     /// that is the state of the machine, not of the config, and a config is checked while
     /// its gate runs.
     pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
