@@ -1108,6 +1108,21 @@ impl Checker<'_> {
                             return self.err(span, &format!("trust.key[{i}].public"), e);
                         }
                     };
+                    // A placeholder (the example's) can never verify a signature: with a
+                    // centre, the gate would refuse every list and command it sends.
+                    if public.is_weak() && mqtt.is_some() && !t.allow_unsigned {
+                        return self.err(
+                            span,
+                            &format!("trust.key[{i}].public"),
+                            format!(
+                                "key `{}` is a placeholder (a small-order point, as in the \
+                                 example config) that can never verify a signature, so every \
+                                 list and command from [mqtt] would be refused: replace it with \
+                                 a real key (`gatectl keygen` prints the block)",
+                                k.id
+                            ),
+                        );
+                    }
                     if keys.insert(k.id.clone(), public).is_some() {
                         return self.err(
                             span,
@@ -2049,9 +2064,31 @@ mod tests {
 
     pub const EXAMPLE: &str = include_str!("../config/gated.example.toml");
 
+    /// A shipped config with a real key in place of its placeholder, which a gate with a
+    /// centre refuses.
+    fn with_real_key(text: &str) -> String {
+        let k = crate::sync::envelope::AdminKey::generate("ops-2026").expect("key");
+        text.replace(
+            "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            &k.public_b64(),
+        )
+    }
+
     #[test]
-    fn the_example_config_is_valid() {
-        let c = Config::parse("gated.example.toml", EXAMPLE).expect("example config must parse");
+    fn the_example_config_is_valid_once_its_placeholder_key_is_replaced() {
+        for (name, text) in [
+            ("gated.example.toml", EXAMPLE),
+            ("gated.sim.toml", include_str!("../config/gated.sim.toml")),
+        ] {
+            let e = Config::parse(name, text).err().map(|e| e.to_string());
+            assert!(
+                e.as_ref()
+                    .is_some_and(|e| e.contains("trust.key[0].public") && e.contains("placeholder")),
+                "{name}: {e:?}"
+            );
+        }
+        let example = with_real_key(EXAMPLE);
+        let c = Config::parse("gated.example.toml", &example).expect("example config must parse");
         assert_eq!(c.site, "hq");
         assert!(c.mqtt.is_some());
         // The real gate the issue asks for: an RTU reader, a TCP face terminal, a TCP relay
@@ -2065,8 +2102,8 @@ mod tests {
         assert!(matches!(c.relays[0].link, Link::Tcp(_)));
         assert_eq!(c.gpio_panels.len(), 1);
         assert_eq!(c.gpio_panels[0].lanes.len(), 2);
-        let sim = Config::parse("gated.sim.toml", include_str!("../config/gated.sim.toml"))
-            .expect("the sim config must parse");
+        let sim = with_real_key(include_str!("../config/gated.sim.toml"));
+        let sim = Config::parse("gated.sim.toml", &sim).expect("the sim config must parse");
         assert!(
             sim.gpio_devices().is_empty(),
             "the sim config runs anywhere"
@@ -2254,6 +2291,17 @@ mod tests {
         );
         let e = err(&format!("{mqtt}{one}{one}"));
         assert!(e.contains("listed twice"), "{e}");
+        // The example's placeholder: refused with a centre, harmless without one (nothing
+        // signed arrives) and in lab mode.
+        let placeholder = "[[trust.key]]\nid = \"old\"\npublic = \"AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+        let e = err(&format!("{mqtt}{one}{placeholder}"));
+        assert!(
+            e.contains("trust.key[1].public") && e.contains("`old` is a placeholder"),
+            "{e}"
+        );
+        assert!(Config::parse("t.toml", &format!("{MINIMAL}{placeholder}")).is_ok());
+        let lab = format!("{mqtt}[trust]\nallow_unsigned = true\n{placeholder}");
+        assert!(Config::parse("t.toml", &lab).is_ok());
         let tls = format!("{mqtt}[mqtt.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n{one}");
         let e = err(&tls);
         assert!(e.contains("key_file"), "{e}");
@@ -2286,7 +2334,7 @@ mod tests {
         assert!(e.contains("clock.sync_file"), "{e}");
         let tz = "[gate]\nsite = \"hq\"\ngate = \"g1\"\ntimezone = \"Mars/Olympus\"\n[store]\npath = \"x\"\n";
         assert!(err(tz).contains("gate.timezone"));
-        let c = Config::parse("gated.example.toml", EXAMPLE).expect("example");
+        let c = Config::parse("gated.example.toml", &with_real_key(EXAMPLE)).expect("example");
         assert_eq!(c.policy.tz, chrono_tz::Asia::Shanghai);
         assert_eq!(
             c.policy.groups.get("cleaners").map(String::as_str),

@@ -118,6 +118,46 @@ impl Shared {
     }
 }
 
+/// What `gated run` needs of this machine, opened and read by `check_host`.
+pub struct Host {
+    gpio: Option<crate::hw::gpio::Rpi>,
+    secrets: Option<crate::sync::transport::Secrets>,
+}
+
+fn gate_id(cfg: &Config) -> GateId {
+    GateId {
+        site: cfg.site.clone(),
+        gate: cfg.gate.clone(),
+    }
+}
+
+/// Everything `gated run` checks on this machine before it starts anything, each failure an
+/// error that names its cause: GPIO devices off a Raspberry Pi; the TLS files and the MQTT
+/// login the config names; a store that cannot be made here, is from a newer gated, or was
+/// made for another gate. `gated check-config` runs this same function, so that a config it
+/// passes does not stop `run` at start (the one exception: a store that another gated holds,
+/// a state of the machine that `Store::open` refuses). The checks of the config itself are
+/// `Config::load`'s, shared the same way.
+pub fn check_host(cfg: &Config) -> anyhow::Result<Host> {
+    // GPIO devices need a Raspberry Pi: elsewhere this fails before anything starts, with a
+    // message naming them.
+    let gpio_devices = cfg.gpio_devices();
+    let gpio = if gpio_devices.is_empty() {
+        None
+    } else {
+        Some(crate::hw::gpio::Rpi::open(&gpio_devices.join(", "))?)
+    };
+    // The broker's CA, this gate's certificate and its MQTT password, read before anything
+    // starts: a bad file is an error at start that names it, not a retry loop.
+    let secrets = cfg
+        .mqtt
+        .as_ref()
+        .map(|m| crate::sync::transport::load(m.tls.as_ref(), m.auth.as_ref()))
+        .transpose()?;
+    Store::check(&cfg.store.path, &gate_id(cfg))?;
+    Ok(Host { gpio, secrets })
+}
+
 /// A running gate: its shared handles, and the way to stop it.
 pub struct Gate {
     pub shared: Shared,
@@ -129,37 +169,10 @@ pub struct Gate {
 impl Gate {
     /// Opens the store and starts every task. Returns once they are running.
     pub async fn start(cfg: &Config) -> anyhow::Result<Gate> {
-        // GPIO devices need a Raspberry Pi: elsewhere this fails before anything starts, with a
-        // message naming them.
-        let gpio_devices = cfg.gpio_devices();
-        let gpio = if gpio_devices.is_empty() {
-            None
-        } else {
-            Some(crate::hw::gpio::Rpi::open(&gpio_devices.join(", "))?)
-        };
-        // The broker's CA, this gate's certificate and its MQTT password, read before anything
-        // starts: a bad file is an error at start that names it, not a retry loop.
-        let secrets = cfg
-            .mqtt
-            .as_ref()
-            .map(|m| crate::sync::transport::load(m.tls.as_ref(), m.auth.as_ref()))
-            .transpose()?;
-        if let Some(dir) = cfg
-            .store
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("store: cannot create {}", dir.display()))?;
-        }
-        let gate = GateId {
-            site: cfg.site.clone(),
-            gate: cfg.gate.clone(),
-        };
+        let Host { gpio, secrets } = check_host(cfg)?;
         let store = Store::open(
             &cfg.store.path,
-            gate,
+            gate_id(cfg),
             cfg.policy.clone(),
             cfg.store.outbox_quota,
         )?;

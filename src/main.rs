@@ -12,21 +12,51 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The config file, named the same way for every command: `--config FILE`. A bare `FILE`
+/// (the older form of `check-config`) is accepted too.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ConfigFile {
+    /// The config file.
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The same, without `--config` (kept for older scripts).
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    fn path(self) -> PathBuf {
+        self.config
+            .or(self.file)
+            .expect("clap requires one of the two")
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon.
     ///
     /// Example: gated run --config /etc/gated/gated.toml
     Run {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
     },
-    /// Check a config file and print what it configures, or its first error with the line and key.
+    /// Check a config as `run` would before it starts: print what it configures, or its first
+    /// error (for a file error, the line and key). Exits 2 on an error.
     ///
-    /// Example: gated check-config config/gated.example.toml
+    /// Besides the file itself, this checks what `run` refuses on this machine: GPIO devices
+    /// off a Raspberry Pi, the TLS files and MQTT login the config names, and a store that is
+    /// from a newer gated or was made for another gate. `--skip-host-checks` leaves those out,
+    /// to check a config meant for another machine.
+    ///
+    /// Example: gated check-config --config /etc/gated/gated.toml
     CheckConfig {
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Check only the file, not this machine (for a config meant for another one).
+        #[arg(long)]
+        skip_host_checks: bool,
     },
     /// Play a short scripted scene against simulated hardware started in-process.
     ///
@@ -59,19 +89,38 @@ fn main() -> ExitCode {
             .build()
     };
     let result = match cli.cmd {
-        Cmd::CheckConfig { file } => match gated::config::Config::load(&file) {
-            Ok(c) => {
-                println!("{}", gated::config::describe(&c));
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        Cmd::Run { config } => {
+        Cmd::CheckConfig {
+            file,
+            skip_host_checks,
+        } => {
+            let checked = gated::config::Config::load(&file.path())
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    if !skip_host_checks {
+                        gated::gate::check_host(&c)?;
+                    }
+                    Ok(c)
+                });
+            return match checked {
+                Ok(c) => {
+                    println!("{}", gated::config::describe(&c));
+                    if skip_host_checks {
+                        println!(
+                            "  not checked (--skip-host-checks): GPIO, the files the config \
+                             names, the store"
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Run { file } => {
             init_logging("info");
-            let cfg = match gated::config::Config::load(&config) {
+            let cfg = match gated::config::Config::load(&file.path()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

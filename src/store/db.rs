@@ -177,6 +177,7 @@ impl Db {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         wait_when_busy(&mut conn)?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
+        claim(&mut conn, &gate, path)?;
         let pending: u64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
         let high_alarm_raised = pending * 100 >= quota * HIGH_WATER_PERCENT;
         let mut db = Db {
@@ -200,6 +201,24 @@ impl Db {
         db.floor = db.read_state("clock_floor")?.and_then(|v| v.parse().ok());
         db.calendar = load_calendar(&db.conn)?;
         Ok(db)
+    }
+
+    /// What `open` would refuse about the database at `path`, read without changing it: a
+    /// schema from a newer gated, or a store made for another gate.
+    pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+        // 0: an empty file, as a start that stopped before the schema was written leaves it.
+        if schema::version(&conn)?.map_err(StoreError::Invalid)? == 0 {
+            return Ok(());
+        }
+        match made_for(&conn)? {
+            Some(made) => same_gate(path, &made, gate),
+            None => Ok(()),
+        }
     }
 
     // ---- passes ------------------------------------------------------------------------------
@@ -1158,6 +1177,51 @@ fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
                 .filter(|l| *l <= now)
                 .map_or(i64::MAX, |l| now.saturating_sub(l)),
         ),
+    }
+}
+
+/// The gate a store was made for, as recorded in it; `None` for a store made before gated
+/// recorded it.
+fn made_for(conn: &Connection) -> rusqlite::Result<Option<GateId>> {
+    let read = |key: &str| {
+        conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+    };
+    Ok(match (read("site")?, read("gate")?) {
+        (Some(site), Some(gate)) => Some(GateId { site, gate }),
+        _ => None,
+    })
+}
+
+fn same_gate(path: &Path, made: &GateId, gate: &GateId) -> Result<(), StoreError> {
+    if made.site == gate.site && made.gate == gate.gate {
+        return Ok(());
+    }
+    Err(StoreError::OtherGate {
+        path: path.display().to_string(),
+        made_site: made.site.clone(),
+        made_gate: made.gate.clone(),
+        site: gate.site.clone(),
+        gate: gate.gate.clone(),
+    })
+}
+
+/// Refuses a store made for another gate: two gates on one store would send events under one
+/// name and share one outbox. A new store records the gate it is made for; a store made before
+/// gated recorded it takes the gate of the first config that opens it.
+fn claim(conn: &mut Connection, gate: &GateId, path: &Path) -> Result<(), StoreError> {
+    let tx = write(conn)?;
+    match made_for(&tx)? {
+        Some(made) => same_gate(path, &made, gate),
+        None => {
+            set_state(&tx, "site", &gate.site)?;
+            set_state(&tx, "gate", &gate.gate)?;
+            tx.commit()?;
+            tracing::info!(site = %gate.site, gate = %gate.gate, "store: {} recorded as this gate's", path.display());
+            Ok(())
+        }
     }
 }
 

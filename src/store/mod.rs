@@ -5,6 +5,7 @@
 //! in one transaction (group commit), so one fsync serves every lane that swiped meanwhile.
 
 mod db;
+mod files;
 mod schema;
 
 pub use db::{
@@ -33,6 +34,33 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store: {0}")]
     Invalid(String),
+    #[error("store: {what} {path}: {source}")]
+    File {
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "store: {path} is in use by {holder} (it holds {lock}): stop it first, or give this \
+         gate a store.path of its own"
+    )]
+    InUse {
+        path: String,
+        holder: String,
+        lock: String,
+    },
+    #[error(
+        "store: {path} was made for site `{made_site}` gate `{made_gate}`, and this config is \
+         site `{site}` gate `{gate}`: a store belongs to one gate. Give this gate a store.path \
+         of its own, or run the config of the gate the store was made for"
+    )]
+    OtherGate {
+        path: String,
+        made_site: String,
+        made_gate: String,
+        site: String,
+        gate: String,
+    },
     #[error("store: the owner thread has stopped")]
     Stopped,
 }
@@ -59,20 +87,38 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating and migrating) the database and starts its owner thread.
+    /// Takes the store's lock, opens (creating private and migrating) the database, and starts
+    /// its owner thread. Refuses a store that another gated holds or that was made for another
+    /// gate; warns about files that others can read.
     pub fn open(
         path: &Path,
         gate: GateId,
         policy: Policy,
         quota: u64,
     ) -> Result<Store, StoreError> {
+        files::create_dirs(path)?;
+        // Before the database is created or migrated: a second gated changes nothing.
+        let lock = files::lock(path)?;
+        files::create_db(path)?;
         let mut db = Db::open(path, gate, policy, quota)?;
         db.checkpoint_elsewhere()?;
         let checkpoints = Checkpointer::open(path)?;
+        for (file, mode) in files::too_wide(path) {
+            tracing::warn!(
+                "store: {} has mode {mode:04o}: it holds names, card ids and face thumbnails, \
+                 and others on this machine can read it; `chmod 600` it",
+                file.display()
+            );
+        }
         let (stopped, stop) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("gated-checkpoint".into())
-            .spawn(move || checkpoints.run(&stop))
+            // The checkpoint thread ends last (after the owner's last job, with a last
+            // checkpoint): the lock goes with it.
+            .spawn(move || {
+                checkpoints.run(&stop);
+                drop(lock);
+            })
             .map_err(|e| StoreError::Invalid(format!("cannot start the checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -85,6 +131,20 @@ impl Store {
             })
             .map_err(|e| StoreError::Invalid(format!("cannot start the store thread: {e}")))?;
         Ok(Store { tx, waiting })
+    }
+
+    /// What `open` would refuse, found without changing the store (for `gated check-config`):
+    /// a place where the store cannot be made, a database from a newer gated, or one made for
+    /// another gate. Nothing is created where there is no store yet; beside a stopped one,
+    /// SQLite may leave an empty `-wal` and `-shm` (with the database's mode and owner). Whether another gated holds the store is not checked:
+    /// that is the state of the machine, not of the config, and a config is checked while
+    /// its gate runs.
+    pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
+        if path.exists() {
+            Db::check(path, gate)
+        } else {
+            files::check_place(path)
+        }
     }
 
     /// Decides and records one pass. When this returns `Recorded`, the event is committed

@@ -187,8 +187,8 @@ fn v4(tx: &Transaction) -> rusqlite::Result<()> {
     )
 }
 
-/// Brings the schema up to date. Refuses a database from a newer gated.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+/// The database's schema version, or why this gated refuses it (one from a newer gated).
+pub fn version(conn: &Connection) -> rusqlite::Result<Result<usize, String>> {
     let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > MIGRATIONS.len() {
         return Ok(Err(format!(
@@ -197,6 +197,15 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
             MIGRATIONS.len()
         )));
     }
+    Ok(Ok(current))
+}
+
+/// Brings the schema up to date. Refuses a database from a newer gated.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let current = match version(conn)? {
+        Ok(v) => v,
+        Err(why) => return Ok(Err(why)),
+    };
     for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         m(&tx)?;

@@ -1092,3 +1092,59 @@ fn the_calendar_list_closes_a_schedule_on_its_dates() {
     let r = parse_snapshot(ListName::Calendar, bad.as_bytes()).expect_err("refused");
     assert!(r.detail().contains("2026-13-01"), "{r}");
 }
+
+// ---- issue 13: one store, one gate, private files -------------------------------------------
+
+#[test]
+fn a_store_records_its_gate_and_refuses_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let east2 = GateId {
+        site: "hq".into(),
+        gate: "east-2".into(),
+    };
+    // Nothing there yet: only the place is checked.
+    Store::check(&path, &east2).expect("a store can be made here");
+    drop(open(&dir));
+    Store::check(&path, &gate()).expect("the same gate");
+    for e in [
+        Store::check(&path, &east2).err(),
+        Db::open(&path, east2.clone(), Policy::default(), 1000).err(),
+    ] {
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains("site `hq` gate `east-1`") && e.contains("site `hq` gate `east-2`"),
+            "{e}"
+        );
+    }
+    // A store from before the record takes the first gate that opens it.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute("DELETE FROM state WHERE key IN ('site', 'gate')", [])
+        .expect("forget");
+    drop(conn);
+    Store::check(&path, &east2).expect("nothing recorded: any gate may take it");
+    drop(Db::open(&path, east2, Policy::default(), 1000).expect("adopted"));
+    assert!(Db::open(&path, gate(), Policy::default(), 1000).is_err());
+}
+
+#[tokio::test]
+async fn a_store_is_opened_once_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new").join("g.db");
+    let store = Store::open(&path, gate(), Policy::default(), 1000).expect("store");
+    let e = Store::open(&path, gate(), Policy::default(), 1000)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let held = format!("is in use by gated pid {}", std::process::id());
+    assert!(e.contains(&held), "{e}");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&files::lock_path(&path)), 0o600);
+    assert_eq!(mode(path.parent().expect("dir")), 0o700);
+    assert!(files::too_wide(&path).is_empty());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert_eq!(files::too_wide(&path), vec![(path.clone(), 0o640)]);
+    drop(store);
+}

@@ -15,6 +15,7 @@ mod pass;
 mod passage;
 mod rtu;
 mod snapshot;
+mod store;
 mod tidy;
 mod tls;
 mod trust;

@@ -911,6 +911,11 @@ impl Daemon {
         d
     }
 
+    /// The process id of `gated`, while it is started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether `gated` is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -1,0 +1,155 @@
+//! The store's files on disk. They hold names, card ids and face thumbnails, so they are
+//! created private whatever the umask: the database 0600 (SQLite gives its `-wal` and `-shm`
+//! the database's mode), each directory gated creates for it 0700. And one gated at a time:
+//! `<database>.lock` holds an exclusive `flock` and the pid of its holder, so that a second
+//! `gated run` on the same store stops at start instead of fighting the first for the broker.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use super::StoreError;
+
+pub const FILE_MODE: u32 = 0o600;
+pub const DIR_MODE: u32 = 0o700;
+
+fn io(path: &Path, what: &'static str, source: std::io::Error) -> StoreError {
+    StoreError::File {
+        path: path.display().to_string(),
+        what,
+        source,
+    }
+}
+
+/// The lock file beside the database: `gated.db` → `gated.db.lock`.
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// The files SQLite keeps beside the database in WAL mode.
+fn companions(db: &Path) -> [PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [with("-wal"), with("-shm"), lock_path(db)]
+}
+
+/// Creates the directories missing above `db`, each `DIR_MODE`. Directories that exist are
+/// left as they are (the warning is for the files, which are what hold the data).
+pub fn create_dirs(db: &Path) -> Result<(), StoreError> {
+    let Some(parent) = db.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let missing: Vec<&Path> = parent.ancestors().take_while(|d| !d.exists()).collect();
+    for dir in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+            Ok(()) => {}
+            // Made meanwhile by someone else: theirs to set.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(dir, "cannot create the directory", e)),
+        }
+        // The umask can only take bits away: set the mode itself.
+        std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io(dir, "cannot set the mode of", e))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` empty and `FILE_MODE` if it is not there.
+fn create_private(path: &Path) -> Result<File, StoreError> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(Permissions::from_mode(FILE_MODE))
+                .map_err(|e| io(path, "cannot set the mode of", e))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, "cannot open", e)),
+        Err(e) => Err(io(path, "cannot create", e)),
+    }
+}
+
+/// Creates the database file empty and private if it is not there, before SQLite opens it:
+/// SQLite would create it 0644 less the umask, and its WAL and index after it.
+pub fn create_db(db: &Path) -> Result<(), StoreError> {
+    create_private(db).map(drop)
+}
+
+/// Held while the store is open. The kernel releases the `flock` when the process ends, however
+/// it ends: a lock file left by a killed gated stops nobody.
+pub struct Lock {
+    _file: File,
+}
+
+/// Takes the store's lock, or says who holds it.
+pub fn lock(db: &Path) -> Result<Lock, StoreError> {
+    let path = lock_path(db);
+    let mut file = create_private(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // The pid is a courtesy to the reader of the error; the lock is what refuses.
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another gated (its pid not yet written)".to_string()
+            } else {
+                format!("gated pid {holder}")
+            };
+            return Err(StoreError::InUse {
+                path: db.display().to_string(),
+                holder,
+                lock: path.display().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&path, "cannot lock", e)),
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| io(&path, "cannot write the pid into", e))?;
+    Ok(Lock { _file: file })
+}
+
+/// The store's files that group or others can read or write, with their modes.
+pub fn too_wide(db: &Path) -> Vec<(PathBuf, u32)> {
+    std::iter::once(db.to_path_buf())
+        .chain(companions(db))
+        .filter_map(|p| {
+            let mode = std::fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+            (mode & !FILE_MODE != 0).then_some((p, mode))
+        })
+        .collect()
+}
+
+/// What `Store::open` would refuse about the place of a store that is not there yet: the
+/// nearest existing ancestor of its directory must be a directory.
+pub fn check_place(db: &Path) -> Result<(), StoreError> {
+    let Some(parent) = db.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match parent.ancestors().find(|d| d.exists()) {
+        Some(d) if !d.is_dir() => Err(StoreError::Invalid(format!(
+            "{}: cannot create the store's directory {}: {} is not a directory",
+            db.display(),
+            parent.display(),
+            d.display()
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,204 @@
+//! One store, one gate: what `gated run` refuses at start about its database, and the modes
+//! its files are created with.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use crate::util::*;
+
+/// The reference gate's config with the store at `db` and `gate` as its id. The broker is a
+/// closed port: these tests are about the start, not the sync.
+fn config(db: &Path, devices: &Devices, gate: &str) -> String {
+    config_text(db, free_port(), devices)
+        .replace("gate = \"east-1\"", &format!("gate = \"{gate}\""))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A `gated` the test started, killed when the test ends, even by a failed assert.
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `gated run --config FILE` in `sh` with `umask`, its stderr in `log`.
+fn spawn_run(config: &Path, umask: &str, log: &Path) -> Run {
+    let log = std::fs::File::create(log).expect("log");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" run --config \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_gated"))
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start gated");
+    Run(child)
+}
+
+/// Waits until `child` exits (with its status) or `DEADLINE` passes (`None`, the child killed).
+async fn exit_within(Run(child): &mut Run) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_running(what: &str, log: &Path) {
+    wait_for(what, DEADLINE, || {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|t| t.contains("gated running"))
+    })
+    .await;
+}
+
+/// Two daemons on one database kick each other off the broker (one client id). The second is
+/// refused at start, and its error names the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gated_on_the_same_store_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = Devices::start().await;
+    let db = dir.path().join("gated.db");
+    let text = config(&db, &devices, "east-1");
+    let mut first = Daemon::start_with_env(dir.path(), &text, &[]);
+    wait_for("the first gated to run", DEADLINE, || {
+        first.log().contains("gated running").then_some(())
+    })
+    .await;
+    let pid = first.pid().expect("the first gated runs");
+
+    let second_config = write(dir.path(), "second.toml", &text);
+    let log = dir.path().join("second.log");
+    let mut second = spawn_run(&second_config, "022", &log);
+    let status = exit_within(&mut second).await;
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("a second gated ran on the same store:\n{err}"));
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} is in use by gated pid {pid}", db.display())),
+        "{err}"
+    );
+    assert!(first.is_running(), "the first gated is left alone");
+}
+
+/// A store remembers the gate it was made for: east-2's config on east-1's file is refused by
+/// `run` and by `check-config`, naming both. A store from before this rule (no gate recorded)
+/// takes the gate of the first config that runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_made_for_another_gate_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = Devices::start().await;
+    let db = dir.path().join("gated.db");
+    let mut east1 = Daemon::start_with_env(dir.path(), &config(&db, &devices, "east-1"), &[]);
+    wait_for("east-1 to run", DEADLINE, || {
+        east1.log().contains("gated running").then_some(())
+    })
+    .await;
+    east1.kill9();
+
+    let east2 = write(dir.path(), "east2.toml", &config(&db, &devices, "east-2"));
+    let log = dir.path().join("east2.log");
+    let mut run = spawn_run(&east2, "022", &log);
+    let status = exit_within(&mut run).await;
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("east-2 ran on east-1's store:\n{err}"));
+    assert!(!status.success(), "{err}");
+    let names_both =
+        |e: &str| e.contains("site `hq` gate `east-1`") && e.contains("site `hq` gate `east-2`");
+    assert!(names_both(&err), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gated"))
+        .args(["check-config", "--config"])
+        .arg(&east2)
+        .output()
+        .expect("check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(names_both(&err), "{err}");
+
+    // A store from an older gated: no gate recorded. The first run adopts its config's gate.
+    let conn = rusqlite::Connection::open(&db).expect("open the store");
+    let removed = conn
+        .execute("DELETE FROM state WHERE key IN ('site', 'gate')", [])
+        .expect("forget the gate");
+    assert_eq!(removed, 2, "the store recorded its site and gate");
+    drop(conn);
+    let log = dir.path().join("adopt.log");
+    let adopt = spawn_run(&east2, "022", &log);
+    wait_running("east-2 to adopt the old store", &log).await;
+    drop(adopt);
+    let mut again = spawn_run(&dir.path().join("gated.toml"), "022", &log);
+    let status = exit_within(&mut again).await;
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()) && names_both(&err),
+        "east-1 must be refused the store east-2 adopted:\n{err}"
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The store holds names, card ids and face thumbnails: whatever the umask, its files are
+/// created 0600 and its directory 0700. A file made wider later is warned about at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_created_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = Devices::start().await;
+    let store_dir = dir.path().join("state").join("gated");
+    let db = store_dir.join("gated.db");
+    let config = write(dir.path(), "gated.toml", &config(&db, &devices, "east-1"));
+    let log = dir.path().join("gated.log");
+    let run = spawn_run(&config, "000", &log);
+    wait_running("gated to run", &log).await;
+    let wal = db.with_extension("db-wal");
+    let shm = db.with_extension("db-shm");
+    wait_for("the WAL and its index", DEADLINE, || {
+        (wal.exists() && shm.exists()).then_some(())
+    })
+    .await;
+    for file in [&db, &wal, &shm, &db.with_extension("db.lock")] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    for d in [&store_dir, &dir.path().join("state")] {
+        assert_eq!(mode(d), 0o700, "{}", d.display());
+    }
+    drop(run);
+
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let run = spawn_run(&config, "022", &log);
+    wait_running("gated to run again", &log).await;
+    drop(run);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines().any(|l| l.contains("WARN")
+            && l.contains(&db.display().to_string())
+            && l.contains("0644")),
+        "a warning naming the store and its mode:\n{text}"
+    );
+}
