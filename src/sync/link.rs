@@ -280,6 +280,18 @@ enum End {
     Lost(Option<ConnectionError>),
 }
 
+/// An event or alarm of `gated demo`, with `"demo": true` added. Rows are the store's own JSON
+/// objects; one that is not (it cannot happen) goes out unchanged rather than not at all.
+fn mark_demo(payload: &str) -> Vec<u8> {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("demo".into(), serde_json::Value::Bool(true));
+            serde_json::to_vec(&fields).unwrap_or_else(|_| payload.as_bytes().to_vec())
+        }
+        _ => payload.as_bytes().to_vec(),
+    }
+}
+
 fn is_oversize(e: &ConnectionError) -> bool {
     matches!(
         e,
@@ -310,9 +322,14 @@ fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> 
         o.set_max_packet_size(PEER_MAX_BYTES, 1024 * 1024);
     }
     if role == Role::Uplink {
+        let will: &[u8] = if cfg.demo {
+            br#"{"online":false,"demo":true}"#
+        } else {
+            br#"{"online":false}"#
+        };
         o.set_last_will(LastWill::new(
             topics.status(),
-            br#"{"online":false}"#.to_vec(),
+            will.to_vec(),
             QoS::AtLeastOnce,
             true,
         ));
@@ -729,12 +746,12 @@ impl<'a> Connection<'a> {
                     Stream::Event => self.link.topics.event(),
                     Stream::Alarm => self.link.topics.alarm(),
                 };
-                if !self.publish(
-                    topic,
-                    row.payload.into_bytes(),
-                    false,
-                    Tag::Outbox(row.rowid),
-                ) {
+                let payload = if self.link.cfg.demo {
+                    mark_demo(&row.payload)
+                } else {
+                    row.payload.into_bytes()
+                };
+                if !self.publish(topic, payload, false, Tag::Outbox(row.rowid)) {
                     return;
                 }
                 self.cursor = row.rowid;
@@ -882,11 +899,13 @@ impl<'a> Connection<'a> {
             clock,
             clock_reason,
             offline_since,
+            demo: false,
         }
     }
 
     async fn publish_status(&mut self, online: bool) {
-        let s = Self::status(&self.link.shared, online).await;
+        let mut s = Self::status(&self.link.shared, online).await;
+        s.demo = self.link.cfg.demo;
         let body = serde_json::to_vec(&s).unwrap_or_default();
         self.publish(self.link.topics.status(), body, true, Tag::Other);
     }

@@ -4,6 +4,7 @@
 mod cli;
 mod clock;
 mod compound;
+mod demo;
 mod faults;
 mod fire;
 mod free_exit;
