@@ -142,7 +142,10 @@ impl Gate {
         let secrets = cfg
             .mqtt
             .as_ref()
-            .map(|m| crate::sync::transport::load(m.tls.as_ref(), m.auth.as_ref()))
+            .map(|m| {
+                let ids = crate::sync::link::client_ids(m, !cfg.peers.is_empty());
+                crate::sync::transport::load_for(m.tls.as_ref(), m.auth.as_ref(), &ids)
+            })
             .transpose()?;
         if let Some(dir) = cfg
             .store

@@ -301,15 +301,30 @@ fn is_oversize(e: &ConnectionError) -> bool {
     )
 }
 
-fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> MqttOptions {
-    let id = match role {
+fn client_id(role: Role, cfg: &MqttConfig) -> String {
+    match role {
         Role::Uplink => cfg.client_id.clone(),
         Role::Downlink => format!("{}-lists", cfg.client_id),
         Role::Peers => format!("{}-peers", cfg.client_id),
-    };
-    let mut o = MqttOptions::new(id, cfg.host.clone(), cfg.port);
-    // TLS and the username and password: the same for both connections (one broker user per
-    // gate; the ACL example in config/ grants it both connections' topics).
+    }
+}
+
+/// The client ids the link connects under: two, three with `policy.peers`. With
+/// `{client_id}` in `mqtt.tls.cert_file`, each needs a certificate of its own
+/// (`transport::load_for`).
+pub fn client_ids(cfg: &MqttConfig, peers: bool) -> Vec<String> {
+    let mut roles = vec![Role::Uplink, Role::Downlink];
+    if peers {
+        roles.push(Role::Peers);
+    }
+    roles.into_iter().map(|r| client_id(r, cfg)).collect()
+}
+
+fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id(role, cfg), cfg.host.clone(), cfg.port);
+    // TLS and the username and password. One login may serve every connection (a broker user
+    // per gate), or each connection has a certificate of its own whose name the broker makes
+    // its client id (docs/broker.md): `transport::apply` picks it by the client id.
     transport::apply(&mut o, secrets);
     o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);

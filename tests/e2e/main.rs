@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `gated` binary, hw-sim devices over Modbus TCP and RTU (a pseudo-terminal), and a real
 //! mosquitto, checked through an MQTT subscriber exactly as an operator would see them.
 
+mod broker;
 mod cli;
 mod clock;
 mod compound;
