@@ -90,6 +90,16 @@ pub fn load_for(
     });
     let mut tls_by_client = std::collections::BTreeMap::new();
     let tls = match (tls, per_client) {
+        // Without ids (gatectl) there is nothing to fill in, and no certificate would be sent.
+        (Some(_), Some((cert, _))) if client_ids.is_empty() => {
+            return Err(TransportError::Invalid {
+                what: format!("client certificate {}", cert.display()),
+                message: format!(
+                    "{CLIENT_ID_PLACEHOLDER} is filled in only for a gate's own connections: \
+                     give this tool a file of its own"
+                ),
+            });
+        }
         (Some(t), Some((cert, key))) => {
             let expand = |p: &Path, id: &str| {
                 PathBuf::from(p.to_string_lossy().replace(CLIENT_ID_PLACEHOLDER, id))

@@ -342,4 +342,12 @@ fn client_id_in_the_certificate_path_gives_each_connection_its_own_certificate()
         )),
         "{err}"
     );
+
+    // A tool with no client ids of the gate's (gatectl) gets an error, not a plain connection.
+    let err = load(Some(&t), None).expect_err("nothing to fill in");
+    assert!(
+        err.to_string()
+            .contains("{client_id} is filled in only for a gate's own connections"),
+        "{err}"
+    );
 }
