@@ -734,6 +734,9 @@ pub struct MqttConfig {
     pub inflight: u16,
     pub tls: Option<TlsConfig>,
     pub auth: Option<AuthSource>,
+    /// Set by `gated demo` only, never from a file: every status, event and alarm carries
+    /// `"demo": true`, so nothing the demo publishes passes for a real gate.
+    pub demo: bool,
 }
 
 /// MQTT over TLS: the CA that signs the broker's certificate, and optionally this gate's
@@ -1088,6 +1091,7 @@ impl Checker<'_> {
                     inflight: m.inflight,
                     tls,
                     auth,
+                    demo: false,
                 })
             }
         };

@@ -1,5 +1,9 @@
 //! `gated demo`: the daemon against hw-sim devices started in-process, with a temporary
 //! database and a built-in sample list, playing a short scene and printing each decision.
+//!
+//! With `--mqtt` it publishes, so it must never pass for a real gate: it is site `demo`, gate
+//! `demo-{pid}` (a name per run, so one run's `seq` never continues another's), and every
+//! status, event and alarm says `"demo": true`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,16 +17,17 @@ use crate::config::Config;
 use crate::gate::{Decided, Gate};
 use crate::sync::contract::{ListName, parse_snapshot};
 
-const STAFF: &str = r#"{"list":"staff","site":"hq","version":1,"issued_at":"2026-11-21T07:00:00Z",
+const STAFF: &str = r#"{"list":"staff","site":"demo","version":1,"issued_at":"2026-11-21T07:00:00Z",
  "entries":[{"subject":"E1001","name":"Li Wei",
    "credentials":[{"kind":"card","id":"0012345678"},{"kind":"face","id":"P1001"}],
    "valid_from":null,"valid_until":"2099-12-31T23:59:59Z","gates":["*"]}]}"#;
 
-const VISITORS: &str = r#"{"list":"visitors","site":"hq","version":1,
+/// `{gate}` is the demo's gate name, which changes from run to run.
+const VISITORS: &str = r#"{"list":"visitors","site":"demo","version":1,
  "entries":[{"invitation":"INV-8f3a","visitor":"Zhang San","host":"E1001",
    "credentials":[{"kind":"qr","id":"QR-7Hk2pX9w"}],
    "valid_from":"2020-01-01T00:00:00Z","valid_until":"2099-12-31T23:59:59Z",
-   "gates":["east-1"],"max_entries":2}]}"#;
+   "gates":["{gate}"],"max_entries":2}]}"#;
 
 struct Step {
     what: &'static str,
@@ -84,7 +89,11 @@ const SCENE: &[Step] = &[
     },
 ];
 
+/// The demo's site; README and docs/mqtt.md name it.
+const SITE: &str = "demo";
+
 pub async fn run(mqtt: Option<String>) -> anyhow::Result<()> {
+    let gate_name = format!("demo-{}", std::process::id());
     let local: SocketAddr = "127.0.0.1:0".parse().context("literal address")?;
     let card_srv = SimServer::bind(local)
         .await
@@ -111,9 +120,8 @@ pub async fn run(mqtt: Option<String>) -> anyhow::Result<()> {
             let key = crate::sync::envelope::AdminKey::generate("demo")
                 .map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
             format!(
-                "[mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"gated-demo-{}\"\n\
+                "[mqtt]\nhost = \"{host}\"\nport = {port}\n\
                  [[trust.key]]\nid = \"demo\"\npublic = \"{}\"\n",
-                std::process::id(),
                 key.public_b64()
             )
         }
@@ -121,8 +129,8 @@ pub async fn run(mqtt: Option<String>) -> anyhow::Result<()> {
     };
     let toml = format!(
         r#"[gate]
-site = "hq"
-gate = "east-1"
+site = "{SITE}"
+gate = "{gate_name}"
 [store]
 path = "{db}"
 {mqtt_section}
@@ -151,10 +159,17 @@ direction = "in"
         card = card_srv.local_addr(),
         face = face_srv.local_addr(),
     );
-    let cfg = Config::parse("demo config", &toml).context("demo config")?;
+    let mut cfg = Config::parse("demo config", &toml).context("demo config")?;
+    if let Some(m) = cfg.mqtt.as_mut() {
+        m.demo = true;
+    }
     let gate = Gate::start(&cfg).await?;
     let store = gate.shared.store.clone();
-    for (list, body) in [(ListName::Staff, STAFF), (ListName::Visitors, VISITORS)] {
+    let visitors = VISITORS.replace("{gate}", &gate_name);
+    for (list, body) in [
+        (ListName::Staff, STAFF),
+        (ListName::Visitors, visitors.as_str()),
+    ] {
         let snap = parse_snapshot(list, body.as_bytes())
             .map_err(|e| anyhow::anyhow!("sample {}: {e}", list.as_str()))?;
         store
@@ -163,7 +178,7 @@ direction = "in"
             .map_err(|e| anyhow::anyhow!("sample list: {e}"))?;
     }
     println!(
-        "gated demo: gate hq/east-1, lane 0 with a card reader and a face terminal (hw-sim on 127.0.0.1)"
+        "gated demo: gate {SITE}/{gate_name}, lane 0 with a card reader and a face terminal (hw-sim on 127.0.0.1)"
     );
     println!(
         "sample lists: staff E1001 Li Wei (card 0012345678, face P1001); visitor INV-8f3a Zhang San (QR, 2 entries)\n"
@@ -182,7 +197,7 @@ direction = "in"
     }
 
     let result = match mqtt {
-        Some(hp) => wait_synced(&gate, &hp).await,
+        Some(hp) => wait_synced(&gate, &hp, &gate_name).await,
         None => {
             let pending = store.call(|db| db.outbox_stats()).await?.pending;
             println!(
@@ -245,8 +260,11 @@ fn print_line(what: &str, d: &Decided, released: bool) {
     );
 }
 
-async fn wait_synced(gate: &Gate, broker: &str) -> anyhow::Result<()> {
-    println!("\nsyncing to the broker at {broker} (topics acs/hq/east-1/event, …/alarm, …/status)");
+async fn wait_synced(gate: &Gate, broker: &str, name: &str) -> anyhow::Result<()> {
+    println!(
+        "\nsyncing to the broker at {broker} (topics acs/{SITE}/{name}/event, …/alarm, …/status; \
+         every message says \"demo\": true)"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let pending = gate

@@ -152,7 +152,10 @@ pub fn check_host(cfg: &Config) -> anyhow::Result<Host> {
     let secrets = cfg
         .mqtt
         .as_ref()
-        .map(|m| crate::sync::transport::load(m.tls.as_ref(), m.auth.as_ref()))
+        .map(|m| {
+            let ids = crate::sync::link::client_ids(m, !cfg.peers.is_empty());
+            crate::sync::transport::load_for(m.tls.as_ref(), m.auth.as_ref(), &ids)
+        })
         .transpose()?;
     Store::check(&cfg.store.path, &gate_id(cfg))?;
     Ok(Host { gpio, secrets })

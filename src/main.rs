@@ -61,7 +61,9 @@ enum Cmd {
     /// Play a short scripted scene against simulated hardware started in-process.
     ///
     /// Without --mqtt the gate runs offline and the events wait in its outbox; with it, they
-    /// are synced to that broker and the demo exits 0 once every one is acknowledged.
+    /// are synced to that broker and the demo exits 0 once every one is acknowledged. It
+    /// publishes as site `demo`, gate `demo-{pid}`, and marks every message `"demo": true`, so
+    /// it never passes for a real gate.
     ///
     /// Example: gated demo --mqtt 127.0.0.1:1883
     Demo {

@@ -844,6 +844,9 @@ pub struct Status {
     /// Since when the gate has had no contact with the centre (null: in contact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_since: Option<String>,
+    /// `true` from `gated demo` only (an extension of the contract): not a real gate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
 }
 
 #[cfg(test)]

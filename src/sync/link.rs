@@ -280,6 +280,18 @@ enum End {
     Lost(Option<ConnectionError>),
 }
 
+/// An event or alarm of `gated demo`, with `"demo": true` added. Rows are the store's own JSON
+/// objects; one that is not (it cannot happen) goes out unchanged rather than not at all.
+fn mark_demo(payload: &str) -> Vec<u8> {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("demo".into(), serde_json::Value::Bool(true));
+            serde_json::to_vec(&fields).unwrap_or_else(|_| payload.as_bytes().to_vec())
+        }
+        _ => payload.as_bytes().to_vec(),
+    }
+}
+
 fn is_oversize(e: &ConnectionError) -> bool {
     matches!(
         e,
@@ -289,15 +301,30 @@ fn is_oversize(e: &ConnectionError) -> bool {
     )
 }
 
-fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> MqttOptions {
-    let id = match role {
+fn client_id(role: Role, cfg: &MqttConfig) -> String {
+    match role {
         Role::Uplink => cfg.client_id.clone(),
         Role::Downlink => format!("{}-lists", cfg.client_id),
         Role::Peers => format!("{}-peers", cfg.client_id),
-    };
-    let mut o = MqttOptions::new(id, cfg.host.clone(), cfg.port);
-    // TLS and the username and password: the same for both connections (one broker user per
-    // gate; the ACL example in config/ grants it both connections' topics).
+    }
+}
+
+/// The client ids the link connects under: two, three with `policy.peers`. With
+/// `{client_id}` in `mqtt.tls.cert_file`, each needs a certificate of its own
+/// (`transport::load_for`).
+pub fn client_ids(cfg: &MqttConfig, peers: bool) -> Vec<String> {
+    let mut roles = vec![Role::Uplink, Role::Downlink];
+    if peers {
+        roles.push(Role::Peers);
+    }
+    roles.into_iter().map(|r| client_id(r, cfg)).collect()
+}
+
+fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id(role, cfg), cfg.host.clone(), cfg.port);
+    // TLS and the username and password. One login may serve every connection (a broker user
+    // per gate), or each connection has a certificate of its own whose name the broker makes
+    // its client id (docs/broker.md): `transport::apply` picks it by the client id.
     transport::apply(&mut o, secrets);
     o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);
@@ -310,9 +337,14 @@ fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> 
         o.set_max_packet_size(PEER_MAX_BYTES, 1024 * 1024);
     }
     if role == Role::Uplink {
+        let will: &[u8] = if cfg.demo {
+            br#"{"online":false,"demo":true}"#
+        } else {
+            br#"{"online":false}"#
+        };
         o.set_last_will(LastWill::new(
             topics.status(),
-            br#"{"online":false}"#.to_vec(),
+            will.to_vec(),
             QoS::AtLeastOnce,
             true,
         ));
@@ -729,12 +761,12 @@ impl<'a> Connection<'a> {
                     Stream::Event => self.link.topics.event(),
                     Stream::Alarm => self.link.topics.alarm(),
                 };
-                if !self.publish(
-                    topic,
-                    row.payload.into_bytes(),
-                    false,
-                    Tag::Outbox(row.rowid),
-                ) {
+                let payload = if self.link.cfg.demo {
+                    mark_demo(&row.payload)
+                } else {
+                    row.payload.into_bytes()
+                };
+                if !self.publish(topic, payload, false, Tag::Outbox(row.rowid)) {
                     return;
                 }
                 self.cursor = row.rowid;
@@ -882,11 +914,13 @@ impl<'a> Connection<'a> {
             clock,
             clock_reason,
             offline_since,
+            demo: false,
         }
     }
 
     async fn publish_status(&mut self, online: bool) {
-        let s = Self::status(&self.link.shared, online).await;
+        let mut s = Self::status(&self.link.shared, online).await;
+        s.demo = self.link.cfg.demo;
         let body = serde_json::to_vec(&s).unwrap_or_default();
         self.publish(self.link.topics.status(), body, true, Tag::Other);
     }

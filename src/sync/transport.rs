@@ -27,6 +27,10 @@ use crate::config::{AuthSource, TlsConfig};
 #[derive(Clone, Default)]
 pub struct Secrets {
     tls: Option<Arc<ClientConfig>>,
+    /// With `{client_id}` in `mqtt.tls.cert_file` or `key_file`: each connection's own
+    /// certificate, by client id (`load_for`). A broker that takes the client id from the
+    /// certificate (docs/broker.md) needs one per connection.
+    tls_by_client: std::collections::BTreeMap<String, Arc<ClientConfig>>,
     login: Option<(String, String)>,
     /// Where the login came from (`mqtt.auth.file /etc/gated/mqtt-auth`), for errors.
     login_source: Option<String>,
@@ -37,6 +41,10 @@ impl std::fmt::Debug for Secrets {
         // Neither the username nor the password: neither may ever be logged.
         f.debug_struct("Secrets")
             .field("tls", &self.tls.is_some())
+            .field(
+                "tls_by_client",
+                &self.tls_by_client.keys().collect::<Vec<_>>(),
+            )
             .field("login", &self.login_source)
             .finish()
     }
@@ -57,9 +65,54 @@ pub enum TransportError {
     NoCredentialsDirectory { name: String },
 }
 
+/// The placeholder in `mqtt.tls.cert_file` and `key_file` that `load_for` replaces with each
+/// connection's client id.
+pub const CLIENT_ID_PLACEHOLDER: &str = "{client_id}";
+
 /// Loads the TLS configuration and the credentials the config points at.
 pub fn load(tls: Option<&TlsConfig>, auth: Option<&AuthSource>) -> Result<Secrets, TransportError> {
-    let tls = tls.map(client_config).transpose()?;
+    load_for(tls, auth, &[])
+}
+
+/// `load`, for a client that connects under each of `client_ids`: where the client
+/// certificate's paths hold `{client_id}`, each id gets the certificate and key its paths name.
+pub fn load_for(
+    tls: Option<&TlsConfig>,
+    auth: Option<&AuthSource>,
+    client_ids: &[String],
+) -> Result<Secrets, TransportError> {
+    let per_client = tls.and_then(|t| {
+        t.client.as_ref().filter(|(c, k)| {
+            [c, k]
+                .iter()
+                .any(|p| p.to_string_lossy().contains(CLIENT_ID_PLACEHOLDER))
+        })
+    });
+    let mut tls_by_client = std::collections::BTreeMap::new();
+    let tls = match (tls, per_client) {
+        // Without ids (gatectl) there is nothing to fill in, and no certificate would be sent.
+        (Some(_), Some((cert, _))) if client_ids.is_empty() => {
+            return Err(TransportError::Invalid {
+                what: format!("client certificate {}", cert.display()),
+                message: format!(
+                    "{CLIENT_ID_PLACEHOLDER} is filled in only for a gate's own connections: \
+                     give this tool a file of its own"
+                ),
+            });
+        }
+        (Some(t), Some((cert, key))) => {
+            let expand = |p: &Path, id: &str| {
+                PathBuf::from(p.to_string_lossy().replace(CLIENT_ID_PLACEHOLDER, id))
+            };
+            for id in client_ids {
+                let mut own = t.clone();
+                own.client = Some((expand(cert, id), expand(key, id)));
+                tls_by_client.insert(id.clone(), client_config(&own)?);
+            }
+            None
+        }
+        (t, _) => t.map(client_config).transpose()?,
+    };
     let (login, login_source) = match auth {
         None => (None, None),
         Some(AuthSource::File(path)) => {
@@ -76,6 +129,7 @@ pub fn load(tls: Option<&TlsConfig>, auth: Option<&AuthSource>) -> Result<Secret
     };
     Ok(Secrets {
         tls,
+        tls_by_client,
         login,
         login_source,
     })
@@ -93,7 +147,7 @@ pub fn login_in_clear(host: &str, tls: bool, auth: bool) -> bool {
 
 /// Sets the transport (TLS or plain TCP) and the credentials on `o`.
 pub fn apply(o: &mut MqttOptions, s: &Secrets) {
-    if let Some(tls) = &s.tls {
+    if let Some(tls) = s.tls_by_client.get(&o.client_id()).or(s.tls.as_ref()) {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
     }
     if let Some((user, password)) = &s.login {

@@ -1,8 +1,8 @@
-//! The command line as a person uses it: check-config and the demo.
+//! The command line as a person uses it: check-config, run and the offline demo.
 
 use std::process::Command;
 
-use crate::util::*;
+use crate::util::{DEADLINE, admin, free_port};
 
 fn gated(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gated"))
@@ -68,28 +68,6 @@ fn demo_offline_plays_the_scene() {
         );
     }
     assert!(text.contains("7 events wait in the outbox"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_with_mqtt_exits_once_every_event_is_acknowledged() {
-    let broker = Broker::start().await;
-    let centre = Centre::connect(broker.port).await;
-    let addr = format!("127.0.0.1:{}", broker.port);
-    let out = tokio::task::spawn_blocking(move || gated(&["demo", "--mqtt", &addr]))
-        .await
-        .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("every event is acknowledged"));
-    let seqs: Vec<u64> = centre
-        .on(EVENT)
-        .iter()
-        .filter_map(|m| m.json()["seq"].as_u64())
-        .collect();
-    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
 }
 
 /// The example config is a real gate with a GPIO panel: on a machine that is not a Raspberry

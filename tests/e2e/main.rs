@@ -1,9 +1,11 @@
 //! End-to-end tests: the real `gated` binary, hw-sim devices over Modbus TCP and RTU (a pseudo-terminal), and a real
 //! mosquitto, checked through an MQTT subscriber exactly as an operator would see them.
 
+mod broker;
 mod cli;
 mod clock;
 mod compound;
+mod demo;
 mod faults;
 mod fire;
 mod free_exit;

@@ -1,7 +1,7 @@
 //! Transport security: MQTT over TLS against a mosquitto TLS listener with certificates made by
 //! the test, a client certificate, the username and password from a file or a systemd
-//! credential, clear errors for a broker the gate must not trust and for bad files, and the
-//! per-gate ACL example of config/.
+//! credential, clear errors for a broker the gate must not trust and for bad files, and a
+//! per-user ACL.
 
 use std::path::Path;
 
@@ -320,10 +320,10 @@ async fn gated_run_stops_at_start_on_a_bad_tls_or_auth_file_and_names_it() {
     );
 }
 
-/// config/mosquitto.acl.example, as it is: a gate publishes only under its own topics and
-/// reads only its site's lists and its own commands; the centre reads all and sends both.
+/// A per-user ACL (the password setup): a gate publishes only under its own topics and reads
+/// only its site's lists and its own commands; the centre reads all and sends both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_acl_example_keeps_a_gate_to_its_own_topics() {
+async fn a_per_user_acl_keeps_a_gate_to_its_own_topics() {
     let (secure, _broker) = Secure::start().await;
     let centre = Peer::connect(
         secure.client_options("acl-centre", CENTRE_USER, CENTRE_PASSWORD),

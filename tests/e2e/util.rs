@@ -50,7 +50,7 @@ pub async fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() 
 // ---- mosquitto -------------------------------------------------------------------------------
 
 /// Debian installs mosquitto in /usr/sbin, which is not on every user's PATH.
-fn mosquitto_bin() -> PathBuf {
+pub fn mosquitto_bin() -> PathBuf {
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join("mosquitto"))
@@ -757,7 +757,7 @@ impl Pki {
     }
 }
 
-fn new_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+pub fn new_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let key = rcgen::KeyPair::generate().expect("CA key");
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -771,7 +771,25 @@ fn new_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     (cert.pem(), rcgen::Issuer::new(p, key))
 }
 
-/// The broker users of the TLS tests: the names of config/mosquitto.acl.example.
+/// Per-user rules for `Secure`'s password logins: one user per gate for all its connections.
+const PASSWORD_ACL: &str = "\
+user gate-hq-east-1
+topic write acs/hq/east-1/event
+topic write acs/hq/east-1/alarm
+topic write acs/hq/east-1/status
+topic write acs/hq/east-1/ack
+topic write acs/hq/east-1/snapshot/#
+topic read acs/hq/lists/#
+topic read acs/hq/east-1/cmd
+topic read acs/hq/west-1/event
+
+user centre
+topic read acs/#
+topic write acs/+/lists/#
+topic write acs/+/+/cmd
+";
+
+/// The broker users of the TLS tests.
 pub const GATE_USER: &str = "gate-hq-east-1";
 pub const GATE_PASSWORD: &str = "pw-east-1-Zq8v";
 pub const WEST_USER: &str = "gate-hq-west-1";
@@ -827,9 +845,9 @@ pub struct Secure {
 }
 
 impl Secure {
-    /// A broker as a site runs it: a TLS listener on `tls_port` that requires a client
-    /// certificate signed by the test CA, a password per user, and
-    /// config/mosquitto.acl.example as it is. The harness's own plain listener (`broker.port`)
+    /// A broker with a password login per gate: a TLS listener on `tls_port` that requires a
+    /// client certificate signed by the test CA, a password per user, and `PASSWORD_ACL`.
+    /// (The shipped setup, one certificate per connection, is tested in broker.rs.) The harness's own plain listener (`broker.port`)
     /// stays open and anonymous, for the test's centre.
     pub async fn start() -> (Secure, Broker) {
         let pki = Pki::generate();
@@ -842,13 +860,15 @@ impl Secure {
                 (CENTRE_USER, CENTRE_PASSWORD),
             ],
         );
-        let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mosquitto.acl.example");
+        let acl = pki.dir.path().join("acl");
+        std::fs::write(&acl, PASSWORD_ACL).expect("write ACL");
         let tls_port = free_port();
         // Per-listener settings keep the secure listener's users and ACL off the plain one.
         let broker = Broker::start_with(&format!(
             "per_listener_settings true\nlistener {tls_port} 127.0.0.1\ncafile {ca}\n\
              certfile {cert}\nkeyfile {key}\nrequire_certificate true\nallow_anonymous false\n\
              password_file {passwd}\nacl_file {acl}\n",
+            acl = acl.display(),
             ca = pki.ca.display(),
             cert = pki.server_cert.display(),
             key = pki.server_key.display(),

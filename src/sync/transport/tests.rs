@@ -295,3 +295,59 @@ fn a_systemd_credential_is_read_from_the_credentials_directory() {
     let login = read_credential("mqtt-auth", Some(dir.path().into())).expect("read");
     assert_eq!(login, ("u".to_string(), "p".to_string()));
 }
+
+#[test]
+fn client_id_in_the_certificate_path_gives_each_connection_its_own_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki("test CA", &["broker"]);
+    let ca = write(dir.path(), "ca.pem", &p.ca);
+    // The same certificate serves both names here: what counts is which file each id reads.
+    for id in ["gated-hq-east-1", "gated-hq-east-1-lists"] {
+        write(dir.path(), &format!("{id}.pem"), &p.cert);
+        write(dir.path(), &format!("{id}.key"), &p.key);
+    }
+    let mut t = tls(ca, "broker");
+    t.client = Some((
+        dir.path().join("{client_id}.pem"),
+        dir.path().join("{client_id}.key"),
+    ));
+    let ids = [
+        "gated-hq-east-1".to_string(),
+        "gated-hq-east-1-lists".into(),
+    ];
+    let s = load_for(Some(&t), None, &ids).expect("both certificates load");
+    assert_eq!(
+        s.tls_by_client.keys().collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>()
+    );
+    assert!(s.tls.is_none(), "no certificate is shared");
+    for id in &ids {
+        let mut o = MqttOptions::new(id, "127.0.0.1", 8883);
+        apply(&mut o, &s);
+        assert!(
+            matches!(o.transport(), Transport::Tls(TlsConfiguration::Rustls(c)) if Arc::ptr_eq(&c, &s.tls_by_client[id])),
+            "{id} did not get its own certificate"
+        );
+    }
+
+    // A connection whose file is missing stops the load, and the error names that file.
+    let peers = dir.path().join("gated-hq-east-1-peers.pem");
+    let mut three = ids.to_vec();
+    three.push("gated-hq-east-1-peers".into());
+    let err = load_for(Some(&t), None, &three).expect_err("no certificate for -peers");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "mqtt.tls.cert_file {}: cannot read",
+            peers.display()
+        )),
+        "{err}"
+    );
+
+    // A tool with no client ids of the gate's (gatectl) gets an error, not a plain connection.
+    let err = load(Some(&t), None).expect_err("nothing to fill in");
+    assert!(
+        err.to_string()
+            .contains("{client_id} is filled in only for a gate's own connections"),
+        "{err}"
+    );
+}
