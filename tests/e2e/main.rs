@@ -14,6 +14,7 @@ mod panel;
 mod pass;
 mod passage;
 mod rtu;
+mod silence;
 mod snapshot;
 mod tidy;
 mod tls;
