@@ -495,7 +495,8 @@ impl<'a> Connection<'a> {
                 tracing::error!(role = ?self.role, "TLS {what} with broker {} failed: {why}", self.broker());
             }
             None => {
-                tracing::warn!(broker = %self.broker(), role = ?self.role, error = %e, "MQTT connection lost");
+                let what = ended(self.connected, &self.broker(), e);
+                tracing::warn!(role = ?self.role, "{what}");
             }
         }
     }
@@ -1046,6 +1047,16 @@ async fn recv_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Optio
     }
 }
 
+/// What a connection's end means in words: a connection the broker never accepted (a wrong
+/// port, no broker) is not a lost one.
+fn ended(connected: bool, broker: &str, e: &dyn std::fmt::Display) -> String {
+    if connected {
+        format!("MQTT connection to broker {broker} lost: {e}")
+    } else {
+        format!("could not connect to MQTT broker {broker}: {e}")
+    }
+}
+
 /// The size of the MQTT PUBLISH packet (QoS 1) that carries `payload` on `topic`.
 fn packet_size(topic: &str, payload: usize) -> usize {
     let remaining = 2 + topic.len() + 2 + payload;
@@ -1125,6 +1136,22 @@ mod tests {
         assert!(held(true, true, s(3)));
         // Up long enough, whatever it did.
         assert!(held(true, false, HEALTHY_UPTIME));
+    }
+
+    #[test]
+    fn a_connection_never_made_is_not_called_lost() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let never = ended(false, "127.0.0.1:1", &refused);
+        assert!(
+            never.starts_with("could not connect to MQTT broker 127.0.0.1:1: "),
+            "{never}"
+        );
+        assert!(!never.contains("lost"), "{never}");
+        let lost = ended(true, "127.0.0.1:1883", &refused);
+        assert!(
+            lost.starts_with("MQTT connection to broker 127.0.0.1:1883 lost: "),
+            "{lost}"
+        );
     }
 
     #[test]
