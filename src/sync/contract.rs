@@ -425,6 +425,8 @@ impl std::fmt::Display for Refusal {
 }
 
 const MAX_ID_LEN: usize = 64;
+/// The longest free-text field of a list entry (a name, a host, a reason), in bytes.
+pub const MAX_TEXT_LEN: usize = 256;
 /// Versions are stored as SQLite integers (i64); a larger one could never be superseded.
 const MAX_VERSION: u64 = i64::MAX as u64;
 
@@ -445,6 +447,20 @@ fn check_id(what: &str, s: &str) -> Result<(), Refusal> {
     if s.is_empty() || s.len() > MAX_ID_LEN || s.chars().any(|c| c.is_control()) {
         return Err(malformed(format!(
             "{what} `{}` ({} bytes) must be 1..={MAX_ID_LEN} bytes without control characters",
+            bounded(s, MAX_ECHO_BYTES),
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A free-text field (a name, a host, a reason): shown to people and logged, never decided on.
+fn check_text(what: &str, s: &Option<String>) -> Result<(), Refusal> {
+    let Some(s) = s else { return Ok(()) };
+    if s.len() > MAX_TEXT_LEN || s.chars().any(|c| c.is_control()) {
+        return Err(malformed(format!(
+            "{what} `{}` ({} bytes) must be at most {MAX_TEXT_LEN} bytes without control \
+             characters",
             bounded(s, MAX_ECHO_BYTES),
             s.len()
         )));
@@ -573,6 +589,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
         Entries::Staff(v) => {
             for (i, e) in v.iter().enumerate() {
                 let window = (&e.valid_from, &e.valid_until);
+                check_text(&format!("{what}[{i}].name"), &e.name)?;
                 for (key, v) in [("schedule", &e.schedule), ("group", &e.group)] {
                     if let Some(v) = v {
                         check_id(&format!("{what}[{i}].{key}"), v)?;
@@ -591,6 +608,8 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
         Entries::Visitors(v) => {
             for (i, e) in v.iter().enumerate() {
                 let window = (&e.valid_from, &e.valid_until);
+                check_text(&format!("{what}[{i}].visitor"), &e.visitor)?;
+                check_text(&format!("{what}[{i}].host"), &e.host)?;
                 holder(
                     format!("{what}[{i}]"),
                     "invitation",
@@ -605,6 +624,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
             for (i, e) in v.iter().enumerate() {
                 let at = format!("{what}[{i}]");
                 check_id(&format!("{at}.id"), &e.id)?;
+                check_text(&format!("{at}.reason"), &e.reason)?;
                 dup(format!("{}:{}", e.kind.as_str(), e.id), &at)?;
             }
         }
@@ -612,6 +632,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
             for (i, e) in v.iter().enumerate() {
                 let at = format!("{what}[{i}]");
                 parse_date(&e.date).map_err(|m| malformed(format!("{at}.date: {m}")))?;
+                check_text(&format!("{at}.name"), &e.name)?;
                 dup(e.date.clone(), &at)?;
                 for (j, h) in e.hours.iter().enumerate() {
                     crate::core::Span::parse(h)
@@ -933,6 +954,77 @@ mod tests {
         assert_eq!(r.code(), "malformed");
         assert!(r.detail().contains("1048576 bytes"), "{r}");
         assert!(r.detail().len() < 512, "{} bytes", r.detail().len());
+    }
+
+    #[test]
+    fn free_text_fields_are_bounded() {
+        let long = "x".repeat(1 << 20);
+        let cases = [
+            (
+                ListName::Deny,
+                format!(
+                    r#"{{"list":"deny","site":"hq","version":1,"entries":[{{"kind":"card","id":"1","reason":"{long}"}}]}}"#
+                ),
+                "entries[0].reason",
+            ),
+            (
+                ListName::Staff,
+                format!(
+                    r#"{{"list":"staff","site":"hq","version":1,"entries":[{{"subject":"E1","name":"{long}","credentials":[],"gates":["*"]}}]}}"#
+                ),
+                "entries[0].name",
+            ),
+            (
+                ListName::Visitors,
+                format!(
+                    r#"{{"list":"visitors","site":"hq","version":1,"entries":[{{"invitation":"I1","visitor":"{long}","credentials":[],"gates":["*"]}}]}}"#
+                ),
+                "entries[0].visitor",
+            ),
+            (
+                ListName::Visitors,
+                format!(
+                    r#"{{"list":"visitors","site":"hq","version":1,"entries":[{{"invitation":"I1","host":"{long}","credentials":[],"gates":["*"]}}]}}"#
+                ),
+                "entries[0].host",
+            ),
+            (
+                ListName::Calendar,
+                format!(
+                    r#"{{"list":"calendar","site":"hq","version":1,"entries":[{{"date":"2026-10-01","name":"{long}"}}]}}"#
+                ),
+                "entries[0].name",
+            ),
+        ];
+        for (list, body, field) in cases {
+            let r = parse_snapshot(list, body.as_bytes()).expect_err(field);
+            assert_eq!(r.code(), "malformed", "{field}: {r}");
+            assert!(
+                r.detail().contains(field) && r.detail().contains(&MAX_TEXT_LEN.to_string()),
+                "names {field} and the limit: {r}"
+            );
+            assert!(
+                r.detail().len() < 512,
+                "{field}: {} bytes",
+                r.detail().len()
+            );
+        }
+        // A delta's upserts are held to the same limits.
+        let delta = format!(
+            r#"{{"list":"deny","site":"hq","version":2,"base":1,"upsert":[{{"kind":"card","id":"1","reason":"{long}"}}]}}"#
+        );
+        assert_eq!(
+            parse_delta(ListName::Deny, delta.as_bytes())
+                .expect_err("refused")
+                .code(),
+            "malformed"
+        );
+        // At the limit, names of any script are taken.
+        let name = "李".repeat(MAX_TEXT_LEN / 3);
+        let ok = format!(
+            r#"{{"list":"staff","site":"hq","version":1,"entries":[{{"subject":"E1","name":"{name}","credentials":[],"gates":["*"]}}]}}"#
+        );
+        assert!(parse_snapshot(ListName::Staff, ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -120,7 +120,13 @@ impl Verifier {
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
             .map(|b| Signature::from_bytes(&b))
             .ok_or_else(|| {
-                Refusal::BadSignature("`sig` is not the base64 of a 64-byte signature".into())
+                // A broken encoding is a client's mistake, not a forgery: `malformed` tells the
+                // integrator to look at how they encode, `bad_signature` at what they sign.
+                Refusal::Malformed(
+                    "envelope `sig` is not the standard, padded base64 of a 64-byte Ed25519 \
+                     signature"
+                        .into(),
+                )
             })?;
         let body = B64
             .decode(wire.body.as_bytes())
@@ -294,6 +300,30 @@ mod tests {
         );
         env["v"] = 2.into();
         assert_eq!(code(&serde_json::to_vec(&env).expect("json")), "malformed");
+    }
+
+    #[test]
+    fn a_wrongly_encoded_sig_is_malformed_not_a_bad_signature() {
+        let k = AdminKey::generate("ops").expect("key");
+        let v = verifier(&[&k], false);
+        let mut env: serde_json::Value = serde_json::from_slice(&k.seal(b"{}")).expect("json");
+        let good = env["sig"].as_str().expect("sig").to_string();
+        let url_safe = good.replace('+', "-").replace('/', "_");
+        let cases = [
+            ("unpadded", good.trim_end_matches('=').to_string()),
+            ("not base64", "!!!!".to_string()),
+            ("32 bytes", B64.encode([0u8; 32])),
+        ];
+        for (what, sig) in cases
+            .into_iter()
+            .chain((url_safe != good).then(|| ("url-safe alphabet", url_safe.clone())))
+        {
+            env["sig"] = sig.into();
+            let r = v
+                .open(&serde_json::to_vec(&env).expect("json"))
+                .expect_err(what);
+            assert_eq!(r.code(), "malformed", "{what}: {r}");
+        }
     }
 
     #[test]

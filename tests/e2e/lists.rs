@@ -315,6 +315,49 @@ async fn deltas_apply_on_their_base_and_the_deny_list_wins() {
         })
         .await;
     assert_eq!(swipe(&w, "0033300003").await["reason"], "staff");
+    // The same delta again (a centre that retries when it saw no ack): acked ok, already in
+    // force, and nothing changes. A delta older than the version in force is `stale`.
+    let before = w.centre.on(ACK).len();
+    w.centre.publish(delta_topic, delta, false).await;
+    let again = wait_for("the replayed delta's ack", DEADLINE, || {
+        w.centre
+            .on(ACK)
+            .iter()
+            .skip(before)
+            .map(Msg::json)
+            .find(|a| a["ref"] == "staff@2")
+    })
+    .await;
+    assert_eq!(again["ok"], true, "{again}");
+    assert!(
+        again["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already in force"),
+        "{again}"
+    );
+    let older = r#"{"list":"staff","site":"hq","version":1,"base":0,"remove":["E1001"]}"#;
+    w.centre.publish(delta_topic, older, false).await;
+    let ack = w
+        .centre
+        .wait_json("the older delta's ack", ACK, |a| {
+            a["ref"] == "staff@1" && a["ok"] == false
+        })
+        .await;
+    assert_eq!(ack["error"], "stale", "{ack}");
+    assert_eq!(swipe(&w, "0012345678").await["reason"], "staff");
+    // A list never pushed is at version 0: a delta on base 0 creates it.
+    let first = r#"{"list":"visitors","site":"hq","version":1,"base":0,
+        "upsert":[{"invitation":"INV-1","credentials":[{"kind":"card","id":"0044400004"}],"gates":["*"]}]}"#;
+    w.centre
+        .publish("acs/hq/lists/visitors/delta", first, false)
+        .await;
+    w.centre
+        .wait_json("visitors@1 created by a delta", ACK, |a| {
+            a["ref"] == "visitors@1" && a["ok"] == true
+        })
+        .await;
+    assert_eq!(swipe(&w, "0044400004").await["reason"], "visitor");
 
     let deny = r#"{"list":"deny","site":"hq","version":1,
         "entries":[{"kind":"card","id":"0012345678","reason":"reported lost"}]}"#;
