@@ -615,10 +615,14 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Ok(e) => {
-                        tracing::warn!(topic = %p.topic, gate = %e.gate, "a pass event names another gate than its topic; skipped")
+                        let gate = bounded(&e.gate, crate::sync::contract::MAX_ECHO_BYTES);
+                        tracing::warn!(topic = %p.topic, %gate, "a pass event names another gate than its topic; skipped")
                     }
                     Err(e) => {
-                        tracing::debug!(topic = %p.topic, error = %e, "not a pass event; skipped")
+                        // serde quotes what it refused: bounded like every echo.
+                        let error = e.to_string();
+                        let error = bounded(&error, MAX_DETAIL_BYTES);
+                        tracing::debug!(topic = %p.topic, %error, "not a pass event; skipped")
                     }
                 }
             }

@@ -88,7 +88,7 @@ async fn d_bad_lists_are_refused_with_their_reason_and_change_nothing() {
         .await;
     let statuses_at_5 = w.centre.on(STATUS).len();
 
-    // Above max_message_bytes (256 KiB), below the transport's ceiling (twice that).
+    // Above max_message_bytes (256 KiB).
     let huge = staff_snapshot(
         "hq",
         9,
