@@ -75,7 +75,13 @@ impl Shared {
 
     /// Puts an alarm in the outbox.
     pub async fn alarm(&self, code: &str, source: &str, detail: &str) -> Result<(), StoreError> {
-        let (code, source, detail) = (code.to_string(), source.to_string(), detail.to_string());
+        // A detail can quote what a device or the broker sent: bounded, like every echo.
+        use crate::sync::contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, bounded};
+        let (code, source) = (
+            code.to_string(),
+            bounded(source, MAX_ECHO_BYTES).into_owned(),
+        );
+        let detail = bounded(detail, MAX_DETAIL_BYTES).into_owned();
         let now = crate::clock::now_ms();
         let r = self
             .store

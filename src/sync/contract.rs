@@ -65,6 +65,39 @@ impl Topics {
     }
 }
 
+/// The most bytes of one piece of outside input (an id, a field name, a value) that a refusal,
+/// an alarm or a log line quotes back. Ids are at most 64 bytes; anything longer is cut.
+pub const MAX_ECHO_BYTES: usize = 80;
+/// The most bytes of a free-text `detail` the gate publishes (an ack's, an alarm's): a
+/// refusal says what was wrong in words, and never carries the message it refuses.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+/// `s` made safe to quote in what the gate publishes or logs: control characters escaped
+/// (`\u{1b}`, `\n`), so they cannot drive a terminal or forge a log line, and cut at a char
+/// boundary after at most `max` bytes, the cut marked with how much was left out. Everything
+/// that echoes input from the broker or a device goes through here, so that no input can make
+/// a message larger than the connection can carry.
+pub fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max && !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(max.min(s.len()) + 32);
+    for (at, c) in s.char_indices() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            out.push_str(&format!("…[{} more bytes]", s.len() - at));
+            break;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Formats a time the way the contract does: RFC 3339, UTC, milliseconds, `Z`.
 pub fn format_ts(ms: UnixMs) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
@@ -75,7 +108,12 @@ pub fn format_ts(ms: UnixMs) -> String {
 pub fn parse_ts(s: &str) -> Result<UnixMs, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))
+        .map_err(|e| {
+            format!(
+                "`{}` is not an RFC 3339 time ({e})",
+                bounded(s, MAX_ECHO_BYTES)
+            )
+        })
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -387,6 +425,8 @@ impl std::fmt::Display for Refusal {
 }
 
 const MAX_ID_LEN: usize = 64;
+/// The longest free-text field of a list entry (a name, a host, a reason), in bytes.
+pub const MAX_TEXT_LEN: usize = 256;
 /// Versions are stored as SQLite integers (i64); a larger one could never be superseded.
 const MAX_VERSION: u64 = i64::MAX as u64;
 
@@ -406,8 +446,23 @@ fn malformed(what: impl Into<String>) -> Refusal {
 fn check_id(what: &str, s: &str) -> Result<(), Refusal> {
     if s.is_empty() || s.len() > MAX_ID_LEN || s.chars().any(|c| c.is_control()) {
         return Err(malformed(format!(
-            "{what} `{}` must be 1..={MAX_ID_LEN} bytes without control characters",
-            s.escape_debug()
+            "{what} `{}` ({} bytes) must be 1..={MAX_ID_LEN} bytes without control characters",
+            bounded(s, MAX_ECHO_BYTES),
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A free-text field (a name, a host, a reason): shown to people and logged, never decided on.
+fn check_text(what: &str, s: &Option<String>) -> Result<(), Refusal> {
+    let Some(s) = s else { return Ok(()) };
+    if s.len() > MAX_TEXT_LEN || s.chars().any(|c| c.is_control()) {
+        return Err(malformed(format!(
+            "{what} `{}` ({} bytes) must be at most {MAX_TEXT_LEN} bytes without control \
+             characters",
+            bounded(s, MAX_ECHO_BYTES),
+            s.len()
         )));
     }
     Ok(())
@@ -450,7 +505,7 @@ fn check_gates(at: &str, gates: &[String]) -> Result<(), Refusal> {
         if g != "*" && !crate::config::is_safe_name(g) {
             return Err(malformed(format!(
                 "{at}.gates: `{}` is not a gate id",
-                g.escape_debug()
+                bounded(g, MAX_ECHO_BYTES)
             )));
         }
     }
@@ -475,17 +530,28 @@ fn from_json<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, Re
         let at = if path == "." {
             String::new()
         } else {
-            format!(" at `{path}`")
+            format!(" at `{}`", bounded(&path, MAX_ECHO_BYTES * 2))
         };
-        malformed(format!("{what}{at}: {}", e.inner()))
+        // serde quotes what it could not take (an unknown field's name, a wrong value).
+        let why = e.inner().to_string();
+        malformed(format!(
+            "{what}{at}: {}",
+            bounded(&why, MAX_DETAIL_BYTES / 2)
+        ))
     })
 }
 
 pub fn parse_entries(list: ListName, raw: &str, what: &str) -> Result<Entries, Refusal> {
     fn typed<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T, Refusal> {
         let de = &mut serde_json::Deserializer::from_str(raw);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| malformed(format!("{what}{}: {}", path_suffix(e.path()), e.inner())))
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let why = e.inner().to_string();
+            malformed(format!(
+                "{what}{}: {}",
+                path_suffix(e.path()),
+                bounded(&why, MAX_DETAIL_BYTES / 2)
+            ))
+        })
     }
     let entries = match list {
         ListName::Staff => Entries::Staff(typed(raw, what)?),
@@ -523,6 +589,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
         Entries::Staff(v) => {
             for (i, e) in v.iter().enumerate() {
                 let window = (&e.valid_from, &e.valid_until);
+                check_text(&format!("{what}[{i}].name"), &e.name)?;
                 for (key, v) in [("schedule", &e.schedule), ("group", &e.group)] {
                     if let Some(v) = v {
                         check_id(&format!("{what}[{i}].{key}"), v)?;
@@ -541,6 +608,8 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
         Entries::Visitors(v) => {
             for (i, e) in v.iter().enumerate() {
                 let window = (&e.valid_from, &e.valid_until);
+                check_text(&format!("{what}[{i}].visitor"), &e.visitor)?;
+                check_text(&format!("{what}[{i}].host"), &e.host)?;
                 holder(
                     format!("{what}[{i}]"),
                     "invitation",
@@ -555,6 +624,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
             for (i, e) in v.iter().enumerate() {
                 let at = format!("{what}[{i}]");
                 check_id(&format!("{at}.id"), &e.id)?;
+                check_text(&format!("{at}.reason"), &e.reason)?;
                 dup(format!("{}:{}", e.kind.as_str(), e.id), &at)?;
             }
         }
@@ -562,6 +632,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
             for (i, e) in v.iter().enumerate() {
                 let at = format!("{what}[{i}]");
                 parse_date(&e.date).map_err(|m| malformed(format!("{at}.date: {m}")))?;
+                check_text(&format!("{at}.name"), &e.name)?;
                 dup(e.date.clone(), &at)?;
                 for (j, h) in e.hours.iter().enumerate() {
                     crate::core::Span::parse(h)
@@ -576,7 +647,7 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
 /// Parses a calendar date, `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| format!("`{s}` is not a date YYYY-MM-DD"))
+        .map_err(|_| format!("`{}` is not a date YYYY-MM-DD", bounded(s, MAX_ECHO_BYTES)))
 }
 
 /// Parses and validates a snapshot body for the list its topic names.
@@ -859,6 +930,104 @@ mod tests {
             site: "hq".into(),
             gate: "east-1".into(),
         }
+    }
+
+    #[test]
+    fn bounded_cuts_at_a_char_boundary_escapes_control_characters_and_marks_the_cut() {
+        assert!(matches!(
+            bounded("E1001", 80),
+            std::borrow::Cow::Borrowed("E1001")
+        ));
+        assert_eq!(bounded("a\u{1b}[2Jb\n", 80), "a\\u{1b}[2Jb\\n");
+        let long = "é".repeat(100); // 200 bytes, two per char
+        let cut = bounded(&long, 11);
+        assert!(cut.starts_with(&"é".repeat(5)), "{cut}");
+        assert!(cut.ends_with("…[190 more bytes]"), "{cut}");
+        let huge = "K".repeat(1 << 20);
+        assert!(bounded(&huge, MAX_DETAIL_BYTES).len() <= MAX_DETAIL_BYTES + 32);
+    }
+
+    #[test]
+    fn a_megabyte_credential_id_is_refused_in_a_bounded_detail() {
+        let id = "7".repeat(1 << 20);
+        let body = format!(
+            r#"{{"list":"staff","site":"hq","version":2,"entries":[{{"subject":"E1","credentials":[{{"kind":"card","id":"{id}"}}],"gates":["*"]}}]}}"#
+        );
+        let r = parse_snapshot(ListName::Staff, body.as_bytes()).expect_err("refused");
+        assert_eq!(r.code(), "malformed");
+        assert!(r.detail().contains("1048576 bytes"), "{r}");
+        assert!(r.detail().len() < 512, "{} bytes", r.detail().len());
+    }
+
+    #[test]
+    fn free_text_fields_are_bounded() {
+        let long = "x".repeat(1 << 20);
+        let cases = [
+            (
+                ListName::Deny,
+                format!(
+                    r#"{{"list":"deny","site":"hq","version":1,"entries":[{{"kind":"card","id":"1","reason":"{long}"}}]}}"#
+                ),
+                "entries[0].reason",
+            ),
+            (
+                ListName::Staff,
+                format!(
+                    r#"{{"list":"staff","site":"hq","version":1,"entries":[{{"subject":"E1","name":"{long}","credentials":[],"gates":["*"]}}]}}"#
+                ),
+                "entries[0].name",
+            ),
+            (
+                ListName::Visitors,
+                format!(
+                    r#"{{"list":"visitors","site":"hq","version":1,"entries":[{{"invitation":"I1","visitor":"{long}","credentials":[],"gates":["*"]}}]}}"#
+                ),
+                "entries[0].visitor",
+            ),
+            (
+                ListName::Visitors,
+                format!(
+                    r#"{{"list":"visitors","site":"hq","version":1,"entries":[{{"invitation":"I1","host":"{long}","credentials":[],"gates":["*"]}}]}}"#
+                ),
+                "entries[0].host",
+            ),
+            (
+                ListName::Calendar,
+                format!(
+                    r#"{{"list":"calendar","site":"hq","version":1,"entries":[{{"date":"2026-10-01","name":"{long}"}}]}}"#
+                ),
+                "entries[0].name",
+            ),
+        ];
+        for (list, body, field) in cases {
+            let r = parse_snapshot(list, body.as_bytes()).expect_err(field);
+            assert_eq!(r.code(), "malformed", "{field}: {r}");
+            assert!(
+                r.detail().contains(field) && r.detail().contains(&MAX_TEXT_LEN.to_string()),
+                "names {field} and the limit: {r}"
+            );
+            assert!(
+                r.detail().len() < 512,
+                "{field}: {} bytes",
+                r.detail().len()
+            );
+        }
+        // A delta's upserts are held to the same limits.
+        let delta = format!(
+            r#"{{"list":"deny","site":"hq","version":2,"base":1,"upsert":[{{"kind":"card","id":"1","reason":"{long}"}}]}}"#
+        );
+        assert_eq!(
+            parse_delta(ListName::Deny, delta.as_bytes())
+                .expect_err("refused")
+                .code(),
+            "malformed"
+        );
+        // At the limit, names of any script are taken.
+        let name = "李".repeat(MAX_TEXT_LEN / 3);
+        let ok = format!(
+            r#"{{"list":"staff","site":"hq","version":1,"entries":[{{"subject":"E1","name":"{name}","credentials":[],"gates":["*"]}}]}}"#
+        );
+        assert!(parse_snapshot(ListName::Staff, ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use super::contract::{
-    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, Refusal, Topics, format_ts,
-    parse_command, parse_delta, parse_snapshot,
+    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, MAX_DETAIL_BYTES, Refusal, Topics,
+    bounded, format_ts, parse_command, parse_delta, parse_snapshot,
 };
 use super::envelope::Verifier;
 use crate::control::{Control, Origin};
@@ -78,12 +78,16 @@ impl Downlink {
                 }
             }
             Err(refusal) => {
-                tracing::warn!(topic, reference, %refusal, "downlink message refused");
+                // Each echo in a refusal is bounded where it is made; this bounds the whole, so
+                // no input can make an ack larger than the connection carries.
+                let detail = bounded(refusal.detail(), MAX_DETAIL_BYTES).into_owned();
+                let code = refusal.code();
+                tracing::warn!(topic, reference, code, detail, "downlink message refused");
                 Ack {
                     ref_: reference,
                     ok: false,
-                    error: Some(refusal.code().to_string()),
-                    detail: Some(refusal.detail().to_string()),
+                    error: Some(code.to_string()),
+                    detail: Some(detail),
                     ts: format_ts(now),
                 }
             }

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::contract::Refusal;
+use super::contract::{MAX_ECHO_BYTES, Refusal, bounded};
 
 /// The one envelope version this gated knows.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -78,7 +78,8 @@ impl Verifier {
     pub fn open(&self, payload: &[u8]) -> Result<Opened, Refusal> {
         let probe: Probe = serde_json::from_slice(payload).map_err(|e| {
             Refusal::Malformed(format!(
-                "not a JSON object ({e}); expected a signed envelope"
+                "not a JSON object ({}); expected a signed envelope",
+                bounded(&e.to_string(), MAX_ECHO_BYTES * 2)
             ))
         })?;
         if probe.v.is_none() && probe.key.is_none() && probe.sig.is_none() && probe.body.is_none() {
@@ -94,24 +95,23 @@ impl Verifier {
                     .into(),
             ));
         }
-        let wire: Wire = serde_json::from_slice(payload)
-            .map_err(|e| Refusal::Malformed(format!("envelope: {e}")))?;
+        let wire: Wire = serde_json::from_slice(payload).map_err(|e| {
+            // serde quotes what it refused: an unknown field's name, a wrong `v`.
+            let why = e.to_string();
+            Refusal::Malformed(format!("envelope: {}", bounded(&why, MAX_ECHO_BYTES * 2)))
+        })?;
         if wire.v != ENVELOPE_VERSION {
             return Err(Refusal::Malformed(format!(
                 "envelope version {} is not known (this gate reads v{ENVELOPE_VERSION})",
                 wire.v
             )));
         }
+        // The sender is not authenticated yet: the ack names its key and nothing of the keys
+        // this gate trusts (they are in its config, for the admins).
         let Some(public) = self.keys.get(wire.key.as_ref()) else {
-            let known: Vec<&str> = self.keys.keys().map(String::as_str).collect();
             return Err(Refusal::UnknownKey(format!(
-                "key `{}` is not trusted by this gate (trusted: {})",
-                wire.key.escape_debug(),
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
+                "key `{}` is not trusted by this gate",
+                bounded(&wire.key, MAX_ECHO_BYTES),
             )));
         };
         let sig = B64
@@ -120,7 +120,13 @@ impl Verifier {
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
             .map(|b| Signature::from_bytes(&b))
             .ok_or_else(|| {
-                Refusal::BadSignature("`sig` is not the base64 of a 64-byte signature".into())
+                // A broken encoding is a client's mistake, not a forgery: `malformed` tells the
+                // integrator to look at how they encode, `bad_signature` at what they sign.
+                Refusal::Malformed(
+                    "envelope `sig` is not the standard, padded base64 of a 64-byte Ed25519 \
+                     signature"
+                        .into(),
+                )
             })?;
         let body = B64
             .decode(wire.body.as_bytes())
@@ -294,6 +300,53 @@ mod tests {
         );
         env["v"] = 2.into();
         assert_eq!(code(&serde_json::to_vec(&env).expect("json")), "malformed");
+    }
+
+    #[test]
+    fn a_wrongly_encoded_sig_is_malformed_not_a_bad_signature() {
+        let k = AdminKey::generate("ops").expect("key");
+        let v = verifier(&[&k], false);
+        let mut env: serde_json::Value = serde_json::from_slice(&k.seal(b"{}")).expect("json");
+        let good = env["sig"].as_str().expect("sig").to_string();
+        let url_safe = good.replace('+', "-").replace('/', "_");
+        let cases = [
+            ("unpadded", good.trim_end_matches('=').to_string()),
+            ("not base64", "!!!!".to_string()),
+            ("32 bytes", B64.encode([0u8; 32])),
+        ];
+        for (what, sig) in cases
+            .into_iter()
+            .chain((url_safe != good).then(|| ("url-safe alphabet", url_safe.clone())))
+        {
+            env["sig"] = sig.into();
+            let r = v
+                .open(&serde_json::to_vec(&env).expect("json"))
+                .expect_err(what);
+            assert_eq!(r.code(), "malformed", "{what}: {r}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_quoted_bounded_and_the_trusted_keys_are_not_named() {
+        let k = AdminKey::generate("ops-secret-name").expect("key");
+        let v = verifier(&[&k], false);
+        let sig = B64.encode([0u8; 64]);
+        let env =
+            serde_json::json!({"v": 1, "key": "K".repeat(1 << 20), "sig": sig, "body": "e30="});
+        let r = v
+            .open(&serde_json::to_vec(&env).expect("json"))
+            .expect_err("refused");
+        assert_eq!(r.code(), "unknown_key");
+        assert!(!r.detail().contains("ops-secret-name"), "{r}");
+        assert!(r.detail().len() < 256, "{} bytes", r.detail().len());
+        let mut field = serde_json::Map::new();
+        field.insert("v".into(), 1.into());
+        field.insert("F".repeat(1 << 20), 1.into());
+        let r = v
+            .open(&serde_json::to_vec(&field).expect("json"))
+            .expect_err("refused");
+        assert_eq!(r.code(), "malformed");
+        assert!(r.detail().len() < 512, "{} bytes", r.detail().len());
     }
 
     #[test]

@@ -30,7 +30,10 @@ use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoi
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::contract::{Ack, ListVersions, OutboxStatus, PassEvent, Status, Topics, format_ts};
+use super::contract::{
+    Ack, ListVersions, MAX_DETAIL_BYTES, OutboxStatus, PassEvent, Status, Topics, bounded,
+    format_ts,
+};
 use super::downlink::{self, Downlink};
 use super::transport::{self, Secrets};
 use crate::config::MqttConfig;
@@ -81,7 +84,31 @@ const MAX_WAITING_ACKS: usize = 10_000;
 /// over. One that died sooner (a broker that refuses us, a poisoned subscription) keeps
 /// backing off, up to `MAX_BACKOFF`.
 const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
+/// A connection that did its setup (the broker answered our subscription or our first
+/// publish) and then stayed up this long held too: one bad message that ends it later does
+/// not stretch the wait before the next connection. A broker that refuses us, or a poisoned
+/// retained message, ends a connection well before this.
+const SETTLED_UPTIME: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The largest packet the gate sends (rumqttc refuses a larger one and drops the connection).
+/// What the gate publishes is a few KB (thumbnails tens of KB); a publish that would be larger
+/// is replaced by a bounded one (`fit`), never sent as it is.
+const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
+/// The largest packet the list connection reads: the most MQTT can carry (a remaining length
+/// of 268,435,455 bytes, plus the fixed header). A packet above rumqttc's limit cannot be
+/// skipped, only refused by dropping the connection, and a retained one comes back on every
+/// reconnect: lists and commands would stop until someone deleted it from the broker. So every
+/// packet is read, and one over `mqtt.max_message_bytes` is refused `too_large` with an alarm
+/// that names its topic. The broker's `max_packet_size` is what keeps such packets (and the
+/// memory they take) away from the gate.
+const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
+
+/// Whether a connection held: it came up, and either stayed up `HEALTHY_UPTIME`, or did its
+/// setup and stayed up `SETTLED_UPTIME`. After one that held, the backoff starts over.
+fn held(connected: bool, set_up: bool, uptime: Duration) -> bool {
+    connected && (uptime >= HEALTHY_UPTIME || (set_up && uptime >= SETTLED_UPTIME))
+}
 
 /// Runs both connections until shutdown. `secrets` were loaded from `cfg` at start
 /// (`transport::load`), so a bad file stops the daemon before anything runs.
@@ -183,6 +210,9 @@ struct Io {
     peer_tx: Option<mpsc::Sender<PassEvent>>,
     /// Peers: the event topics of those gates.
     peer_topics: Vec<String>,
+    /// Downlink: oversize messages already alarmed, by topic and size (a retained one comes
+    /// again on every reconnect; one alarm says it).
+    oversize_alarmed: std::collections::HashSet<(String, usize)>,
 }
 
 /// Applies lists in the order they came, and hands their acks back to the list connection.
@@ -240,10 +270,10 @@ async fn run_role(
     // An oversize packet is alarmed once, not on every reconnect it causes.
     let mut oversize_alarmed = false;
     loop {
-        let started = Instant::now();
         let mut conn = Connection::new(role, &link);
         let end = conn.run(&mut io, &mut shutdown).await;
-        let healthy = conn.connected && started.elapsed() >= HEALTHY_UPTIME;
+        let uptime = conn.connected_at.map_or(Duration::ZERO, |t| t.elapsed());
+        let healthy = held(conn.connected, conn.set_up, uptime);
         if role == Role::Uplink && conn.connected {
             link.contact(false).await;
         }
@@ -329,13 +359,15 @@ fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> 
     o.set_keep_alive(cfg.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(cfg.inflight);
-    // Incoming leaves room above our own limit, so that an oversize list reaches us and is
-    // acked `too_large` instead of breaking the connection on every reconnect.
-    o.set_max_packet_size(cfg.max_message_bytes.saturating_mul(2), 1024 * 1024);
-    if role == Role::Peers {
+    match role {
+        // Every packet is read, so that an oversize list is acked `too_large` instead of
+        // breaking the connection on every reconnect (`MAX_INCOMING_PACKET`).
+        Role::Downlink => o.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET),
         // Pass events are well under a kilobyte; anything larger on an event topic is junk.
-        o.set_max_packet_size(PEER_MAX_BYTES, 1024 * 1024);
-    }
+        Role::Peers => o.set_max_packet_size(PEER_MAX_BYTES, MAX_OUTGOING_PACKET),
+        // Subscribes to nothing: only PUBACKs and the like come in.
+        Role::Uplink => o.set_max_packet_size(64 * 1024, MAX_OUTGOING_PACKET),
+    };
     if role == Role::Uplink {
         let will: &[u8] = if cfg.demo {
             br#"{"online":false,"demo":true}"#
@@ -360,6 +392,11 @@ struct Connection<'a> {
     events: mpsc::Receiver<Result<Event, ConnectionError>>,
     poller: tokio::task::JoinHandle<()>,
     connected: bool,
+    /// When the broker accepted the connection.
+    connected_at: Option<Instant>,
+    /// The broker answered our setup: the SUBACK of our subscriptions, or (the uplink) the
+    /// PUBACK of a publish.
+    set_up: bool,
     /// The connection ended on a TLS failure (status shows `tls_error`, not `disconnected`).
     tls_failed: bool,
     /// Publishes queued with the client but not yet announced by the event loop.
@@ -401,6 +438,8 @@ impl<'a> Connection<'a> {
             events,
             poller,
             connected: false,
+            connected_at: None,
+            set_up: false,
             tls_failed: false,
             queued: VecDeque::new(),
             inflight: HashMap::new(),
@@ -488,7 +527,8 @@ impl<'a> Connection<'a> {
                 tracing::error!(role = ?self.role, "TLS {what} with broker {} failed: {why}", self.broker());
             }
             None => {
-                tracing::warn!(broker = %self.broker(), role = ?self.role, error = %e, "MQTT connection lost");
+                let what = ended(self.connected, &self.broker(), e);
+                tracing::warn!(role = ?self.role, "{what}");
             }
         }
     }
@@ -501,6 +541,7 @@ impl<'a> Connection<'a> {
                 }
                 tracing::info!(broker = %self.broker(), role = ?self.role, "MQTT connected");
                 self.connected = true;
+                self.connected_at = Some(Instant::now());
                 if self.role != Role::Peers {
                     self.link.shared.health.set(self.role.component(), "ok");
                 }
@@ -545,6 +586,7 @@ impl<'a> Connection<'a> {
                 return Err(format!("packet id {pkid} collided"));
             }
             Event::Incoming(Packet::PubAck(ack)) => {
+                self.set_up = true;
                 match self.inflight.remove(&ack.pkid) {
                     Some(Tag::Outbox(rowid)) => {
                         self.acked.push(rowid);
@@ -563,13 +605,17 @@ impl<'a> Connection<'a> {
                     Role::Downlink => self.send_acks(),
                 }
             }
+            Event::Incoming(Packet::SubAck(_)) if self.role == Role::Downlink => {
+                self.set_up = true;
+            }
             Event::Incoming(Packet::Publish(p)) if self.role == Role::Downlink => {
-                self.on_message(&p.topic, p.payload, io).await;
+                self.on_message(&p.topic, p.payload, p.retain, io).await;
             }
             Event::Incoming(Packet::SubAck(ack)) if self.role == Role::Peers => {
                 // Ok once the broker has taken every subscription: from here on the other
                 // gates' events arrive. A refused one (the broker's ACL) leaves compound-wide
                 // anti-passback off, which status must say.
+                self.set_up = true;
                 let refused = ack
                     .return_codes
                     .iter()
@@ -601,10 +647,14 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Ok(e) => {
-                        tracing::warn!(topic = %p.topic, gate = %e.gate, "a pass event names another gate than its topic; skipped")
+                        let gate = bounded(&e.gate, crate::sync::contract::MAX_ECHO_BYTES);
+                        tracing::warn!(topic = %p.topic, %gate, "a pass event names another gate than its topic; skipped")
                     }
                     Err(e) => {
-                        tracing::debug!(topic = %p.topic, error = %e, "not a pass event; skipped")
+                        // serde quotes what it refused: bounded like every echo.
+                        let error = e.to_string();
+                        let error = bounded(&error, MAX_DETAIL_BYTES);
+                        tracing::debug!(topic = %p.topic, %error, "not a pass event; skipped")
                     }
                 }
             }
@@ -615,9 +665,26 @@ impl<'a> Connection<'a> {
 
     /// A command is carried out here and now; a list goes to the list worker (in order), and
     /// its ack comes back through `recv_done`.
-    async fn on_message(&mut self, topic: &str, payload: bytes::Bytes, io: &mut Io) {
+    async fn on_message(
+        &mut self,
+        topic: &str,
+        payload: bytes::Bytes,
+        retained: bool,
+        io: &mut Io,
+    ) {
         let link = self.link;
-        if topic != link.topics.cmd()
+        let oversize = payload.len() > link.downlink.max_bytes;
+        if oversize
+            && io
+                .oversize_alarmed
+                .insert((topic.to_string(), payload.len()))
+        {
+            self.alarm_oversize_list(topic, payload.len(), retained)
+                .await;
+        }
+        // An oversize message is refused here, unread: it is not held in the list queue.
+        if !oversize
+            && topic != link.topics.cmd()
             && let Some(list_tx) = &io.list_tx
         {
             // Waits only when two lists already wait: that holds back what the broker sends.
@@ -643,7 +710,10 @@ impl<'a> Connection<'a> {
             let _ = self.client.try_unsubscribe(t.clone());
             let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
         }
-        let body = serde_json::to_vec(&ack).unwrap_or_default();
+        let body = fit(
+            &link.topics.ack(),
+            serde_json::to_vec(&ack).unwrap_or_default(),
+        );
         if self.acks_waiting.len() >= MAX_WAITING_ACKS {
             // Only a flood of messages (junk, most likely) gets here: keep the newest acks.
             self.acks_waiting.pop_front();
@@ -658,22 +728,47 @@ impl<'a> Connection<'a> {
         link.lists_changed.send_modify(|v| *v += 1);
     }
 
-    /// A packet over the transport's ceiling cannot be read, so it cannot be acked
-    /// `too_large`; if it is retained it comes again on every reconnect of the downlink. Say so
-    /// loudly: the fix is the broker's `max_packet_size` (config/mosquitto.example.conf), or
-    /// clearing the retained message. Events keep flowing on the uplink meanwhile.
+    /// A packet over the peers connection's ceiling cannot be read, and one retained on an
+    /// event topic comes again on every reconnect. Say so loudly: the fix is the broker's
+    /// `max_packet_size` (config/mosquitto.example.conf), or clearing the retained message.
+    /// (The list connection reads every packet: `MAX_INCOMING_PACKET`.)
     async fn alarm_oversize(&self, e: &ConnectionError) {
         let detail = format!(
-            "the broker sent a packet over the {}-byte ceiling (twice mqtt.max_message_bytes): \
-             {e}. The list connection drops it and retries with backoff; limit max_packet_size \
-             on the broker, or clear the retained message",
-            self.link.cfg.max_message_bytes.saturating_mul(2)
+            "the broker sent a packet over the {PEER_MAX_BYTES}-byte ceiling of the {} \
+             connection: {e}. It drops it and retries with backoff; limit max_packet_size on the \
+             broker, or clear the retained message",
+            self.role.component()
         );
         tracing::error!("{detail}");
         let _ = self
             .link
             .shared
             .alarm("oversize_packet", "broker", &detail)
+            .await;
+    }
+
+    /// A retained list over `max_message_bytes` is refused `too_large` on every reconnect,
+    /// and the list it should carry never arrives: only the broker's side can end that.
+    /// (A message that arrives live carries no retained flag: any oversize one is alarmed.)
+    async fn alarm_oversize_list(&self, topic: &str, bytes: usize, retained: bool) {
+        let what = if retained {
+            "a retained message"
+        } else {
+            "a message"
+        };
+        let detail = format!(
+            "{what} of {bytes} bytes on {topic} is over mqtt.max_message_bytes ({}): refused \
+             too_large, the list in force stays. If it is retained it is refused again on every \
+             reconnect: delete it from the broker (publish an empty retained message on it, \
+             e.g. mosquitto_pub -r -n -t {topic}) or republish the list smaller; set the \
+             broker's max_packet_size to keep such messages out",
+            self.link.downlink.max_bytes
+        );
+        tracing::error!("{detail}");
+        let _ = self
+            .link
+            .shared
+            .alarm("oversize_list", "mqtt_lists", &detail)
             .await;
     }
 
@@ -699,6 +794,7 @@ impl<'a> Connection<'a> {
     }
 
     fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, tag: Tag) -> bool {
+        let payload = fit(&topic, payload);
         match self
             .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
@@ -810,6 +906,24 @@ impl<'a> Connection<'a> {
         };
         for (id, jpeg) in snaps {
             let topic = self.link.topics.snapshot(&id);
+            if packet_size(&topic, jpeg.len()) > MAX_OUTGOING_PACKET {
+                // A JPEG cannot be cut: it is not sent, and marked done so it is not tried
+                // again on every fill.
+                tracing::error!(
+                    snapshot = %id,
+                    bytes = jpeg.len(),
+                    "a thumbnail is over the {MAX_OUTGOING_PACKET}-byte packet limit; not uploaded \
+                     (lower [snapshot] thumb_px)"
+                );
+                let done = id.clone();
+                let _ = self
+                    .link
+                    .shared
+                    .store
+                    .call(move |db| db.snapshot_uploaded(&done))
+                    .await;
+                continue;
+            }
             if !self.publish(topic, jpeg, false, Tag::Snapshot(id)) {
                 return;
             }
@@ -968,5 +1082,142 @@ async fn recv_unbounded<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Optio
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a connection's end means in words: a connection the broker never accepted (a wrong
+/// port, no broker) is not a lost one.
+fn ended(connected: bool, broker: &str, e: &dyn std::fmt::Display) -> String {
+    if connected {
+        format!("MQTT connection to broker {broker} lost: {e}")
+    } else {
+        format!("could not connect to MQTT broker {broker}: {e}")
+    }
+}
+
+/// The size of the MQTT PUBLISH packet (QoS 1) that carries `payload` on `topic`.
+fn packet_size(topic: &str, payload: usize) -> usize {
+    let remaining = 2 + topic.len() + 2 + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+/// `payload` as it can be sent: unchanged when its packet fits `MAX_OUTGOING_PACKET`, which is
+/// every time unless something unbounded got into it. Otherwise (logged) the same JSON with
+/// every string cut to `MAX_DETAIL_BYTES`, or, failing that, a stub that keeps the message's
+/// identity (`id`, `seq`, `ref`) and says it was too large. A publish rumqttc refuses would take
+/// the whole connection down, and with it the acks and commands behind it.
+fn fit(topic: &str, payload: Vec<u8>) -> Vec<u8> {
+    if packet_size(topic, payload.len()) <= MAX_OUTGOING_PACKET {
+        return payload;
+    }
+    let bytes = payload.len();
+    tracing::error!(
+        topic,
+        bytes,
+        "a message is over the {MAX_OUTGOING_PACKET}-byte packet limit; its strings are cut"
+    );
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+        return stub(None, bytes);
+    };
+    cut_strings(&mut v);
+    match serde_json::to_vec(&v) {
+        Ok(cut) if packet_size(topic, cut.len()) <= MAX_OUTGOING_PACKET => cut,
+        _ => stub(Some(&v), bytes),
+    }
+}
+
+fn cut_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.len() > MAX_DETAIL_BYTES => {
+            *s = bounded(s, MAX_DETAIL_BYTES).into_owned();
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(cut_strings),
+        serde_json::Value::Object(o) => o.values_mut().for_each(cut_strings),
+        _ => {}
+    }
+}
+
+fn stub(v: Option<&serde_json::Value>, bytes: usize) -> Vec<u8> {
+    let mut out = serde_json::Map::new();
+    for key in ["id", "seq", "site", "gate", "ref", "ok", "error", "ts"] {
+        if let Some(x) = v.and_then(|v| v.get(key)) {
+            out.insert(key.into(), x.clone());
+        }
+    }
+    out.insert(
+        "detail".into(),
+        format!("the gate's message was {bytes} bytes, over its packet limit; not sent").into(),
+    );
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_held_starts_the_backoff_over() {
+        let s = Duration::from_secs;
+        // Never up: a wrong port, a refused login.
+        assert!(!held(false, false, s(60)));
+        // Up, but ended before its setup was answered or at once after it: a poisoned
+        // retained message, a broker that drops us.
+        assert!(!held(true, false, s(1)));
+        assert!(!held(true, true, Duration::from_millis(300)));
+        // Set up and up for a while, then ended by one bad message: held.
+        assert!(held(true, true, s(3)));
+        // Up long enough, whatever it did.
+        assert!(held(true, false, HEALTHY_UPTIME));
+    }
+
+    #[test]
+    fn a_connection_never_made_is_not_called_lost() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let never = ended(false, "127.0.0.1:1", &refused);
+        assert!(
+            never.starts_with("could not connect to MQTT broker 127.0.0.1:1: "),
+            "{never}"
+        );
+        assert!(!never.contains("lost"), "{never}");
+        let lost = ended(true, "127.0.0.1:1883", &refused);
+        assert!(
+            lost.starts_with("MQTT connection to broker 127.0.0.1:1883 lost: "),
+            "{lost}"
+        );
+    }
+
+    #[test]
+    fn what_does_not_fit_a_packet_is_cut_not_sent_as_it_is() {
+        let topic = "acs/hq/east-1/ack";
+        let small = br#"{"ref":"staff","ok":false}"#.to_vec();
+        assert_eq!(fit(topic, small.clone()), small);
+        let ack = serde_json::json!({"ref": "staff", "ok": false, "error": "malformed",
+            "detail": "K".repeat(2 << 20), "ts": "2026-11-21T09:00:00.000Z"});
+        let out = fit(topic, serde_json::to_vec(&ack).expect("json"));
+        assert!(packet_size(topic, out.len()) <= MAX_OUTGOING_PACKET);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("still JSON");
+        assert_eq!(
+            (v["ref"].as_str(), v["error"].as_str()),
+            (Some("staff"), Some("malformed"))
+        );
+        assert!(
+            v["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("more bytes]")
+        );
+        // Not JSON, or too many strings to cut: a stub that says so.
+        let junk = vec![b'x'; 2 << 20];
+        let out = fit(topic, junk);
+        assert!(String::from_utf8_lossy(&out).contains("over its packet limit"));
+        // The limit is the packet, header included.
+        assert_eq!(packet_size("t", 0), 1 + 1 + 2 + 1 + 2);
+        assert_eq!(packet_size("t", 200), 1 + 2 + 2 + 1 + 2 + 200);
     }
 }

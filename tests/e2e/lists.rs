@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::util::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +88,7 @@ async fn d_bad_lists_are_refused_with_their_reason_and_change_nothing() {
         .await;
     let statuses_at_5 = w.centre.on(STATUS).len();
 
-    // Above max_message_bytes (256 KiB), below the transport's ceiling (twice that).
+    // Above max_message_bytes (256 KiB).
     let huge = staff_snapshot(
         "hq",
         9,
@@ -182,8 +184,9 @@ async fn d_bad_lists_are_refused_with_their_reason_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_packet_over_the_transport_ceiling_raises_an_alarm_and_the_gate_recovers() {
-    let w = World::start().await;
+async fn a_retained_oversize_list_is_refused_and_lists_and_commands_still_flow() {
+    // The harness's broker sets no max_packet_size: it keeps whatever it is given.
+    let w = World::through_proxy().await;
     let cards: Vec<(String, String)> = (0..4000)
         .map(|i| (format!("E{i}"), format!("9{i:09}")))
         .collect();
@@ -198,20 +201,60 @@ async fn a_packet_over_the_transport_ceiling_raises_an_alarm_and_the_gate_recove
         huge.len()
     );
     w.centre.publish_raw(STAFF_TOPIC, huge, true).await;
-    let alarm = w
+    let ack = w
         .centre
-        .wait_json("an oversize_packet alarm", ALARM, |a| {
-            a["alarm"] == "oversize_packet"
+        .wait_json("the oversize list refused", ACK, |a| {
+            a["error"] == "too_large"
         })
         .await;
-    assert!(
-        alarm["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("max_packet_size"),
-        "{alarm}"
-    );
-    // The admin clears the retained message; the gate reconnects and takes a good list.
+    assert_eq!(ack["ref"], "staff", "{ack}");
+    let alarm = w
+        .centre
+        .wait_json("an oversize_list alarm", ALARM, |a| {
+            a["alarm"] == "oversize_list"
+        })
+        .await;
+    let detail = alarm["detail"].as_str().unwrap_or("");
+    for needle in [STAFF_TOPIC, "retained", "republish", "max_packet_size"] {
+        assert!(detail.contains(needle), "names `{needle}`: {alarm}");
+    }
+    // With the oversize message still retained, a reconnect of the list connection reads it
+    // again (refused again), and commands and other lists still arrive.
+    w.proxy.as_ref().expect("a proxy").cut();
+    wait_for(
+        "the oversize list refused again after a reconnect",
+        DEADLINE,
+        || {
+            let n = w
+                .centre
+                .on(ACK)
+                .iter()
+                .filter(|m| m.json()["error"] == "too_large")
+                .count();
+            (n >= 2).then_some(())
+        },
+    )
+    .await;
+    let lockdown = signed(command_body("lockdown", "nonce-oversize-01", json!({})));
+    w.centre
+        .publish_raw("acs/hq/east-1/cmd", lockdown, false)
+        .await;
+    let ack = w
+        .centre
+        .wait_json("the lockdown's ack", ACK, |a| {
+            a["ref"] == "nonce-oversize-01"
+        })
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let deny =
+        r#"{"list":"deny","site":"hq","version":1,"entries":[{"kind":"card","id":"0012345678"}]}"#;
+    w.centre.publish("acs/hq/lists/deny", deny, true).await;
+    w.centre
+        .wait_json("deny@1 applied", ACK, |a| {
+            a["ref"] == "deny@1" && a["ok"] == true
+        })
+        .await;
+    // The admin clears the retained message and republishes; the gate takes the good list.
     w.centre.publish_raw(STAFF_TOPIC, Vec::new(), true).await;
     w.centre
         .publish(
@@ -225,7 +268,6 @@ async fn a_packet_over_the_transport_ceiling_raises_an_alarm_and_the_gate_recove
             a["ref"] == "staff@10" && a["ok"] == true
         })
         .await;
-    assert_eq!(swipe(&w, "0077700001").await["reason"], "staff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +315,49 @@ async fn deltas_apply_on_their_base_and_the_deny_list_wins() {
         })
         .await;
     assert_eq!(swipe(&w, "0033300003").await["reason"], "staff");
+    // The same delta again (a centre that retries when it saw no ack): acked ok, already in
+    // force, and nothing changes. A delta older than the version in force is `stale`.
+    let before = w.centre.on(ACK).len();
+    w.centre.publish(delta_topic, delta, false).await;
+    let again = wait_for("the replayed delta's ack", DEADLINE, || {
+        w.centre
+            .on(ACK)
+            .iter()
+            .skip(before)
+            .map(Msg::json)
+            .find(|a| a["ref"] == "staff@2")
+    })
+    .await;
+    assert_eq!(again["ok"], true, "{again}");
+    assert!(
+        again["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already in force"),
+        "{again}"
+    );
+    let older = r#"{"list":"staff","site":"hq","version":1,"base":0,"remove":["E1001"]}"#;
+    w.centre.publish(delta_topic, older, false).await;
+    let ack = w
+        .centre
+        .wait_json("the older delta's ack", ACK, |a| {
+            a["ref"] == "staff@1" && a["ok"] == false
+        })
+        .await;
+    assert_eq!(ack["error"], "stale", "{ack}");
+    assert_eq!(swipe(&w, "0012345678").await["reason"], "staff");
+    // A list never pushed is at version 0: a delta on base 0 creates it.
+    let first = r#"{"list":"visitors","site":"hq","version":1,"base":0,
+        "upsert":[{"invitation":"INV-1","credentials":[{"kind":"card","id":"0044400004"}],"gates":["*"]}]}"#;
+    w.centre
+        .publish("acs/hq/lists/visitors/delta", first, false)
+        .await;
+    w.centre
+        .wait_json("visitors@1 created by a delta", ACK, |a| {
+            a["ref"] == "visitors@1" && a["ok"] == true
+        })
+        .await;
+    assert_eq!(swipe(&w, "0044400004").await["reason"], "visitor");
 
     let deny = r#"{"list":"deny","site":"hq","version":1,
         "entries":[{"kind":"card","id":"0012345678","reason":"reported lost"}]}"#;

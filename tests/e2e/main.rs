@@ -16,6 +16,7 @@ mod panel;
 mod pass;
 mod passage;
 mod rtu;
+mod silence;
 mod snapshot;
 mod store;
 mod tidy;

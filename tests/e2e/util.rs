@@ -604,6 +604,35 @@ impl World {
         w
     }
 
+    /// The reference world with `edit` applied to the gate's config text before it starts
+    /// (for a key the reference config already sets, such as `max_message_bytes`).
+    pub async fn start_with_config(edit: impl FnOnce(String) -> String) -> World {
+        let broker = Broker::start().await;
+        let centre = Centre::with_staff(&broker).await;
+        let devices = Devices::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = edit(config_text(
+            &dir.path().join("gated.db"),
+            broker.port,
+            &devices,
+        ));
+        let daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+        let w = World {
+            broker,
+            centre,
+            devices,
+            daemon,
+            proxy: None,
+            _dir: dir,
+        };
+        w.centre
+            .wait_json("the ack of staff@1", ACK, |a| {
+                a["ref"] == "staff@1" && a["ok"] == true
+            })
+            .await;
+        w
+    }
+
     /// The gate's database file (read it through a connection of the test's own).
     pub fn db(&self) -> PathBuf {
         self._dir.path().join("gated.db")
