@@ -502,8 +502,16 @@ struct RawRelay {
     unit: u8,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    /// The Modbus function of pulse writes: 6 (write single register), or 16 (write multiple
+    /// registers) for a board that refuses 6.
+    #[serde(default = "default_write_function")]
+    write_function: u8,
     #[serde(default)]
     registers: RawRelayRegisters,
+}
+
+fn default_write_function() -> u8 {
+    6
 }
 
 #[derive(Deserialize)]
@@ -903,6 +911,8 @@ pub struct RelayConfig {
     pub door_base: Option<u16>,
     /// A door open longer than this, while the mode does not hold it open, is `held_open`.
     pub held_open: Duration,
+    /// Pulses are written with function 16 (`write_function = 16`), not 6.
+    pub fc16_writes: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -1267,6 +1277,16 @@ impl Checker<'_> {
             if !(1..=3600).contains(&r.held_open_s) {
                 return self.err(span, &key("held_open_s"), "must be 1..=3600");
             }
+            if ![6, 16].contains(&r.write_function) {
+                return self.err(
+                    span,
+                    &key("write_function"),
+                    format!(
+                        "{} is not 6 (write single register) or 16 (write multiple registers)",
+                        r.write_function
+                    ),
+                );
+            }
             // Lanes are channels 0..=31: a block of 64 registers (32 doors) must fit below 65536,
             // so that no lane's address wraps around to another register.
             let g = &r.registers;
@@ -1301,6 +1321,7 @@ impl Checker<'_> {
                 feedback_base: r.registers.feedback_base,
                 door_base: r.registers.door_base,
                 held_open: Duration::from_secs(r.held_open_s),
+                fc16_writes: r.write_function == 16,
             });
         }
 

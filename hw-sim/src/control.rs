@@ -395,8 +395,7 @@ fn button(devices: &Devices, args: &[&str]) -> Reply {
 }
 
 fn fault(devices: &Devices, args: &[&str]) -> Reply {
-    const USAGE: &str =
-        "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS";
+    const USAGE: &str = "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid";
     let Some((name, spec)) = args.split_first() else {
         return Err(USAGE.to_owned());
     };
@@ -483,6 +482,8 @@ pub fn parse_fault(spec: &[&str]) -> Result<Fault, String> {
         ["noreply"] => Ok(Fault::NoReply),
         ["disconnect"] => Ok(Fault::Disconnect),
         ["garbage"] => Ok(Fault::Garbage),
+        ["close-after-reply"] => Ok(Fault::CloseAfterReply),
+        ["wrong-tid"] => Ok(Fault::WrongTransactionId),
         ["flap", ms] => ms
             .strip_suffix("ms")
             .unwrap_or(ms)
@@ -573,7 +574,7 @@ fn help() -> Vec<String> {
         "button RELAY LANE in|out on|off                      press or let go of a request button",
         "stuck RELAY LANE in|out on|off|none                  stick a relay on or off, or free it",
         "door RELAY LANE open|closed                          a lane's door (or wing) contact",
-        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS",
+        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid",
         "                                                     for every device on DEVICE's address",
         "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS",
         "                                                     for DEVICE alone (its unit)",

@@ -70,6 +70,14 @@ pub enum Fault {
     /// The device flaps (a loose connector): it answers for this long, then stays silent for
     /// as long, and so on, starting with an answering phase when the fault is set.
     Flap(Duration),
+    /// Every request is answered, then the connection is closed by the device, as many
+    /// serial-to-Ethernet gateways do. Set on a TCP server (a socket); on a unit or a serial
+    /// server it changes nothing.
+    CloseAfterReply,
+    /// Every answer carries a transaction id other than its request's, as if it answered
+    /// another request; requests still take effect. Set on a TCP server; on a unit or a
+    /// serial server (which has no transaction ids) it changes nothing.
+    WrongTransactionId,
 }
 
 impl fmt::Display for Fault {
@@ -83,6 +91,8 @@ impl fmt::Display for Fault {
             Fault::Disconnect => f.write_str("disconnect"),
             Fault::Garbage => f.write_str("garbage"),
             Fault::Flap(period) => write!(f, "flap {}ms", period.as_millis()),
+            Fault::CloseAfterReply => f.write_str("close-after-reply"),
+            Fault::WrongTransactionId => f.write_str("wrong-tid"),
         }
     }
 }
@@ -169,6 +179,24 @@ struct Shared {
     unit_faults: Mutex<HashMap<u8, (Fault, std::time::Instant)>>,
     control: watch::Sender<Control>,
     connections: AtomicUsize,
+    /// Requests received and not yet answered (or left unanswered), a delayed one included.
+    pending: AtomicUsize,
+}
+
+/// Counts a request as pending for as long as it lives.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Pending(count)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -212,6 +240,7 @@ impl Shared {
         req: SlaveRequest<'static>,
         epoch: u64,
     ) -> Result<Option<Response>, ExceptionCode> {
+        let _pending = Pending::start(&self.pending);
         let now = std::time::Instant::now();
         let (server_fault, since) = {
             let c = self.control.borrow();
@@ -300,6 +329,8 @@ struct SimStream {
     /// Garbage still to send, and how much of it has gone out.
     garbage: Vec<u8>,
     garbage_sent: usize,
+    /// An answer was written under `Fault::CloseAfterReply`: close once it is flushed.
+    close_after_flush: bool,
     shared: Arc<Shared>,
 }
 
@@ -314,6 +345,7 @@ impl SimStream {
             is_dropped: false,
             garbage: Vec::new(),
             garbage_sent: 0,
+            close_after_flush: false,
             shared,
         }
     }
@@ -376,10 +408,22 @@ impl AsyncWrite for SimStream {
             return Poll::Ready(Err(dropped_error()));
         }
         ready!(this.poll_send_garbage(cx))?;
-        if this.control.borrow().fault == Fault::Garbage {
-            // Take the real bytes as written and queue garbage in their place; flush sends it.
-            this.garbage = garbage(buf.len());
-            return Poll::Ready(Ok(buf.len()));
+        let fault = this.control.borrow().fault.clone();
+        match fault {
+            Fault::Garbage => {
+                // Take the real bytes as written and queue garbage in their place; flush sends
+                // it.
+                this.garbage = garbage(buf.len());
+                return Poll::Ready(Ok(buf.len()));
+            }
+            Fault::WrongTransactionId => {
+                // The whole answer is taken at once (so `buf` starts with its MBAP header)
+                // and queued with another transaction id.
+                this.garbage = other_transaction(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            Fault::CloseAfterReply => this.close_after_flush = true,
+            _ => {}
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -390,7 +434,12 @@ impl AsyncWrite for SimStream {
             return Poll::Ready(Err(dropped_error()));
         }
         ready!(this.poll_send_garbage(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        if std::mem::take(&mut this.close_after_flush) {
+            // The answer is out: the next read ends the connection, which closes the socket.
+            this.is_dropped = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -411,6 +460,16 @@ fn garbage(len: usize) -> Vec<u8> {
     bytes[2] = rng.random_range(1..=u8::MAX);
     let body = u16::try_from(len - 6).unwrap_or(u16::MAX);
     bytes[4..6].copy_from_slice(&body.to_be_bytes());
+    bytes
+}
+
+/// `answer` with its MBAP transaction id (its first two bytes) changed.
+fn other_transaction(answer: &[u8]) -> Vec<u8> {
+    let mut bytes = answer.to_vec();
+    if let [hi, lo, ..] = bytes[..] {
+        let tid = u16::from_be_bytes([hi, lo]).wrapping_add(0x5A5A);
+        bytes[..2].copy_from_slice(&tid.to_be_bytes());
+    }
     bytes
 }
 
@@ -516,6 +575,7 @@ impl SimServer {
             unit_faults: Mutex::new(HashMap::new()),
             control: watch::Sender::new(Control::default()),
             connections: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
         });
         tokio::spawn(run(Server::new(listener), Arc::clone(&shared)));
         tracing::debug!(addr = %local_addr, "modbus server listening");
@@ -542,6 +602,7 @@ impl SimServer {
             unit_faults: Mutex::new(HashMap::new()),
             control: watch::Sender::new(Control::default()),
             connections: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
         });
         tokio::spawn(run_serial(master, Arc::clone(&shared)));
         tracing::debug!(%path, "modbus RTU server on a pseudo-terminal");
@@ -638,6 +699,12 @@ impl SimServer {
 
     pub fn fault(&self) -> Fault {
         self.shared.control.borrow().fault.clone()
+    }
+
+    /// Requests received and not answered yet (those delayed by `Latency` included). Zero
+    /// once every request that reached the device has been carried out or dropped.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::SeqCst)
     }
 
     /// Connections open now. Useful to see that a client reconnected, or did not.

@@ -50,6 +50,7 @@ pub enum Op {
     ReadDiscreteInputs(u16, u16),
     WriteMultipleCoils(u16, Vec<bool>),
     WriteSingleRegister(u16, u16),
+    WriteMultipleRegisters(u16, Vec<u16>),
 }
 
 /// What a request gives back.
@@ -285,6 +286,14 @@ async fn serve(port: &mut Port, unit: u8, op: &Op, wait: Duration) -> Result<Rep
         Op::WriteSingleRegister(a, v) => {
             timeout(wait, async {
                 ctx.write_single_register(*a, *v)
+                    .await
+                    .map(|r| r.map(|()| Reply::Done))
+            })
+            .await
+        }
+        Op::WriteMultipleRegisters(a, v) => {
+            timeout(wait, async {
+                ctx.write_multiple_registers(*a, v)
                     .await
                     .map(|r| r.map(|()| Reply::Done))
             })

@@ -37,6 +37,17 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
+    /// Whether the request may have reached the device (and been carried out) although it
+    /// failed: a request sent but not answered (timeout), cut off (transport) or answered by
+    /// a reply to another one (garbage). A connection that could not be made sent nothing, and
+    /// a device's exception says it did not carry the request out.
+    pub fn may_have_reached_device(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout(_) | Self::Transport(_) | Self::Garbage(_)
+        )
+    }
+
     /// The short state shown in status (`"timeout"`, `"exception"`, …).
     pub fn state(&self) -> &'static str {
         match self {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::modbus::Modbus;
+use super::modbus::{Modbus, Repeat};
 use super::relay::RelayHandle;
 use super::{Backoff, DeviceError};
 use crate::config::{LaneConfig, ReaderConfig};
@@ -186,7 +186,8 @@ pub async fn decide(
 }
 
 /// After a pass was recorded (G1): releases the lane if it was granted (a release that fails
-/// is a `relay_failed` alarm), then reports the decision.
+/// is a `relay_failed` alarm, one whose outcome is unknown a `relay_unknown` alarm), then
+/// reports the decision.
 pub async fn release(
     shared: &Shared,
     relay: &RelayHandle,
@@ -200,14 +201,14 @@ pub async fn release(
             .pulse(lane.channel, event.direction, lane.release_ms)
             .await;
         if let Err(e) = r {
-            let detail = format!(
-                "pass {} granted but lane {} {} was not released: {e}",
-                event.id,
+            let (code, detail) = super::relay::release_alarm(
+                &format!("pass {} granted", event.id),
                 lane.id,
-                event.direction.as_str()
+                event.direction,
+                &e,
             );
             tracing::error!(reader, "{detail}");
-            let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
+            let _ = shared.alarm(code, relay.name(), &detail).await;
         }
     }
     shared.health.set("store", "ok");
@@ -256,7 +257,7 @@ async fn poll_once(
                 }
                 seen.garbage = Some(head_seq);
             }
-            conn.write_single_register(cfg.ack_register, head_seq)
+            conn.write_register(cfg.ack_register, head_seq, Repeat::Safe)
                 .await?;
             return seen.acked_now(head_seq, kept);
         }
@@ -281,7 +282,8 @@ async fn poll_once(
         // released, and it is decided once the store works again.
         Err(_) => return Ok(false),
     };
-    conn.write_single_register(cfg.ack_register, head_seq)
+    // An ack names its event: sent twice, the second finds another head and changes nothing.
+    conn.write_register(cfg.ack_register, head_seq, Repeat::Safe)
         .await?;
     let handled = seen.acked_now(head_seq, kept);
     // The snapshot after the release and the ack: never on the decision path.
@@ -334,7 +336,7 @@ async fn fetch_snapshot(
     head_seq: u16,
     max_bytes: usize,
 ) -> Result<Fetched, DeviceError> {
-    conn.write_single_register(cfg.snapshot_select, head_seq)
+    conn.write_register(cfg.snapshot_select, head_seq, Repeat::Safe)
         .await?;
     let h = conn.read_input_registers(cfg.snapshot_base, 3).await?;
     if h[0] != head_seq {

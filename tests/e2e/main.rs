@@ -13,6 +13,7 @@ mod outage;
 mod panel;
 mod pass;
 mod passage;
+mod release;
 mod rtu;
 mod snapshot;
 mod tidy;
