@@ -272,11 +272,7 @@ fn present(devices: &Devices, args: &[&str]) -> Reply {
         }
     };
     let score = match score {
-        Some(score) => score
-            .parse::<u16>()
-            .ok()
-            .filter(|score| *score <= 1000)
-            .ok_or_else(|| format!("bad score '{score}' (expected 0..1000, in thousandths)"))?,
+        Some(score) => parse_score(score)?,
         None if kind == KIND_FACE => DEFAULT_FACE_SCORE,
         None => 0,
     };
@@ -284,6 +280,30 @@ fn present(devices: &Devices, args: &[&str]) -> Reply {
         .present(kind, credential, score)
         .map_err(|err| err.to_string())?;
     Ok(vec![format!("ok seq={seq}")])
+}
+
+/// A face score as a person writes it: a fraction such as `0.93`, as the daemon's
+/// `min_face_score` reads; or a whole number of thousandths such as `930`, the unit of the
+/// score register itself. Both give the register value (930).
+pub fn parse_score(text: &str) -> Result<u16, String> {
+    let bad = || {
+        format!(
+            "bad score '{text}' (expected a fraction 0.0..1.0 such as 0.93, or thousandths 0..1000 such as 930)"
+        )
+    };
+    if text.contains('.') {
+        let fraction: f64 = text.parse().map_err(|_| bad())?;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(bad());
+        }
+        // In range, so the product is 0..=1000 and fits.
+        Ok((fraction * 1000.0).round() as u16)
+    } else {
+        text.parse::<u16>()
+            .ok()
+            .filter(|score| *score <= 1000)
+            .ok_or_else(bad)
+    }
 }
 
 fn pulses(devices: &Devices, args: &[&str]) -> Reply {
@@ -566,7 +586,7 @@ fn status(devices: &Devices, args: &[&str]) -> Reply {
 
 fn help() -> Vec<String> {
     [
-        "present READER card|qr|face|pin CREDENTIAL [SCORE]   queue an event; SCORE 0..1000, face default 950",
+        "present READER card|qr|face|pin CREDENTIAL [SCORE]   queue an event; SCORE 0.93 or 930 (thousandths), face default 0.95",
         "pulses RELAY                                         the pulses the daemon commanded",
         "bump RELAY LANE in|out                               count one person through a lane",
         "fire RELAY on|off                                    fire alarm contact",

@@ -142,6 +142,28 @@ async fn present_queues_events_and_names_what_is_wrong() {
         "bad score '1001'",
     );
     assert_error(
+        &console.one("present reader1 face X 1.5").await,
+        "bad score '1.5'",
+    );
+    // A score as the daemon's `min_face_score` writes it: 0.93 is the register's 930.
+    assert_eq!(
+        console.one("present reader1 face P1003 0.93").await,
+        "ok seq=4"
+    );
+    within(ctx.write_single_register(0, 2))
+        .await
+        .expect("io")
+        .expect("ack");
+    within(ctx.write_single_register(0, 3))
+        .await
+        .expect("io")
+        .expect("ack");
+    let head = within(ctx.read_input_registers(0, 3))
+        .await
+        .expect("io")
+        .expect("regs");
+    assert_eq!(head, vec![4, hw_sim::KIND_FACE, 930]);
+    assert_error(
         &console
             .one(&format!("present reader1 card {}", "9".repeat(65)))
             .await,
@@ -149,7 +171,7 @@ async fn present_queues_events_and_names_what_is_wrong() {
     );
     assert_error(&console.one("present reader1 card").await, "usage: present");
     assert_error(&console.one("open sesame").await, "unknown command 'open'");
-    assert_eq!(rig.reader.queued(), 2, "nothing queued by bad commands");
+    assert_eq!(rig.reader.queued(), 1, "nothing queued by bad commands");
 }
 
 #[tokio::test]
