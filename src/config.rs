@@ -2095,6 +2095,21 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_board_may_take_its_pulses_as_function_16() {
+        let relay =
+            |f: &str| format!("{MINIMAL}[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n{f}");
+        let c = Config::parse("t.toml", &relay("write_function = 16\n")).expect("valid");
+        assert!(c.relays[0].fc16_writes);
+        let c = Config::parse("t.toml", &relay("")).expect("valid");
+        assert!(!c.relays[0].fc16_writes, "function 6 by default");
+        let e = err(&relay("write_function = 5\n"));
+        assert!(
+            e.contains("relay[0].write_function") && e.contains("not 6") && e.contains("or 16"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn serial_timeouts_snapshots_and_door_limits_are_checked() {
         let relay =
             "[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[[lane]]\nid = 0\nrelay = \"k\"\n";

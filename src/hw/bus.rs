@@ -385,6 +385,47 @@ mod tests {
         }
     }
 
+    /// What a dead unit costs the others on its bus: its timeout, then the quiet time, before
+    /// the next unit is asked. At 9600 8E1 with `timeout_ms = 400`: 400 + 293 + 50 = 743 ms.
+    /// `cargo test -p gated --lib hw::bus::tests::a_dead_unit -- --nocapture` prints it.
+    #[tokio::test]
+    async fn a_dead_unit_costs_the_others_its_timeout_plus_the_quiet_time() {
+        let bus = hw_sim::SimServer::serial().await.expect("pty");
+        let _live = bus.add_reader(2, hw_sim::ReaderRegisters::default());
+        let link = SerialLink {
+            path: bus.serial_path().expect("serial").to_path_buf(),
+            baud: 9600,
+            parity: Parity::Even,
+            stop_bits: 1,
+        };
+        let timeout = Duration::from_millis(400);
+        let handle = Buses::default().get(&link);
+        // Unit 9 is not on the bus: it never answers.
+        let started = Instant::now();
+        let (dead, live) = tokio::join!(
+            handle.call(9, Op::ReadInputRegisters(0, 36), timeout),
+            async {
+                // Queued behind the dead unit's request.
+                tokio::task::yield_now().await;
+                handle.call(2, Op::ReadInputRegisters(0, 36), timeout).await
+            }
+        );
+        let cost = started.elapsed();
+        assert!(matches!(dead, Err(DeviceError::Timeout(400))), "{dead:?}");
+        live.expect("the live unit answers");
+        let floor = timeout + quiet(&link);
+        eprintln!(
+            "a dead unit at 9600 8E1, timeout 400 ms: the next unit answered after {} ms (timeout + quiet time = {} ms)",
+            cost.as_millis(),
+            floor.as_millis()
+        );
+        assert_eq!(floor.as_millis(), 743);
+        assert!(
+            cost >= floor && cost < floor + Duration::from_millis(400),
+            "{cost:?}"
+        );
+    }
+
     #[test]
     fn a_request_whose_caller_left_is_skipped() {
         let mut q = Queues::default();

@@ -423,3 +423,55 @@ pub(super) fn io_words(e: &std::io::Error) -> String {
     };
     what.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board that takes register writes only as function 16 refuses function 6 with an
+    /// exception (nothing released); with `write_function = 16` the pulse goes through.
+    #[tokio::test]
+    async fn a_board_that_refuses_function_6_takes_a_pulse_as_function_16() {
+        let server = hw_sim::SimServer::bind("127.0.0.1:0".parse().expect("literal"))
+            .await
+            .expect("bind");
+        let relay = server.add_relay(1, 2, hw_sim::RelayRegisters::default());
+        relay.set_single_register_writes(false);
+        let link = Link::Tcp(server.local_addr().to_string());
+        let buses = Buses::default();
+        let timeout = Duration::from_millis(500);
+
+        let mut fc6 = Modbus::new(&link, 1, timeout, &buses);
+        let r = fc6.write_register(100, 3000, Repeat::Never).await;
+        assert!(
+            matches!(&r, Err(e @ DeviceError::Exception(_)) if !e.may_have_reached_device()),
+            "{r:?}"
+        );
+        assert!(relay.pulses().is_empty());
+
+        let mut fc16 = Modbus::new(&link, 1, timeout, &buses).with_fc16_writes(true);
+        fc16.write_register(100, 3000, Repeat::Never)
+            .await
+            .expect("function 16 is taken");
+        let pulses = relay.pulses();
+        assert_eq!(pulses.len(), 1);
+        assert_eq!(
+            (pulses[0].lane, pulses[0].exit, pulses[0].ms),
+            (0, false, 3000)
+        );
+    }
+
+    #[test]
+    fn io_errors_are_put_in_words() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(
+            io_words(&Error::from(ErrorKind::ConnectionRefused)),
+            "connection refused"
+        );
+        assert_eq!(
+            io_words(&Error::from(ErrorKind::UnexpectedEof)),
+            "connection closed by the device"
+        );
+        assert_eq!(io_words(&Error::from(ErrorKind::TimedOut)), "timed out");
+    }
+}

@@ -69,9 +69,11 @@ fn decode_credential(regs: &[u16]) -> Result<Credential, String> {
         .flat_map(|w| w.to_be_bytes())
         .take(len)
         .collect();
+    // Visible ASCII only: a space or a control character in an id is a garbled frame or a
+    // device that pads differently, and would make two ids look alike in logs and lists.
     if !bytes.iter().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
-            "credential bytes are not printable ASCII: {bytes:02x?}"
+            "credential bytes are not visible ASCII (0x21..=0x7E): {bytes:02x?}"
         ));
     }
     let id = String::from_utf8(bytes).map_err(|e| e.to_string())?;
@@ -405,6 +407,16 @@ mod tests {
             panic!("event")
         };
         assert_eq!(credential.expect("valid").score, Some(0.912));
+        // A score on anything but a face is ignored, whatever the device sends.
+        let Mailbox::Event { credential, .. } = decode(&regs(9, 1, 930, b"0012345678")) else {
+            panic!("event")
+        };
+        assert_eq!(credential.expect("valid").score, None);
+        // Every visible ASCII byte is accepted, the ends of the range included.
+        let Mailbox::Event { credential, .. } = decode(&regs(9, 2, 0, b"!~Az09")) else {
+            panic!("event")
+        };
+        assert_eq!(credential.expect("valid").id, "!~Az09");
         let long = [b'A'; 64];
         let Mailbox::Event { credential, .. } = decode(&regs(9, 2, 0, &long)) else {
             panic!("event")
@@ -425,7 +437,9 @@ mod tests {
                 },
                 "length 65",
             ),
-            (regs(1, 1, 0, b"a\x07b"), "printable"),
+            (regs(1, 1, 0, b"a\x07b"), "0x21..=0x7E"),
+            (regs(1, 1, 0, b"a b"), "0x21..=0x7E"),
+            (regs(1, 1, 0, b"caf\xc3\xa9"), "0x21..=0x7E"),
             (regs(1, 3, 1001, b"P1"), "score 1001"),
             (vec![1, 1, 0], "registers"),
         ];
