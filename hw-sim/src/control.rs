@@ -415,7 +415,7 @@ fn button(devices: &Devices, args: &[&str]) -> Reply {
 }
 
 fn fault(devices: &Devices, args: &[&str]) -> Reply {
-    const USAGE: &str = "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid";
+    const USAGE: &str = "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid|bad-crc";
     let Some((name, spec)) = args.split_first() else {
         return Err(USAGE.to_owned());
     };
@@ -440,7 +440,7 @@ fn fault(devices: &Devices, args: &[&str]) -> Reply {
 /// A fault of one device (its unit), sparing the others on its socket or bus.
 fn device_fault(devices: &Devices, args: &[&str]) -> Reply {
     const USAGE: &str =
-        "usage: device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS";
+        "usage: device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS|bad-crc";
     let Some((name, spec)) = args.split_first() else {
         return Err(USAGE.to_owned());
     };
@@ -504,6 +504,7 @@ pub fn parse_fault(spec: &[&str]) -> Result<Fault, String> {
         ["garbage"] => Ok(Fault::Garbage),
         ["close-after-reply"] => Ok(Fault::CloseAfterReply),
         ["wrong-tid"] => Ok(Fault::WrongTransactionId),
+        ["bad-crc"] => Ok(Fault::BadCrc),
         ["flap", ms] => ms
             .strip_suffix("ms")
             .unwrap_or(ms)
@@ -594,9 +595,9 @@ fn help() -> Vec<String> {
         "button RELAY LANE in|out on|off                      press or let go of a request button",
         "stuck RELAY LANE in|out on|off|none                  stick a relay on or off, or free it",
         "door RELAY LANE open|closed                          a lane's door (or wing) contact",
-        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid",
+        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid|bad-crc",
         "                                                     for every device on DEVICE's address",
-        "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS",
+        "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS|bad-crc",
         "                                                     for DEVICE alone (its unit)",
         "panel PANEL open LANE in|out on|off                  a lane's open button on a guard panel",
         "panel PANEL hold-open|lockdown|emergency|reset on|off  a guard panel's mode input",

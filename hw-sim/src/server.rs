@@ -78,6 +78,10 @@ pub enum Fault {
     /// another request; requests still take effect. Set on a TCP server; on a unit or a
     /// serial server (which has no transaction ids) it changes nothing.
     WrongTransactionId,
+    /// Every answer arrives with a CRC that does not match (line noise, a wrong baud rate);
+    /// requests still take effect. Serial servers only (set on the server or on a unit); on
+    /// TCP, which has no CRC, it changes nothing.
+    BadCrc,
 }
 
 impl fmt::Display for Fault {
@@ -93,6 +97,7 @@ impl fmt::Display for Fault {
             Fault::Flap(period) => write!(f, "flap {}ms", period.as_millis()),
             Fault::CloseAfterReply => f.write_str("close-after-reply"),
             Fault::WrongTransactionId => f.write_str("wrong-tid"),
+            Fault::BadCrc => f.write_str("bad-crc"),
         }
     }
 }
@@ -530,6 +535,50 @@ async fn run_serial(master: tokio_serial::SerialStream, shared: Arc<Shared>) {
     shared.control.send_modify(|control| control.stopped = true);
 }
 
+/// Carries requests from the daemon's line to the server's and answers back, corrupting an
+/// answer's last byte under `Fault::BadCrc` (on the server, or on the unit the answer comes
+/// from): a frame whose CRC does not match, as line noise or a wrong baud rate make.
+async fn relay_line(
+    daemon: tokio_serial::SerialStream,
+    server: tokio_serial::SerialStream,
+    shared: Arc<Shared>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut control = shared.control.subscribe();
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(daemon);
+    let (mut from_server, mut to_server) = tokio::io::split(server);
+    let requests = async {
+        let r = tokio::io::copy(&mut from_daemon, &mut to_server).await;
+        tracing::debug!(?r, "serial line relay (requests) stopped");
+    };
+    let answers = async {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let unit_fault = || {
+                lock(&shared.unit_faults)
+                    .get(&buf[0])
+                    .is_some_and(|(f, _)| *f == Fault::BadCrc)
+            };
+            if shared.control.borrow().fault == Fault::BadCrc || unit_fault() {
+                buf[n - 1] ^= 0x01;
+            }
+            if to_daemon.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        tracing::debug!("serial line relay (answers) stopped");
+    };
+    tokio::select! {
+        () = requests => {}
+        () = answers => {}
+        () = shutdown_requested(&mut control) => {}
+    }
+}
+
 async fn shutdown_requested(control: &mut watch::Receiver<Control>) {
     let _ = control.wait_for(|control| control.shutdown).await;
 }
@@ -592,6 +641,10 @@ impl SimServer {
     pub async fn serial() -> io::Result<SimServer> {
         use tokio_serial::SerialPort as _;
         let (master, slave) = tokio_serial::SerialStream::pair().map_err(io::Error::other)?;
+        // The server answers on a line of its own, relayed to the daemon's: the relay is where
+        // a bad CRC is made.
+        let (server_end, relay_end) =
+            tokio_serial::SerialStream::pair().map_err(io::Error::other)?;
         let path = slave
             .name()
             .ok_or_else(|| io::Error::other("the pseudo-terminal has no name"))?;
@@ -604,7 +657,8 @@ impl SimServer {
             connections: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
         });
-        tokio::spawn(run_serial(master, Arc::clone(&shared)));
+        tokio::spawn(run_serial(server_end, Arc::clone(&shared)));
+        tokio::spawn(relay_line(master, relay_end, Arc::clone(&shared)));
         tracing::debug!(%path, "modbus RTU server on a pseudo-terminal");
         Ok(SimServer {
             _alive: Arc::new(Alive(Arc::clone(&shared))),
