@@ -150,3 +150,42 @@ async fn a_reader_whose_gateway_closes_after_each_reply_keeps_its_lane_moving() 
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn a_board_that_refuses_function_6_is_pulsed_with_16_when_configured() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let devices = Devices::start().await;
+    devices.relay.set_single_register_writes(false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_text(&dir.path().join("gated.db"), broker.port, &devices).replacen(
+        "timeout_ms = 200\n[[lane]]",
+        "timeout_ms = 200\nwrite_function = 16\n[[lane]]",
+        1,
+    );
+    assert!(config.contains("write_function = 16"), "{config}");
+    let _daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    centre
+        .wait_json("the ack of staff@1", ACK, |a| a["ref"] == "staff@1")
+        .await;
+    devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("queued");
+    wait_for("lane 0 released", DEADLINE, || {
+        devices
+            .relay
+            .pulses()
+            .iter()
+            .any(|p| p.lane == 0 && !p.exit && p.ms == 3000)
+            .then_some(())
+    })
+    .await;
+    let relay_alarms = centre
+        .on(ALARM)
+        .iter()
+        .map(Msg::json)
+        .filter(|a| a["source"] == "relay1")
+        .count();
+    assert_eq!(relay_alarms, 0, "{:?}", centre.on(ALARM));
+}
