@@ -236,6 +236,27 @@ async fn relay_commands_pulses_counters_and_contacts() {
         &console.one("tamper relay1 maybe").await,
         "bad state 'maybe'",
     );
+
+    // A board that takes register writes only as function 16.
+    assert_eq!(console.one("fc6 relay1 off").await, "ok fc6=off");
+    let pulses = rig.relay.pulses().len();
+    assert_eq!(
+        within(ctx.write_single_register(101, 2000))
+            .await
+            .expect("io"),
+        Err(ExceptionCode::IllegalFunction)
+    );
+    assert_eq!(rig.relay.pulses().len(), pulses, "refused: no pulse");
+    within(ctx.write_multiple_registers(101, &[2000]))
+        .await
+        .expect("io")
+        .expect("function 16 is taken");
+    assert_eq!(rig.relay.pulses().len(), pulses + 1);
+    assert_eq!(console.one("fc6 relay1 on").await, "ok fc6=on");
+    within(ctx.write_single_register(101, 0))
+        .await
+        .expect("io")
+        .expect("function 6 taken again");
 }
 
 #[tokio::test]
