@@ -8,12 +8,14 @@
 //!   applies the request-level faults (no reply, latency, exception). A unit id the server does
 //!   not host gets no reply at all, like an absent device on a bus;
 //! - a per-connection transport wrapper (`SimStream`) around the TCP stream, for the faults
-//!   tokio-modbus cannot express: closing connections on demand (disconnect) and replacing the
-//!   encoded response with bytes that are not a frame (garbage).
+//!   tokio-modbus cannot express: closing connections on demand (disconnect) or after every
+//!   reply (a serial-to-Ethernet gateway), replacing the encoded response with bytes that are
+//!   not a frame (garbage), and answering with another transaction id.
 //!
 //! A server can instead serve Modbus RTU on a pseudo-terminal ([`SimServer::serial`]), as the
 //! units of one RS-485 bus: the daemon opens the terminal's path as it would open
-//! `/dev/ttyUSB0`.
+//! `/dev/ttyUSB0`. The server answers on a second pseudo-terminal, relayed to the daemon's,
+//! where a bad CRC is made.
 //!
 //! Faults are set on the whole server ([`SimServer::set_fault`]: a dead box, a bad cable, a
 //! bus that is cut) or on one unit ([`SimServer::set_unit_fault`]: one device that stops
