@@ -502,8 +502,16 @@ struct RawRelay {
     unit: u8,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    /// The Modbus function of pulse writes: 6 (write single register), or 16 (write multiple
+    /// registers) for a board that refuses 6.
+    #[serde(default = "default_write_function")]
+    write_function: u8,
     #[serde(default)]
     registers: RawRelayRegisters,
+}
+
+fn default_write_function() -> u8 {
+    6
 }
 
 #[derive(Deserialize)]
@@ -906,6 +914,8 @@ pub struct RelayConfig {
     pub door_base: Option<u16>,
     /// A door open longer than this, while the mode does not hold it open, is `held_open`.
     pub held_open: Duration,
+    /// Pulses are written with function 16 (`write_function = 16`), not 6.
+    pub fc16_writes: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -1286,6 +1296,16 @@ impl Checker<'_> {
             if !(1..=3600).contains(&r.held_open_s) {
                 return self.err(span, &key("held_open_s"), "must be 1..=3600");
             }
+            if ![6, 16].contains(&r.write_function) {
+                return self.err(
+                    span,
+                    &key("write_function"),
+                    format!(
+                        "{} is not 6 (write single register) or 16 (write multiple registers)",
+                        r.write_function
+                    ),
+                );
+            }
             // Lanes are channels 0..=31: a block of 64 registers (32 doors) must fit below 65536,
             // so that no lane's address wraps around to another register.
             let g = &r.registers;
@@ -1320,6 +1340,7 @@ impl Checker<'_> {
                 feedback_base: r.registers.feedback_base,
                 door_base: r.registers.door_base,
                 held_open: Duration::from_secs(r.held_open_s),
+                fc16_writes: r.write_function == 16,
             });
         }
 
@@ -2111,6 +2132,21 @@ mod tests {
         assert!(
             sim.gpio_devices().is_empty(),
             "the sim config runs anywhere"
+        );
+    }
+
+    #[test]
+    fn a_relay_board_may_take_its_pulses_as_function_16() {
+        let relay =
+            |f: &str| format!("{MINIMAL}[[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n{f}");
+        let c = Config::parse("t.toml", &relay("write_function = 16\n")).expect("valid");
+        assert!(c.relays[0].fc16_writes);
+        let c = Config::parse("t.toml", &relay("")).expect("valid");
+        assert!(!c.relays[0].fc16_writes, "function 6 by default");
+        let e = err(&relay("write_function = 5\n"));
+        assert!(
+            e.contains("relay[0].write_function") && e.contains("not 6") && e.contains("or 16"),
+            "{e}"
         );
     }
 

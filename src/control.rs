@@ -429,16 +429,14 @@ impl Control {
         self.shared.publish_decision(origin.source, &event);
         tracing::warn!(lane, direction = direction.as_str(), by = %origin.describe(), "override: lane opened");
         if let Err(e) = relay.pulse(cfg.channel, direction, cfg.release_ms).await {
-            let detail = format!(
-                "override {} recorded but lane {lane} {} was not released: {e}",
-                event.id,
-                direction.as_str()
+            let (code, detail) = crate::hw::relay::release_alarm(
+                &format!("override {} recorded", event.id),
+                lane,
+                direction,
+                &e,
             );
             tracing::error!("{detail}");
-            let _ = self
-                .shared
-                .alarm("relay_failed", relay.name(), &detail)
-                .await;
+            let _ = self.shared.alarm(code, relay.name(), &detail).await;
             return Err(Refusal::DeviceError(detail));
         }
         Ok(format!(

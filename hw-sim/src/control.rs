@@ -237,6 +237,7 @@ pub fn execute(devices: &Devices, line: &str) -> Vec<String> {
         "bump" => bump(devices, args),
         "fire" => contact(devices, args, "fire", SimRelay::set_fire),
         "tamper" => contact(devices, args, "tamper", SimRelay::set_tamper),
+        "fc6" => contact(devices, args, "fc6", SimRelay::set_single_register_writes),
         "button" => button(devices, args),
         "stuck" => stuck(devices, args),
         "door" => door(devices, args),
@@ -272,11 +273,7 @@ fn present(devices: &Devices, args: &[&str]) -> Reply {
         }
     };
     let score = match score {
-        Some(score) => score
-            .parse::<u16>()
-            .ok()
-            .filter(|score| *score <= 1000)
-            .ok_or_else(|| format!("bad score '{score}' (expected 0..1000, in thousandths)"))?,
+        Some(score) => parse_score(score)?,
         None if kind == KIND_FACE => DEFAULT_FACE_SCORE,
         None => 0,
     };
@@ -284,6 +281,30 @@ fn present(devices: &Devices, args: &[&str]) -> Reply {
         .present(kind, credential, score)
         .map_err(|err| err.to_string())?;
     Ok(vec![format!("ok seq={seq}")])
+}
+
+/// A face score as a person writes it: a fraction such as `0.93`, as the daemon's
+/// `min_face_score` reads; or a whole number of thousandths such as `930`, the unit of the
+/// score register itself. Both give the register value (930).
+pub fn parse_score(text: &str) -> Result<u16, String> {
+    let bad = || {
+        format!(
+            "bad score '{text}' (expected a fraction 0.0..1.0 such as 0.93, or thousandths 0..1000 such as 930)"
+        )
+    };
+    if text.contains('.') {
+        let fraction: f64 = text.parse().map_err(|_| bad())?;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(bad());
+        }
+        // In range, so the product is 0..=1000 and fits.
+        Ok((fraction * 1000.0).round() as u16)
+    } else {
+        text.parse::<u16>()
+            .ok()
+            .filter(|score| *score <= 1000)
+            .ok_or_else(bad)
+    }
 }
 
 fn pulses(devices: &Devices, args: &[&str]) -> Reply {
@@ -395,8 +416,7 @@ fn button(devices: &Devices, args: &[&str]) -> Reply {
 }
 
 fn fault(devices: &Devices, args: &[&str]) -> Reply {
-    const USAGE: &str =
-        "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS";
+    const USAGE: &str = "usage: fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid|bad-crc";
     let Some((name, spec)) = args.split_first() else {
         return Err(USAGE.to_owned());
     };
@@ -421,7 +441,7 @@ fn fault(devices: &Devices, args: &[&str]) -> Reply {
 /// A fault of one device (its unit), sparing the others on its socket or bus.
 fn device_fault(devices: &Devices, args: &[&str]) -> Reply {
     const USAGE: &str =
-        "usage: device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS";
+        "usage: device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS|bad-crc";
     let Some((name, spec)) = args.split_first() else {
         return Err(USAGE.to_owned());
     };
@@ -483,6 +503,9 @@ pub fn parse_fault(spec: &[&str]) -> Result<Fault, String> {
         ["noreply"] => Ok(Fault::NoReply),
         ["disconnect"] => Ok(Fault::Disconnect),
         ["garbage"] => Ok(Fault::Garbage),
+        ["close-after-reply"] => Ok(Fault::CloseAfterReply),
+        ["wrong-tid"] => Ok(Fault::WrongTransactionId),
+        ["bad-crc"] => Ok(Fault::BadCrc),
         ["flap", ms] => ms
             .strip_suffix("ms")
             .unwrap_or(ms)
@@ -565,17 +588,18 @@ fn status(devices: &Devices, args: &[&str]) -> Reply {
 
 fn help() -> Vec<String> {
     [
-        "present READER card|qr|face|pin CREDENTIAL [SCORE]   queue an event; SCORE 0..1000, face default 950",
+        "present READER card|qr|face|pin CREDENTIAL [SCORE]   queue an event; SCORE 0.93 or 930 (thousandths), face default 0.95",
         "pulses RELAY                                         the pulses the daemon commanded",
         "bump RELAY LANE in|out                               count one person through a lane",
         "fire RELAY on|off                                    fire alarm contact",
         "tamper RELAY on|off                                  cabinet tamper contact",
+        "fc6 RELAY on|off                                     off: refuse function 6 (exception 1), take 16 only",
         "button RELAY LANE in|out on|off                      press or let go of a request button",
         "stuck RELAY LANE in|out on|off|none                  stick a relay on or off, or free it",
         "door RELAY LANE open|closed                          a lane's door (or wing) contact",
-        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS",
+        "fault DEVICE none|noreply|latency MS|exception CODE|disconnect|garbage|flap MS|close-after-reply|wrong-tid|bad-crc",
         "                                                     for every device on DEVICE's address",
-        "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS",
+        "device-fault DEVICE none|noreply|latency MS|exception CODE|garbage|flap MS|bad-crc",
         "                                                     for DEVICE alone (its unit)",
         "panel PANEL open LANE in|out on|off                  a lane's open button on a guard panel",
         "panel PANEL hold-open|lockdown|emergency|reset on|off  a guard panel's mode input",

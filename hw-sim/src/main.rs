@@ -20,7 +20,7 @@ const MAX_LANES: u16 = 1000;
     name = "hw-sim",
     version,
     about = "Simulated gate readers, relay boards and guard panels over Modbus TCP or RTU",
-    after_help = "Example:\n  hw-sim --reader reader1=127.0.0.1:5020/1 --reader reader2=rtu:bus1/2 \\\n         --relay relay1=127.0.0.1:5030/1/2 --panel panel1=127.0.0.1:5040/1 \\\n         --device-fault reader2='flap 500ms' --control 127.0.0.1:5099\n  nc 127.0.0.1 5099   (then type: help)\n\nDevices with the same ADDR share one socket, under different unit ids. ADDR rtu:NAME\nserves Modbus RTU on a pseudo-terminal (an RS-485 bus); its path is printed, for the\ndaemon's `serial = { path = ... }`, and devices with the same NAME share that bus.\nLog detail: RUST_LOG=hw_sim=debug."
+    after_help = "Example:\n  hw-sim --reader reader1=127.0.0.1:5020/1 --reader reader2=rtu:bus1/2 \\\n         --relay relay1=127.0.0.1:5030/1/2 --panel panel1=127.0.0.1:5040/1 \\\n         --device-fault reader2='flap 500ms' --control 127.0.0.1:5099\n  nc 127.0.0.1 5099   (then type: help)\n\nDevices with the same ADDR share one socket, under different unit ids; port 0 gives each\ndevice a free port of its own (printed). ADDR rtu:NAME\nserves Modbus RTU on a pseudo-terminal (an RS-485 bus); its path is printed, for the\ndaemon's `serial = { path = ... }`, and devices with the same NAME share that bus.\nLog detail: RUST_LOG=hw_sim=debug."
 )]
 struct Cli {
     /// A reader or face terminal; UNIT defaults to 1.
@@ -54,6 +54,13 @@ fn parse_device_fault(value: &str) -> Result<(String, hw_sim::Fault), String> {
 enum Endpoint {
     Tcp(SocketAddr),
     Rtu(String),
+}
+
+impl Endpoint {
+    /// Port 0: a free port, picked for this device alone.
+    fn any_port(&self) -> bool {
+        matches!(self, Endpoint::Tcp(a) if a.port() == 0)
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -130,9 +137,10 @@ fn parse_spec(value: &str, relay: bool) -> Result<Spec, String> {
 }
 
 /// Refuses two devices on the same address and unit: one would silently replace the other.
+/// A device on port 0 gets a socket of its own, so it clashes with nothing.
 fn check_units(specs: &[&Spec]) -> anyhow::Result<()> {
     let mut seen: BTreeMap<(Endpoint, u8), &str> = BTreeMap::new();
-    for spec in specs {
+    for spec in specs.iter().filter(|s| !s.addr.any_port()) {
         if let Some(other) = seen.insert((spec.addr.clone(), spec.unit), &spec.name) {
             bail!(
                 "{other} and {} are both unit {} on {}",
@@ -175,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         .chain(cli.relays.iter().map(|spec| (spec, "relay")))
         .chain(cli.panels.iter().map(|spec| (spec, "panel")))
     {
-        let server = match servers.get(&spec.addr) {
+        let server = match servers.get(&spec.addr).filter(|_| !spec.addr.any_port()) {
             Some(server) => server.clone(),
             None => {
                 let server = match &spec.addr {
@@ -186,7 +194,12 @@ async fn main() -> anyhow::Result<()> {
                 if let Endpoint::Rtu(bus) = &spec.addr {
                     println!("hw-sim: bus {bus} is {}", server.endpoint());
                 }
-                servers.insert(spec.addr.clone(), server.clone());
+                // Keyed by the address the server got: each port-0 device is kept apart.
+                let key = match &spec.addr {
+                    Endpoint::Tcp(_) => Endpoint::Tcp(server.local_addr()),
+                    rtu => rtu.clone(),
+                };
+                servers.insert(key, server.clone());
                 server
             }
         };
@@ -338,5 +351,9 @@ mod tests {
         let c = parse_relay("c=127.0.0.1:5020/2").expect("valid");
         assert!(check_units(&[&a, &c]).is_ok());
         assert!(check_units(&[&a, &b]).is_err());
+        // Port 0: each gets a free port of its own.
+        let d = parse_reader("d=127.0.0.1:0/1").expect("valid");
+        let e = parse_reader("e=127.0.0.1:0/1").expect("valid");
+        assert!(check_units(&[&d, &e]).is_ok());
     }
 }

@@ -96,6 +96,9 @@ pub(crate) struct RelayState {
     /// Discrete-input reads answered, so a test can wait for the daemon to have looked.
     input_reads: u64,
     pulses: Vec<Pulse>,
+    /// False for a board that only takes register writes as function 16: function 6 gets
+    /// exception 1 (illegal function).
+    single_writes: bool,
 }
 
 impl RelayState {
@@ -114,6 +117,7 @@ impl RelayState {
             doors: vec![false; usize::from(lanes)],
             input_reads: 0,
             pulses: Vec::new(),
+            single_writes: true,
         }
     }
 
@@ -196,6 +200,9 @@ impl RelayState {
                     .map(|index| self.remaining_ms(index, now.mono))
                     .collect();
                 Ok(Response::ReadHoldingRegisters(left))
+            }
+            Request::WriteSingleRegister(_, _) if !self.single_writes => {
+                Err(ExceptionCode::IllegalFunction)
             }
             Request::WriteSingleRegister(addr, ms) => {
                 let at = offset_in(regs.pulse_base, outputs, *addr, 1)?;
@@ -356,6 +363,12 @@ impl SimRelay {
             state.pulse_until.fill(None);
         }
         self.server.drop_connections();
+    }
+
+    /// Makes the board refuse single-register writes (function 6) with exception 1, taking
+    /// register writes only as function 16, as some boards do; `true` accepts both again.
+    pub fn set_single_register_writes(&self, accepted: bool) {
+        lock(&self.state).single_writes = accepted;
     }
 
     pub fn set_fire(&self, on: bool) {

@@ -8,12 +8,14 @@
 //!   applies the request-level faults (no reply, latency, exception). A unit id the server does
 //!   not host gets no reply at all, like an absent device on a bus;
 //! - a per-connection transport wrapper (`SimStream`) around the TCP stream, for the faults
-//!   tokio-modbus cannot express: closing connections on demand (disconnect) and replacing the
-//!   encoded response with bytes that are not a frame (garbage).
+//!   tokio-modbus cannot express: closing connections on demand (disconnect) or after every
+//!   reply (a serial-to-Ethernet gateway), replacing the encoded response with bytes that are
+//!   not a frame (garbage), and answering with another transaction id.
 //!
 //! A server can instead serve Modbus RTU on a pseudo-terminal ([`SimServer::serial`]), as the
 //! units of one RS-485 bus: the daemon opens the terminal's path as it would open
-//! `/dev/ttyUSB0`.
+//! `/dev/ttyUSB0`. The server answers on a second pseudo-terminal, relayed to the daemon's,
+//! where a bad CRC is made.
 //!
 //! Faults are set on the whole server ([`SimServer::set_fault`]: a dead box, a bad cable, a
 //! bus that is cut) or on one unit ([`SimServer::set_unit_fault`]: one device that stops
@@ -70,6 +72,18 @@ pub enum Fault {
     /// The device flaps (a loose connector): it answers for this long, then stays silent for
     /// as long, and so on, starting with an answering phase when the fault is set.
     Flap(Duration),
+    /// Every request is answered, then the connection is closed by the device, as many
+    /// serial-to-Ethernet gateways do. Set on a TCP server (a socket); on a unit or a serial
+    /// server it changes nothing.
+    CloseAfterReply,
+    /// Every answer carries a transaction id other than its request's, as if it answered
+    /// another request; requests still take effect. Set on a TCP server; on a unit or a
+    /// serial server (which has no transaction ids) it changes nothing.
+    WrongTransactionId,
+    /// Every answer arrives with a CRC that does not match (line noise, a wrong baud rate);
+    /// requests still take effect. Serial servers only (set on the server or on a unit); on
+    /// TCP, which has no CRC, it changes nothing.
+    BadCrc,
 }
 
 impl fmt::Display for Fault {
@@ -83,6 +97,9 @@ impl fmt::Display for Fault {
             Fault::Disconnect => f.write_str("disconnect"),
             Fault::Garbage => f.write_str("garbage"),
             Fault::Flap(period) => write!(f, "flap {}ms", period.as_millis()),
+            Fault::CloseAfterReply => f.write_str("close-after-reply"),
+            Fault::WrongTransactionId => f.write_str("wrong-tid"),
+            Fault::BadCrc => f.write_str("bad-crc"),
         }
     }
 }
@@ -169,6 +186,24 @@ struct Shared {
     unit_faults: Mutex<HashMap<u8, (Fault, std::time::Instant)>>,
     control: watch::Sender<Control>,
     connections: AtomicUsize,
+    /// Requests received and not yet answered (or left unanswered), a delayed one included.
+    pending: AtomicUsize,
+}
+
+/// Counts a request as pending for as long as it lives.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Pending(count)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -212,6 +247,7 @@ impl Shared {
         req: SlaveRequest<'static>,
         epoch: u64,
     ) -> Result<Option<Response>, ExceptionCode> {
+        let _pending = Pending::start(&self.pending);
         let now = std::time::Instant::now();
         let (server_fault, since) = {
             let c = self.control.borrow();
@@ -300,6 +336,8 @@ struct SimStream {
     /// Garbage still to send, and how much of it has gone out.
     garbage: Vec<u8>,
     garbage_sent: usize,
+    /// An answer was written under `Fault::CloseAfterReply`: close once it is flushed.
+    close_after_flush: bool,
     shared: Arc<Shared>,
 }
 
@@ -314,6 +352,7 @@ impl SimStream {
             is_dropped: false,
             garbage: Vec::new(),
             garbage_sent: 0,
+            close_after_flush: false,
             shared,
         }
     }
@@ -376,10 +415,22 @@ impl AsyncWrite for SimStream {
             return Poll::Ready(Err(dropped_error()));
         }
         ready!(this.poll_send_garbage(cx))?;
-        if this.control.borrow().fault == Fault::Garbage {
-            // Take the real bytes as written and queue garbage in their place; flush sends it.
-            this.garbage = garbage(buf.len());
-            return Poll::Ready(Ok(buf.len()));
+        let fault = this.control.borrow().fault.clone();
+        match fault {
+            Fault::Garbage => {
+                // Take the real bytes as written and queue garbage in their place; flush sends
+                // it.
+                this.garbage = garbage(buf.len());
+                return Poll::Ready(Ok(buf.len()));
+            }
+            Fault::WrongTransactionId => {
+                // The whole answer is taken at once (so `buf` starts with its MBAP header)
+                // and queued with another transaction id.
+                this.garbage = other_transaction(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            Fault::CloseAfterReply => this.close_after_flush = true,
+            _ => {}
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -390,7 +441,12 @@ impl AsyncWrite for SimStream {
             return Poll::Ready(Err(dropped_error()));
         }
         ready!(this.poll_send_garbage(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        if std::mem::take(&mut this.close_after_flush) {
+            // The answer is out: the next read ends the connection, which closes the socket.
+            this.is_dropped = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -411,6 +467,16 @@ fn garbage(len: usize) -> Vec<u8> {
     bytes[2] = rng.random_range(1..=u8::MAX);
     let body = u16::try_from(len - 6).unwrap_or(u16::MAX);
     bytes[4..6].copy_from_slice(&body.to_be_bytes());
+    bytes
+}
+
+/// `answer` with its MBAP transaction id (its first two bytes) changed.
+fn other_transaction(answer: &[u8]) -> Vec<u8> {
+    let mut bytes = answer.to_vec();
+    if let [hi, lo, ..] = bytes[..] {
+        let tid = u16::from_be_bytes([hi, lo]).wrapping_add(0x5A5A);
+        bytes[..2].copy_from_slice(&tid.to_be_bytes());
+    }
     bytes
 }
 
@@ -471,6 +537,50 @@ async fn run_serial(master: tokio_serial::SerialStream, shared: Arc<Shared>) {
     shared.control.send_modify(|control| control.stopped = true);
 }
 
+/// Carries requests from the daemon's line to the server's and answers back, corrupting an
+/// answer's last byte under `Fault::BadCrc` (on the server, or on the unit the answer comes
+/// from): a frame whose CRC does not match, as line noise or a wrong baud rate make.
+async fn relay_line(
+    daemon: tokio_serial::SerialStream,
+    server: tokio_serial::SerialStream,
+    shared: Arc<Shared>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut control = shared.control.subscribe();
+    let (mut from_daemon, mut to_daemon) = tokio::io::split(daemon);
+    let (mut from_server, mut to_server) = tokio::io::split(server);
+    let requests = async {
+        let r = tokio::io::copy(&mut from_daemon, &mut to_server).await;
+        tracing::debug!(?r, "serial line relay (requests) stopped");
+    };
+    let answers = async {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let unit_fault = || {
+                lock(&shared.unit_faults)
+                    .get(&buf[0])
+                    .is_some_and(|(f, _)| *f == Fault::BadCrc)
+            };
+            if shared.control.borrow().fault == Fault::BadCrc || unit_fault() {
+                buf[n - 1] ^= 0x01;
+            }
+            if to_daemon.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        tracing::debug!("serial line relay (answers) stopped");
+    };
+    tokio::select! {
+        () = requests => {}
+        () = answers => {}
+        () = shutdown_requested(&mut control) => {}
+    }
+}
+
 async fn shutdown_requested(control: &mut watch::Receiver<Control>) {
     let _ = control.wait_for(|control| control.shutdown).await;
 }
@@ -516,6 +626,7 @@ impl SimServer {
             unit_faults: Mutex::new(HashMap::new()),
             control: watch::Sender::new(Control::default()),
             connections: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
         });
         tokio::spawn(run(Server::new(listener), Arc::clone(&shared)));
         tracing::debug!(addr = %local_addr, "modbus server listening");
@@ -532,6 +643,10 @@ impl SimServer {
     pub async fn serial() -> io::Result<SimServer> {
         use tokio_serial::SerialPort as _;
         let (master, slave) = tokio_serial::SerialStream::pair().map_err(io::Error::other)?;
+        // The server answers on a line of its own, relayed to the daemon's: the relay is where
+        // a bad CRC is made.
+        let (server_end, relay_end) =
+            tokio_serial::SerialStream::pair().map_err(io::Error::other)?;
         let path = slave
             .name()
             .ok_or_else(|| io::Error::other("the pseudo-terminal has no name"))?;
@@ -542,8 +657,10 @@ impl SimServer {
             unit_faults: Mutex::new(HashMap::new()),
             control: watch::Sender::new(Control::default()),
             connections: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
         });
-        tokio::spawn(run_serial(master, Arc::clone(&shared)));
+        tokio::spawn(run_serial(server_end, Arc::clone(&shared)));
+        tokio::spawn(relay_line(master, relay_end, Arc::clone(&shared)));
         tracing::debug!(%path, "modbus RTU server on a pseudo-terminal");
         Ok(SimServer {
             _alive: Arc::new(Alive(Arc::clone(&shared))),
@@ -638,6 +755,12 @@ impl SimServer {
 
     pub fn fault(&self) -> Fault {
         self.shared.control.borrow().fault.clone()
+    }
+
+    /// Requests received and not answered yet (those delayed by `Latency` included). Zero
+    /// once every request that reached the device has been carried out or dropped.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::SeqCst)
     }
 
     /// Connections open now. Useful to see that a client reconnected, or did not.

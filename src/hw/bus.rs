@@ -17,6 +17,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_modbus::client::{Context, Reader, Writer, rtu};
@@ -50,6 +54,7 @@ pub enum Op {
     ReadDiscreteInputs(u16, u16),
     WriteMultipleCoils(u16, Vec<bool>),
     WriteSingleRegister(u16, u16),
+    WriteMultipleRegisters(u16, Vec<u16>),
 }
 
 /// What a request gives back.
@@ -158,10 +163,111 @@ impl Queues {
     }
 }
 
+/// The serial port as tokio-modbus uses it, keeping the bytes received since a request was
+/// last written: when no answer could be made of them, they tell a reply that failed its CRC
+/// from silence or a cut-off frame.
+struct Heard {
+    port: tokio_serial::SerialStream,
+    since_write: Arc<Mutex<Vec<u8>>>,
+}
+
+/// The longest Modbus RTU frame; more heard than this is not one reply.
+const MAX_FRAME: usize = 256;
+
+impl AsyncRead for Heard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.port).poll_read(cx, buf))?;
+        let mut heard = lock(&self.since_write);
+        let room = MAX_FRAME.saturating_sub(heard.len());
+        let new = &buf.filled()[before..];
+        heard.extend_from_slice(&new[..new.len().min(room)]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Heard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        lock(&self.since_write).clear();
+        Pin::new(&mut self.port).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.port).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.port).poll_shutdown(cx)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// CRC-16/MODBUS.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// Whether `heard`, after a request `op` to `unit` got no usable answer, holds a whole reply
+/// from that unit whose CRC does not match. A reply cut short is not judged (it is a timeout).
+fn failed_crc(heard: &[u8], unit: u8, op: &Op) -> Option<String> {
+    let (&first, &function) = (heard.first()?, heard.get(1)?);
+    if first != unit {
+        return None;
+    }
+    let len = if function & 0x80 != 0 {
+        5
+    } else {
+        match op {
+            Op::ReadInputRegisters(_, n) => 5 + 2 * usize::from(*n),
+            Op::ReadDiscreteInputs(_, n) => 5 + usize::from(*n).div_ceil(8),
+            Op::WriteMultipleCoils(..)
+            | Op::WriteSingleRegister(..)
+            | Op::WriteMultipleRegisters(..) => 8,
+        }
+    };
+    let frame = heard.get(..len)?;
+    let (body, sent) = frame.split_at(len - 2);
+    let sent = u16::from_le_bytes([sent[0], sent[1]]);
+    let computed = crc16(body);
+    (sent != computed).then(|| {
+        format!("a reply of {len} bytes from unit {unit} carries CRC {sent:04X}, its bytes make {computed:04X}")
+    })
+}
+
 /// The serial port, opened on demand.
 struct Port {
     link: SerialLink,
     ctx: Option<Context>,
+    /// What the port received since the last request was written.
+    heard: Arc<Mutex<Vec<u8>>>,
     /// When the last open failed, and why: requests fail fast until `REOPEN_AFTER` has passed.
     failed: Option<(Instant, String)>,
 }
@@ -205,7 +311,10 @@ impl Port {
             if self.failed.take().is_some() {
                 tracing::info!(bus = %l.path.display(), "serial port open again");
             }
-            self.ctx = Some(rtu::attach(port));
+            self.ctx = Some(rtu::attach(Heard {
+                port,
+                since_write: Arc::clone(&self.heard),
+            }));
         }
         self.ctx
             .as_mut()
@@ -217,6 +326,7 @@ async fn run(link: SerialLink, mut rx: mpsc::Receiver<Request>) {
     let mut port = Port {
         link,
         ctx: None,
+        heard: Arc::default(),
         failed: None,
     };
     let mut queues = Queues::default();
@@ -234,7 +344,10 @@ async fn run(link: SerialLink, mut rx: mpsc::Receiver<Request>) {
         let result = serve(&mut port, r.unit, &r.op, r.timeout).await;
         if matches!(
             result,
-            Err(DeviceError::Timeout(_) | DeviceError::Transport(_) | DeviceError::Garbage(_))
+            Err(DeviceError::Timeout(_)
+                | DeviceError::Transport(_)
+                | DeviceError::Garbage(_)
+                | DeviceError::Crc(_))
         ) {
             // Close, let a late reply die out, and open again with the input flushed.
             port.ctx = None;
@@ -290,8 +403,26 @@ async fn serve(port: &mut Port, unit: u8, op: &Op, wait: Duration) -> Result<Rep
             })
             .await
         }
+        Op::WriteMultipleRegisters(a, v) => {
+            timeout(wait, async {
+                ctx.write_multiple_registers(*a, v)
+                    .await
+                    .map(|r| r.map(|()| Reply::Done))
+            })
+            .await
+        }
     };
-    settle(r)
+    // tokio-modbus drops bytes of a frame whose CRC fails, looking for one that does, and in
+    // the end times out or gives up with "Too many retries": what was heard tells which.
+    settle(r).map_err(|e| match e {
+        DeviceError::Timeout(_) | DeviceError::Transport(_) | DeviceError::Garbage(_) => {
+            match failed_crc(&lock(&port.heard), unit, op) {
+                Some(why) => DeviceError::Crc(why),
+                None => e,
+            }
+        }
+        e => e,
+    })
 }
 
 #[cfg(test)]
@@ -374,6 +505,91 @@ mod tests {
             let bytes: Vec<u8> = w[4..9].iter().flat_map(|x| x.to_be_bytes()).collect();
             assert_eq!(&bytes[..9], b"FAST-UNIT", "unit 2's own mailbox");
         }
+    }
+
+    /// What a dead unit costs the others on its bus: its timeout, then the quiet time, before
+    /// the next unit is asked. At 9600 8E1 with `timeout_ms = 400`: 400 + 293 + 50 = 743 ms.
+    /// `cargo test -p gated --lib hw::bus::tests::a_dead_unit -- --nocapture` prints it.
+    #[tokio::test]
+    async fn a_dead_unit_costs_the_others_its_timeout_plus_the_quiet_time() {
+        let bus = hw_sim::SimServer::serial().await.expect("pty");
+        let _live = bus.add_reader(2, hw_sim::ReaderRegisters::default());
+        let link = SerialLink {
+            path: bus.serial_path().expect("serial").to_path_buf(),
+            baud: 9600,
+            parity: Parity::Even,
+            stop_bits: 1,
+        };
+        let timeout = Duration::from_millis(400);
+        let handle = Buses::default().get(&link);
+        // Unit 9 is not on the bus: it never answers.
+        let started = Instant::now();
+        let (dead, live) = tokio::join!(
+            handle.call(9, Op::ReadInputRegisters(0, 36), timeout),
+            async {
+                // Queued behind the dead unit's request.
+                tokio::task::yield_now().await;
+                handle.call(2, Op::ReadInputRegisters(0, 36), timeout).await
+            }
+        );
+        let cost = started.elapsed();
+        assert!(matches!(dead, Err(DeviceError::Timeout(400))), "{dead:?}");
+        live.expect("the live unit answers");
+        let floor = timeout + quiet(&link);
+        eprintln!(
+            "a dead unit at 9600 8E1, timeout 400 ms: the next unit answered after {} ms (timeout + quiet time = {} ms)",
+            cost.as_millis(),
+            floor.as_millis()
+        );
+        assert_eq!(floor.as_millis(), 743);
+        assert!(
+            cost >= floor && cost < floor + Duration::from_millis(400),
+            "{cost:?}"
+        );
+    }
+
+    /// A unit whose answers fail their CRC (noise, a wrong baud rate) is shown as that, not
+    /// as `disconnected` or `timeout`; its neighbour on the bus is not affected.
+    #[tokio::test]
+    async fn a_reply_that_fails_its_crc_is_a_crc_error() {
+        let bus = hw_sim::SimServer::serial().await.expect("pty");
+        let _noisy = bus.add_reader(1, hw_sim::ReaderRegisters::default());
+        let _clean = bus.add_reader(2, hw_sim::ReaderRegisters::default());
+        bus.set_unit_fault(1, hw_sim::Fault::BadCrc);
+        let link = SerialLink {
+            path: bus.serial_path().expect("serial").to_path_buf(),
+            baud: 19_200,
+            parity: Parity::Even,
+            stop_bits: 1,
+        };
+        let timeout = Duration::from_millis(200);
+        let handle = Buses::default().get(&link);
+        for op in [Op::ReadInputRegisters(0, 36), Op::WriteSingleRegister(0, 5)] {
+            let r = handle.call(1, op.clone(), timeout).await;
+            let e = r.expect_err("a bad CRC is no answer");
+            assert_eq!(e.state(), "crc_error", "{op:?}: {e}");
+            assert!(e.to_string().contains("CRC"), "{e}");
+            handle
+                .call(2, Op::ReadInputRegisters(0, 36), timeout)
+                .await
+                .expect("unit 2 answers");
+        }
+    }
+
+    #[test]
+    fn the_crc_is_crc16_modbus() {
+        assert_eq!(crc16(b"123456789"), 0x4B37);
+        // Read 1 input register of unit 1 answered 0x0007: a frame whose CRC matches.
+        let mut frame = vec![1, 4, 2, 0, 7];
+        frame.extend(crc16(&frame).to_le_bytes());
+        assert_eq!(failed_crc(&frame, 1, &Op::ReadInputRegisters(0, 1)), None);
+        frame[6] ^= 1;
+        assert!(failed_crc(&frame, 1, &Op::ReadInputRegisters(0, 1)).is_some());
+        assert_eq!(
+            failed_crc(&frame[..5], 1, &Op::ReadInputRegisters(0, 1)),
+            None,
+            "a reply cut short is not judged"
+        );
     }
 
     #[test]

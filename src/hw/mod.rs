@@ -29,6 +29,10 @@ pub enum DeviceError {
     Exception(String),
     #[error("garbage from device: {0}")]
     Garbage(String),
+    /// A serial reply arrived whole, but its CRC does not match: noise on the line, a wrong
+    /// baud rate or parity, a bad termination.
+    #[error("CRC error: {0}")]
+    Crc(String),
     #[error("device task stopped")]
     Stopped,
     /// The device answers, but a relay's feedback contact contradicts what it was told.
@@ -37,6 +41,17 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
+    /// Whether the request may have reached the device (and been carried out) although it
+    /// failed: a request sent but not answered (timeout), cut off (transport) or answered by
+    /// a reply to another one (garbage). A connection that could not be made sent nothing, and
+    /// a device's exception says it did not carry the request out.
+    pub fn may_have_reached_device(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout(_) | Self::Transport(_) | Self::Garbage(_) | Self::Crc(_)
+        )
+    }
+
     /// The short state shown in status (`"timeout"`, `"exception"`, …).
     pub fn state(&self) -> &'static str {
         match self {
@@ -45,6 +60,7 @@ impl DeviceError {
             Self::Transport(_) => "disconnected",
             Self::Exception(_) => "exception",
             Self::Garbage(_) => "garbage",
+            Self::Crc(_) => "crc_error",
             Self::Stopped => "stopped",
             Self::Stuck(_) => "stuck",
         }

@@ -5,8 +5,14 @@
 //! any timeout or transport error (a late reply must never be taken for the next request's:
 //! tokio-modbus #324, so the context is dropped, not reused).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_modbus::client::{Context, Reader, Writer, tcp};
 use tokio_modbus::{ExceptionCode, Slave};
@@ -16,7 +22,14 @@ use super::bus::{BusHandle, Buses, Op, Reply};
 use crate::config::Link;
 
 /// One device's link, whichever transport. Every reply's length is checked here.
-pub enum Modbus {
+pub struct Modbus {
+    path: Path,
+    /// Register writes as function 16 (write multiple registers), for boards that refuse
+    /// function 6.
+    fc16: bool,
+}
+
+enum Path {
     Tcp(ModbusTcp),
     Rtu {
         bus: BusHandle,
@@ -27,23 +40,28 @@ pub enum Modbus {
 
 impl Modbus {
     pub fn new(link: &Link, unit: u8, timeout: Duration, buses: &Buses) -> Self {
-        match link {
-            Link::Tcp(address) => Modbus::Tcp(ModbusTcp::new(address, unit, timeout)),
-            Link::Rtu(serial) => Modbus::Rtu {
+        let path = match link {
+            Link::Tcp(address) => Path::Tcp(ModbusTcp::new(address, unit, timeout)),
+            Link::Rtu(serial) => Path::Rtu {
                 bus: buses.get(serial),
                 unit,
                 timeout,
             },
-        }
+        };
+        Modbus { path, fc16: false }
     }
 
-    async fn rtu(
-        bus: &BusHandle,
-        unit: u8,
-        timeout: Duration,
-        op: Op,
-    ) -> Result<Reply, DeviceError> {
-        bus.call(unit, op, timeout).await
+    /// Writes registers with function 16 instead of 6.
+    pub fn with_fc16_writes(mut self, fc16: bool) -> Self {
+        self.fc16 = fc16;
+        self
+    }
+
+    async fn call(&mut self, op: Op, repeat: Repeat) -> Result<Reply, DeviceError> {
+        match &mut self.path {
+            Path::Tcp(t) => t.call(&op, repeat).await,
+            Path::Rtu { bus, unit, timeout } => bus.call(*unit, op, *timeout).await,
+        }
     }
 
     pub async fn read_input_registers(
@@ -51,13 +69,10 @@ impl Modbus {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<u16>, DeviceError> {
-        match self {
-            Modbus::Tcp(t) => t.read_input_registers(addr, cnt).await,
-            Modbus::Rtu { bus, unit, timeout } => {
-                let r = Self::rtu(bus, *unit, *timeout, Op::ReadInputRegisters(addr, cnt)).await?;
-                words(r, addr, cnt, "input registers")
-            }
-        }
+        let r = self
+            .call(Op::ReadInputRegisters(addr, cnt), Repeat::Safe)
+            .await?;
+        words(r, addr, cnt, "input registers")
     }
 
     pub async fn read_discrete_inputs(
@@ -65,50 +80,43 @@ impl Modbus {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<bool>, DeviceError> {
-        match self {
-            Modbus::Tcp(t) => t.read_discrete_inputs(addr, cnt).await,
-            Modbus::Rtu { bus, unit, timeout } => {
-                match Self::rtu(bus, *unit, *timeout, Op::ReadDiscreteInputs(addr, cnt)).await? {
-                    Reply::Bits(v) if v.len() >= usize::from(cnt) => Ok(v),
-                    other => Err(DeviceError::Garbage(format!(
-                        "asked for {cnt} discrete inputs at {addr}, got {other:?}"
-                    ))),
-                }
-            }
+        match self
+            .call(Op::ReadDiscreteInputs(addr, cnt), Repeat::Safe)
+            .await?
+        {
+            Reply::Bits(v) if v.len() >= usize::from(cnt) => Ok(v),
+            other => Err(DeviceError::Garbage(format!(
+                "asked for {cnt} discrete inputs at {addr}, got {other:?}"
+            ))),
         }
     }
 
+    /// Coils hold a state: writing them twice does no harm.
     pub async fn write_multiple_coils(
         &mut self,
         addr: u16,
         values: &[bool],
     ) -> Result<(), DeviceError> {
-        match self {
-            Modbus::Tcp(t) => t.write_multiple_coils(addr, values).await,
-            Modbus::Rtu { bus, unit, timeout } => Self::rtu(
-                bus,
-                *unit,
-                *timeout,
-                Op::WriteMultipleCoils(addr, values.to_vec()),
-            )
+        self.call(Op::WriteMultipleCoils(addr, values.to_vec()), Repeat::Safe)
             .await
-            .map(drop),
-        }
+            .map(drop)
     }
 
-    pub async fn write_single_register(
+    /// Writes one holding register, with function 6, or 16 on a board that takes only that.
+    /// `repeat` says whether the write may be sent again on a new connection when the device
+    /// closed the old one under it.
+    pub async fn write_register(
         &mut self,
         addr: u16,
         value: u16,
+        repeat: Repeat,
     ) -> Result<(), DeviceError> {
-        match self {
-            Modbus::Tcp(t) => t.write_single_register(addr, value).await,
-            Modbus::Rtu { bus, unit, timeout } => {
-                Self::rtu(bus, *unit, *timeout, Op::WriteSingleRegister(addr, value))
-                    .await
-                    .map(drop)
-            }
-        }
+        let op = if self.fc16 {
+            Op::WriteMultipleRegisters(addr, vec![value])
+        } else {
+            Op::WriteSingleRegister(addr, value)
+        };
+        self.call(op, repeat).await.map(drop)
     }
 }
 
@@ -117,7 +125,7 @@ impl Modbus {
 pub(super) fn transport(e: tokio_modbus::Error) -> DeviceError {
     match e {
         tokio_modbus::Error::Protocol(p) => DeviceError::Garbage(p.to_string()),
-        tokio_modbus::Error::Transport(io) => DeviceError::Transport(io.to_string()),
+        tokio_modbus::Error::Transport(io) => DeviceError::Transport(io_words(&io)),
     }
 }
 
@@ -134,11 +142,108 @@ pub struct ModbusTcp {
     address: String,
     unit: u8,
     timeout: Duration,
-    ctx: Option<Context>,
+    ctx: Option<(Context, Arc<Socket>)>,
 }
 
 type Raw<T> =
     Result<Result<Result<T, ExceptionCode>, tokio_modbus::Error>, tokio::time::error::Elapsed>;
+
+/// A connection's socket, shared between tokio-modbus's framing (reads and writes) and the
+/// link, which looks at it between requests: a device (or a serial-to-Ethernet gateway) that
+/// closed it after its last reply must not cost the next request.
+#[derive(Debug)]
+struct Socket {
+    stream: TcpStream,
+    /// The device closed its side: a read returned end of stream.
+    closed: AtomicBool,
+}
+
+impl Socket {
+    /// Whether the connection is unfit for a new request: closed or reset by the device, or
+    /// holding bytes nobody asked for (a late reply). Never waits.
+    fn stale(&self) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Nothing to read is the one healthy answer. No request is in flight here, so the
+        // no-op waker replaces no one's.
+        !matches!(self.stream.poll_peek(&mut cx, &mut buf), Poll::Pending)
+    }
+}
+
+/// The framing's handle on a `Socket`.
+#[derive(Debug)]
+struct Shared(Arc<Socket>);
+
+impl AsyncRead for Shared {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let socket = &self.0;
+        loop {
+            ready!(socket.stream.poll_read_ready(cx))?;
+            match socket.stream.try_read(buf.initialize_unfilled()) {
+                Ok(0) if buf.remaining() > 0 => {
+                    socket.closed.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let socket = &self.0;
+        loop {
+            ready!(socket.stream.poll_write_ready(cx))?;
+            match socket.stream.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // Writes go straight to the socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // The socket is closed when the connection is dropped.
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether a request may be sent again after it failed on a connection the device closed.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Repeat {
+    /// Reads, acks, coil states: doing it twice does no harm.
+    Safe,
+    /// A pulse: never sent twice (a lane released twice for one grant).
+    Never,
+}
 
 impl ModbusTcp {
     pub fn new(address: &str, unit: u8, timeout: Duration) -> Self {
@@ -154,24 +259,50 @@ impl ModbusTcp {
         self.timeout.as_millis() as u64
     }
 
+    /// The connection to send a request on: the open one unless the device has closed it
+    /// since (then a new one, before anything is sent). A connect that fails sends nothing:
+    /// its error is `Connect`.
     async fn context(&mut self) -> Result<&mut Context, DeviceError> {
+        if self.ctx.as_ref().is_some_and(|(_, s)| s.stale()) {
+            tracing::debug!(device = %self.address, "connection closed by the device since its last reply; reconnecting");
+            self.ctx = None;
+        }
         if self.ctx.is_none() {
             let connect = async {
                 let addr = tokio::net::lookup_host(&self.address)
                     .await?
                     .next()
                     .ok_or_else(|| std::io::Error::other("no address"))?;
-                tcp::connect_slave(addr, Slave(self.unit)).await
+                TcpStream::connect(addr).await
             };
-            let ctx = match timeout(self.timeout, connect).await {
-                Err(_) => return Err(DeviceError::Timeout(self.ms())),
-                Ok(Err(e)) => return Err(DeviceError::Connect(format!("{}: {e}", self.address))),
-                Ok(Ok(ctx)) => ctx,
+            let stream = match timeout(self.timeout, connect).await {
+                Err(_) => {
+                    return Err(DeviceError::Connect(format!(
+                        "{}: timed out after {} ms",
+                        self.address,
+                        self.ms()
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(DeviceError::Connect(format!(
+                        "{}: {}",
+                        self.address,
+                        io_words(&e)
+                    )));
+                }
+                Ok(Ok(stream)) => stream,
             };
-            self.ctx = Some(ctx);
+            let _ = stream.set_nodelay(true);
+            let socket = Arc::new(Socket {
+                stream,
+                closed: AtomicBool::new(false),
+            });
+            let ctx = tcp::attach_slave(Shared(Arc::clone(&socket)), Slave(self.unit));
+            self.ctx = Some((ctx, socket));
         }
         self.ctx
             .as_mut()
+            .map(|(c, _)| c)
             .ok_or_else(|| DeviceError::Connect("not connected".into()))
     }
 
@@ -182,83 +313,165 @@ impl ModbusTcp {
                 Err(DeviceError::Timeout(self.ms()))
             }
             Ok(Err(e)) => {
-                self.ctx = None;
-                Err(transport(e))
+                // End of stream shows in tokio-modbus as the last OS error, whatever it was
+                // (e.g. "Operation now in progress"): the socket knows better.
+                let closed = self
+                    .ctx
+                    .take()
+                    .is_some_and(|(_, s)| s.closed.load(Ordering::Relaxed));
+                match e {
+                    tokio_modbus::Error::Transport(_) if closed => Err(DeviceError::Transport(
+                        "connection closed by the device".into(),
+                    )),
+                    e => Err(transport(e)),
+                }
             }
             Ok(Ok(Err(code))) => Err(DeviceError::Exception(format!("{code:?}"))),
             Ok(Ok(Ok(v))) => Ok(v),
         }
     }
 
-    pub async fn read_input_registers(
-        &mut self,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<u16>, DeviceError> {
-        let t = self.timeout;
-        let ctx = self.context().await?;
-        let r = timeout(t, ctx.read_input_registers(addr, cnt)).await;
-        let v = self.settle(r)?;
-        self.exactly(v, addr, cnt, "input registers")
-    }
-
-    /// A register read that did not return what was asked is garbage; the connection is
-    /// rebuilt (the reply may belong to another request).
-    fn exactly(
-        &mut self,
-        v: Vec<u16>,
-        addr: u16,
-        cnt: u16,
-        what: &str,
-    ) -> Result<Vec<u16>, DeviceError> {
-        if v.len() != usize::from(cnt) {
-            self.ctx = None;
-            return Err(DeviceError::Garbage(format!(
-                "asked for {cnt} {what} at {addr}, got {}",
-                v.len()
-            )));
+    /// One request; sent once more on a new connection when `repeat` allows it and the
+    /// device closed the connection under it (a late close that the check before sending
+    /// could not see yet).
+    async fn call(&mut self, op: &Op, repeat: Repeat) -> Result<Reply, DeviceError> {
+        let r = self.call_once(op).await;
+        match r {
+            Err(DeviceError::Transport(_)) if repeat == Repeat::Safe => self.call_once(op).await,
+            r => r,
         }
-        Ok(v)
     }
 
-    pub async fn read_discrete_inputs(
-        &mut self,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, DeviceError> {
+    async fn call_once(&mut self, op: &Op) -> Result<Reply, DeviceError> {
         let t = self.timeout;
         let ctx = self.context().await?;
-        let r = timeout(t, ctx.read_discrete_inputs(addr, cnt)).await;
-        let v = self.settle(r)?;
-        if v.len() < usize::from(cnt) {
+        let r = match op {
+            Op::ReadInputRegisters(a, n) => {
+                timeout(t, async {
+                    ctx.read_input_registers(*a, *n)
+                        .await
+                        .map(|r| r.map(Reply::Words))
+                })
+                .await
+            }
+            Op::ReadDiscreteInputs(a, n) => {
+                timeout(t, async {
+                    ctx.read_discrete_inputs(*a, *n)
+                        .await
+                        .map(|r| r.map(Reply::Bits))
+                })
+                .await
+            }
+            Op::WriteMultipleCoils(a, v) => {
+                timeout(t, async {
+                    ctx.write_multiple_coils(*a, v)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done))
+                })
+                .await
+            }
+            Op::WriteSingleRegister(a, v) => {
+                timeout(t, async {
+                    ctx.write_single_register(*a, *v)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done))
+                })
+                .await
+            }
+            Op::WriteMultipleRegisters(a, v) => {
+                timeout(t, async {
+                    ctx.write_multiple_registers(*a, v)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done))
+                })
+                .await
+            }
+        };
+        let reply = self.settle(r)?;
+        // A reply that did not return what was asked may belong to another request: the
+        // connection is rebuilt.
+        let fits = match (op, &reply) {
+            (Op::ReadInputRegisters(_, n), Reply::Words(v)) => v.len() == usize::from(*n),
+            (Op::ReadDiscreteInputs(_, n), Reply::Bits(v)) => v.len() >= usize::from(*n),
+            (Op::ReadInputRegisters(..) | Op::ReadDiscreteInputs(..), _) => false,
+            _ => true,
+        };
+        if !fits {
             self.ctx = None;
-            return Err(DeviceError::Garbage(format!(
-                "asked for {cnt} discrete inputs at {addr}, got {}",
-                v.len()
-            )));
         }
-        Ok(v)
+        Ok(reply)
+    }
+}
+
+/// An I/O error in words, for status and alarms: what happened, not the OS's error number.
+pub(super) fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let what = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset by the device",
+        K::ConnectionAborted => "connection aborted",
+        K::BrokenPipe | K::UnexpectedEof => "connection closed by the device",
+        K::NotConnected => "not connected",
+        K::TimedOut => "timed out",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable | K::NetworkDown => "network unreachable",
+        K::AddrNotAvailable => "address not available",
+        K::NotFound => "no such device or address",
+        K::PermissionDenied => "permission denied",
+        K::InvalidData => return format!("invalid data ({e})"),
+        _ => return format!("I/O error ({e})"),
+    };
+    what.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board that takes register writes only as function 16 refuses function 6 with an
+    /// exception (nothing released); with `write_function = 16` the pulse goes through.
+    #[tokio::test]
+    async fn a_board_that_refuses_function_6_takes_a_pulse_as_function_16() {
+        let server = hw_sim::SimServer::bind("127.0.0.1:0".parse().expect("literal"))
+            .await
+            .expect("bind");
+        let relay = server.add_relay(1, 2, hw_sim::RelayRegisters::default());
+        relay.set_single_register_writes(false);
+        let link = Link::Tcp(server.local_addr().to_string());
+        let buses = Buses::default();
+        let timeout = Duration::from_millis(500);
+
+        let mut fc6 = Modbus::new(&link, 1, timeout, &buses);
+        let r = fc6.write_register(100, 3000, Repeat::Never).await;
+        assert!(
+            matches!(&r, Err(e @ DeviceError::Exception(_)) if !e.may_have_reached_device()),
+            "{r:?}"
+        );
+        assert!(relay.pulses().is_empty());
+
+        let mut fc16 = Modbus::new(&link, 1, timeout, &buses).with_fc16_writes(true);
+        fc16.write_register(100, 3000, Repeat::Never)
+            .await
+            .expect("function 16 is taken");
+        let pulses = relay.pulses();
+        assert_eq!(pulses.len(), 1);
+        assert_eq!(
+            (pulses[0].lane, pulses[0].exit, pulses[0].ms),
+            (0, false, 3000)
+        );
     }
 
-    pub async fn write_multiple_coils(
-        &mut self,
-        addr: u16,
-        values: &[bool],
-    ) -> Result<(), DeviceError> {
-        let t = self.timeout;
-        let ctx = self.context().await?;
-        let r = timeout(t, ctx.write_multiple_coils(addr, values)).await;
-        self.settle(r)
-    }
-
-    pub async fn write_single_register(
-        &mut self,
-        addr: u16,
-        value: u16,
-    ) -> Result<(), DeviceError> {
-        let t = self.timeout;
-        let ctx = self.context().await?;
-        let r = timeout(t, ctx.write_single_register(addr, value)).await;
-        self.settle(r)
+    #[test]
+    fn io_errors_are_put_in_words() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(
+            io_words(&Error::from(ErrorKind::ConnectionRefused)),
+            "connection refused"
+        );
+        assert_eq!(
+            io_words(&Error::from(ErrorKind::UnexpectedEof)),
+            "connection closed by the device"
+        );
+        assert_eq!(io_words(&Error::from(ErrorKind::TimedOut)), "timed out");
     }
 }

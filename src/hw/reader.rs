@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::modbus::Modbus;
+use super::modbus::{Modbus, Repeat};
 use super::relay::RelayHandle;
 use super::{Backoff, DeviceError};
 use crate::config::{LaneConfig, ReaderConfig};
@@ -69,9 +69,11 @@ fn decode_credential(regs: &[u16]) -> Result<Credential, String> {
         .flat_map(|w| w.to_be_bytes())
         .take(len)
         .collect();
+    // Visible ASCII only: a space or a control character in an id is a garbled frame or a
+    // device that pads differently, and would make two ids look alike in logs and lists.
     if !bytes.iter().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
-            "credential bytes are not printable ASCII: {bytes:02x?}"
+            "credential bytes are not visible ASCII (0x21..=0x7E): {bytes:02x?}"
         ));
     }
     let id = String::from_utf8(bytes).map_err(|e| e.to_string())?;
@@ -186,7 +188,8 @@ pub async fn decide(
 }
 
 /// After a pass was recorded (G1): releases the lane if it was granted (a release that fails
-/// is a `relay_failed` alarm), then reports the decision.
+/// is a `relay_failed` alarm, one whose outcome is unknown a `relay_unknown` alarm), then
+/// reports the decision.
 pub async fn release(
     shared: &Shared,
     relay: &RelayHandle,
@@ -200,14 +203,14 @@ pub async fn release(
             .pulse(lane.channel, event.direction, lane.release_ms)
             .await;
         if let Err(e) = r {
-            let detail = format!(
-                "pass {} granted but lane {} {} was not released: {e}",
-                event.id,
+            let (code, detail) = super::relay::release_alarm(
+                &format!("pass {} granted", event.id),
                 lane.id,
-                event.direction.as_str()
+                event.direction,
+                &e,
             );
             tracing::error!(reader, "{detail}");
-            let _ = shared.alarm("relay_failed", relay.name(), &detail).await;
+            let _ = shared.alarm(code, relay.name(), &detail).await;
         }
     }
     shared.health.set("store", "ok");
@@ -256,7 +259,7 @@ async fn poll_once(
                 }
                 seen.garbage = Some(head_seq);
             }
-            conn.write_single_register(cfg.ack_register, head_seq)
+            conn.write_register(cfg.ack_register, head_seq, Repeat::Safe)
                 .await?;
             return seen.acked_now(head_seq, kept);
         }
@@ -281,7 +284,8 @@ async fn poll_once(
         // released, and it is decided once the store works again.
         Err(_) => return Ok(false),
     };
-    conn.write_single_register(cfg.ack_register, head_seq)
+    // An ack names its event: sent twice, the second finds another head and changes nothing.
+    conn.write_register(cfg.ack_register, head_seq, Repeat::Safe)
         .await?;
     let handled = seen.acked_now(head_seq, kept);
     // The snapshot after the release and the ack: never on the decision path.
@@ -334,7 +338,7 @@ async fn fetch_snapshot(
     head_seq: u16,
     max_bytes: usize,
 ) -> Result<Fetched, DeviceError> {
-    conn.write_single_register(cfg.snapshot_select, head_seq)
+    conn.write_register(cfg.snapshot_select, head_seq, Repeat::Safe)
         .await?;
     let h = conn.read_input_registers(cfg.snapshot_base, 3).await?;
     if h[0] != head_seq {
@@ -403,6 +407,16 @@ mod tests {
             panic!("event")
         };
         assert_eq!(credential.expect("valid").score, Some(0.912));
+        // A score on anything but a face is ignored, whatever the device sends.
+        let Mailbox::Event { credential, .. } = decode(&regs(9, 1, 930, b"0012345678")) else {
+            panic!("event")
+        };
+        assert_eq!(credential.expect("valid").score, None);
+        // Every visible ASCII byte is accepted, the ends of the range included.
+        let Mailbox::Event { credential, .. } = decode(&regs(9, 2, 0, b"!~Az09")) else {
+            panic!("event")
+        };
+        assert_eq!(credential.expect("valid").id, "!~Az09");
         let long = [b'A'; 64];
         let Mailbox::Event { credential, .. } = decode(&regs(9, 2, 0, &long)) else {
             panic!("event")
@@ -423,7 +437,9 @@ mod tests {
                 },
                 "length 65",
             ),
-            (regs(1, 1, 0, b"a\x07b"), "printable"),
+            (regs(1, 1, 0, b"a\x07b"), "0x21..=0x7E"),
+            (regs(1, 1, 0, b"a b"), "0x21..=0x7E"),
+            (regs(1, 1, 0, b"caf\xc3\xa9"), "0x21..=0x7E"),
             (regs(1, 3, 1001, b"P1"), "score 1001"),
             (vec![1, 1, 0], "registers"),
         ];

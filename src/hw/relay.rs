@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::modbus::Modbus;
+use super::modbus::{Modbus, Repeat};
 use super::{Backoff, DeviceError};
 use crate::config::RelayConfig;
 use crate::core::Direction;
@@ -611,6 +611,32 @@ async fn write_holds(
     Ok(())
 }
 
+/// The alarm for a release that did not succeed, and its detail. `relay_failed` when the
+/// board certainly did not carry it out (no connection, or its exception); `relay_unknown`
+/// when the pulse was sent but not confirmed (no reply in time, a connection cut, a reply to
+/// another request): the lane may have been released, and it was not sent again.
+pub fn release_alarm(
+    what: &str,
+    lane: u16,
+    direction: Direction,
+    e: &DeviceError,
+) -> (&'static str, String) {
+    let dir = direction.as_str();
+    if e.may_have_reached_device() {
+        (
+            "relay_unknown",
+            format!(
+                "{what}; whether lane {lane} {dir} was released is unknown: the pulse was sent but the board did not confirm it ({e}); not sent again"
+            ),
+        )
+    } else {
+        (
+            "relay_failed",
+            format!("{what} but lane {lane} {dir} was not released: {e}"),
+        )
+    }
+}
+
 fn register(cfg: &RelayConfig, channel: u16, direction: Direction) -> u16 {
     let exit = u16::from(direction == Direction::Out);
     cfg.pulse_base.wrapping_add(2 * channel + exit)
@@ -625,7 +651,8 @@ async fn run(
     mut rx: mpsc::Receiver<Pulse>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conn = Modbus::new(&cfg.link, cfg.unit, cfg.timeout, &shared.buses);
+    let mut conn = Modbus::new(&cfg.link, cfg.unit, cfg.timeout, &shared.buses)
+        .with_fc16_writes(cfg.fc16_writes);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut next_check = tokio::time::Instant::now();
     let mut mode = shared.mode.clone();
@@ -656,17 +683,20 @@ async fn run(
             cmd = rx.recv() => {
                 let Some(p) = cmd else { return };
                 let reg = register(&cfg, p.channel, p.direction);
-                // One retry on a fresh connection: a pulse is only worth giving while the
-                // person is still at the turnstile, so no long retry loop.
-                let mut r = conn.write_single_register(reg, p.ms).await;
+                // Never sent twice once it may have reached the board: a board that carried
+                // the pulse out but answered late (or with a reply to another request) would
+                // release the lane twice for one grant. Tried once more only when no
+                // connection could be made, so nothing was sent; a pulse is only worth giving
+                // while the person is still at the turnstile, so no long retry loop.
+                let mut r = conn.write_register(reg, p.ms, Repeat::Never).await;
                 if r.is_err() {
                     // Whatever went wrong (a board that rebooted comes back with its coils
                     // off), the hold coils are written again at once.
                     hold_confirmed = false;
                     next_check = tokio::time::Instant::now();
                 }
-                if matches!(r, Err(DeviceError::Timeout(_) | DeviceError::Transport(_))) {
-                    r = conn.write_single_register(reg, p.ms).await;
+                if matches!(r, Err(DeviceError::Connect(_))) {
+                    r = conn.write_register(reg, p.ms, Repeat::Never).await;
                 }
                 shared.report(&cfg.name, r.clone());
                 contacts.checks.pulsed(p.channel, p.direction, p.ms, r.is_ok());

@@ -169,7 +169,8 @@ pub struct Alarm {
     pub site: String,
     pub gate: String,
     pub ts: String,
-    /// A code: `device_fault`, `device_recovered`, `outbox_high`, `relay_failed`, `store_error`.
+    /// A code: `device_fault`, `device_recovered`, `outbox_high`, `relay_failed`,
+    /// `relay_unknown`, … (docs/mqtt.md lists them all).
     pub alarm: String,
     /// The device or component concerned.
     pub source: String,

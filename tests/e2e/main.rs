@@ -15,6 +15,7 @@ mod outage;
 mod panel;
 mod pass;
 mod passage;
+mod release;
 mod rtu;
 mod silence;
 mod snapshot;

@@ -168,8 +168,11 @@ async fn a_snapshot_is_shrunk_stored_uploaded_and_a_hostile_one_rejected() {
     assert_eq!(a["source"], "reader2");
 
     // Retention: two more good snapshots; only the newest two are kept.
-    let second = pass_with(&devices, &centre, jpeg(640, 480)).await;
-    let third = pass_with(&devices, &centre, jpeg(480, 640)).await;
+    // Encoded before either is presented: encoding blocks this thread, which also serves the
+    // simulated terminal, and the gate reading the second snapshot meanwhile would time out.
+    let (landscape, portrait) = (jpeg(640, 480), jpeg(480, 640));
+    let second = pass_with(&devices, &centre, landscape).await;
+    let third = pass_with(&devices, &centre, portrait).await;
     for p in [&second, &third] {
         let t = format!(
             "acs/hq/east-1/snapshot/{}",

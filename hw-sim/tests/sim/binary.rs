@@ -32,12 +32,14 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn serves_devices_and_the_control_port_until_terminated() {
-    // Port 0 everywhere: the binary prints the ports it got. The reader and the relay share
-    // the address, hence one socket with two units.
+    // Port 0 everywhere: each device gets a free port of its own, and the binary prints it.
+    // Two readers on unit 1, both on port 0, are two devices, not a clash.
     let mut child = hw_sim()
         .args([
             "--reader",
             "r1=127.0.0.1:0",
+            "--reader",
+            "r2=127.0.0.1:0",
             "--relay",
             "k1=127.0.0.1:0/2/3",
             "--control",
@@ -68,10 +70,11 @@ async fn serves_devices_and_the_control_port_until_terminated() {
         .find(|l| l.contains("control on"))
         .expect("control line");
     let modbus = addr_after(reader_line, " on ");
-    assert_eq!(
-        addr_after(relay_line, " on "),
-        modbus,
-        "same ADDR, same socket"
+    let relay_addr = addr_after(relay_line, " on ");
+    assert_ne!(
+        relay_addr.port(),
+        modbus.port(),
+        "port 0: each device on a free port of its own"
     );
     assert!(relay_line.contains("unit 2, 3 lanes"), "{relay_line}");
     let control = addr_after(control_line, " on ");
@@ -90,13 +93,32 @@ async fn serves_devices_and_the_control_port_until_terminated() {
         .expect("a reply");
     assert_eq!(reply, "ok seq=1");
 
+    let r2_line = printed
+        .iter()
+        .find(|l| l.contains("reader r2 on"))
+        .expect("reader r2 line");
+    let r2 = addr_after(r2_line, " on ");
+    assert!(
+        r2.port() != modbus.port() && r2.port() != relay_addr.port(),
+        "{printed:?}"
+    );
+    let mut reader2 = connect(r2, 1).await;
+    let empty = within(reader2.read_input_registers(0, 1))
+        .await
+        .expect("io")
+        .expect("regs");
+    assert_eq!(
+        empty,
+        vec![0],
+        "r2 is a reader of its own, with nothing queued"
+    );
     let mut reader = connect(modbus, 1).await;
     let head = within(reader.read_input_registers(0, 4))
         .await
         .expect("io")
         .expect("regs");
     assert_eq!(head, vec![1, hw_sim::KIND_CARD, 0, 10]);
-    let mut relay = connect(modbus, 2).await;
+    let mut relay = connect(relay_addr, 2).await;
     within(relay.write_single_register(105, 1500))
         .await
         .expect("io")
@@ -128,7 +150,12 @@ async fn bad_flags_are_refused_with_the_reason() {
         ),
         (vec!["--relay", "k1=127.0.0.1:0/1/0"], "bad lane count '0'"),
         (
-            vec!["--reader", "a=127.0.0.1:0/1", "--relay", "b=127.0.0.1:0/1"],
+            vec![
+                "--reader",
+                "a=127.0.0.1:5020/1",
+                "--relay",
+                "b=127.0.0.1:5020/1",
+            ],
             "a and b are both unit 1",
         ),
         (vec!["--control", "127.0.0.1:0"], "nothing to serve"),

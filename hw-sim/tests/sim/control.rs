@@ -142,6 +142,28 @@ async fn present_queues_events_and_names_what_is_wrong() {
         "bad score '1001'",
     );
     assert_error(
+        &console.one("present reader1 face X 1.5").await,
+        "bad score '1.5'",
+    );
+    // A score as the daemon's `min_face_score` writes it: 0.93 is the register's 930.
+    assert_eq!(
+        console.one("present reader1 face P1003 0.93").await,
+        "ok seq=4"
+    );
+    within(ctx.write_single_register(0, 2))
+        .await
+        .expect("io")
+        .expect("ack");
+    within(ctx.write_single_register(0, 3))
+        .await
+        .expect("io")
+        .expect("ack");
+    let head = within(ctx.read_input_registers(0, 3))
+        .await
+        .expect("io")
+        .expect("regs");
+    assert_eq!(head, vec![4, hw_sim::KIND_FACE, 930]);
+    assert_error(
         &console
             .one(&format!("present reader1 card {}", "9".repeat(65)))
             .await,
@@ -149,7 +171,7 @@ async fn present_queues_events_and_names_what_is_wrong() {
     );
     assert_error(&console.one("present reader1 card").await, "usage: present");
     assert_error(&console.one("open sesame").await, "unknown command 'open'");
-    assert_eq!(rig.reader.queued(), 2, "nothing queued by bad commands");
+    assert_eq!(rig.reader.queued(), 1, "nothing queued by bad commands");
 }
 
 #[tokio::test]
@@ -214,6 +236,27 @@ async fn relay_commands_pulses_counters_and_contacts() {
         &console.one("tamper relay1 maybe").await,
         "bad state 'maybe'",
     );
+
+    // A board that takes register writes only as function 16.
+    assert_eq!(console.one("fc6 relay1 off").await, "ok fc6=off");
+    let pulses = rig.relay.pulses().len();
+    assert_eq!(
+        within(ctx.write_single_register(101, 2000))
+            .await
+            .expect("io"),
+        Err(ExceptionCode::IllegalFunction)
+    );
+    assert_eq!(rig.relay.pulses().len(), pulses, "refused: no pulse");
+    within(ctx.write_multiple_registers(101, &[2000]))
+        .await
+        .expect("io")
+        .expect("function 16 is taken");
+    assert_eq!(rig.relay.pulses().len(), pulses + 1);
+    assert_eq!(console.one("fc6 relay1 on").await, "ok fc6=on");
+    within(ctx.write_single_register(101, 0))
+        .await
+        .expect("io")
+        .expect("function 6 taken again");
 }
 
 #[tokio::test]
