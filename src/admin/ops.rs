@@ -28,7 +28,7 @@ use super::show;
 use crate::core::{CredentialKind, UnixMs};
 use crate::sync::contract::{
     Ack, Alarm, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Refusal, Snapshot, Topics,
-    VisitorEntry, format_ts, parse_ts,
+    VisitorEntry, format_ts, message_digest, parse_ts,
 };
 use crate::sync::envelope::{AdminKey, Verifier};
 
@@ -38,6 +38,10 @@ const QUIET: Duration = Duration::from_millis(500);
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// `tail` remembers this many ids to drop duplicates.
 const DEDUP_IDS: usize = 100_000;
+/// Exit code: published, but a gate that is online did not ack in time.
+pub const EXIT_NO_ACK: u8 = 2;
+/// Exit code: `cmd` to a gate whose retained status says offline; nothing was sent.
+pub const EXIT_OFFLINE: u8 = 3;
 
 /// Where gatectl works: the broker, the topic root and site, and the keys whose signatures it
 /// accepts on retained snapshots.
@@ -274,6 +278,18 @@ fn already_in_force(a: &Ack) -> bool {
 struct Acks {
     lines: Vec<String>,
     refused: usize,
+    /// Gates whose status says online that sent no ack in time.
+    silent: usize,
+}
+
+/// Whether `ack` answers one of the messages gatectl published (their digests `ours`) or, from
+/// a gate too old to send digests, names `reference`. A refusal before the signature was
+/// checked names only the list (`ref` `staff`, or `cmd`): the digest is what ties it to us.
+fn answers(ack: &Ack, ours: &BTreeSet<String>, reference: &str) -> bool {
+    match &ack.sha256 {
+        Some(d) => ours.contains(d),
+        None => ack.ref_ == reference,
+    }
 }
 
 /// Publishes `msgs` in order (each waits for its PUBACK), then gathers the acks that name
@@ -286,6 +302,10 @@ async fn publish_and_gather(
     state: &SiteState,
     wait: Duration,
 ) -> Result<Acks, MqttError> {
+    let ours: BTreeSet<String> = msgs
+        .iter()
+        .map(|(_, payload, _)| message_digest(payload))
+        .collect();
     for (topic, payload, retain) in msgs {
         session.publish(&topic, payload, retain).await?;
     }
@@ -306,9 +326,13 @@ async fn publish_and_gather(
         let Ok(ack) = serde_json::from_slice::<Ack>(&m.payload) else {
             continue;
         };
-        if ack.ref_ != reference {
+        if !answers(&ack, &ours, reference) {
             continue;
         }
+        let ack = Ack {
+            ref_: reference.to_string(),
+            ..ack
+        };
         // The version is new, so the first thing a gate says about it cannot be "already in
         // force" unless someone else published that version first.
         if !acks.contains_key(gate) && already_in_force(&ack) {
@@ -321,6 +345,7 @@ async fn publish_and_gather(
     }
     let mut lines = Vec::new();
     let mut refused = 0;
+    let mut silent = 0;
     let gates: BTreeSet<&String> = online
         .iter()
         .chain(acks.keys())
@@ -341,18 +366,25 @@ async fn publish_and_gather(
                 refused += usize::from(!a.ok);
                 lines.push(show::ack_result(gate, a));
             }
-            None if online.contains(gate) => lines.push(format!(
-                "{}: no ack within {} s",
-                show::clean(gate),
-                wait.as_secs()
-            )),
+            None if online.contains(gate) => {
+                silent += 1;
+                lines.push(format!(
+                    "{}: no ack within {} s",
+                    show::clean(gate),
+                    wait.as_secs()
+                ));
+            }
             None => lines.push(format!(
                 "{}: offline; it takes {reference} from the retained snapshot when it reconnects",
                 show::clean(gate)
             )),
         }
     }
-    Ok(Acks { lines, refused })
+    Ok(Acks {
+        lines,
+        refused,
+        silent,
+    })
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -371,15 +403,29 @@ fn finish(what: &str, acks: Acks, reference: &str, out: &mut dyn Write) -> Resul
     for l in &acks.lines {
         say(out, l)?;
     }
+    let silent = (acks.silent > 0).then(|| {
+        format!(
+            "{} did not answer for {reference}",
+            plural(acks.silent, "online gate", "online gates")
+        )
+    });
     if acks.refused > 0 {
+        let mut why = format!(
+            "{} refused {reference} (see above)",
+            plural(acks.refused, "gate", "gates")
+        );
+        if let Some(s) = silent {
+            why.push_str(&format!("; {s}"));
+        }
+        return Err(Failure::new(what, why));
+    }
+    if let Some(s) = silent {
+        // Published, and retained for lists; whether the gate took it is not known.
         return Err(Failure::new(
             what,
-            format!(
-                "{} gate{} refused {reference} (see above)",
-                acks.refused,
-                if acks.refused == 1 { "" } else { "s" }
-            ),
-        ));
+            format!("{s} (see gatectl status; --wait gives it longer)"),
+        )
+        .with_exit(EXIT_NO_ACK));
     }
     Ok(())
 }
@@ -860,7 +906,8 @@ pub async fn revoke(
 
 /// `gatectl cmd`: one signed command to one gate, and its ack. Exit 0 when the gate carried it
 /// out, 1 when it refused (or it could not be sent), 2 when no ack came (it may still be
-/// carried out before it expires).
+/// carried out before it expires), 3 when the gate's retained status says it is offline
+/// (nothing is sent: commands are not retained, so it would never see it).
 pub async fn cmd(
     site: &Site,
     key: Option<&Path>,
@@ -885,13 +932,31 @@ pub async fn cmd(
         .with_exit(64)
     })?;
     let mut session = site.connect("cmd", &what).await?;
-    // The ack topic first: an ack cannot come before its subscription.
+    // The ack topic before publishing: an ack cannot come before its subscription. The status
+    // comes right after the SUBACK, when the broker holds one.
     session
-        .subscribe(&[t.ack()])
+        .subscribe(&[t.ack(), t.status()])
         .await
         .map_err(|e| Failure::new(&what, e))?;
+    if gate_is_offline(&mut session, &t.status())
+        .await
+        .map_err(|e| Failure::new(&what, e))?
+    {
+        session.close().await;
+        return Err(Failure::new(
+            &what,
+            format!(
+                "{} is offline (its status on {} says so); nothing was sent",
+                req.gate,
+                t.status()
+            ),
+        )
+        .with_exit(EXIT_OFFLINE));
+    }
+    let payload = key.seal(&body);
+    let ours = BTreeSet::from([message_digest(&payload)]);
     session
-        .publish(&t.cmd(), key.seal(&body), false)
+        .publish(&t.cmd(), payload, false)
         .await
         .map_err(|e| Failure::new(&what, e))?;
     let expires = format_ts(now + req.ttl_ms);
@@ -920,12 +985,15 @@ pub async fn cmd(
                     wait.as_secs()
                 ),
             )
-            .with_exit(2));
+            .with_exit(EXIT_NO_ACK));
         };
+        if m.topic != t.ack() {
+            continue;
+        }
         let Ok(ack) = serde_json::from_slice::<Ack>(&m.payload) else {
             continue;
         };
-        if ack.ref_ != nonce {
+        if !answers(&ack, &ours, &nonce) {
             continue;
         }
         session.close().await;
@@ -947,6 +1015,20 @@ pub async fn cmd(
             ),
         ));
     }
+}
+
+/// Whether the retained status on `topic` (subscribed to, the SUBACK received) says offline.
+/// The broker sends a retained message right after the SUBACK; a gate that never connected
+/// has none, and then this waits `QUIET` and says no.
+async fn gate_is_offline(session: &mut Session, topic: &str) -> Result<bool, MqttError> {
+    let end = Instant::now() + QUIET;
+    while let Some(m) = session.next(end).await? {
+        if m.topic == topic && m.retain {
+            let status = serde_json::from_slice::<Value>(&m.payload).ok();
+            return Ok(status.and_then(|s| s.get("online")?.as_bool()) == Some(false));
+        }
+    }
+    Ok(false)
 }
 
 // ---- tail ----------------------------------------------------------------------------------------

@@ -331,6 +331,7 @@ mod tests {
             error: Some("stale".into()),
             detail: Some("version 44 is in force".into()),
             ts: "2026-11-21T08:01:02.345Z".into(),
+            sha256: None,
         };
         assert_eq!(
             ack_result("east-1", &ack),

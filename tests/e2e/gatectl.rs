@@ -2,6 +2,7 @@
 //! push a list, invite a visitor, revoke, command a lane, tail the events, read the status.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use gated::sync::contract::{Entries, ListName, parse_snapshot};
 use gated::sync::envelope::{AdminKey, Verifier};
@@ -422,5 +423,147 @@ async fn status_shows_the_gate_and_its_list_versions() {
         r.stderr
             .contains("gatectl: status: no gate has a status on acs/elsewhere/+/status"),
         "{r:#?}"
+    );
+}
+
+/// The test admin's key file replaced by `key`: an admin whose key the gate does not trust.
+fn use_key(g: &Gatectl, key: &AdminKey) {
+    std::fs::write(&g.key, key.to_file_text()).expect("replace the key file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_gate_cannot_verify_shows_its_refusal_and_fails() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let csv = g.path("deny.csv");
+    std::fs::write(&csv, "kind,id,reason\ncard,0099887766,reported lost\n").expect("write");
+
+    // The id the gate trusts, another secret (two admins who both ran keygen --id ops-test).
+    use_key(&g, &AdminKey::generate("ops-test").expect("key"));
+    let r = g
+        .run(&["push", "deny", "--file", s(&csv), "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("east-1: deny@1 REFUSED bad_signature: "),
+        "{r:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains("gatectl: push deny: 1 gate refused deny@1"),
+        "{r:#?}"
+    );
+
+    // A key id the gate has never heard of.
+    use_key(&g, &AdminKey::generate("ops-other").expect("key"));
+    let r = g
+        .run(&[
+            "push",
+            "deny",
+            "--file",
+            s(&csv),
+            "--force-version",
+            "1",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("east-1: deny@1 REFUSED unknown_key: "),
+        "{r:#?}"
+    );
+
+    // A gate whose status says online but that never answers: the push is not called done.
+    w.centre
+        .publish_raw(
+            "acs/hq/west-2/status",
+            r#"{"online":true,"lists":{"staff":1,"visitors":0,"deny":0}}"#,
+            true,
+        )
+        .await;
+    use_key(&g, admin());
+    let r = g
+        .run(&[
+            "push",
+            "deny",
+            "--file",
+            s(&csv),
+            "--force-version",
+            "1",
+            "--wait",
+            "1",
+        ])
+        .await;
+    assert_eq!(r.code, 2, "{r:#?}");
+    assert!(r.stdout.contains("west-2: no ack within 1 s"), "{r:#?}");
+    assert!(r.stdout.contains("east-1: deny@1 ok"), "{r:#?}");
+    assert!(
+        r.stderr
+            .contains("gatectl: push deny: 1 online gate did not answer for deny@1"),
+        "{r:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_gate_cannot_verify_is_shown_refused_and_an_offline_gate_is_named_at_once() {
+    let mut w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    use_key(&g, &AdminKey::generate("ops-test").expect("key"));
+    let r = g
+        .run(&["cmd", "lockdown", "--gate", "east-1", "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout
+            .contains("east-1: lockdown REFUSED bad_signature: "),
+        "{r:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains("gatectl: cmd lockdown: east-1 refused it: bad_signature: "),
+        "{r:#?}"
+    );
+
+    // The gate dies; the broker publishes its last will.
+    use_key(&g, admin());
+    w.daemon.kill9();
+    wait_for("the gate's last will", Duration::from_secs(30), || {
+        w.centre
+            .on(STATUS)
+            .last()
+            .filter(|m| m.json()["online"] == false)
+            .map(|_| ())
+    })
+    .await;
+    let sent_before = w.centre.on("acs/hq/east-1/cmd").len();
+    let started = std::time::Instant::now();
+    let r = g
+        .run(&["cmd", "lockdown", "--gate", "east-1", "--wait", "30"])
+        .await;
+    assert_eq!(r.code, 3, "{r:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.stderr
+            .contains("gatectl: cmd lockdown: east-1 is offline (its status on acs/hq/east-1/status says so); nothing was sent"),
+        "{r:#?}"
+    );
+    // Our own message through the same broker: once it is back, a command gatectl had
+    // published would be here too.
+    w.centre
+        .publish_raw("acs/hq/test/barrier", "after gatectl", false)
+        .await;
+    wait_for("the barrier message", DEADLINE, || {
+        (!w.centre.on("acs/hq/test/barrier").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        w.centre.on("acs/hq/east-1/cmd").len(),
+        sent_before,
+        "no command published"
     );
 }
