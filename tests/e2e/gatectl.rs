@@ -567,3 +567,48 @@ async fn a_command_the_gate_cannot_verify_is_shown_refused_and_an_offline_gate_i
         "no command published"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_on_a_fresh_machine_makes_its_private_directory_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let g = Gatectl::new(free_port());
+    // ~/.gatectl does not exist on a fresh machine.
+    let dir = g.path("home/.gatectl");
+    let key = dir.join("ops-2026.key");
+    let r = g
+        .run(&["keygen", "--id", "ops-2026", "--out", s(&key)])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700, "the new directory is private");
+    assert_eq!(mode(&key), 0o600);
+    let made = AdminKey::load(&key).expect("a key gatectl can load");
+    assert!(
+        r.stdout.contains(&format!(
+            "id = \"ops-2026\"\npublic = \"{}\"",
+            made.public_b64()
+        )),
+        "{r:#?}"
+    );
+
+    // Again: refused, the key unchanged, and nothing else left in the directory.
+    let before = std::fs::read(&key).expect("read");
+    let r = g
+        .run(&["keygen", "--id", "ops-2026", "--out", s(&key)])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("gatectl never overwrites"), "{r:#?}");
+    assert!(r.stdout.is_empty(), "no trust block for a key not made");
+    assert_eq!(std::fs::read(&key).expect("read"), before);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("ops-2026.key")]);
+}
