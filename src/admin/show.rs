@@ -166,10 +166,20 @@ pub fn age(ms: i64) -> String {
 }
 
 /// The status table: one row per gate, from its retained status (which may be only the last
-/// will, `{"online":false}`).
+/// will, `{"online":false}`). `STAFF_V`, `VISITORS_V` and `DENY_V` are the versions of the
+/// lists in force (the `N` of `staff@N`), not how many people are on them: a status carries no
+/// counts.
 pub fn status_table(rows: &[(String, Value)], now: UnixMs) -> String {
     let header = [
-        "GATE", "ONLINE", "MODE", "STAFF", "VISITORS", "DENY", "OUTBOX", "AGE", "PROBLEMS",
+        "GATE",
+        "ONLINE",
+        "MODE",
+        "STAFF_V",
+        "VISITORS_V",
+        "DENY_V",
+        "OUTBOX",
+        "AGE",
+        "PROBLEMS",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for (gate, s) in rows {
@@ -379,17 +389,18 @@ mod tests {
         ];
         let t = status_table(&rows, now);
         let lines: Vec<&str> = t.lines().collect();
+        // List versions, named as versions: they are not head counts.
         assert_eq!(
             lines[0],
-            "GATE    ONLINE  MODE    STAFF  VISITORS  DENY  OUTBOX  AGE  PROBLEMS"
+            "GATE    ONLINE  MODE    STAFF_V  VISITORS_V  DENY_V  OUTBOX  AGE  PROBLEMS"
         );
         assert_eq!(
             lines[1],
-            "east-1  yes     normal  42     7         3     0       7s   reader1:timeout"
+            "east-1  yes     normal  42       7           3       0       7s   reader1:timeout"
         );
         assert_eq!(
             lines[2],
-            "west-2  NO      -       -      -         -     -       -    -"
+            "west-2  NO      -       -        -           -       -       -    -"
         );
     }
 }

@@ -239,9 +239,14 @@ gatectl revoke staff E1002\n  gatectl revoke credential card:0099887766 --reason
         timeout: Option<u64>,
     },
     /// A table of the site's gates, from their retained status.
-    #[command(after_help = "Example:\n  gatectl status\n  \
-GATE    ONLINE  MODE    STAFF  VISITORS  DENY  OUTBOX  AGE  PROBLEMS\n  \
-east-1  yes     normal  43     7         3     0       12s  reader1:timeout")]
+    #[command(
+        after_help = "STAFF_V, VISITORS_V, DENY_V: the version of each list in force (staff@43), not a\n\
+head count. OUTBOX: events not yet acknowledged by the broker. AGE: since the status was\n\
+published. PROBLEMS: devices not ok, and the clock when it is not trusted.\n\n\
+Example:\n  gatectl status\n  \
+GATE    ONLINE  MODE    STAFF_V  VISITORS_V  DENY_V  OUTBOX  AGE  PROBLEMS\n  \
+east-1  yes     normal  43       7           3       0       12s  reader1:timeout"
+    )]
     Status {
         /// One JSON object: gate → its status, as published.
         #[arg(long)]

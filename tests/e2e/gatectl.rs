@@ -402,7 +402,7 @@ async fn status_shows_the_gate_and_its_list_versions() {
     let mut lines = r.stdout.lines();
     let header = lines.next().unwrap_or("");
     assert!(
-        header.starts_with("GATE    ONLINE  MODE    STAFF"),
+        header.starts_with("GATE    ONLINE  MODE    STAFF_V  VISITORS_V  DENY_V"),
         "{r:#?}"
     );
     let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
