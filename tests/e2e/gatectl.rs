@@ -612,3 +612,46 @@ async fn keygen_on_a_fresh_machine_makes_its_private_directory_and_never_overwri
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("ops-2026.key")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_passback_shows_in_tail_as_a_cleared_state_not_a_grant() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let tail = g.start_tail(&["--count", "1", "--timeout", "30"]).await;
+    let r = g
+        .run(&[
+            "cmd",
+            "clear-passback",
+            "--gate",
+            "east-1",
+            "--subject",
+            "E1001",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let t = tail.finish().await;
+    assert_eq!(t.code, 0, "{t:#?}");
+    assert!(
+        t.stdout.contains(
+            " east-1 #1 CLEARED anti-passback state of E1001 by ops-test (no lane released)"
+        ),
+        "{t:#?}"
+    );
+    assert!(!t.stdout.contains("GRANTED"), "{t:#?}");
+    // On the wire it stays the contract's override event, and says it released nothing.
+    let e = w
+        .centre
+        .wait_json("the override event", EVENT, |e| {
+            e["override"]["input"] == "clear_passback"
+        })
+        .await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("override_remote"), Some("E1001")),
+        "{e}"
+    );
+    assert_eq!(e["flags"], serde_json::json!(["no_release"]), "{e}");
+    assert!(w.devices.relay.pulses().is_empty(), "no lane released");
+}
