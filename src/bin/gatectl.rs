@@ -156,7 +156,7 @@ staff:    subject,name,card,face,valid_from,valid_until,gates\n  \
 visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries\n  \
 deny:     kind,id,reason\n\
 card, face, qr and gates take several values separated by `;`; gates `*` is every gate; an empty\n\
-field is none (times are RFC 3339). JSON files are an array of entries as in a snapshot.\n\
+field is none (times are RFC 3339, like 2027-12-31T23:59:59Z). JSON files are an array of entries as in a snapshot.\n\
 Every row is checked first; any problem is reported as FILE:LINE: field: what, and nothing is sent.\n\n\
 Example:\n  gatectl push staff --file staff.csv\n  \
 east-1: staff@43 ok (version 43 in force)"
