@@ -139,7 +139,9 @@ struct Wait {
 enum Sub {
     /// Make a new admin signing key, and print the [[trust.key]] block for the gates.
     #[command(
-        after_help = "Example:\n  gatectl keygen --id ops-2026 --out ~/.gatectl/ops-2026.key >> trust.toml"
+        after_help = "Missing directories on the way to FILE are made, mode 0700. The key file also holds\n\
+the public line of the block (grep ^public FILE).\n\n\
+Example:\n  gatectl keygen --id ops-2026 --out ~/.gatectl/ops-2026.key"
     )]
     Keygen {
         /// The key's id, as gates name it in [[trust.key]] (1..=64 of [A-Za-z0-9_-]).
@@ -180,8 +182,9 @@ east-1: staff@43 ok (version 43 in force)"
         after_help = "The invitation goes out as a delta and in the new retained visitors snapshot,\n\
 so gates that are offline now learn it when they reconnect. Invitations past their window\n\
 leave the list on the way.\n\n\
-Example:\n  gatectl invite --visitor \"Zhang San\" --host E1001 --from 2026-11-21T08:00:00+08:00 \\\n    \
---until 2026-11-21T18:00:00+08:00 --gates east-1 --entries 2 --qr zhang.png"
+Example (from now, --from's default, until 18:00 tomorrow in the local time zone):\n  \
+gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorrow 18:00' +%FT%T%:z)\" \\\n    \
+--gates east-1 --entries 2 --qr zhang.png"
     )]
     Invite {
         /// The visitor's name.
