@@ -302,6 +302,19 @@ struct Acks {
     refused: usize,
     /// Gates whose status says online that sent no ack in time.
     silent: usize,
+    /// Refusals because the gate does not trust the signing key (`signer`).
+    untrusted: usize,
+    signer: String,
+    /// The topic of the retained message published, if one was.
+    retained: Option<String>,
+}
+
+/// The refusals that say the gate does not trust the key (or the message names none).
+fn untrusted_key(a: &Ack) -> bool {
+    matches!(
+        a.error.as_deref(),
+        Some("unknown_key" | "bad_signature" | "unsigned")
+    )
 }
 
 /// Whether `ack` answers one of the messages gatectl published (their digests `ours`) or, from
@@ -320,6 +333,7 @@ async fn publish_and_gather(
     session: &mut Session,
     site: &Site,
     msgs: Vec<(String, Vec<u8>, bool)>,
+    signer: &str,
     reference: &str,
     state: &SiteState,
     wait: Duration,
@@ -328,6 +342,10 @@ async fn publish_and_gather(
         .iter()
         .map(|(_, payload, _)| message_digest(payload))
         .collect();
+    let retained = msgs
+        .iter()
+        .find(|(_, _, retain)| *retain)
+        .map(|(topic, _, _)| topic.clone());
     for (topic, payload, retain) in msgs {
         session.publish(&topic, payload, retain).await?;
     }
@@ -368,6 +386,7 @@ async fn publish_and_gather(
     let mut lines = Vec::new();
     let mut refused = 0;
     let mut silent = 0;
+    let mut untrusted = 0;
     let gates: BTreeSet<&String> = online
         .iter()
         .chain(acks.keys())
@@ -386,6 +405,7 @@ async fn publish_and_gather(
             }
             Some(a) => {
                 refused += usize::from(!a.ok);
+                untrusted += usize::from(untrusted_key(a));
                 lines.push(show::ack_result(gate, a));
             }
             None if online.contains(gate) => {
@@ -406,6 +426,9 @@ async fn publish_and_gather(
         lines,
         refused,
         silent,
+        untrusted,
+        signer: signer.to_string(),
+        retained,
     })
 }
 
@@ -438,6 +461,25 @@ fn finish(what: &str, acks: Acks, reference: &str, out: &mut dyn Write) -> Resul
         );
         if let Some(s) = silent {
             why.push_str(&format!("; {s}"));
+        }
+        if acks.untrusted > 0 {
+            why.push_str(&format!(
+                ". {} not trust the key `{}` this was signed with: add its [[trust.key]] block \
+                 (grep ^public KEYFILE) to the gate's config, or sign with a key it trusts",
+                if acks.untrusted == 1 {
+                    "1 gate does".to_string()
+                } else {
+                    format!("{} gates do", acks.untrusted)
+                },
+                acks.signer
+            ));
+            // Gates that connect later read it too, and gatectl cannot build on it.
+            if let Some(topic) = &acks.retained {
+                why.push_str(&format!(
+                    ". {topic} now holds a list these gates refuse: push it again with a key \
+                     they trust (--force-version N)"
+                ));
+            }
         }
         return Err(Failure::new(what, why));
     }
@@ -553,6 +595,7 @@ pub async fn push(
         &mut session,
         site,
         vec![(topic.clone(), payload, true)],
+        &key.id,
         &reference,
         &state,
         req.wait,
@@ -651,6 +694,7 @@ async fn edit(
             (topics.list_delta(list), key.seal(&delta), false),
             (topics.list(list), key.seal(&snapshot), true),
         ],
+        &key.id,
         &reference,
         &state,
         wait,
@@ -1027,15 +1071,20 @@ pub async fn cmd(
         if ack.ok {
             return Ok(());
         }
-        return Err(Failure::new(
-            &what,
-            format!(
-                "{} refused it: {}: {}",
-                req.gate,
-                ack.error.as_deref().unwrap_or("?"),
-                ack.detail.as_deref().unwrap_or("")
-            ),
-        ));
+        let mut why = format!(
+            "{} refused it: {}: {}",
+            req.gate,
+            ack.error.as_deref().unwrap_or("?"),
+            ack.detail.as_deref().unwrap_or("")
+        );
+        if untrusted_key(&ack) {
+            why.push_str(&format!(
+                ". {} does not trust the key `{}` this was signed with: add its [[trust.key]] \
+                 block (grep ^public KEYFILE) to the gate's config, or sign with a key it trusts",
+                req.gate, key.id
+            ));
+        }
+        return Err(Failure::new(&what, why));
     }
 }
 

@@ -453,6 +453,16 @@ async fn a_push_the_gate_cannot_verify_shows_its_refusal_and_fails() {
             .contains("gatectl: push deny: 1 gate refused deny@1"),
         "{r:#?}"
     );
+    // What to do about it, and what the refused push left on the broker.
+    assert!(
+        r.stderr
+            .contains("1 gate does not trust the key `ops-test` this was signed with")
+            && r.stderr.contains(
+                "acs/hq/lists/deny now holds a list these gates refuse: push it again with a \
+                 key they trust (--force-version N)"
+            ),
+        "{r:#?}"
+    );
 
     // A key id the gate has never heard of.
     use_key(&g, &AdminKey::generate("ops-other").expect("key"));
@@ -522,6 +532,11 @@ async fn a_command_the_gate_cannot_verify_is_shown_refused_and_an_offline_gate_i
     assert!(
         r.stderr
             .contains("gatectl: cmd lockdown: east-1 refused it: bad_signature: "),
+        "{r:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains("east-1 does not trust the key `ops-test` this was signed with"),
         "{r:#?}"
     );
 
