@@ -40,7 +40,8 @@ const READ_DEADLINE: Duration = Duration::from_secs(5);
 const DEDUP_IDS: usize = 100_000;
 /// Exit code: published, but a gate that is online did not ack in time.
 pub const EXIT_NO_ACK: u8 = 2;
-/// Exit code: `cmd` to a gate whose retained status says offline; nothing was sent.
+/// Exit code: `cmd` to a gate whose retained status says offline (nothing was sent), or that
+/// went offline before it acked.
 pub const EXIT_OFFLINE: u8 = 3;
 
 /// Where gatectl works: the broker, the topic root and site, and the keys whose signatures it
@@ -973,7 +974,8 @@ pub async fn revoke(
 /// `gatectl cmd`: one signed command to one gate, and its ack. Exit 0 when the gate carried it
 /// out, 1 when it refused (or it could not be sent), 2 when no ack came (it may still be
 /// carried out before it expires), 3 when the gate's retained status says it is offline
-/// (nothing is sent: commands are not retained, so it would never see it).
+/// (nothing is sent: commands are not retained, so it would never see it) or its status turns
+/// offline before it acks.
 pub async fn cmd(
     site: &Site,
     key: Option<&Path>,
@@ -1053,6 +1055,26 @@ pub async fn cmd(
             )
             .with_exit(EXIT_NO_ACK));
         };
+        // The last will, or the gate's own goodbye: no ack will come from it now (the command
+        // is not queued for it either, its session being clean).
+        if m.topic == t.status() {
+            let status = serde_json::from_slice::<Value>(&m.payload).ok();
+            if status.and_then(|s| s.get("online")?.as_bool()) == Some(false) {
+                session.close().await;
+                return Err(Failure::new(
+                    &what,
+                    format!(
+                        "{} went offline before it acked (its status on {} says so); it may \
+                         have carried the command out just before: check its events and mode \
+                         once it is back (gatectl tail, gatectl status)",
+                        req.gate,
+                        t.status()
+                    ),
+                )
+                .with_exit(EXIT_OFFLINE));
+            }
+            continue;
+        }
         if m.topic != t.ack() {
             continue;
         }

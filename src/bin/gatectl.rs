@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 done; 1 failed, or a gate refused; 2 sent, but a gate that is online (for
 //! `cmd`: the gate) did not ack in time; 3 `cmd` to a gate whose status says offline (nothing
-//! sent); 64 usage.
+//! sent), or that went offline before it acked; 64 usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +26,7 @@ const EX_USAGE: u8 = 64;
     about = "The admin's tool for gated: keys, lists, invitations, remote commands, live events and status",
     after_help = "Exit codes: 0 done; 1 failed, or a gate refused (every refusal is printed with its\n\
 reason); 2 sent, but a gate whose status says online did not ack within --wait; 3 `cmd` to a\n\
-gate whose status says offline (nothing sent); 64 usage.\n\n\
+gate whose status says offline (nothing sent) or that went offline before it acked; 64 usage.\n\n\
 Example:\n  export GATECTL_BROKER=broker.example:1883 GATECTL_SITE=hq GATECTL_KEY=~/.gatectl/ops.key\n  \
 gatectl push staff --file staff.csv && gatectl status"
 )]
@@ -258,7 +258,8 @@ east-1  yes     normal  43       7           3       0       12s  reader1:timeou
     /// Send a signed command to one gate and wait for its ack.
     #[command(
         after_help = "Exit 0 when the gate carried it out, 1 when it refused (with its reason), 2 when no\n\
-ack came in time, 3 when the gate's status says it is offline (then nothing is sent).\n\n\
+ack came in time, 3 when the gate's status says it is offline (then nothing is sent) or it went\n\
+offline before it acked.\n\n\
 Example:\n  gatectl cmd open --gate east-1 --lane 0 --direction in\n  \
 east-1: open ok (lane 0 in released for 3000 ms; event seq 1043)"
     )]

@@ -670,3 +670,42 @@ async fn clear_passback_shows_in_tail_as_a_cleared_state_not_a_grant() {
     assert_eq!(e["flags"], serde_json::json!(["no_release"]), "{e}");
     assert!(w.devices.relay.pulses().is_empty(), "no lane released");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_goes_offline_while_gatectl_waits_for_its_ack_is_named_at_once() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    // west-2: a gate that is online, then loses its connection before it acks.
+    let status = "acs/hq/west-2/status";
+    w.centre
+        .publish_raw(status, r#"{"online":true}"#, true)
+        .await;
+    let started = std::time::Instant::now();
+    let run = g.command(&["cmd", "lockdown", "--gate", "west-2", "--wait", "30"]);
+    let child = tokio::spawn(async move {
+        let mut run = run;
+        run.output().await.expect("run gatectl")
+    });
+    wait_for("the command on west-2's topic", DEADLINE, || {
+        (!w.centre.on("acs/hq/west-2/cmd").is_empty()).then_some(())
+    })
+    .await;
+    w.centre
+        .publish_raw(status, r#"{"online":false}"#, true)
+        .await;
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("gatectl ended")
+        .expect("joined");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("gatectl: cmd lockdown: west-2 went offline before it acked"),
+        "{stderr}"
+    );
+}
