@@ -1096,8 +1096,8 @@ pub async fn cmd(
         let mut why = format!(
             "{} refused it: {}: {}",
             req.gate,
-            ack.error.as_deref().unwrap_or("?"),
-            ack.detail.as_deref().unwrap_or("")
+            show::clean(ack.error.as_deref().unwrap_or("?")),
+            show::clean(ack.detail.as_deref().unwrap_or(""))
         );
         if untrusted_key(&ack) {
             why.push_str(&format!(
@@ -1110,13 +1110,13 @@ pub async fn cmd(
     }
 }
 
-/// Whether the retained status on `topic` (subscribed to, the SUBACK received) says offline.
-/// The broker sends a retained message right after the SUBACK; a gate that never connected
-/// has none, and then this waits `QUIET` and says no.
+/// Whether the gate's status on `topic` (subscribed to, the SUBACK received) says offline.
+/// The broker sends the retained one right after the SUBACK; a gate that never connected has
+/// none, and then this waits `QUIET` and says no.
 async fn gate_is_offline(session: &mut Session, topic: &str) -> Result<bool, MqttError> {
     let end = Instant::now() + QUIET;
     while let Some(m) = session.next(end).await? {
-        if m.topic == topic && m.retain {
+        if m.topic == topic {
             let status = serde_json::from_slice::<Value>(&m.payload).ok();
             return Ok(status.and_then(|s| s.get("online")?.as_bool()) == Some(false));
         }
