@@ -1343,6 +1343,39 @@ mod tests {
     }
 
     #[test]
+    fn acks_are_ours_by_the_digest_of_what_we_sent() {
+        let sent = b"{\"v\":1}";
+        let ours = BTreeSet::from([message_digest(sent)]);
+        let ack = |ref_: &str, sha256: Option<String>| Ack {
+            ref_: ref_.into(),
+            ok: false,
+            error: Some("bad_signature".into()),
+            detail: None,
+            ts: "2026-12-01T00:00:00Z".into(),
+            sha256,
+        };
+        // Refused before the signature verified: the ref is only the list's name.
+        assert!(answers(
+            &ack("staff", Some(message_digest(sent))),
+            &ours,
+            "staff@2"
+        ));
+        // Someone else's message of the same version is not ours.
+        assert!(!answers(
+            &ack("staff@2", Some(message_digest(b"other"))),
+            &ours,
+            "staff@2"
+        ));
+        // A gate that sends no digest: by ref alone.
+        assert!(answers(&ack("staff@2", None), &ours, "staff@2"));
+        assert!(!answers(&ack("staff", None), &ours, "staff@2"));
+        assert_eq!(
+            message_digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
     fn tail_drops_duplicates_and_shows_json_as_one_line() {
         let mut d = show::Dedup::new(10);
         let mut seqs = BTreeMap::new();
