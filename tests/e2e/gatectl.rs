@@ -1,5 +1,6 @@
 //! The real `gatectl` binary against a real broker and a real gate, as an admin uses it:
-//! push a list, invite a visitor, revoke, command a lane, tail the events, read the status.
+//! make a key, push a list, invite a visitor, revoke, command a lane, tail the events, read the
+//! status; and what it says, and exits with, when a gate refuses, does not answer or is offline.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
