@@ -28,7 +28,7 @@ use super::show;
 use crate::core::{CredentialKind, UnixMs};
 use crate::sync::contract::{
     Ack, Alarm, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Refusal, Snapshot, Topics,
-    VisitorEntry, format_ts, parse_ts,
+    VisitorEntry, format_ts, message_digest, parse_ts,
 };
 use crate::sync::envelope::{AdminKey, Verifier};
 
@@ -38,6 +38,11 @@ const QUIET: Duration = Duration::from_millis(500);
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// `tail` remembers this many ids to drop duplicates.
 const DEDUP_IDS: usize = 100_000;
+/// Exit code: published, but a gate that is online did not ack in time.
+pub const EXIT_NO_ACK: u8 = 2;
+/// Exit code: `cmd` to a gate whose retained status says offline (nothing was sent), or that
+/// went offline before it acked.
+pub const EXIT_OFFLINE: u8 = 3;
 
 /// Where gatectl works: the broker, the topic root and site, and the keys whose signatures it
 /// accepts on retained snapshots.
@@ -104,31 +109,53 @@ fn warn(what: impl std::fmt::Display) {
 // ---- keys ------------------------------------------------------------------------------------
 
 /// `gatectl keygen`: a new signing key in `path` (mode 0600, never over an existing file), and
-/// the `[[trust.key]]` block for the gates on `out`.
+/// the `[[trust.key]]` block for the gates on `out`. Missing directories on the way are made,
+/// private (0700): on a fresh machine `~/.gatectl` does not exist yet. The key is written to a
+/// temporary file beside it and moved into place whole, so a failed write leaves no half key.
 pub fn keygen(id: &str, path: &Path, out: &mut dyn Write) -> Result<(), Failure> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::DirBuilderExt as _;
     let what = "keygen";
     let key = AdminKey::generate(id).map_err(|e| Failure::new(what, e))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                format!(
-                    "{} exists; gatectl never overwrites a key file (move it away first if that \
-                     is what you mean)",
-                    path.display()
-                )
-            } else {
-                format!("cannot create {}: {e}", path.display())
-            };
-            Failure::new(what, why)
-        })?;
-    f.write_all(key.to_file_text().as_bytes())
-        .and_then(|()| f.sync_all())
+    let exists = || {
+        Failure::new(
+            what,
+            format!(
+                "{} exists; gatectl never overwrites a key file (move it away first if that is \
+                 what you mean)",
+                path.display()
+            ),
+        )
+    };
+    if path.symlink_metadata().is_ok() {
+        return Err(exists());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Failure::new(what, format!("cannot create {}: {e}", dir.display())))?;
+    // tempfile creates it 0600, in the same directory, so the move is a rename.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".gatectl-keygen-")
+        .tempfile_in(dir)
+        .map_err(|e| Failure::new(what, format!("cannot write in {}: {e}", dir.display())))?;
+    tmp.write_all(key.to_file_text().as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| Failure::new(what, format!("writing {}: {e}", path.display())))?;
+    tmp.persist_noclobber(path).map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            exists()
+        } else {
+            Failure::new(
+                what,
+                format!("cannot create {}: {}", path.display(), e.error),
+            )
+        }
+    })?;
     eprintln!(
         "gatectl: wrote the secret key `{id}` to {} (mode 0600): keep it secret, it opens every \
          gate that trusts it",
@@ -274,6 +301,31 @@ fn already_in_force(a: &Ack) -> bool {
 struct Acks {
     lines: Vec<String>,
     refused: usize,
+    /// Gates whose status says online that sent no ack in time.
+    silent: usize,
+    /// Refusals because the gate does not trust the signing key (`signer`).
+    untrusted: usize,
+    signer: String,
+    /// The topic of the retained message published, if one was.
+    retained: Option<String>,
+}
+
+/// The refusals that say the gate does not trust the key (or the message names none).
+fn untrusted_key(a: &Ack) -> bool {
+    matches!(
+        a.error.as_deref(),
+        Some("unknown_key" | "bad_signature" | "unsigned")
+    )
+}
+
+/// Whether `ack` answers one of the messages gatectl published (their digests `ours`) or, from
+/// a gate too old to send digests, names `reference`. A refusal before the signature was
+/// checked names only the list (`ref` `staff`, or `cmd`): the digest is what ties it to us.
+fn answers(ack: &Ack, ours: &BTreeSet<String>, reference: &str) -> bool {
+    match &ack.sha256 {
+        Some(d) => ours.contains(d),
+        None => ack.ref_ == reference,
+    }
 }
 
 /// Publishes `msgs` in order (each waits for its PUBACK), then gathers the acks that name
@@ -282,10 +334,19 @@ async fn publish_and_gather(
     session: &mut Session,
     site: &Site,
     msgs: Vec<(String, Vec<u8>, bool)>,
+    signer: &str,
     reference: &str,
     state: &SiteState,
     wait: Duration,
 ) -> Result<Acks, MqttError> {
+    let ours: BTreeSet<String> = msgs
+        .iter()
+        .map(|(_, payload, _)| message_digest(payload))
+        .collect();
+    let retained = msgs
+        .iter()
+        .find(|(_, _, retain)| *retain)
+        .map(|(topic, _, _)| topic.clone());
     for (topic, payload, retain) in msgs {
         session.publish(&topic, payload, retain).await?;
     }
@@ -306,9 +367,13 @@ async fn publish_and_gather(
         let Ok(ack) = serde_json::from_slice::<Ack>(&m.payload) else {
             continue;
         };
-        if ack.ref_ != reference {
+        if !answers(&ack, &ours, reference) {
             continue;
         }
+        let ack = Ack {
+            ref_: reference.to_string(),
+            ..ack
+        };
         // The version is new, so the first thing a gate says about it cannot be "already in
         // force" unless someone else published that version first.
         if !acks.contains_key(gate) && already_in_force(&ack) {
@@ -321,6 +386,8 @@ async fn publish_and_gather(
     }
     let mut lines = Vec::new();
     let mut refused = 0;
+    let mut silent = 0;
+    let mut untrusted = 0;
     let gates: BTreeSet<&String> = online
         .iter()
         .chain(acks.keys())
@@ -339,20 +406,31 @@ async fn publish_and_gather(
             }
             Some(a) => {
                 refused += usize::from(!a.ok);
+                untrusted += usize::from(untrusted_key(a));
                 lines.push(show::ack_result(gate, a));
             }
-            None if online.contains(gate) => lines.push(format!(
-                "{}: no ack within {} s",
-                show::clean(gate),
-                wait.as_secs()
-            )),
+            None if online.contains(gate) => {
+                silent += 1;
+                lines.push(format!(
+                    "{}: no ack within {} s",
+                    show::clean(gate),
+                    wait.as_secs()
+                ));
+            }
             None => lines.push(format!(
                 "{}: offline; it takes {reference} from the retained snapshot when it reconnects",
                 show::clean(gate)
             )),
         }
     }
-    Ok(Acks { lines, refused })
+    Ok(Acks {
+        lines,
+        refused,
+        silent,
+        untrusted,
+        signer: signer.to_string(),
+        retained,
+    })
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -371,15 +449,48 @@ fn finish(what: &str, acks: Acks, reference: &str, out: &mut dyn Write) -> Resul
     for l in &acks.lines {
         say(out, l)?;
     }
+    let silent = (acks.silent > 0).then(|| {
+        format!(
+            "{} did not answer for {reference}",
+            plural(acks.silent, "online gate", "online gates")
+        )
+    });
     if acks.refused > 0 {
+        let mut why = format!(
+            "{} refused {reference} (see above)",
+            plural(acks.refused, "gate", "gates")
+        );
+        if let Some(s) = silent {
+            why.push_str(&format!("; {s}"));
+        }
+        if acks.untrusted > 0 {
+            why.push_str(&format!(
+                ". {} not trust the key `{}` this was signed with: add its [[trust.key]] block \
+                 (grep ^public KEYFILE) to the gate's config, or sign with a key it trusts",
+                if acks.untrusted == 1 {
+                    "1 gate does".to_string()
+                } else {
+                    format!("{} gates do", acks.untrusted)
+                },
+                acks.signer
+            ));
+            // Gates that connect later read it too, and gatectl cannot build on it.
+            if let Some(topic) = &acks.retained {
+                why.push_str(&format!(
+                    ". {topic} now holds a list these gates refuse: push it again with a key \
+                     they trust (--force-version N)"
+                ));
+            }
+        }
+        return Err(Failure::new(what, why));
+    }
+    if let Some(s) = silent {
+        // Published, and retained for lists; whether the gate took it is not known.
         return Err(Failure::new(
             what,
-            format!(
-                "{} gate{} refused {reference} (see above)",
-                acks.refused,
-                if acks.refused == 1 { "" } else { "s" }
-            ),
-        ));
+            format!("{s} (see gatectl status; --wait gives it longer)"),
+        )
+        .with_exit(EXIT_NO_ACK));
     }
     Ok(())
 }
@@ -485,6 +596,7 @@ pub async fn push(
         &mut session,
         site,
         vec![(topic.clone(), payload, true)],
+        &key.id,
         &reference,
         &state,
         req.wait,
@@ -583,6 +695,7 @@ async fn edit(
             (topics.list_delta(list), key.seal(&delta), false),
             (topics.list(list), key.seal(&snapshot), true),
         ],
+        &key.id,
         &reference,
         &state,
         wait,
@@ -860,7 +973,9 @@ pub async fn revoke(
 
 /// `gatectl cmd`: one signed command to one gate, and its ack. Exit 0 when the gate carried it
 /// out, 1 when it refused (or it could not be sent), 2 when no ack came (it may still be
-/// carried out before it expires).
+/// carried out before it expires), 3 when the gate's retained status says it is offline
+/// (nothing is sent: commands are not retained, so it would never see it) or its status turns
+/// offline before it acks.
 pub async fn cmd(
     site: &Site,
     key: Option<&Path>,
@@ -885,13 +1000,31 @@ pub async fn cmd(
         .with_exit(64)
     })?;
     let mut session = site.connect("cmd", &what).await?;
-    // The ack topic first: an ack cannot come before its subscription.
+    // The ack topic before publishing: an ack cannot come before its subscription. The status
+    // comes right after the SUBACK, when the broker holds one.
     session
-        .subscribe(&[t.ack()])
+        .subscribe(&[t.ack(), t.status()])
         .await
         .map_err(|e| Failure::new(&what, e))?;
+    if gate_is_offline(&mut session, &t.status())
+        .await
+        .map_err(|e| Failure::new(&what, e))?
+    {
+        session.close().await;
+        return Err(Failure::new(
+            &what,
+            format!(
+                "{} is offline (its status on {} says so); nothing was sent",
+                req.gate,
+                t.status()
+            ),
+        )
+        .with_exit(EXIT_OFFLINE));
+    }
+    let payload = key.seal(&body);
+    let ours = BTreeSet::from([message_digest(&payload)]);
     session
-        .publish(&t.cmd(), key.seal(&body), false)
+        .publish(&t.cmd(), payload, false)
         .await
         .map_err(|e| Failure::new(&what, e))?;
     let expires = format_ts(now + req.ttl_ms);
@@ -920,12 +1053,35 @@ pub async fn cmd(
                     wait.as_secs()
                 ),
             )
-            .with_exit(2));
+            .with_exit(EXIT_NO_ACK));
         };
+        // The last will, or the gate's own goodbye: no ack will come from it now (the command
+        // is not queued for it either, its session being clean).
+        if m.topic == t.status() {
+            let status = serde_json::from_slice::<Value>(&m.payload).ok();
+            if status.and_then(|s| s.get("online")?.as_bool()) == Some(false) {
+                session.close().await;
+                return Err(Failure::new(
+                    &what,
+                    format!(
+                        "{} went offline before it acked (its status on {} says so); it may \
+                         have carried the command out just before: check its events and mode \
+                         once it is back (gatectl tail, gatectl status)",
+                        req.gate,
+                        t.status()
+                    ),
+                )
+                .with_exit(EXIT_OFFLINE));
+            }
+            continue;
+        }
+        if m.topic != t.ack() {
+            continue;
+        }
         let Ok(ack) = serde_json::from_slice::<Ack>(&m.payload) else {
             continue;
         };
-        if ack.ref_ != nonce {
+        if !answers(&ack, &ours, &nonce) {
             continue;
         }
         session.close().await;
@@ -937,16 +1093,35 @@ pub async fn cmd(
         if ack.ok {
             return Ok(());
         }
-        return Err(Failure::new(
-            &what,
-            format!(
-                "{} refused it: {}: {}",
-                req.gate,
-                ack.error.as_deref().unwrap_or("?"),
-                ack.detail.as_deref().unwrap_or("")
-            ),
-        ));
+        let mut why = format!(
+            "{} refused it: {}: {}",
+            req.gate,
+            show::clean(ack.error.as_deref().unwrap_or("?")),
+            show::clean(ack.detail.as_deref().unwrap_or(""))
+        );
+        if untrusted_key(&ack) {
+            why.push_str(&format!(
+                ". {} does not trust the key `{}` this was signed with: add its [[trust.key]] \
+                 block (grep ^public KEYFILE) to the gate's config, or sign with a key it trusts",
+                req.gate, key.id
+            ));
+        }
+        return Err(Failure::new(&what, why));
     }
+}
+
+/// Whether the gate's status on `topic` (subscribed to, the SUBACK received) says offline.
+/// The broker sends the retained one right after the SUBACK; a gate that never connected has
+/// none, and then this waits `QUIET` and says no.
+async fn gate_is_offline(session: &mut Session, topic: &str) -> Result<bool, MqttError> {
+    let end = Instant::now() + QUIET;
+    while let Some(m) = session.next(end).await? {
+        if m.topic == topic {
+            let status = serde_json::from_slice::<Value>(&m.payload).ok();
+            return Ok(status.and_then(|s| s.get("online")?.as_bool()) == Some(false));
+        }
+    }
+    Ok(false)
 }
 
 // ---- tail ----------------------------------------------------------------------------------------
@@ -1165,6 +1340,39 @@ mod tests {
         assert!(parse_credential("0012345678").is_err());
         assert!(parse_credential("badge:1").is_err());
         assert!(parse_credential("card:").is_err());
+    }
+
+    #[test]
+    fn acks_are_ours_by_the_digest_of_what_we_sent() {
+        let sent = b"{\"v\":1}";
+        let ours = BTreeSet::from([message_digest(sent)]);
+        let ack = |ref_: &str, sha256: Option<String>| Ack {
+            ref_: ref_.into(),
+            ok: false,
+            error: Some("bad_signature".into()),
+            detail: None,
+            ts: "2026-12-01T00:00:00Z".into(),
+            sha256,
+        };
+        // Refused before the signature verified: the ref is only the list's name.
+        assert!(answers(
+            &ack("staff", Some(message_digest(sent))),
+            &ours,
+            "staff@2"
+        ));
+        // Someone else's message of the same version is not ours.
+        assert!(!answers(
+            &ack("staff@2", Some(message_digest(b"other"))),
+            &ours,
+            "staff@2"
+        ));
+        // A gate that sends no digest: by ref alone.
+        assert!(answers(&ack("staff@2", None), &ours, "staff@2"));
+        assert!(!answers(&ack("staff", None), &ours, "staff@2"));
+        assert_eq!(
+            message_digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

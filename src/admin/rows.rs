@@ -400,6 +400,10 @@ fn read_csv(list: ListName, bytes: &[u8], errs: &mut Errs) -> Vec<(u64, Row)> {
     rows
 }
 
+/// Said after a time that does not parse: one that would.
+const TIME_EXAMPLE: &str =
+    "write a date and time with its offset, like 2027-12-31T23:59:59Z or 2027-12-31T18:00:00+08:00";
+
 fn csv_line(e: &csv::Error) -> u64 {
     e.position().map_or(1, |p| p.line())
 }
@@ -502,7 +506,7 @@ impl Fields<'_> {
             return None;
         }
         if let Err(e) = contract::parse_ts(v) {
-            self.bad(field, e);
+            self.bad(field, format!("{e}: {TIME_EXAMPLE}"));
         }
         Some(v.to_string())
     }
@@ -566,6 +570,9 @@ impl Fields<'_> {
     /// A calendar row: `hours` holds spans separated by spaces or `;` (empty: closed).
     fn calendar(&mut self, r: &Record) -> Row {
         let date = r.get("date").to_string();
+        if let Err(e) = contract::parse_date(&date) {
+            self.bad("date", format!("{e}, like 2026-10-01"));
+        }
         let name = self.text("name", r.get("name"));
         let hours = r
             .get("hours")
@@ -816,6 +823,30 @@ mod tests {
             assert!(m.iter().any(|l| l.starts_with(w)), "no `{w}` in {m:#?}");
         }
         assert_eq!(m.len(), want.len(), "{m:#?}");
+    }
+
+    #[test]
+    fn a_bad_date_is_shown_with_one_that_would_be_accepted() {
+        let text = format!("{STAFF_HEADER}E1,A,0012,,2027-01-01,31/12/2027,*\n");
+        let m = messages(csv(ListName::Staff, &text));
+        assert_eq!(
+            m,
+            [
+                "f.csv:2: valid_from: `2027-01-01` is not an RFC 3339 time (premature end of \
+                 input): write a date and time with its offset, like 2027-12-31T23:59:59Z or \
+                 2027-12-31T18:00:00+08:00",
+                "f.csv:2: valid_until: `31/12/2027` is not an RFC 3339 time (premature end of \
+                 input): write a date and time with its offset, like 2027-12-31T23:59:59Z or \
+                 2027-12-31T18:00:00+08:00",
+            ],
+            "{m:#?}"
+        );
+        let m = messages(csv(ListName::Calendar, "date,name,hours\n1.10.2026,x,\n"));
+        assert_eq!(
+            m,
+            ["f.csv:2: date: `1.10.2026` is not a date YYYY-MM-DD, like 2026-10-01"],
+            "{m:#?}"
+        );
     }
 
     #[test]

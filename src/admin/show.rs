@@ -7,7 +7,7 @@ use std::collections::{HashSet, VecDeque};
 
 use serde_json::Value;
 
-use crate::core::UnixMs;
+use crate::core::{Decision, UnixMs};
 use crate::sync::contract::{Ack, Alarm, PassEvent, parse_ts};
 
 /// `s` with control characters escaped, so it cannot drive the terminal.
@@ -28,6 +28,9 @@ fn code<T: serde::Serialize>(v: &T) -> String {
 
 /// `2026-11-21T08:01:02.345Z east-1 #1042 lane 0 in  GRANTED staff      card:0012345678 E1001`
 pub fn event_line(e: &PassEvent) -> String {
+    if e.decision == Decision::Granted && !e.released() {
+        return state_override_line(e);
+    }
     let decision = code(&e.decision).to_ascii_uppercase();
     let reason = code(&e.reason);
     let credential = match &e.credential {
@@ -68,6 +71,30 @@ pub fn event_line(e: &PassEvent) -> String {
         line.push_str(&format!(" ref {}", clean(r)));
     }
     line
+}
+
+/// An override that changed state and released no lane (`clear_passback`): the contract
+/// records it as a granted event, for peer gates to learn, but nothing opened.
+/// `2026-11-21T08:01:02.345Z east-1 #1043 CLEARED anti-passback state of E1001 by ops-2026 (no lane released)`
+fn state_override_line(e: &PassEvent) -> String {
+    let subject = e.subject.as_deref().map_or(Cow::Borrowed("-"), clean);
+    let what = match e.override_.as_ref().map(|o| o.input.as_str()) {
+        Some("clear_passback") => format!("CLEARED anti-passback state of {subject}"),
+        Some(input) => format!("OVERRIDE {} {subject}", clean(input)),
+        None => format!("{} {subject}", code(&e.reason)),
+    };
+    let by = e
+        .override_
+        .as_ref()
+        .and_then(|o| o.by.as_deref())
+        .map(|b| format!(" by {}", clean(b)))
+        .unwrap_or_default();
+    format!(
+        "{} {} #{} {what}{by} (no lane released)",
+        clean(&e.ts),
+        clean(&e.gate),
+        e.seq
+    )
 }
 
 /// `2026-11-21T08:01:02.345Z east-1 ALARM device_fault reader1: timeout …`
@@ -166,10 +193,20 @@ pub fn age(ms: i64) -> String {
 }
 
 /// The status table: one row per gate, from its retained status (which may be only the last
-/// will, `{"online":false}`).
+/// will, `{"online":false}`). `STAFF_V`, `VISITORS_V` and `DENY_V` are the versions of the
+/// lists in force (the `N` of `staff@N`), not how many people are on them: a status carries no
+/// counts.
 pub fn status_table(rows: &[(String, Value)], now: UnixMs) -> String {
     let header = [
-        "GATE", "ONLINE", "MODE", "STAFF", "VISITORS", "DENY", "OUTBOX", "AGE", "PROBLEMS",
+        "GATE",
+        "ONLINE",
+        "MODE",
+        "STAFF_V",
+        "VISITORS_V",
+        "DENY_V",
+        "OUTBOX",
+        "AGE",
+        "PROBLEMS",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for (gate, s) in rows {
@@ -298,6 +335,24 @@ mod tests {
     }
 
     #[test]
+    fn clearing_anti_passback_is_not_shown_as_a_grant() {
+        let mut e = event();
+        e.credential = None;
+        e.reason = Reason::OverrideRemote;
+        e.override_ = Some(Override {
+            source: "remote".into(),
+            input: "clear_passback".into(),
+            by: Some("ops".into()),
+        });
+        let want = "2026-11-21T08:01:02.345Z east-1 #1042 CLEARED anti-passback state of E1001 \
+                    by ops (no lane released)";
+        // From a gate that predates the flag, and from one that sends it.
+        assert_eq!(event_line(&e), want);
+        e.flags = vec!["no_release".into()];
+        assert_eq!(event_line(&e), want);
+    }
+
+    #[test]
     fn terminal_escapes_from_the_network_are_defused() {
         let mut e = event();
         e.credential = Some(CredentialJson {
@@ -331,6 +386,7 @@ mod tests {
             error: Some("stale".into()),
             detail: Some("version 44 is in force".into()),
             ts: "2026-11-21T08:01:02.345Z".into(),
+            sha256: None,
         };
         assert_eq!(
             ack_result("east-1", &ack),
@@ -378,17 +434,18 @@ mod tests {
         ];
         let t = status_table(&rows, now);
         let lines: Vec<&str> = t.lines().collect();
+        // List versions, named as versions: they are not head counts.
         assert_eq!(
             lines[0],
-            "GATE    ONLINE  MODE    STAFF  VISITORS  DENY  OUTBOX  AGE  PROBLEMS"
+            "GATE    ONLINE  MODE    STAFF_V  VISITORS_V  DENY_V  OUTBOX  AGE  PROBLEMS"
         );
         assert_eq!(
             lines[1],
-            "east-1  yes     normal  42     7         3     0       7s   reader1:timeout"
+            "east-1  yes     normal  42       7           3       0       7s   reader1:timeout"
         );
         assert_eq!(
             lines[2],
-            "west-2  NO      -       -      -         -     -       -    -"
+            "west-2  NO      -       -        -           -       -       -    -"
         );
     }
 }

@@ -1,6 +1,8 @@
 //! `gatectl`, the admin's tool: parse the command line, then call `gated::admin::ops`.
 //!
-//! Exit codes: 0 done; 1 failed (or a gate refused); 2 `cmd` sent but no ack came; 64 usage.
+//! Exit codes: 0 done; 1 failed, or a gate refused; 2 sent, but a gate that is online (for
+//! `cmd`: the gate) did not ack in time; 3 `cmd` to a gate whose status says offline (nothing
+//! sent), or that went offline before it acked; 64 usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +24,9 @@ const EX_USAGE: u8 = 64;
     version,
     args_override_self = true,
     about = "The admin's tool for gated: keys, lists, invitations, remote commands, live events and status",
-    after_help = "Exit codes: 0 done, 1 failed or a gate refused, 2 `cmd` got no ack, 64 usage.\n\n\
+    after_help = "Exit codes: 0 done; 1 failed, or a gate refused (every refusal is printed with its\n\
+reason); 2 sent, but a gate whose status says online did not ack within --wait; 3 `cmd` to a\n\
+gate whose status says offline (nothing sent) or that went offline before it acked; 64 usage.\n\n\
 Example:\n  export GATECTL_BROKER=broker.example:1883 GATECTL_SITE=hq GATECTL_KEY=~/.gatectl/ops.key\n  \
 gatectl push staff --file staff.csv && gatectl status"
 )]
@@ -135,7 +139,9 @@ struct Wait {
 enum Sub {
     /// Make a new admin signing key, and print the [[trust.key]] block for the gates.
     #[command(
-        after_help = "Example:\n  gatectl keygen --id ops-2026 --out ~/.gatectl/ops-2026.key >> trust.toml"
+        after_help = "Missing directories on the way to FILE are made, mode 0700. The key file also holds\n\
+the public line of the block (grep ^public FILE).\n\n\
+Example:\n  gatectl keygen --id ops-2026 --out ~/.gatectl/ops-2026.key"
     )]
     Keygen {
         /// The key's id, as gates name it in [[trust.key]] (1..=64 of [A-Za-z0-9_-]).
@@ -152,7 +158,7 @@ staff:    subject,name,card,face,valid_from,valid_until,gates\n  \
 visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries\n  \
 deny:     kind,id,reason\n\
 card, face, qr and gates take several values separated by `;`; gates `*` is every gate; an empty\n\
-field is none (times are RFC 3339). JSON files are an array of entries as in a snapshot.\n\
+field is none (times are RFC 3339, like 2027-12-31T23:59:59Z). JSON files are an array of entries as in a snapshot.\n\
 Every row is checked first; any problem is reported as FILE:LINE: field: what, and nothing is sent.\n\n\
 Example:\n  gatectl push staff --file staff.csv\n  \
 east-1: staff@43 ok (version 43 in force)"
@@ -176,8 +182,9 @@ east-1: staff@43 ok (version 43 in force)"
         after_help = "The invitation goes out as a delta and in the new retained visitors snapshot,\n\
 so gates that are offline now learn it when they reconnect. Invitations past their window\n\
 leave the list on the way.\n\n\
-Example:\n  gatectl invite --visitor \"Zhang San\" --host E1001 --from 2026-11-21T08:00:00+08:00 \\\n    \
---until 2026-11-21T18:00:00+08:00 --gates east-1 --entries 2 --qr zhang.png"
+Example (from now, --from's default, until 18:00 tomorrow in the local time zone):\n  \
+gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorrow 18:00' +%FT%T%:z)\" \\\n    \
+--gates east-1 --entries 2 --qr zhang.png"
     )]
     Invite {
         /// The visitor's name.
@@ -235,9 +242,14 @@ gatectl revoke staff E1002\n  gatectl revoke credential card:0099887766 --reason
         timeout: Option<u64>,
     },
     /// A table of the site's gates, from their retained status.
-    #[command(after_help = "Example:\n  gatectl status\n  \
-GATE    ONLINE  MODE    STAFF  VISITORS  DENY  OUTBOX  AGE  PROBLEMS\n  \
-east-1  yes     normal  43     7         3     0       12s  reader1:timeout")]
+    #[command(
+        after_help = "STAFF_V, VISITORS_V, DENY_V: the version of each list in force (staff@43), not a\n\
+head count. OUTBOX: events not yet acknowledged by the broker. AGE: since the status was\n\
+published. PROBLEMS: devices not ok, and the clock when it is not trusted.\n\n\
+Example:\n  gatectl status\n  \
+GATE    ONLINE  MODE    STAFF_V  VISITORS_V  DENY_V  OUTBOX  AGE  PROBLEMS\n  \
+east-1  yes     normal  43       7           3       0       12s  reader1:timeout"
+    )]
     Status {
         /// One JSON object: gate → its status, as published.
         #[arg(long)]
@@ -245,7 +257,9 @@ east-1  yes     normal  43     7         3     0       12s  reader1:timeout")]
     },
     /// Send a signed command to one gate and wait for its ack.
     #[command(
-        after_help = "Exit 0 when the gate carried it out, 1 when it refused, 2 when no ack came in time.\n\n\
+        after_help = "Exit 0 when the gate carried it out, 1 when it refused (with its reason), 2 when no\n\
+ack came in time, 3 when the gate's status says it is offline (then nothing is sent) or it went\n\
+offline before it acked.\n\n\
 Example:\n  gatectl cmd open --gate east-1 --lane 0 --direction in\n  \
 east-1: open ok (lane 0 in released for 3000 ms; event seq 1043)"
     )]

@@ -16,7 +16,8 @@ use crate::core::{
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
-    MAX_COMMAND_SKEW_MS, Override, PassEvent, Refusal, Snapshot, format_ts, parse_date, parse_ts,
+    MAX_COMMAND_SKEW_MS, NO_RELEASE, Override, PassEvent, Refusal, Snapshot, format_ts, parse_date,
+    parse_ts,
 };
 
 /// Who this gate is; stamped on every event.
@@ -1039,6 +1040,7 @@ impl Db {
         let draft = EventDraft {
             subject: Some(subject.to_string()),
             override_: Some(override_),
+            flags: vec![NO_RELEASE.to_string()],
             ..EventDraft::bare(0, Direction::In, Reason::OverrideRemote)
         };
         self.record_event(draft, stamp, now, |tx| {

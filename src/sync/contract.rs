@@ -156,9 +156,28 @@ pub struct PassEvent {
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub ref_: Option<String>,
     /// Warnings on a granted pass (an extension of the contract): `anti_passback` when soft
-    /// anti-passback let a repeated direction through.
+    /// anti-passback let a repeated direction through; `NO_RELEASE` on an override that
+    /// released no lane.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+}
+
+/// The flag of a `granted` override event that released no lane (`clear_passback`): it is
+/// recorded as an event so that peer gates learn it, but it is not a pass, and nobody went
+/// through.
+pub const NO_RELEASE: &str = "no_release";
+
+impl PassEvent {
+    /// Whether a lane was released for this event (false for an override that only changed
+    /// state, also when it comes from a gate that predates the `no_release` flag).
+    pub fn released(&self) -> bool {
+        self.decision == Decision::Granted
+            && !self.flags.iter().any(|f| f == NO_RELEASE)
+            && self
+                .override_
+                .as_ref()
+                .is_none_or(|o| o.input != CommandKind::ClearPassback.as_str())
+    }
 }
 
 /// One alarm: a device fault, the outbox filling up, a failed relay command.
@@ -881,6 +900,20 @@ pub struct Ack {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub ts: String,
+    /// SHA-256 of the message acked, as received (an extension of the contract). `ref` names a
+    /// message only once its signature verified; this names every message, so its sender
+    /// can tell its own refusal from anyone else's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The `sha256` an ack carries for `payload`: lowercase hex.
+pub fn message_digest(payload: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(payload)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

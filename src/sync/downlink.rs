@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::contract::{
     Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, MAX_DETAIL_BYTES, Refusal, Topics,
-    bounded, format_ts, parse_command, parse_delta, parse_snapshot,
+    bounded, format_ts, message_digest, parse_command, parse_delta, parse_snapshot,
 };
 use super::envelope::Verifier;
 use crate::control::{Control, Origin};
@@ -53,6 +53,9 @@ impl Downlink {
         if payload.is_empty() {
             return None;
         }
+        // Before anything is checked: a refusal of an unverified message has no `ref` of its
+        // own, and its sender still needs to find its ack.
+        let sha256 = Some(message_digest(&payload));
         let (reference, result) = if topic == self.topics.cmd() {
             self.command(payload, now).await
         } else {
@@ -75,6 +78,7 @@ impl Downlink {
                     error: None,
                     detail: Some(detail),
                     ts: format_ts(now),
+                    sha256,
                 }
             }
             Err(refusal) => {
@@ -89,6 +93,7 @@ impl Downlink {
                     error: Some(code.to_string()),
                     detail: Some(detail),
                     ts: format_ts(now),
+                    sha256,
                 }
             }
         };

@@ -1,7 +1,9 @@
 //! The real `gatectl` binary against a real broker and a real gate, as an admin uses it:
-//! push a list, invite a visitor, revoke, command a lane, tail the events, read the status.
+//! make a key, push a list, invite a visitor, revoke, command a lane, tail the events, read the
+//! status; and what it says, and exits with, when a gate refuses, does not answer or is offline.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use gated::sync::contract::{Entries, ListName, parse_snapshot};
 use gated::sync::envelope::{AdminKey, Verifier};
@@ -401,7 +403,7 @@ async fn status_shows_the_gate_and_its_list_versions() {
     let mut lines = r.stdout.lines();
     let header = lines.next().unwrap_or("");
     assert!(
-        header.starts_with("GATE    ONLINE  MODE    STAFF"),
+        header.starts_with("GATE    ONLINE  MODE    STAFF_V  VISITORS_V  DENY_V"),
         "{r:#?}"
     );
     let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
@@ -422,5 +424,289 @@ async fn status_shows_the_gate_and_its_list_versions() {
         r.stderr
             .contains("gatectl: status: no gate has a status on acs/elsewhere/+/status"),
         "{r:#?}"
+    );
+}
+
+/// The test admin's key file replaced by `key`: an admin whose key the gate does not trust.
+fn use_key(g: &Gatectl, key: &AdminKey) {
+    std::fs::write(&g.key, key.to_file_text()).expect("replace the key file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_gate_cannot_verify_shows_its_refusal_and_fails() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let csv = g.path("deny.csv");
+    std::fs::write(&csv, "kind,id,reason\ncard,0099887766,reported lost\n").expect("write");
+
+    // The id the gate trusts, another secret (two admins who both ran keygen --id ops-test).
+    use_key(&g, &AdminKey::generate("ops-test").expect("key"));
+    let r = g
+        .run(&["push", "deny", "--file", s(&csv), "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("east-1: deny@1 REFUSED bad_signature: "),
+        "{r:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains("gatectl: push deny: 1 gate refused deny@1"),
+        "{r:#?}"
+    );
+    // What to do about it, and what the refused push left on the broker.
+    assert!(
+        r.stderr
+            .contains("1 gate does not trust the key `ops-test` this was signed with")
+            && r.stderr.contains(
+                "acs/hq/lists/deny now holds a list these gates refuse: push it again with a \
+                 key they trust (--force-version N)"
+            ),
+        "{r:#?}"
+    );
+
+    // A key id the gate has never heard of.
+    use_key(&g, &AdminKey::generate("ops-other").expect("key"));
+    let r = g
+        .run(&[
+            "push",
+            "deny",
+            "--file",
+            s(&csv),
+            "--force-version",
+            "1",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("east-1: deny@1 REFUSED unknown_key: "),
+        "{r:#?}"
+    );
+
+    // A gate whose status says online but that never answers: the push is not called done.
+    w.centre
+        .publish_raw(
+            "acs/hq/west-2/status",
+            r#"{"online":true,"lists":{"staff":1,"visitors":0,"deny":0}}"#,
+            true,
+        )
+        .await;
+    use_key(&g, admin());
+    let r = g
+        .run(&[
+            "push",
+            "deny",
+            "--file",
+            s(&csv),
+            "--force-version",
+            "1",
+            "--wait",
+            "1",
+        ])
+        .await;
+    assert_eq!(r.code, 2, "{r:#?}");
+    assert!(r.stdout.contains("west-2: no ack within 1 s"), "{r:#?}");
+    assert!(r.stdout.contains("east-1: deny@1 ok"), "{r:#?}");
+    assert!(
+        r.stderr
+            .contains("gatectl: push deny: 1 online gate did not answer for deny@1"),
+        "{r:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_gate_cannot_verify_is_shown_refused_and_an_offline_gate_is_named_at_once() {
+    let mut w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    use_key(&g, &AdminKey::generate("ops-test").expect("key"));
+    let r = g
+        .run(&["cmd", "lockdown", "--gate", "east-1", "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout
+            .contains("east-1: lockdown REFUSED bad_signature: "),
+        "{r:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains("gatectl: cmd lockdown: east-1 refused it: bad_signature: "),
+        "{r:#?}"
+    );
+    assert!(
+        r.stderr
+            .contains("east-1 does not trust the key `ops-test` this was signed with"),
+        "{r:#?}"
+    );
+
+    // The gate dies; the broker publishes its last will.
+    use_key(&g, admin());
+    w.daemon.kill9();
+    wait_for("the gate's last will", Duration::from_secs(30), || {
+        w.centre
+            .on(STATUS)
+            .last()
+            .filter(|m| m.json()["online"] == false)
+            .map(|_| ())
+    })
+    .await;
+    let sent_before = w.centre.on("acs/hq/east-1/cmd").len();
+    let started = std::time::Instant::now();
+    let r = g
+        .run(&["cmd", "lockdown", "--gate", "east-1", "--wait", "30"])
+        .await;
+    assert_eq!(r.code, 3, "{r:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.stderr
+            .contains("gatectl: cmd lockdown: east-1 is offline (its status on acs/hq/east-1/status says so); nothing was sent"),
+        "{r:#?}"
+    );
+    // Our own message through the same broker: once it is back, a command gatectl had
+    // published would be here too.
+    w.centre
+        .publish_raw("acs/hq/test/barrier", "after gatectl", false)
+        .await;
+    wait_for("the barrier message", DEADLINE, || {
+        (!w.centre.on("acs/hq/test/barrier").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        w.centre.on("acs/hq/east-1/cmd").len(),
+        sent_before,
+        "no command published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_on_a_fresh_machine_makes_its_private_directory_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let g = Gatectl::new(free_port());
+    // ~/.gatectl does not exist on a fresh machine.
+    let dir = g.path("home/.gatectl");
+    let key = dir.join("ops-2026.key");
+    let r = g
+        .run(&["keygen", "--id", "ops-2026", "--out", s(&key)])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700, "the new directory is private");
+    assert_eq!(mode(&key), 0o600);
+    let made = AdminKey::load(&key).expect("a key gatectl can load");
+    assert!(
+        r.stdout.contains(&format!(
+            "id = \"ops-2026\"\npublic = \"{}\"",
+            made.public_b64()
+        )),
+        "{r:#?}"
+    );
+
+    // Again: refused, the key unchanged, and nothing else left in the directory.
+    let before = std::fs::read(&key).expect("read");
+    let r = g
+        .run(&["keygen", "--id", "ops-2026", "--out", s(&key)])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("gatectl never overwrites"), "{r:#?}");
+    assert!(r.stdout.is_empty(), "no trust block for a key not made");
+    assert_eq!(std::fs::read(&key).expect("read"), before);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("ops-2026.key")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_passback_shows_in_tail_as_a_cleared_state_not_a_grant() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let tail = g.start_tail(&["--count", "1", "--timeout", "30"]).await;
+    let r = g
+        .run(&[
+            "cmd",
+            "clear-passback",
+            "--gate",
+            "east-1",
+            "--subject",
+            "E1001",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let t = tail.finish().await;
+    assert_eq!(t.code, 0, "{t:#?}");
+    assert!(
+        t.stdout.contains(
+            " east-1 #1 CLEARED anti-passback state of E1001 by ops-test (no lane released)"
+        ),
+        "{t:#?}"
+    );
+    assert!(!t.stdout.contains("GRANTED"), "{t:#?}");
+    // On the wire it stays the contract's override event, and says it released nothing.
+    let e = w
+        .centre
+        .wait_json("the override event", EVENT, |e| {
+            e["override"]["input"] == "clear_passback"
+        })
+        .await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("override_remote"), Some("E1001")),
+        "{e}"
+    );
+    assert_eq!(e["flags"], serde_json::json!(["no_release"]), "{e}");
+    assert!(w.devices.relay.pulses().is_empty(), "no lane released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_goes_offline_while_gatectl_waits_for_its_ack_is_named_at_once() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    // west-2: a gate that is online, then loses its connection before it acks.
+    let status = "acs/hq/west-2/status";
+    w.centre
+        .publish_raw(status, r#"{"online":true}"#, true)
+        .await;
+    let started = std::time::Instant::now();
+    let run = g.command(&["cmd", "lockdown", "--gate", "west-2", "--wait", "30"]);
+    let child = tokio::spawn(async move {
+        let mut run = run;
+        run.output().await.expect("run gatectl")
+    });
+    wait_for("the command on west-2's topic", DEADLINE, || {
+        (!w.centre.on("acs/hq/west-2/cmd").is_empty()).then_some(())
+    })
+    .await;
+    w.centre
+        .publish_raw(status, r#"{"online":false}"#, true)
+        .await;
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("gatectl ended")
+        .expect("joined");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("gatectl: cmd lockdown: west-2 went offline before it acked"),
+        "{stderr}"
     );
 }
