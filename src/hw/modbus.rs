@@ -51,6 +51,17 @@ impl Modbus {
         Modbus { path, fc16: false }
     }
 
+    /// How many connections this link has made to its device (always 0 on a serial bus, which
+    /// has none). Requests that are safe to repeat reconnect quietly when the device closed the
+    /// connection, so a device that lost power and came back shows only here: a caller that
+    /// keeps state on the device (a relay board's hold coils) writes it again when this moves.
+    pub fn connects(&self) -> u64 {
+        match &self.path {
+            Path::Tcp(t) => t.connects,
+            Path::Rtu { .. } => 0,
+        }
+    }
+
     /// Writes registers with function 16 instead of 6.
     pub fn with_fc16_writes(mut self, fc16: bool) -> Self {
         self.fc16 = fc16;
@@ -143,6 +154,8 @@ pub struct ModbusTcp {
     unit: u8,
     timeout: Duration,
     ctx: Option<(Context, Arc<Socket>)>,
+    /// Connections made so far: a new one may mean the device restarted (see `connects`).
+    connects: u64,
 }
 
 type Raw<T> =
@@ -252,6 +265,7 @@ impl ModbusTcp {
             unit,
             timeout,
             ctx: None,
+            connects: 0,
         }
     }
 
@@ -299,6 +313,7 @@ impl ModbusTcp {
             });
             let ctx = tcp::attach_slave(Shared(Arc::clone(&socket)), Slave(self.unit));
             self.ctx = Some((ctx, socket));
+            self.connects += 1;
         }
         self.ctx
             .as_mut()

@@ -660,10 +660,18 @@ async fn run(
     // coils are written whatever the mode: a restart must not leave a lane held open.
     let mut hold = mode.borrow_and_update().holds_open();
     let mut hold_confirmed = false;
+    // The connection the hold coils were last written on: a board that lost power comes back
+    // with its coils off, and on a new connection, which reads and coil writes make quietly.
+    let mut holds_written_on = conn.connects();
     let mut button_tick = tokio::time::interval(BUTTON_POLL);
     button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watching = buttons.span.is_some();
     loop {
+        if hold_confirmed && conn.connects() != holds_written_on {
+            tracing::info!(relay = %cfg.name, "new connection to the board; writing the hold coils again");
+            hold_confirmed = false;
+            next_check = tokio::time::Instant::now();
+        }
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = button_tick.tick(), if watching && hold_confirmed => {
@@ -713,6 +721,7 @@ async fn run(
                     match &r {
                         Ok(()) => {
                             tracing::info!(relay = %cfg.name, hold, "hold coils written");
+                            holds_written_on = conn.connects();
                             contacts.checks.held(hold);
                         }
                         Err(e) => tracing::warn!(relay = %cfg.name, hold, error = %e, "hold coils not written; will retry"),
