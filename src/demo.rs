@@ -17,6 +17,14 @@ use crate::config::Config;
 use crate::gate::{Decided, Gate};
 use crate::sync::contract::{ListName, parse_snapshot};
 
+/// A line for the person watching; a reader that went away is not an error
+/// (`crate::console`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::console::line(format_args!($($arg)*)).context("demo: cannot write to stdout")?
+    };
+}
+
 const STAFF: &str = r#"{"list":"staff","site":"demo","version":1,"issued_at":"2026-11-21T07:00:00Z",
  "entries":[{"subject":"E1001","name":"Li Wei",
    "credentials":[{"kind":"card","id":"0012345678"},{"kind":"face","id":"P1001"}],
@@ -177,10 +185,10 @@ direction = "in"
             .await?
             .map_err(|e| anyhow::anyhow!("sample list: {e}"))?;
     }
-    println!(
+    say!(
         "gated demo: gate {SITE}/{gate_name}, lane 0 with a card reader and a face terminal (hw-sim on 127.0.0.1)"
     );
-    println!(
+    say!(
         "sample lists: staff E1001 Li Wei (card 0012345678, face P1001); visitor INV-8f3a Zhang San (QR, 2 entries)\n"
     );
 
@@ -193,14 +201,14 @@ direction = "in"
             .map_err(|e| anyhow::anyhow!("hw-sim: {e}"))?;
         let d = next_decision(&mut decisions).await?;
         let released = wait_pulse(&relay, before, d.event.reason.is_granted()).await;
-        print_line(step.what, &d, released);
+        print_line(step.what, &d, released)?;
     }
 
     let result = match mqtt {
         Some(hp) => wait_synced(&gate, &hp, &gate_name).await,
         None => {
             let pending = store.call(|db| db.outbox_stats()).await?.pending;
-            println!(
+            say!(
                 "\noffline (no --mqtt): {pending} events wait in the outbox until a broker is configured"
             );
             Ok(())
@@ -229,7 +237,7 @@ async fn wait_pulse(relay: &SimRelay, before: usize, granted: bool) -> bool {
     relay.pulses().len() > before
 }
 
-fn print_line(what: &str, d: &Decided, released: bool) {
+fn print_line(what: &str, d: &Decided, released: bool) -> anyhow::Result<()> {
     let e = &d.event;
     let cred = e
         .credential
@@ -248,7 +256,7 @@ fn print_line(what: &str, d: &Decided, released: bool) {
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    println!(
+    say!(
         "#{:<2} lane {} {:<3} {:<24} {verdict} {:<19} subject={:<9} relay={}   ← {what}",
         e.seq,
         e.lane,
@@ -258,10 +266,11 @@ fn print_line(what: &str, d: &Decided, released: bool) {
         e.subject.as_deref().unwrap_or("-"),
         if released { "released" } else { "closed" },
     );
+    Ok(())
 }
 
 async fn wait_synced(gate: &Gate, broker: &str, name: &str) -> anyhow::Result<()> {
-    println!(
+    say!(
         "\nsyncing to the broker at {broker} (topics acs/{SITE}/{name}/event, …/alarm, …/status; \
          every message says \"demo\": true)"
     );
@@ -274,7 +283,7 @@ async fn wait_synced(gate: &Gate, broker: &str, name: &str) -> anyhow::Result<()
             .await?
             .pending;
         if pending == 0 {
-            println!("every event is acknowledged by the broker (PUBACK); the outbox is empty");
+            say!("every event is acknowledged by the broker (PUBACK); the outbox is empty");
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {

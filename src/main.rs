@@ -105,14 +105,21 @@ fn main() -> ExitCode {
                 });
             return match checked {
                 Ok(c) => {
-                    println!("{}", gated::config::describe(&c));
-                    if skip_host_checks {
-                        println!(
+                    let mut printed =
+                        gated::console::line(format_args!("{}", gated::config::describe(&c)));
+                    if skip_host_checks && printed.is_ok() {
+                        printed = gated::console::line(format_args!(
                             "  not checked (--skip-host-checks): GPIO, the files the config \
                              names, the store"
-                        );
+                        ));
                     }
-                    ExitCode::SUCCESS
+                    match printed {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: cannot write to stdout: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");

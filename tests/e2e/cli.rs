@@ -263,3 +263,34 @@ fn run_and_check_config_both_take_config_file() {
         "{err}"
     );
 }
+
+/// `gated check-config --config FILE | head -1`, and the demo piped the same way: a reader that
+/// stops reading is not gated's failure. The rest of the output is dropped and gated finishes
+/// as it would have, with no panic. The pipe's read end is closed before gated starts, so
+/// every write meets a closed pipe whatever the timing.
+#[test]
+fn a_closed_stdout_pipe_ends_gated_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gated.toml");
+    std::fs::write(&config, shipped("gated.sim.toml", dir.path(), true)).expect("write");
+    let path = config.to_str().expect("utf-8 path");
+    for args in [
+        &["check-config", "--config", path][..],
+        &["check-config", "--skip-host-checks", "--config", path],
+        &["demo"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_gated"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run gated");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+        // Built with panic = "abort", a panic ends gated by SIGABRT: no exit code at all.
+        assert!(out.status.success(), "{args:?}: {}: {err}", out.status);
+    }
+}
