@@ -107,7 +107,7 @@ enum List {
     Staff,
     Visitors,
     Deny,
-    /// Holidays and exception dates of the schedules (CSV: date,name,hours).
+    /// Holidays and exception dates of the schedules (CSV: date,name,hours[,schedules]).
     Calendar,
 }
 

@@ -245,7 +245,7 @@ fn schedule_open(policy: &Policy, calendar: &Calendar, name: &str, now: UnixMs) 
     policy
         .schedules
         .get(name)
-        .is_some_and(|s| s.open_at(calendar, time::local(policy.tz, now)))
+        .is_some_and(|s| s.open_at(name, calendar, time::local(policy.tz, now)))
 }
 
 /// Anti-passback: the subject's last pass, if it still counts (after the last daily reset),
@@ -1035,7 +1035,7 @@ mod tests {
             let l = if lane_hours { staff(everywhere()) } else { with_schedule(Some("office"), None) };
             let cx = Context { calendar: &cal, ..ctx(Mode::Normal, now) };
             let v = decide(&c, &l, &cx, &p);
-            let open = office().open_at(&cal, crate::core::time::local(p.tz, now));
+            let open = office().open_at("office", &cal, crate::core::time::local(p.tz, now));
             prop_assert!(!v.granted() || open, "granted at {} outside office hours", now);
         }
 

@@ -9,7 +9,7 @@ mod decide;
 pub mod time;
 
 pub use decide::{FactorChange, Verdict, decide, decide_button};
-pub use time::{Calendar, ClockSense, ClockState, Schedule, Span, Untrust};
+pub use time::{Calendar, ClockSense, ClockState, Exception, Schedule, Span, Untrust};
 
 use serde::{Deserialize, Serialize};
 

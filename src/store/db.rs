@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::{StoreError, schema};
 use crate::core::time::{ClockSense, ClockState, judge_clock};
 use crate::core::{
-    self, Calendar, Context, Credential, CredentialKind, Direction, FactorChange, FirstFactor,
-    InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span, StaffMatch,
-    UnixMs, Validity, Verdict,
+    self, Calendar, Context, Credential, CredentialKind, Direction, Exception, FactorChange,
+    FirstFactor, InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span,
+    StaffMatch, UnixMs, Validity, Verdict,
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
@@ -1712,12 +1712,17 @@ fn upsert_entries(
         }
         Entries::Calendar(v) => {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO calendar (gen, date, name, hours) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (gen, date) DO UPDATE SET name = excluded.name, hours = excluded.hours",
+                "INSERT INTO calendar (gen, date, name, hours, schedules) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (gen, date) DO UPDATE SET name = excluded.name, hours = excluded.hours,
+                                                       schedules = excluded.schedules",
             )?;
             for e in v.get(range).unwrap_or_default() {
                 let hours = serde_json::Value::from(e.hours.clone()).to_string();
-                ins.execute(params![generation, e.date, e.name, hours])?;
+                let schedules = e
+                    .schedules
+                    .as_ref()
+                    .map(|s| serde_json::Value::from(s.clone()).to_string());
+                ins.execute(params![generation, e.date, e.name, hours, schedules])?;
             }
         }
     }
@@ -1754,22 +1759,40 @@ fn parse_gates(s: String) -> Vec<String> {
 /// parses is skipped with an error in the log rather than closing or opening anything.
 fn load_calendar(conn: &Connection) -> Result<Calendar, StoreError> {
     let mut st = conn.prepare(
-        "SELECT date, hours FROM calendar
+        "SELECT date, hours, schedules FROM calendar
          WHERE gen = (SELECT gen FROM list_version WHERE list = 'calendar')",
     )?;
     let rows = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut cal = Calendar::default();
-    for (date, hours) in rows {
+    for (date, hours, schedules) in rows {
         let spans: Option<Vec<Span>> = serde_json::from_str::<Vec<String>>(&hours)
             .ok()
             .and_then(|h| h.iter().map(|s| Span::parse(s).ok()).collect());
-        match (parse_date(&date), spans) {
-            (Ok(d), Some(spans)) => {
-                cal.days.insert(d, spans);
+        // `Some(None)`: the date overrides every schedule; `None`: the row is corrupt.
+        let names = match &schedules {
+            None => Some(None),
+            Some(s) => serde_json::from_str::<std::collections::BTreeSet<String>>(s)
+                .ok()
+                .map(Some),
+        };
+        match (parse_date(&date), spans, names) {
+            (Ok(d), Some(hours), Some(schedules)) => {
+                cal.days.insert(d, Exception { hours, schedules });
             }
-            _ => tracing::error!(date, hours, "store: calendar row does not parse; skipped"),
+            _ => tracing::error!(
+                date,
+                hours,
+                schedules,
+                "store: calendar row does not parse; skipped"
+            ),
         }
     }
     Ok(cal)

@@ -1,0 +1,78 @@
+//! Schedules and the calendar, against the real binaries: a calendar date that names
+//! schedules overrides only those.
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+const CALENDAR_TOPIC: &str = "acs/hq/lists/calendar";
+
+/// `office` and `night`, both open around the clock every day and following the calendar, so
+/// that only the calendar decides whatever the time the test runs at.
+fn two_schedules(config: String) -> String {
+    let mut extra = String::new();
+    for name in ["office", "night"] {
+        extra.push_str(&format!("[policy.schedule.{name}]\n"));
+        for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+            extra.push_str(&format!("{day} = [\"00:00-24:00\"]\n"));
+        }
+        extra.push_str("calendar = true\n");
+    }
+    config + &extra
+}
+
+/// Yesterday, today and tomorrow in UTC (the gate's zone): a test that runs over midnight
+/// still has its date.
+fn dates_around_now() -> Vec<String> {
+    let today = chrono::Utc::now().date_naive();
+    [-1, 0, 1]
+        .into_iter()
+        .map(|d| {
+            (today + chrono::Duration::days(d))
+                .format("%Y-%m-%d")
+                .to_string()
+        })
+        .collect()
+}
+
+async fn publish_list(w: &World, topic: &str, body: Value, reference: &str) {
+    w.centre.publish(topic, body.to_string(), true).await;
+    let ack = w
+        .centre
+        .wait_json(&format!("the ack of {reference}"), ACK, |a| {
+            // A body the gate cannot parse is refused with the list's name as its ref.
+            a["ref"] == reference || a["ok"] == false
+        })
+        .await;
+    assert_eq!(ack["ok"], true, "{reference} was refused: {ack}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_office_holiday_leaves_the_night_shift_open() {
+    let w = World::start_with_config(two_schedules).await;
+    let staff = json!({"list": "staff", "site": "hq", "version": 2, "entries": [
+        {"subject": "E-OFFICE", "credentials": [{"kind": "card", "id": "0000000011"}],
+         "gates": ["*"], "schedule": "office"},
+        {"subject": "E-NIGHT", "credentials": [{"kind": "card", "id": "0000000022"}],
+         "gates": ["*"], "schedule": "night"}]});
+    publish_list(&w, STAFF_TOPIC, staff, "staff@2").await;
+    let holidays: Vec<Value> = dates_around_now()
+        .into_iter()
+        .map(|d| json!({"date": d, "name": "Office closed", "hours": [], "schedules": ["office"]}))
+        .collect();
+    let calendar = json!({"list": "calendar", "site": "hq", "version": 1, "entries": holidays});
+    publish_list(&w, CALENDAR_TOPIC, calendar, "calendar@1").await;
+
+    let e = swipe(&w, "0000000011").await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("outside_schedule"), Some("E-OFFICE")),
+        "the office is closed on its holiday: {e}"
+    );
+    let e = swipe(&w, "0000000022").await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("staff"), Some("E-NIGHT")),
+        "the night shift does not follow the office's holiday: {e}"
+    );
+}
