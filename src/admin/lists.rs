@@ -400,6 +400,7 @@ mod tests {
             valid_until: until.map(str::to_string),
             gates: vec!["east-1".into()],
             max_entries: Some(2),
+            schedule: None,
         }
     }
 

@@ -731,6 +731,8 @@ pub struct InviteRequest {
     pub until: String,
     pub gates: Vec<String>,
     pub entries: u32,
+    /// A weekly schedule of the gates' config (`[policy.schedule.NAME]`).
+    pub schedule: Option<String>,
     pub qr: Option<PathBuf>,
     pub id: Option<String>,
     pub wait: Duration,
@@ -809,6 +811,18 @@ pub async fn invite(
     if req.entries == 0 {
         return Err(Failure::new(what, "--entries must be at least 1").with_exit(64));
     }
+    if let Some(s) = &req.schedule
+        && !crate::config::is_safe_name(s)
+    {
+        return Err(Failure::new(
+            what,
+            format!(
+                "--schedule: `{}` is not a schedule name (1..=64 of [A-Za-z0-9_-])",
+                s.escape_debug()
+            ),
+        )
+        .with_exit(64));
+    }
     let id = req.id.clone().unwrap_or_else(lists::new_invitation_id);
     check_text(what, "--id", &id)?;
     let token = lists::new_token();
@@ -824,6 +838,7 @@ pub async fn invite(
         valid_until: Some(req.until.clone()),
         gates: req.gates.clone(),
         max_entries: Some(req.entries),
+        schedule: req.schedule.clone(),
     };
     // The image first: if it cannot be written, nothing is published.
     let qr = match &req.qr {
@@ -871,10 +886,14 @@ pub async fn invite(
     say(
         out,
         format_args!(
-            "valid         {from} .. {} at {}, {}",
+            "valid         {from} .. {} at {}, {}{}",
             req.until,
             req.gates.join(","),
-            plural(req.entries as usize, "entry", "entries")
+            plural(req.entries as usize, "entry", "entries"),
+            req.schedule
+                .as_deref()
+                .map(|s| format!(", in the hours of schedule `{s}`"))
+                .unwrap_or_default()
         ),
     )?;
     if let Some((path, (modules, px))) = &qr {

@@ -5,7 +5,8 @@
 //! - CSV with a header row. Columns may come in any order, but all of them must be there (a
 //!   column left out must not silently mean "valid for ever" or "no gates"), and no other:
 //!   - staff: `subject,name,card,face,valid_from,valid_until,gates`
-//!   - visitors: `invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries`
+//!   - visitors: `invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries`, and
+//!     optionally `schedule`
 //!   - deny: `kind,id,reason`
 //!   - calendar: `date,name,hours`, and `schedules` if any date overrides only some schedules
 //!
@@ -133,6 +134,7 @@ pub fn csv_columns(list: ListName) -> &'static [&'static str] {
             "valid_until",
             "gates",
             "max_entries",
+            "schedule",
         ],
         ListName::Deny => &["kind", "id", "reason"],
         ListName::Calendar => &["date", "name", "hours", "schedules"],
@@ -628,6 +630,7 @@ impl Fields<'_> {
                 }
             },
         };
+        let schedule = self.text("schedule", r.get("schedule"));
         Row::Visitor(VisitorEntry {
             invitation,
             visitor,
@@ -637,6 +640,7 @@ impl Fields<'_> {
             valid_until,
             gates,
             max_entries,
+            schedule,
         })
     }
 

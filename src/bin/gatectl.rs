@@ -155,7 +155,7 @@ Example:\n  gatectl keygen --id ops-2026 --out ~/.gatectl/ops-2026.key"
     #[command(
         after_help = "CSV files have a header row with exactly these columns, in any order:\n  \
 staff:    subject,name,card,face,valid_from,valid_until,gates\n  \
-visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries\n  \
+visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries[,schedule]\n  \
 deny:     kind,id,reason\n\
 card, face, qr and gates take several values separated by `;`; gates `*` is every gate; an empty\n\
 field is none (times are RFC 3339, like 2027-12-31T23:59:59Z). JSON files are an array of entries as in a snapshot.\n\
@@ -205,6 +205,10 @@ gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorro
         /// How many entries it allows.
         #[arg(long, value_name = "N")]
         entries: u32,
+        /// Only in the hours of this schedule (a `[policy.schedule.NAME]` of the gates'
+        /// config; a gate that does not define it refuses the code `outside_schedule`).
+        #[arg(long, value_name = "NAME")]
+        schedule: Option<String>,
         /// Write the QR code (of the code) as a PNG here.
         #[arg(long, value_name = "FILE.png")]
         qr: Option<PathBuf>,
@@ -406,6 +410,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             until,
             gates,
             entries,
+            schedule,
             qr,
             id,
             wait,
@@ -418,6 +423,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 until: until.clone(),
                 gates: gates.clone(),
                 entries: *entries,
+                schedule: schedule.clone(),
                 qr: qr.clone(),
                 id: id.clone(),
                 wait: Duration::from_secs(wait.wait),

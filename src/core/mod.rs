@@ -210,6 +210,8 @@ pub struct InvitationMatch {
     /// `None` = unlimited entries within the window.
     pub max_entries: Option<u32>,
     pub used: u32,
+    /// The invitation's weekly schedule, by name (a contractor limited to office hours).
+    pub schedule: Option<String>,
     pub last: Option<LastPass>,
 }
 

@@ -1673,8 +1673,8 @@ fn upsert_entries(
         Entries::Visitors(v) => {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO invitation (gen, invitation, visitor, host, valid_from, valid_until,
-                                         gates, max_entries)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                         gates, max_entries, schedule)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut cred = tx.prepare_cached(
                 "INSERT INTO invitation_credential (kind, cred_id, gen, invitation)
@@ -1692,7 +1692,8 @@ fn upsert_entries(
                     ts_opt(&e.valid_from),
                     ts_opt(&e.valid_until),
                     gates_json(&e.gates),
-                    e.max_entries
+                    e.max_entries,
+                    e.schedule
                 ])?;
                 for c in &e.credentials {
                     if let Err(r) = insert_credential(&mut cred, c, generation, &e.invitation)? {
@@ -1920,7 +1921,7 @@ fn lookup(
                 .unwrap_or(0);
             let last = last(&invitation)?;
             conn.prepare_cached(
-                "SELECT valid_from, valid_until, gates, max_entries FROM invitation
+                "SELECT valid_from, valid_until, gates, max_entries, schedule FROM invitation
                  WHERE gen = ?1 AND invitation = ?2",
             )?
             .query_row(params![generation, invitation], |r| {
@@ -1933,6 +1934,7 @@ fn lookup(
                     },
                     max_entries: r.get(3)?,
                     used,
+                    schedule: r.get(4)?,
                     last,
                 })
             })

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5, v6];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -191,6 +191,11 @@ fn v4(tx: &Transaction) -> rusqlite::Result<()> {
 /// NULL: every schedule that follows the calendar, as before).
 fn v5(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch("ALTER TABLE calendar ADD COLUMN schedules TEXT;")
+}
+
+/// v6: an invitation may name a weekly schedule, as a staff entry does.
+fn v6(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE invitation ADD COLUMN schedule TEXT;")
 }
 
 /// The database's schema version, or why this gated refuses it (one from a newer gated).

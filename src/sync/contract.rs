@@ -261,6 +261,9 @@ pub struct VisitorEntry {
     pub gates: Vec<String>,
     #[serde(default)]
     pub max_entries: Option<u32>,
+    /// A weekly schedule by name (`[policy.schedule.NAME]`), as for staff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -634,6 +637,9 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
                 let window = (&e.valid_from, &e.valid_until);
                 check_text(&format!("{what}[{i}].visitor"), &e.visitor)?;
                 check_text(&format!("{what}[{i}].host"), &e.host)?;
+                if let Some(s) = &e.schedule {
+                    check_id(&format!("{what}[{i}].schedule"), s)?;
+                }
                 holder(
                     format!("{what}[{i}]"),
                     "invitation",

@@ -1,6 +1,7 @@
 //! Schedules and the calendar, against the real binaries: a calendar date that names
-//! schedules overrides only those.
+//! schedules overrides only those; an invitation with a schedule opens only in its hours.
 
+use hw_sim::KIND_QR;
 use serde_json::{Value, json};
 
 use crate::util::*;
@@ -8,9 +9,9 @@ use crate::util::*;
 const CALENDAR_TOPIC: &str = "acs/hq/lists/calendar";
 
 /// `office` and `night`, both open around the clock every day and following the calendar, so
-/// that only the calendar decides whatever the time the test runs at.
+/// that only the calendar decides whatever the time the test runs at; and `closed`, never open.
 fn two_schedules(config: String) -> String {
-    let mut extra = String::new();
+    let mut extra = String::from("[policy.schedule.closed]\ncalendar = false\n");
     for name in ["office", "night"] {
         extra.push_str(&format!("[policy.schedule.{name}]\n"));
         for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
@@ -74,5 +75,78 @@ async fn an_office_holiday_leaves_the_night_shift_open() {
         (e["reason"].as_str(), e["subject"].as_str()),
         (Some("staff"), Some("E-NIGHT")),
         "the night shift does not follow the office's holiday: {e}"
+    );
+}
+
+/// Invites a visitor through gatectl with `extra` arguments; returns (invitation, code).
+async fn invite(g: &Gatectl, extra: &[&str]) -> (String, String) {
+    let until = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let args = [
+        &[
+            "invite",
+            "--visitor",
+            "Zhang San",
+            "--until",
+            &until,
+            "--gates",
+            "east-1",
+            "--entries",
+            "5",
+            "--wait",
+            "10",
+        ][..],
+        extra,
+    ]
+    .concat();
+    let r = g.run(&args).await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let field = |name: &str| {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no `{name}` line in {r:#?}"))
+    };
+    (field("invitation"), field("code"))
+}
+
+/// Shows `code` at the entry reader and returns the event it caused.
+async fn show_qr(w: &World, code: &str) -> Value {
+    let before = w.centre.on(EVENT).len();
+    w.devices
+        .reader1
+        .present(KIND_QR, code, 0)
+        .expect("present");
+    wait_for("the event of a QR code", DEADLINE, || {
+        w.centre.on(EVENT).get(before).map(Msg::json)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_with_a_schedule_opens_only_in_its_hours() {
+    let w = World::start_with_config(two_schedules).await;
+    let g = Gatectl::new(w.broker.port);
+    let (closed_inv, closed_code) = invite(&g, &["--schedule", "closed"]).await;
+    let e = show_qr(&w, &closed_code).await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("outside_schedule"), Some(closed_inv.as_str())),
+        "{e}"
+    );
+    // A schedule the gate does not define grants nothing.
+    let (unknown_inv, unknown_code) = invite(&g, &["--schedule", "contractors"]).await;
+    let e = show_qr(&w, &unknown_code).await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("outside_schedule"), Some(unknown_inv.as_str())),
+        "{e}"
+    );
+    let (office_inv, office_code) = invite(&g, &["--schedule", "office"]).await;
+    let e = show_qr(&w, &office_code).await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("visitor"), Some(office_inv.as_str())),
+        "{e}"
     );
 }
