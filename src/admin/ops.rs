@@ -733,6 +733,8 @@ pub struct InviteRequest {
     pub entries: u32,
     /// A weekly schedule of the gates' config (`[policy.schedule.NAME]`).
     pub schedule: Option<String>,
+    /// How long invitations stay in the list past their window (`lists::KEEP_EXPIRED_DAYS`).
+    pub keep_expired_ms: i64,
     pub qr: Option<PathBuf>,
     pub id: Option<String>,
     pub wait: Duration,
@@ -855,7 +857,7 @@ pub async fn invite(
         what,
         req.wait,
         |current, now| match current {
-            Entries::Visitors(v) => lists::invite(v, inv, now),
+            Entries::Visitors(v) => lists::invite(v, inv, now, req.keep_expired_ms),
             _ => Err("the retained visitors snapshot is not a visitors list".into()),
         },
     )
@@ -909,7 +911,8 @@ pub async fn invite(
 }
 
 pub enum RevokeTarget {
-    Invitation(String),
+    /// The id, and how long invitations stay in the list past their window.
+    Invitation(String, i64),
     Staff(String),
     /// `kind`, `id`, and why.
     Credential(CredentialKind, String, Option<String>),
@@ -941,7 +944,7 @@ pub async fn revoke(
     let what = "revoke";
     let key = load_key(key, what)?;
     let published = match target {
-        RevokeTarget::Invitation(id) => {
+        RevokeTarget::Invitation(id, keep_ms) => {
             edit(
                 site,
                 &key,
@@ -949,7 +952,7 @@ pub async fn revoke(
                 what,
                 wait,
                 |current, now| match current {
-                    Entries::Visitors(v) => lists::revoke_invitation(v, &id, now),
+                    Entries::Visitors(v) => lists::revoke_invitation(v, &id, now, keep_ms),
                     _ => Err("not a visitors list".into()),
                 },
             )

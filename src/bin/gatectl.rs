@@ -129,6 +129,19 @@ enum Dir {
 }
 
 #[derive(Args)]
+struct Keep {
+    /// How many days invitations stay in the visitors list past their window, so that their
+    /// codes are refused `expired` rather than `unknown_credential`; older ones leave the list.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        env = "GATECTL_KEEP_EXPIRED_DAYS",
+        default_value_t = gated::admin::lists::KEEP_EXPIRED_DAYS
+    )]
+    keep_expired_days: u32,
+}
+
+#[derive(Args)]
 struct Wait {
     /// How long to wait for the gates' acks, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3)]
@@ -180,8 +193,8 @@ east-1: staff@43 ok (version 43 in force)"
     /// Invite one visitor: publish the invitation, print its code, write its QR code.
     #[command(
         after_help = "The invitation goes out as a delta and in the new retained visitors snapshot,\n\
-so gates that are offline now learn it when they reconnect. Invitations past their window\n\
-leave the list on the way.\n\n\
+so gates that are offline now learn it when they reconnect. Invitations whose window ended\n\
+more than --keep-expired-days ago leave the list on the way.\n\n\
 Example (from now, --from's default, until 18:00 tomorrow in the local time zone):\n  \
 gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorrow 18:00' +%FT%T%:z)\" \\\n    \
 --gates east-1 --entries 2 --qr zhang.png"
@@ -215,6 +228,8 @@ gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorro
         /// The invitation id (default: INV- and a random suffix).
         #[arg(long, value_name = "INV-…")]
         id: Option<String>,
+        #[command(flatten)]
+        keep: Keep,
         #[command(flatten)]
         wait: Wait,
     },
@@ -297,6 +312,8 @@ enum Revoke {
     #[command(after_help = "Example:\n  gatectl revoke invitation INV-7K3Q2M4A")]
     Invitation {
         id: String,
+        #[command(flatten)]
+        keep: Keep,
         #[command(flatten)]
         wait: Wait,
     },
@@ -413,6 +430,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             schedule,
             qr,
             id,
+            keep,
             wait,
         } => {
             let s = site(&cli, "invite")?;
@@ -424,6 +442,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 gates: gates.clone(),
                 entries: *entries,
                 schedule: schedule.clone(),
+                keep_expired_ms: gated::admin::lists::days_ms(keep.keep_expired_days),
                 qr: qr.clone(),
                 id: id.clone(),
                 wait: Duration::from_secs(wait.wait),
@@ -433,7 +452,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Sub::Revoke { what } => {
             let s = site(&cli, "revoke")?;
             let (target, wait) = match what {
-                Revoke::Invitation { id, wait } => (RevokeTarget::Invitation(id.clone()), wait),
+                Revoke::Invitation { id, keep, wait } => (
+                    RevokeTarget::Invitation(
+                        id.clone(),
+                        gated::admin::lists::days_ms(keep.keep_expired_days),
+                    ),
+                    wait,
+                ),
                 Revoke::Staff { subject, wait } => (RevokeTarget::Staff(subject.clone()), wait),
                 Revoke::Credential {
                     credential,

@@ -1,5 +1,7 @@
-//! Schedules and the calendar, against the real binaries: a calendar date that names
-//! schedules overrides only those; an invitation with a schedule opens only in its hours.
+//! Schedules, the calendar and the ends of windows, against the real binaries: a calendar
+//! date that names schedules overrides only those; an invitation with a schedule opens only in
+//! its hours; an invitation past its window stays in the list, so its code is refused
+//! `expired`.
 
 use hw_sim::KIND_QR;
 use serde_json::{Value, json};
@@ -149,4 +151,51 @@ async fn an_invitation_with_a_schedule_opens_only_in_its_hours() {
         (Some("visitor"), Some(office_inv.as_str())),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_past_its_window_stays_refused_expired_until_its_retention_ends() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let ended = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let visitors = json!({"list": "visitors", "site": "hq", "version": 1, "entries": [
+        {"invitation": "INV-LATE", "visitor": "Li Si",
+         "credentials": [{"kind": "qr", "id": "LATE-CODE-1"}],
+         "valid_until": ended, "gates": ["east-1"], "max_entries": 2}]});
+    publish_list(&w, "acs/hq/lists/visitors", visitors, "visitors@1").await;
+    let e = show_qr(&w, "LATE-CODE-1").await;
+    assert_eq!(e["reason"], "expired", "{e}");
+
+    // Another invitation rebuilds the list: the one that ended an hour ago stays in it.
+    invite(&g, &[]).await;
+    let e = show_qr(&w, "LATE-CODE-1").await;
+    assert_eq!(
+        (e["reason"].as_str(), e["subject"].as_str()),
+        (Some("expired"), Some("INV-LATE")),
+        "a late visitor's code is refused as expired, not as unknown: {e}"
+    );
+
+    // The retention is bounded and configurable: with none, it leaves the list.
+    let until = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let r = g
+        .run(&[
+            "invite",
+            "--visitor",
+            "Wang Wu",
+            "--until",
+            &until,
+            "--gates",
+            "east-1",
+            "--entries",
+            "1",
+            "--keep-expired-days",
+            "0",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(r.stdout.contains("removed INV-LATE"), "{r:#?}");
+    let e = show_qr(&w, "LATE-CODE-1").await;
+    assert_eq!(e["reason"], "unknown_credential", "{e}");
 }
