@@ -360,6 +360,25 @@ pub fn revoke_invitation(
     })
 }
 
+/// Staff entries of a file whose `valid_until` is already past at `now`, as `(line, subject,
+/// valid_until)`, `lines` being where each entry starts. Such an entry opens nothing: usually
+/// an export that kept people who left, or a date typed in the wrong year.
+pub fn past_staff(entries: &Entries, lines: &[u64], now: UnixMs) -> Vec<(u64, String, String)> {
+    let Entries::Staff(v) = entries else {
+        return Vec::new();
+    };
+    v.iter()
+        .zip(lines)
+        .filter_map(|(e, line)| {
+            let until = e.valid_until.as_deref()?;
+            parse_ts(until)
+                .ok()
+                .filter(|u| *u < now)
+                .map(|_| (*line, e.subject.clone(), until.to_string()))
+        })
+        .collect()
+}
+
 /// Removes a staff member.
 pub fn revoke_staff(current: &[StaffEntry], subject: &str) -> Result<Edit, String> {
     if !current.iter().any(|e| e.subject == subject) {
@@ -530,6 +549,30 @@ mod tests {
         assert!(at(until + keep + 1).contains(&"INV-late".to_string()));
         assert!(invite(&current, inv("INV-1", "T9", None), NOW, keep).is_err());
         assert!(invite(&current, inv("INV-9", "T1", None), NOW, keep).is_err());
+    }
+
+    #[test]
+    fn staff_entries_already_past_are_named_with_their_lines() {
+        let staff = |subject: &str, until: Option<&str>| StaffEntry {
+            subject: subject.into(),
+            name: None,
+            credentials: vec![],
+            valid_from: None,
+            valid_until: until.map(str::to_string),
+            gates: vec!["*".into()],
+            schedule: None,
+            group: None,
+        };
+        let e = Entries::Staff(vec![
+            staff("E1", Some("2026-12-31T23:59:59Z")),
+            staff("E2", None),
+            staff("E3", Some("2027-02-01T00:00:00Z")),
+        ]);
+        assert_eq!(
+            past_staff(&e, &[2, 3, 4], NOW),
+            vec![(2, "E1".to_string(), "2026-12-31T23:59:59Z".to_string())]
+        );
+        assert!(past_staff(&Entries::Deny(vec![]), &[], NOW).is_empty());
     }
 
     #[test]

@@ -540,6 +540,26 @@ pub async fn push(
         ));
     }
 
+    // An entry already past opens nothing; a file of nothing else would let nobody in, like an
+    // empty one, and needs the same consent. A few are published as they are (an export may
+    // keep leavers until the next clean-up), each named.
+    let past = lists::past_staff(&loaded.entries, &loaded.lines, now());
+    for (line, subject, until) in &past {
+        warn(format_args!(
+            "{name}:{line}: valid_until: {until} is already past: `{subject}` opens nothing"
+        ));
+    }
+    if !past.is_empty() && past.len() == loaded.entries.len() && !req.allow_empty {
+        return Err(Failure::new(
+            &what,
+            format!(
+                "every entry of {name} is past its valid_until: publishing it would let nobody \
+                 in at any gate; nothing was published. If that is what you mean, add \
+                 --allow-empty"
+            ),
+        ));
+    }
+
     let mut session = site.connect("push", &what).await?;
     let state = read_site(&mut session, site, req.list)
         .await

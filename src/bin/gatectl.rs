@@ -172,7 +172,9 @@ visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries[,s
 deny:     kind,id,reason\n\
 card, face, qr and gates take several values separated by `;`; gates `*` is every gate; an empty\n\
 field is none (times are RFC 3339, like 2027-12-31T23:59:59Z). JSON files are an array of entries as in a snapshot.\n\
-Every row is checked first; any problem is reported as FILE:LINE: field: what, and nothing is sent.\n\n\
+Every row is checked first; any problem is reported as FILE:LINE: field: what, and nothing is sent.\n\
+A staff entry whose valid_until is already past is named in a warning and published; a file\n\
+whose every entry is past is refused, like an empty one, unless --allow-empty.\n\n\
 Example:\n  gatectl push staff --file staff.csv\n  \
 east-1: staff@43 ok (version 43 in force)"
     )]
@@ -184,7 +186,8 @@ east-1: staff@43 ok (version 43 in force)"
         /// Publish as this version, without reading it from a trusted retained snapshot.
         #[arg(long, value_name = "N")]
         force_version: Option<u64>,
-        /// Publish even a file with no entries (it empties the list on every gate).
+        /// Publish even a file with no entries, or (staff) only entries already past: it lets
+        /// nobody in at any gate.
         #[arg(long)]
         allow_empty: bool,
         #[command(flatten)]

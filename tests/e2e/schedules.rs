@@ -1,7 +1,7 @@
 //! Schedules, the calendar and the ends of windows, against the real binaries: a calendar
 //! date that names schedules overrides only those; an invitation with a schedule opens only in
 //! its hours; an invitation past its window stays in the list, so its code is refused
-//! `expired`.
+//! `expired`; a staff file with entries already past is warned about.
 
 use hw_sim::KIND_QR;
 use serde_json::{Value, json};
@@ -198,4 +198,50 @@ async fn an_invitation_past_its_window_stays_refused_expired_until_its_retention
     assert!(r.stdout.contains("removed INV-LATE"), "{r:#?}");
     let e = show_qr(&w, "LATE-CODE-1").await;
     assert_eq!(e["reason"], "unknown_credential", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_file_with_entries_already_past_is_warned_about() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let csv = g.path("staff.csv");
+    let file = csv.to_str().expect("temporary paths are UTF-8");
+    std::fs::write(
+        &csv,
+        "subject,name,card,face,valid_from,valid_until,gates\n\
+         E1001,Li Wei,0012345678,,,2099-12-31T23:59:59Z,*\n\
+         E2002,Wang Fang,0055555555,,,2020-06-30T18:00:00Z,*\n",
+    )
+    .expect("write csv");
+    let r = g
+        .run(&["push", "staff", "--file", file, "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 0, "published anyway: {r:#?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "warning: {file}:3: valid_until: 2020-06-30T18:00:00Z is already past: `E2002` opens nothing"
+        )),
+        "{r:#?}"
+    );
+    assert!(!r.stderr.contains("E1001"), "{r:#?}");
+    assert!(r.stdout.contains("east-1: staff@2 ok"), "{r:#?}");
+
+    // A file of nothing but past entries would let nobody in: refused, nothing published.
+    std::fs::write(
+        &csv,
+        "subject,name,card,face,valid_from,valid_until,gates\n\
+         E2002,Wang Fang,0055555555,,,2020-06-30T18:00:00Z,*\n",
+    )
+    .expect("write csv");
+    let r = g
+        .run(&["push", "staff", "--file", file, "--wait", "2"])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stderr.contains("every entry of") && r.stderr.contains("--allow-empty"),
+        "{r:#?}"
+    );
+    assert!(!r.stdout.contains("published"), "{r:#?}");
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(e["reason"], "staff", "staff@2 is still in force: {e}");
 }
