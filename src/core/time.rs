@@ -395,6 +395,41 @@ pub(crate) mod tests {
         assert!(guard.open_at("guard", &cal, at(23, 23)));
     }
 
+    proptest::proptest! {
+        /// A date that names other schedules changes nothing for this one, and the schedule it
+        /// names is open exactly in the date's hours.
+        #[test]
+        fn a_date_overrides_exactly_the_schedules_it_names(
+            minute in 0i64..7 * 24 * 60,
+            raw in proptest::collection::vec((0u16..DAY_MINUTES, 1u16..=DAY_MINUTES), 0..3),
+        ) {
+            let tz = Tz::UTC;
+            let at = local(tz, ms(tz, 2026, 11, 23, 0, 0) + minute * 60_000);
+            let hours: Vec<Span> = raw
+                .into_iter()
+                .map(|(start, len)| Span { start, end: (start + len).min(DAY_MINUTES) })
+                .collect();
+            let mut cal = Calendar::default();
+            cal.days.insert(
+                at.date(),
+                Exception {
+                    hours: hours.clone(),
+                    schedules: Some(BTreeSet::from(["office".to_string()])),
+                },
+            );
+            let night = night();
+            proptest::prop_assert_eq!(
+                night.open_at("night", &cal, at),
+                night.open_at("night", &Calendar::default(), at)
+            );
+            let minute_of_day = (at.hour() * 60 + at.minute()) as u16;
+            proptest::prop_assert_eq!(
+                office().open_at("office", &cal, at),
+                hours.iter().any(|s| s.contains(minute_of_day))
+            );
+        }
+    }
+
     #[test]
     fn the_reset_is_the_last_local_time_passed() {
         let tz: Tz = "Europe/Berlin".parse().unwrap_or(Tz::UTC);
