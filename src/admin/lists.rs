@@ -278,25 +278,43 @@ pub struct Edit {
     pub next: Entries,
 }
 
-fn expired(e: &VisitorEntry, now: UnixMs) -> bool {
+/// How long an invitation stays in the visitors list past its window, by default: while it is
+/// there its code is refused `expired` (the visitor came back a day late, and the guard sees
+/// why), not `unknown_credential`. Bounded, so the list does not grow for ever.
+pub const KEEP_EXPIRED_DAYS: u32 = 30;
+
+/// `days` in milliseconds.
+pub fn days_ms(days: u32) -> i64 {
+    i64::from(days) * 24 * 3600 * 1000
+}
+
+fn expired_for_longer(e: &VisitorEntry, now: UnixMs, keep_ms: i64) -> bool {
     e.valid_until
         .as_deref()
         .and_then(|t| parse_ts(t).ok())
-        .is_some_and(|until| until < now)
+        .is_some_and(|until| until.saturating_add(keep_ms) < now)
 }
 
-/// Splits invitations into those still valid at `now` and the ids of those past their window.
-fn prune(current: &[VisitorEntry], now: UnixMs) -> (Vec<VisitorEntry>, Vec<String>) {
-    let (gone, kept): (Vec<&VisitorEntry>, Vec<&VisitorEntry>) =
-        current.iter().partition(|e| expired(e, now));
+/// Splits invitations into those to keep at `now` and the ids of those whose window ended
+/// more than `keep_ms` ago.
+fn prune(current: &[VisitorEntry], now: UnixMs, keep_ms: i64) -> (Vec<VisitorEntry>, Vec<String>) {
+    let (gone, kept): (Vec<&VisitorEntry>, Vec<&VisitorEntry>) = current
+        .iter()
+        .partition(|e| expired_for_longer(e, now, keep_ms));
     (
         kept.into_iter().cloned().collect(),
         gone.into_iter().map(|e| e.invitation.clone()).collect(),
     )
 }
 
-/// Adds an invitation; invitations whose window is over leave the list on the way.
-pub fn invite(current: &[VisitorEntry], inv: VisitorEntry, now: UnixMs) -> Result<Edit, String> {
+/// Adds an invitation; invitations whose window ended more than `keep_ms` ago leave the list
+/// on the way.
+pub fn invite(
+    current: &[VisitorEntry],
+    inv: VisitorEntry,
+    now: UnixMs,
+    keep_ms: i64,
+) -> Result<Edit, String> {
     if current.iter().any(|e| e.invitation == inv.invitation) {
         return Err(format!(
             "invitation `{}` is already in the visitors list",
@@ -311,7 +329,7 @@ pub fn invite(current: &[VisitorEntry], inv: VisitorEntry, now: UnixMs) -> Resul
             ));
         }
     }
-    let (mut next, remove) = prune(current, now);
+    let (mut next, remove) = prune(current, now, keep_ms);
     next.push(inv.clone());
     Ok(Edit {
         upsert: Entries::Visitors(vec![inv]),
@@ -320,12 +338,17 @@ pub fn invite(current: &[VisitorEntry], inv: VisitorEntry, now: UnixMs) -> Resul
     })
 }
 
-/// Removes an invitation (and those whose window is over).
-pub fn revoke_invitation(current: &[VisitorEntry], id: &str, now: UnixMs) -> Result<Edit, String> {
+/// Removes an invitation (and those whose window ended more than `keep_ms` ago).
+pub fn revoke_invitation(
+    current: &[VisitorEntry],
+    id: &str,
+    now: UnixMs,
+    keep_ms: i64,
+) -> Result<Edit, String> {
     if !current.iter().any(|e| e.invitation == id) {
         return Err(format!("invitation `{id}` is not in the visitors list"));
     }
-    let (kept, mut remove) = prune(current, now);
+    let (kept, mut remove) = prune(current, now, keep_ms);
     let next: Vec<VisitorEntry> = kept.into_iter().filter(|e| e.invitation != id).collect();
     if !remove.iter().any(|r| r == id) {
         remove.push(id.to_string());
@@ -335,6 +358,25 @@ pub fn revoke_invitation(current: &[VisitorEntry], id: &str, now: UnixMs) -> Res
         remove,
         next: Entries::Visitors(next),
     })
+}
+
+/// Staff entries of a file whose `valid_until` is already past at `now`, as `(line, subject,
+/// valid_until)`, `lines` being where each entry starts. Such an entry opens nothing: usually
+/// an export that kept people who left, or a date typed in the wrong year.
+pub fn past_staff(entries: &Entries, lines: &[u64], now: UnixMs) -> Vec<(u64, String, String)> {
+    let Entries::Staff(v) = entries else {
+        return Vec::new();
+    };
+    v.iter()
+        .zip(lines)
+        .filter_map(|(e, line)| {
+            let until = e.valid_until.as_deref()?;
+            parse_ts(until)
+                .ok()
+                .filter(|u| *u < now)
+                .map(|_| (*line, e.subject.clone(), until.to_string()))
+        })
+        .collect()
 }
 
 /// Removes a staff member.
@@ -400,6 +442,7 @@ mod tests {
             valid_until: until.map(str::to_string),
             gates: vec!["east-1".into()],
             max_entries: Some(2),
+            schedule: None,
         }
     }
 
@@ -472,31 +515,73 @@ mod tests {
     }
 
     #[test]
-    fn an_invitation_joins_the_list_and_expired_ones_leave() {
+    fn an_invitation_joins_the_list_and_long_expired_ones_leave() {
+        let keep = days_ms(KEEP_EXPIRED_DAYS);
         let current = vec![
             inv("INV-old", "T0", Some("2020-01-01T00:00:00Z")),
             inv("INV-1", "T1", None),
+            // Ended yesterday: kept, so that its code is refused `expired`.
+            inv("INV-late", "T3", Some("2027-01-14T00:00:00Z")),
         ];
         let new = inv("INV-2", "T2", Some("2027-02-01T00:00:00Z"));
-        let e = invite(&current, new.clone(), NOW).expect("added");
+        let e = invite(&current, new.clone(), NOW, keep).expect("added");
         assert_eq!(e.remove, vec!["INV-old".to_string()]);
         assert_eq!(e.upsert, Entries::Visitors(vec![new.clone()]));
         let Entries::Visitors(next) = &e.next else {
             panic!("visitors")
         };
         let ids: Vec<&str> = next.iter().map(|v| v.invitation.as_str()).collect();
-        assert_eq!(ids, ["INV-1", "INV-2"]);
-        assert!(invite(&current, inv("INV-1", "T9", None), NOW).is_err());
-        assert!(invite(&current, inv("INV-9", "T1", None), NOW).is_err());
+        assert_eq!(ids, ["INV-1", "INV-late", "INV-2"]);
+        // The retention is the caller's: with none, every invitation past its window leaves.
+        let e = invite(&current, new.clone(), NOW, 0).expect("added");
+        assert_eq!(
+            e.remove,
+            vec!["INV-old".to_string(), "INV-late".to_string()]
+        );
+        // Kept for exactly the retention, and gone a millisecond later.
+        let until = parse_ts("2027-01-14T00:00:00Z").expect("time");
+        let at = |now| {
+            revoke_invitation(&current, "INV-1", now, keep)
+                .expect("revoked")
+                .remove
+        };
+        assert!(!at(until + keep).contains(&"INV-late".to_string()));
+        assert!(at(until + keep + 1).contains(&"INV-late".to_string()));
+        assert!(invite(&current, inv("INV-1", "T9", None), NOW, keep).is_err());
+        assert!(invite(&current, inv("INV-9", "T1", None), NOW, keep).is_err());
+    }
+
+    #[test]
+    fn staff_entries_already_past_are_named_with_their_lines() {
+        let staff = |subject: &str, until: Option<&str>| StaffEntry {
+            subject: subject.into(),
+            name: None,
+            credentials: vec![],
+            valid_from: None,
+            valid_until: until.map(str::to_string),
+            gates: vec!["*".into()],
+            schedule: None,
+            group: None,
+        };
+        let e = Entries::Staff(vec![
+            staff("E1", Some("2026-12-31T23:59:59Z")),
+            staff("E2", None),
+            staff("E3", Some("2027-02-01T00:00:00Z")),
+        ]);
+        assert_eq!(
+            past_staff(&e, &[2, 3, 4], NOW),
+            vec![(2, "E1".to_string(), "2026-12-31T23:59:59Z".to_string())]
+        );
+        assert!(past_staff(&Entries::Deny(vec![]), &[], NOW).is_empty());
     }
 
     #[test]
     fn revocations_need_the_entry_and_denials_a_new_credential() {
         let current = vec![inv("INV-1", "T1", None)];
-        let e = revoke_invitation(&current, "INV-1", NOW).expect("revoked");
+        let e = revoke_invitation(&current, "INV-1", NOW, 0).expect("revoked");
         assert_eq!(e.remove, vec!["INV-1".to_string()]);
         assert!(e.next.is_empty());
-        assert!(revoke_invitation(&current, "INV-2", NOW).is_err());
+        assert!(revoke_invitation(&current, "INV-2", NOW, 0).is_err());
         let staff = vec![StaffEntry {
             subject: "E1".into(),
             name: None,

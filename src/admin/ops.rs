@@ -540,6 +540,26 @@ pub async fn push(
         ));
     }
 
+    // An entry already past opens nothing; a file of nothing else would let nobody in, like an
+    // empty one, and needs the same consent. A few are published as they are (an export may
+    // keep leavers until the next clean-up), each named.
+    let past = lists::past_staff(&loaded.entries, &loaded.lines, now());
+    for (line, subject, until) in &past {
+        warn(format_args!(
+            "{name}:{line}: valid_until: {until} is already past: `{subject}` opens nothing"
+        ));
+    }
+    if !past.is_empty() && past.len() == loaded.entries.len() && !req.allow_empty {
+        return Err(Failure::new(
+            &what,
+            format!(
+                "every entry of {name} is past its valid_until: publishing it would let nobody \
+                 in at any gate; nothing was published. If that is what you mean, add \
+                 --allow-empty"
+            ),
+        ));
+    }
+
     let mut session = site.connect("push", &what).await?;
     let state = read_site(&mut session, site, req.list)
         .await
@@ -731,6 +751,10 @@ pub struct InviteRequest {
     pub until: String,
     pub gates: Vec<String>,
     pub entries: u32,
+    /// A weekly schedule of the gates' config (`[policy.schedule.NAME]`).
+    pub schedule: Option<String>,
+    /// How long invitations stay in the list past their window (`lists::KEEP_EXPIRED_DAYS`).
+    pub keep_expired_ms: i64,
     pub qr: Option<PathBuf>,
     pub id: Option<String>,
     pub wait: Duration,
@@ -809,6 +833,18 @@ pub async fn invite(
     if req.entries == 0 {
         return Err(Failure::new(what, "--entries must be at least 1").with_exit(64));
     }
+    if let Some(s) = &req.schedule
+        && !crate::config::is_safe_name(s)
+    {
+        return Err(Failure::new(
+            what,
+            format!(
+                "--schedule: `{}` is not a schedule name (1..=64 of [A-Za-z0-9_-])",
+                s.escape_debug()
+            ),
+        )
+        .with_exit(64));
+    }
     let id = req.id.clone().unwrap_or_else(lists::new_invitation_id);
     check_text(what, "--id", &id)?;
     let token = lists::new_token();
@@ -824,6 +860,7 @@ pub async fn invite(
         valid_until: Some(req.until.clone()),
         gates: req.gates.clone(),
         max_entries: Some(req.entries),
+        schedule: req.schedule.clone(),
     };
     // The image first: if it cannot be written, nothing is published.
     let qr = match &req.qr {
@@ -840,7 +877,7 @@ pub async fn invite(
         what,
         req.wait,
         |current, now| match current {
-            Entries::Visitors(v) => lists::invite(v, inv, now),
+            Entries::Visitors(v) => lists::invite(v, inv, now, req.keep_expired_ms),
             _ => Err("the retained visitors snapshot is not a visitors list".into()),
         },
     )
@@ -871,10 +908,14 @@ pub async fn invite(
     say(
         out,
         format_args!(
-            "valid         {from} .. {} at {}, {}",
+            "valid         {from} .. {} at {}, {}{}",
             req.until,
             req.gates.join(","),
-            plural(req.entries as usize, "entry", "entries")
+            plural(req.entries as usize, "entry", "entries"),
+            req.schedule
+                .as_deref()
+                .map(|s| format!(", in the hours of schedule `{s}`"))
+                .unwrap_or_default()
         ),
     )?;
     if let Some((path, (modules, px))) = &qr {
@@ -890,7 +931,8 @@ pub async fn invite(
 }
 
 pub enum RevokeTarget {
-    Invitation(String),
+    /// The id, and how long invitations stay in the list past their window.
+    Invitation(String, i64),
     Staff(String),
     /// `kind`, `id`, and why.
     Credential(CredentialKind, String, Option<String>),
@@ -922,7 +964,7 @@ pub async fn revoke(
     let what = "revoke";
     let key = load_key(key, what)?;
     let published = match target {
-        RevokeTarget::Invitation(id) => {
+        RevokeTarget::Invitation(id, keep_ms) => {
             edit(
                 site,
                 &key,
@@ -930,7 +972,7 @@ pub async fn revoke(
                 what,
                 wait,
                 |current, now| match current {
-                    Entries::Visitors(v) => lists::revoke_invitation(v, &id, now),
+                    Entries::Visitors(v) => lists::revoke_invitation(v, &id, now, keep_ms),
                     _ => Err("not a visitors list".into()),
                 },
             )

@@ -5,8 +5,10 @@
 //! - CSV with a header row. Columns may come in any order, but all of them must be there (a
 //!   column left out must not silently mean "valid for ever" or "no gates"), and no other:
 //!   - staff: `subject,name,card,face,valid_from,valid_until,gates`
-//!   - visitors: `invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries`
+//!   - visitors: `invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries`, and
+//!     optionally `schedule`
 //!   - deny: `kind,id,reason`
+//!   - calendar: `date,name,hours`, and `schedules` if any date overrides only some schedules
 //!
 //!   `card`, `face`, `qr` and `gates` hold several values separated by `;`; `gates` is `*` for
 //!   every gate. An empty field is "none" (no credential of that kind, no bound on the window,
@@ -132,14 +134,15 @@ pub fn csv_columns(list: ListName) -> &'static [&'static str] {
             "valid_until",
             "gates",
             "max_entries",
+            "schedule",
         ],
         ListName::Deny => &["kind", "id", "reason"],
-        ListName::Calendar => &["date", "name", "hours"],
+        ListName::Calendar => &["date", "name", "hours", "schedules"],
     }
 }
 
 /// Columns a file may leave out (empty in every row).
-const OPTIONAL_COLUMNS: &[&str] = &["schedule", "group"];
+const OPTIONAL_COLUMNS: &[&str] = &["schedule", "group", "schedules"];
 
 /// Reads `bytes` (the contents of the file called `file`) as entries of `list`.
 pub fn read(
@@ -567,7 +570,8 @@ impl Fields<'_> {
         })
     }
 
-    /// A calendar row: `hours` holds spans separated by spaces or `;` (empty: closed).
+    /// A calendar row: `hours` holds spans separated by spaces or `;` (empty: closed);
+    /// `schedules` names separated by `;` (empty: every schedule that follows the calendar).
     fn calendar(&mut self, r: &Record) -> Row {
         let date = r.get("date").to_string();
         if let Err(e) = contract::parse_date(&date) {
@@ -580,7 +584,18 @@ impl Fields<'_> {
             .filter(|h| !h.is_empty())
             .map(str::to_string)
             .collect();
-        Row::Calendar(CalendarEntry { date, name, hours })
+        let schedules: Vec<String> = r
+            .get("schedules")
+            .split([' ', ';'])
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        Row::Calendar(CalendarEntry {
+            date,
+            name,
+            hours,
+            schedules: (!schedules.is_empty()).then_some(schedules),
+        })
     }
 
     fn visitor(&mut self, r: &Record) -> Row {
@@ -615,6 +630,7 @@ impl Fields<'_> {
                 }
             },
         };
+        let schedule = self.text("schedule", r.get("schedule"));
         Row::Visitor(VisitorEntry {
             invitation,
             visitor,
@@ -624,6 +640,7 @@ impl Fields<'_> {
             valid_until,
             gates,
             max_entries,
+            schedule,
         })
     }
 
@@ -755,6 +772,17 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert!(v[0].hours.is_empty());
         assert_eq!(v[1].hours, vec!["09:00-12:00", "13:00-15:00"]);
+        assert_eq!(v[0].schedules, None);
+        // A date may override only some schedules.
+        let text = "date,name,hours,schedules\n2026-10-01,Office holiday,,office;front-desk\n2026-10-02,,,\n";
+        let Entries::Calendar(v) = csv(ListName::Calendar, text).expect("valid").entries else {
+            panic!("calendar entries")
+        };
+        assert_eq!(
+            v[0].schedules,
+            Some(vec!["office".to_string(), "front-desk".to_string()])
+        );
+        assert_eq!(v[1].schedules, None, "empty: every schedule");
         let m = messages(csv(
             ListName::Calendar,
             "date,name,hours\n2026-02-30,x,\n2026-03-01,y,12:00-09:00\n",

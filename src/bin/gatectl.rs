@@ -107,7 +107,7 @@ enum List {
     Staff,
     Visitors,
     Deny,
-    /// Holidays and exception dates of the schedules (CSV: date,name,hours).
+    /// Holidays and exception dates of the schedules (CSV: date,name,hours[,schedules]).
     Calendar,
 }
 
@@ -126,6 +126,19 @@ impl From<List> for ListName {
 enum Dir {
     In,
     Out,
+}
+
+#[derive(Args)]
+struct Keep {
+    /// How many days invitations stay in the visitors list past their window, so that their
+    /// codes are refused `expired` rather than `unknown_credential`; older ones leave the list.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        env = "GATECTL_KEEP_EXPIRED_DAYS",
+        default_value_t = gated::admin::lists::KEEP_EXPIRED_DAYS
+    )]
+    keep_expired_days: u32,
 }
 
 #[derive(Args)]
@@ -155,11 +168,13 @@ Example:\n  gatectl keygen --id ops-2026 --out ~/.gatectl/ops-2026.key"
     #[command(
         after_help = "CSV files have a header row with exactly these columns, in any order:\n  \
 staff:    subject,name,card,face,valid_from,valid_until,gates\n  \
-visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries\n  \
+visitors: invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries[,schedule]\n  \
 deny:     kind,id,reason\n\
 card, face, qr and gates take several values separated by `;`; gates `*` is every gate; an empty\n\
 field is none (times are RFC 3339, like 2027-12-31T23:59:59Z). JSON files are an array of entries as in a snapshot.\n\
-Every row is checked first; any problem is reported as FILE:LINE: field: what, and nothing is sent.\n\n\
+Every row is checked first; any problem is reported as FILE:LINE: field: what, and nothing is sent.\n\
+A staff entry whose valid_until is already past is named in a warning and published; a file\n\
+whose every entry is past is refused, like an empty one, unless --allow-empty.\n\n\
 Example:\n  gatectl push staff --file staff.csv\n  \
 east-1: staff@43 ok (version 43 in force)"
     )]
@@ -171,7 +186,8 @@ east-1: staff@43 ok (version 43 in force)"
         /// Publish as this version, without reading it from a trusted retained snapshot.
         #[arg(long, value_name = "N")]
         force_version: Option<u64>,
-        /// Publish even a file with no entries (it empties the list on every gate).
+        /// Publish even a file with no entries, or (staff) only entries already past: it lets
+        /// nobody in at any gate.
         #[arg(long)]
         allow_empty: bool,
         #[command(flatten)]
@@ -180,8 +196,8 @@ east-1: staff@43 ok (version 43 in force)"
     /// Invite one visitor: publish the invitation, print its code, write its QR code.
     #[command(
         after_help = "The invitation goes out as a delta and in the new retained visitors snapshot,\n\
-so gates that are offline now learn it when they reconnect. Invitations past their window\n\
-leave the list on the way.\n\n\
+so gates that are offline now learn it when they reconnect. Invitations whose window ended\n\
+more than --keep-expired-days ago leave the list on the way.\n\n\
 Example (from now, --from's default, until 18:00 tomorrow in the local time zone):\n  \
 gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorrow 18:00' +%FT%T%:z)\" \\\n    \
 --gates east-1 --entries 2 --qr zhang.png"
@@ -205,12 +221,18 @@ gatectl invite --visitor \"Zhang San\" --host E1001 --until \"$(date -d 'tomorro
         /// How many entries it allows.
         #[arg(long, value_name = "N")]
         entries: u32,
+        /// Only in the hours of this schedule (a `[policy.schedule.NAME]` of the gates'
+        /// config; a gate that does not define it refuses the code `outside_schedule`).
+        #[arg(long, value_name = "NAME")]
+        schedule: Option<String>,
         /// Write the QR code (of the code) as a PNG here.
         #[arg(long, value_name = "FILE.png")]
         qr: Option<PathBuf>,
         /// The invitation id (default: INV- and a random suffix).
         #[arg(long, value_name = "INV-…")]
         id: Option<String>,
+        #[command(flatten)]
+        keep: Keep,
         #[command(flatten)]
         wait: Wait,
     },
@@ -293,6 +315,8 @@ enum Revoke {
     #[command(after_help = "Example:\n  gatectl revoke invitation INV-7K3Q2M4A")]
     Invitation {
         id: String,
+        #[command(flatten)]
+        keep: Keep,
         #[command(flatten)]
         wait: Wait,
     },
@@ -406,8 +430,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             until,
             gates,
             entries,
+            schedule,
             qr,
             id,
+            keep,
             wait,
         } => {
             let s = site(&cli, "invite")?;
@@ -418,6 +444,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 until: until.clone(),
                 gates: gates.clone(),
                 entries: *entries,
+                schedule: schedule.clone(),
+                keep_expired_ms: gated::admin::lists::days_ms(keep.keep_expired_days),
                 qr: qr.clone(),
                 id: id.clone(),
                 wait: Duration::from_secs(wait.wait),
@@ -427,7 +455,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Sub::Revoke { what } => {
             let s = site(&cli, "revoke")?;
             let (target, wait) = match what {
-                Revoke::Invitation { id, wait } => (RevokeTarget::Invitation(id.clone()), wait),
+                Revoke::Invitation { id, keep, wait } => (
+                    RevokeTarget::Invitation(
+                        id.clone(),
+                        gated::admin::lists::days_ms(keep.keep_expired_days),
+                    ),
+                    wait,
+                ),
                 Revoke::Staff { subject, wait } => (RevokeTarget::Staff(subject.clone()), wait),
                 Revoke::Credential {
                     credential,

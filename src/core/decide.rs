@@ -148,7 +148,7 @@ pub fn decide(
             let visitor = lookups.invitation.as_ref().map(|inv| {
                 let entry = Entry {
                     validity: &inv.validity,
-                    schedule: None,
+                    schedule: inv.schedule.as_deref(),
                     max_offline: policy.visitors_max_offline,
                     last: inv.last.as_ref(),
                 };
@@ -245,7 +245,7 @@ fn schedule_open(policy: &Policy, calendar: &Calendar, name: &str, now: UnixMs) 
     policy
         .schedules
         .get(name)
-        .is_some_and(|s| s.open_at(calendar, time::local(policy.tz, now)))
+        .is_some_and(|s| s.open_at(name, calendar, time::local(policy.tz, now)))
 }
 
 /// Anti-passback: the subject's last pass, if it still counts (after the last daily reset),
@@ -355,6 +355,7 @@ mod tests {
                 validity,
                 max_entries: max,
                 used,
+                schedule: None,
                 last: None,
             }),
             ..Lookups::default()
@@ -764,6 +765,39 @@ mod tests {
     }
 
     #[test]
+    fn an_invitation_with_a_schedule_opens_only_in_its_hours() {
+        let cal = Calendar::default();
+        let p = rich_policy();
+        let at = |now| Context {
+            calendar: &cal,
+            ..ctx(Mode::Normal, now)
+        };
+        let mut l = invitation(everywhere(), Some(10), 0);
+        let with = |l: &mut Lookups, s: &str| {
+            if let Some(i) = l.invitation.as_mut() {
+                i.schedule = Some(s.into());
+            }
+        };
+        with(&mut l, "office");
+        let qr = card("1");
+        assert_eq!(
+            decide(&qr, &l, &at(MONDAY_NOON), &p).reason,
+            Reason::Visitor
+        );
+        let evening = decide(&qr, &l, &at(MONDAY_NOON + 10 * HOUR), &p);
+        assert_eq!(
+            (evening.reason, evening.consumes_entry),
+            (Reason::OutsideSchedule, None)
+        );
+        // A schedule this gate does not know grants nothing, as for staff.
+        with(&mut l, "contractors");
+        assert_eq!(
+            decide(&qr, &l, &at(MONDAY_NOON), &p).reason,
+            Reason::OutsideSchedule
+        );
+    }
+
+    #[test]
     fn schedules_by_entry_by_group_and_by_lane() {
         let cal = Calendar::default();
         let p = rich_policy();
@@ -1035,7 +1069,7 @@ mod tests {
             let l = if lane_hours { staff(everywhere()) } else { with_schedule(Some("office"), None) };
             let cx = Context { calendar: &cal, ..ctx(Mode::Normal, now) };
             let v = decide(&c, &l, &cx, &p);
-            let open = office().open_at(&cal, crate::core::time::local(p.tz, now));
+            let open = office().open_at("office", &cal, crate::core::time::local(p.tz, now));
             prop_assert!(!v.granted() || open, "granted at {} outside office hours", now);
         }
 
@@ -1124,6 +1158,7 @@ mod tests {
                     validity,
                     max_entries,
                     used,
+                    schedule: None,
                     last: None,
                 },
             ),

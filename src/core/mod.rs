@@ -9,7 +9,7 @@ mod decide;
 pub mod time;
 
 pub use decide::{FactorChange, Verdict, decide, decide_button};
-pub use time::{Calendar, ClockSense, ClockState, Schedule, Span, Untrust};
+pub use time::{Calendar, ClockSense, ClockState, Exception, Schedule, Span, Untrust};
 
 use serde::{Deserialize, Serialize};
 
@@ -210,6 +210,8 @@ pub struct InvitationMatch {
     /// `None` = unlimited entries within the window.
     pub max_entries: Option<u32>,
     pub used: u32,
+    /// The invitation's weekly schedule, by name (a contractor limited to office hours).
+    pub schedule: Option<String>,
     pub last: Option<LastPass>,
 }
 

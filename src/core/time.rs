@@ -7,7 +7,7 @@
 //! instant) has to choose, and takes the earliest instant a wall time names, or the first one
 //! after a skipped hour.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use chrono_tz::Tz;
@@ -69,11 +69,36 @@ pub struct Schedule {
     pub calendar: bool,
 }
 
-/// Exception dates from the signed `calendar` list: on each, the hours that replace the
-/// weekly hours of every schedule that follows the calendar (none = closed all day).
+/// Exception dates from the signed `calendar` list.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Calendar {
-    pub days: BTreeMap<NaiveDate, Vec<Span>>,
+    pub days: BTreeMap<NaiveDate, Exception>,
+}
+
+/// One exception date: the hours that replace the weekly hours of the schedules it applies to.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Exception {
+    /// None = closed all day.
+    pub hours: Vec<Span>,
+    /// The schedules the date overrides, by name; `None` = every schedule that follows the
+    /// calendar. A holiday of the office must not cut the night shift at midnight, and a
+    /// short day must not open it at 09:00. A name the gate does not know is ignored: one
+    /// calendar serves every gate of the site, and each knows only its own schedules.
+    pub schedules: Option<BTreeSet<String>>,
+}
+
+impl Exception {
+    /// A date that overrides every schedule following the calendar.
+    pub fn all(hours: Vec<Span>) -> Exception {
+        Exception {
+            hours,
+            schedules: None,
+        }
+    }
+
+    fn applies_to(&self, schedule: &str) -> bool {
+        self.schedules.as_ref().is_none_or(|s| s.contains(schedule))
+    }
 }
 
 /// The site's wall time at `now`.
@@ -85,11 +110,13 @@ pub fn local(tz: Tz, now: UnixMs) -> NaiveDateTime {
 }
 
 impl Schedule {
-    /// Whether the schedule is open at local time `at`.
-    pub fn open_at(&self, calendar: &Calendar, at: NaiveDateTime) -> bool {
+    /// Whether the schedule, called `name` in the config, is open at local time `at`. A date
+    /// of the calendar overrides it only if the schedule follows the calendar and the date
+    /// applies to it: `calendar = false` in the gate's config is never overridden by a list.
+    pub fn open_at(&self, name: &str, calendar: &Calendar, at: NaiveDateTime) -> bool {
         let minute = (at.hour() * 60 + at.minute()) as u16;
         let spans = match calendar.days.get(&at.date()) {
-            Some(exception) if self.calendar => exception,
+            Some(exception) if self.calendar && exception.applies_to(name) => &exception.hours,
             _ => &self.week[at.weekday().num_days_from_monday() as usize],
         };
         spans.iter().any(|s| s.contains(minute))
@@ -265,11 +292,11 @@ pub(crate) mod tests {
         let cal = Calendar::default();
         // Monday 2026-11-23 08:00 in Shanghai is 00:00 UTC.
         let open = ms(tz, 2026, 11, 23, 8, 0);
-        assert!(s.open_at(&cal, local(tz, open)));
-        assert!(!s.open_at(&cal, local(tz, open - 1)));
-        assert!(!s.open_at(&cal, local(tz, ms(tz, 2026, 11, 23, 18, 0))));
+        assert!(s.open_at("office", &cal, local(tz, open)));
+        assert!(!s.open_at("office", &cal, local(tz, open - 1)));
+        assert!(!s.open_at("office", &cal, local(tz, ms(tz, 2026, 11, 23, 18, 0))));
         // Saturday.
-        assert!(!s.open_at(&cal, local(tz, ms(tz, 2026, 11, 28, 12, 0))));
+        assert!(!s.open_at("office", &cal, local(tz, ms(tz, 2026, 11, 28, 12, 0))));
     }
 
     #[test]
@@ -278,21 +305,129 @@ pub(crate) mod tests {
         let mut s = office();
         let mut cal = Calendar::default();
         let holiday = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap_or_default();
-        cal.days.insert(holiday, vec![]);
+        cal.days.insert(holiday, Exception::all(vec![]));
         let noon = local(tz, ms(tz, 2026, 11, 23, 12, 0));
-        assert!(!s.open_at(&cal, noon));
+        assert!(!s.open_at("office", &cal, noon));
         s.calendar = false;
-        assert!(s.open_at(&cal, noon));
+        assert!(s.open_at("office", &cal, noon));
         s.calendar = true;
         cal.days.insert(
             holiday,
-            vec![Span {
+            Exception::all(vec![Span {
                 start: 600,
                 end: 780,
-            }],
+            }]),
         );
-        assert!(s.open_at(&cal, noon));
-        assert!(!s.open_at(&cal, local(tz, ms(tz, 2026, 11, 23, 13, 0))));
+        assert!(s.open_at("office", &cal, noon));
+        assert!(!s.open_at("office", &cal, local(tz, ms(tz, 2026, 11, 23, 13, 0))));
+    }
+
+    /// Every day 20:00-24:00 and 00:00-06:00; follows the calendar.
+    fn night() -> Schedule {
+        let day = vec![
+            Span {
+                start: 0,
+                end: 6 * 60,
+            },
+            Span {
+                start: 20 * 60,
+                end: DAY_MINUTES,
+            },
+        ];
+        Schedule {
+            week: std::array::from_fn(|_| day.clone()),
+            calendar: true,
+        }
+    }
+
+    #[test]
+    fn a_date_that_names_schedules_overrides_only_those() {
+        let tz = Tz::UTC;
+        let (office, night) = (office(), night());
+        let holiday = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap_or_default();
+        let short = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap_or_default();
+        let only_office = Some(BTreeSet::from(["office".to_string()]));
+        let mut cal = Calendar::default();
+        cal.days.insert(
+            holiday,
+            Exception {
+                hours: vec![],
+                schedules: only_office.clone(),
+            },
+        );
+        cal.days.insert(
+            short,
+            Exception {
+                hours: vec![Span {
+                    start: 9 * 60,
+                    end: 12 * 60,
+                }],
+                schedules: only_office,
+            },
+        );
+        let at = |d: u32, h: u32| local(tz, ms(tz, 2026, 11, d, h, 0));
+        // The office holiday closes the office...
+        assert!(!office.open_at("office", &cal, at(23, 12)));
+        // ...and the night shift works through it, over midnight.
+        assert!(night.open_at("night", &cal, at(23, 1)));
+        assert!(night.open_at("night", &cal, at(23, 23)));
+        // The short office day opens the office at 09:00, not the night shift.
+        assert!(office.open_at("office", &cal, at(24, 9)));
+        assert!(!office.open_at("office", &cal, at(24, 13)));
+        assert!(!night.open_at("night", &cal, at(24, 9)));
+        assert!(night.open_at("night", &cal, at(24, 22)));
+        // Without names, the date overrides both, as before.
+        cal.days.insert(holiday, Exception::all(vec![]));
+        assert!(!night.open_at("night", &cal, at(23, 1)));
+        assert!(!night.open_at("night", &cal, at(23, 23)));
+        // A schedule that does not follow the calendar is never overridden, even by name.
+        let guard = Schedule {
+            calendar: false,
+            ..night.clone()
+        };
+        cal.days.insert(
+            holiday,
+            Exception {
+                hours: vec![],
+                schedules: Some(BTreeSet::from(["guard".to_string()])),
+            },
+        );
+        assert!(guard.open_at("guard", &cal, at(23, 23)));
+    }
+
+    proptest::proptest! {
+        /// A date that names other schedules changes nothing for this one, and the schedule it
+        /// names is open exactly in the date's hours.
+        #[test]
+        fn a_date_overrides_exactly_the_schedules_it_names(
+            minute in 0i64..7 * 24 * 60,
+            raw in proptest::collection::vec((0u16..DAY_MINUTES, 1u16..=DAY_MINUTES), 0..3),
+        ) {
+            let tz = Tz::UTC;
+            let at = local(tz, ms(tz, 2026, 11, 23, 0, 0) + minute * 60_000);
+            let hours: Vec<Span> = raw
+                .into_iter()
+                .map(|(start, len)| Span { start, end: (start + len).min(DAY_MINUTES) })
+                .collect();
+            let mut cal = Calendar::default();
+            cal.days.insert(
+                at.date(),
+                Exception {
+                    hours: hours.clone(),
+                    schedules: Some(BTreeSet::from(["office".to_string()])),
+                },
+            );
+            let night = night();
+            proptest::prop_assert_eq!(
+                night.open_at("night", &cal, at),
+                night.open_at("night", &Calendar::default(), at)
+            );
+            let minute_of_day = (at.hour() * 60 + at.minute()) as u16;
+            proptest::prop_assert_eq!(
+                office().open_at("office", &cal, at),
+                hours.iter().any(|s| s.contains(minute_of_day))
+            );
+        }
     }
 
     #[test]

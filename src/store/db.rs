@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::{StoreError, schema};
 use crate::core::time::{ClockSense, ClockState, judge_clock};
 use crate::core::{
-    self, Calendar, Context, Credential, CredentialKind, Direction, FactorChange, FirstFactor,
-    InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span, StaffMatch,
-    UnixMs, Validity, Verdict,
+    self, Calendar, Context, Credential, CredentialKind, Direction, Exception, FactorChange,
+    FirstFactor, InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span,
+    StaffMatch, UnixMs, Validity, Verdict,
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
@@ -1673,8 +1673,8 @@ fn upsert_entries(
         Entries::Visitors(v) => {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO invitation (gen, invitation, visitor, host, valid_from, valid_until,
-                                         gates, max_entries)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                         gates, max_entries, schedule)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut cred = tx.prepare_cached(
                 "INSERT INTO invitation_credential (kind, cred_id, gen, invitation)
@@ -1692,7 +1692,8 @@ fn upsert_entries(
                     ts_opt(&e.valid_from),
                     ts_opt(&e.valid_until),
                     gates_json(&e.gates),
-                    e.max_entries
+                    e.max_entries,
+                    e.schedule
                 ])?;
                 for c in &e.credentials {
                     if let Err(r) = insert_credential(&mut cred, c, generation, &e.invitation)? {
@@ -1712,12 +1713,17 @@ fn upsert_entries(
         }
         Entries::Calendar(v) => {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO calendar (gen, date, name, hours) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (gen, date) DO UPDATE SET name = excluded.name, hours = excluded.hours",
+                "INSERT INTO calendar (gen, date, name, hours, schedules) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (gen, date) DO UPDATE SET name = excluded.name, hours = excluded.hours,
+                                                       schedules = excluded.schedules",
             )?;
             for e in v.get(range).unwrap_or_default() {
                 let hours = serde_json::Value::from(e.hours.clone()).to_string();
-                ins.execute(params![generation, e.date, e.name, hours])?;
+                let schedules = e
+                    .schedules
+                    .as_ref()
+                    .map(|s| serde_json::Value::from(s.clone()).to_string());
+                ins.execute(params![generation, e.date, e.name, hours, schedules])?;
             }
         }
     }
@@ -1754,22 +1760,40 @@ fn parse_gates(s: String) -> Vec<String> {
 /// parses is skipped with an error in the log rather than closing or opening anything.
 fn load_calendar(conn: &Connection) -> Result<Calendar, StoreError> {
     let mut st = conn.prepare(
-        "SELECT date, hours FROM calendar
+        "SELECT date, hours, schedules FROM calendar
          WHERE gen = (SELECT gen FROM list_version WHERE list = 'calendar')",
     )?;
     let rows = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut cal = Calendar::default();
-    for (date, hours) in rows {
+    for (date, hours, schedules) in rows {
         let spans: Option<Vec<Span>> = serde_json::from_str::<Vec<String>>(&hours)
             .ok()
             .and_then(|h| h.iter().map(|s| Span::parse(s).ok()).collect());
-        match (parse_date(&date), spans) {
-            (Ok(d), Some(spans)) => {
-                cal.days.insert(d, spans);
+        // `Some(None)`: the date overrides every schedule; `None`: the row is corrupt.
+        let names = match &schedules {
+            None => Some(None),
+            Some(s) => serde_json::from_str::<std::collections::BTreeSet<String>>(s)
+                .ok()
+                .map(Some),
+        };
+        match (parse_date(&date), spans, names) {
+            (Ok(d), Some(hours), Some(schedules)) => {
+                cal.days.insert(d, Exception { hours, schedules });
             }
-            _ => tracing::error!(date, hours, "store: calendar row does not parse; skipped"),
+            _ => tracing::error!(
+                date,
+                hours,
+                schedules,
+                "store: calendar row does not parse; skipped"
+            ),
         }
     }
     Ok(cal)
@@ -1897,7 +1921,7 @@ fn lookup(
                 .unwrap_or(0);
             let last = last(&invitation)?;
             conn.prepare_cached(
-                "SELECT valid_from, valid_until, gates, max_entries FROM invitation
+                "SELECT valid_from, valid_until, gates, max_entries, schedule FROM invitation
                  WHERE gen = ?1 AND invitation = ?2",
             )?
             .query_row(params![generation, invitation], |r| {
@@ -1910,6 +1934,7 @@ fn lookup(
                     },
                     max_entries: r.get(3)?,
                     used,
+                    schedule: r.get(4)?,
                     last,
                 })
             })

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5, v6];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -185,6 +185,17 @@ fn v4(tx: &Transaction) -> rusqlite::Result<()> {
         CREATE INDEX snapshot_ts ON snapshot (ts);
         "#,
     )
+}
+
+/// v5: a calendar date may override only the schedules it names (a JSON array of names;
+/// NULL: every schedule that follows the calendar, as before).
+fn v5(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE calendar ADD COLUMN schedules TEXT;")
+}
+
+/// v6: an invitation may name a weekly schedule, as a staff entry does.
+fn v6(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE invitation ADD COLUMN schedule TEXT;")
 }
 
 /// The database's schema version, or why this gated refuses it (one from a newer gated).

@@ -1093,6 +1093,61 @@ fn the_calendar_list_closes_a_schedule_on_its_dates() {
     assert!(r.detail().contains("2026-13-01"), "{r}");
 }
 
+#[test]
+fn a_calendar_date_that_names_schedules_overrides_only_those() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = || {
+        let mut policy = Policy::default();
+        let day = vec![crate::core::Span {
+            start: 0,
+            end: 24 * 60,
+        }];
+        for name in ["office", "night"] {
+            policy.schedules.insert(
+                name.into(),
+                crate::core::Schedule {
+                    week: std::array::from_fn(|_| day.clone()),
+                    calendar: true,
+                },
+            );
+        }
+        policy
+    };
+    let mut db = open_with(&dir, "g.db", "east-1", policy());
+    let body = r#"{"list":"staff","site":"hq","version":1,"entries":[
+        {"subject":"E1","credentials":[{"kind":"card","id":"c1"}],"gates":["*"],"schedule":"office"},
+        {"subject":"E2","credentials":[{"kind":"card","id":"c2"}],"gates":["*"],"schedule":"night"}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Staff, body.as_bytes()).expect("staff"))
+        .expect("apply")
+        .expect("applied");
+    // NOW is 2026-11-18 11:06 UTC: an office holiday that day.
+    let cal = r#"{"list":"calendar","site":"hq","version":1,"entries":[
+        {"date":"2026-11-18","name":"Office closed","hours":[],"schedules":["office"]}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Calendar, cal.as_bytes()).expect("calendar"))
+        .expect("apply")
+        .expect("applied");
+    let check = |db: &mut Db, t: i64| {
+        assert_eq!(
+            reason(&record_one(db, at("c1", Direction::In, t))),
+            Reason::OutsideSchedule
+        );
+        assert_eq!(
+            reason(&record_one(db, at("c2", Direction::In, t + 1))),
+            Reason::Staff
+        );
+    };
+    check(&mut db, NOW);
+    drop(db);
+    // The names are kept in the store and read again at start.
+    let mut db = open_with(&dir, "g.db", "east-1", policy());
+    check(&mut db, NOW + 10);
+    // An empty list of names would override nothing: refused, naming it.
+    let bad = r#"{"list":"calendar","site":"hq","version":2,"entries":[
+        {"date":"2026-11-18","hours":[],"schedules":[]}]}"#;
+    let r = parse_snapshot(ListName::Calendar, bad.as_bytes()).expect_err("refused");
+    assert!(r.detail().contains("entries[0].schedules"), "{r}");
+}
+
 // ---- issue 13: one store, one gate, private files -------------------------------------------
 
 #[test]

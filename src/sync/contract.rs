@@ -261,6 +261,9 @@ pub struct VisitorEntry {
     pub gates: Vec<String>,
     #[serde(default)]
     pub max_entries: Option<u32>,
+    /// A weekly schedule by name (`[policy.schedule.NAME]`), as for staff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -284,6 +287,10 @@ pub struct CalendarEntry {
     /// `HH:MM-HH:MM` spans.
     #[serde(default)]
     pub hours: Vec<String>,
+    /// The schedules (`[policy.schedule.NAME]`) the date overrides; absent: every schedule
+    /// that follows the calendar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<String>>,
 }
 
 /// The entries of one list, typed by list.
@@ -630,6 +637,9 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
                 let window = (&e.valid_from, &e.valid_until);
                 check_text(&format!("{what}[{i}].visitor"), &e.visitor)?;
                 check_text(&format!("{what}[{i}].host"), &e.host)?;
+                if let Some(s) = &e.schedule {
+                    check_id(&format!("{what}[{i}].schedule"), s)?;
+                }
                 holder(
                     format!("{what}[{i}]"),
                     "invitation",
@@ -657,6 +667,19 @@ fn validate_entries(entries: &Entries, what: &str) -> Result<(), Refusal> {
                 for (j, h) in e.hours.iter().enumerate() {
                     crate::core::Span::parse(h)
                         .map_err(|m| malformed(format!("{at}.hours[{j}]: {m}")))?;
+                }
+                if let Some(names) = &e.schedules {
+                    // An empty list would override nothing: almost certainly not what was meant,
+                    // and leaving the key out means the opposite (every schedule).
+                    if names.is_empty() {
+                        return Err(malformed(format!(
+                            "{at}.schedules: is empty; name the schedules the date overrides, \
+                             or leave the key out to override every schedule"
+                        )));
+                    }
+                    for (j, n) in names.iter().enumerate() {
+                        check_id(&format!("{at}.schedules[{j}]"), n)?;
+                    }
                 }
             }
         }

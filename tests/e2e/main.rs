@@ -17,6 +17,7 @@ mod pass;
 mod passage;
 mod release;
 mod rtu;
+mod schedules;
 mod silence;
 mod snapshot;
 mod store;
