@@ -128,6 +128,10 @@ pub struct Db {
     floor: Option<UnixMs>,
     /// Contact with the centre, when the gate has one (`[mqtt]`).
     contact: Option<Contact>,
+    /// What the gate decided since it lost contact (persisted with the passes it counts).
+    offline_counts: OfflineCounts,
+    /// The latest time without contact that has ended (persisted), for the status.
+    last_offline: Option<Outage>,
     /// Two-factor lanes: the first factor waiting on each lane. Not persisted: after a
     /// restart both factors are asked again.
     first_factors: std::collections::HashMap<u16, FirstFactor>,
@@ -140,6 +144,26 @@ pub struct Contact {
     /// When the gate last was in contact (persisted in `state`, at most a minute old).
     pub last: Option<UnixMs>,
     persisted: Option<UnixMs>,
+}
+
+/// Credential decisions taken without contact with the centre.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OfflineCounts {
+    pub granted: u64,
+    pub denied: u64,
+    /// Of `denied`: refused `offline_limit`.
+    pub offline_limit: u64,
+}
+
+/// A time without contact with the centre that has ended, and what the gate decided in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outage {
+    /// The last contact before it, as persisted (at most a minute early); `None` when the
+    /// gate had never been in contact.
+    pub since: Option<UnixMs>,
+    /// When contact came back.
+    pub until: UnixMs,
+    pub counts: OfflineCounts,
 }
 
 /// How often `last_contact` is written while connected.
@@ -196,9 +220,20 @@ impl Db {
             built: 0,
             floor: None,
             contact: None,
+            offline_counts: OfflineCounts::default(),
+            last_offline: None,
             first_factors: Default::default(),
         };
         db.mode = db.read_mode()?;
+        // Unreadable (written by another version): start the count over rather than refuse
+        // to open; the passes themselves are in the event log.
+        db.offline_counts = db
+            .read_state(OFFLINE_COUNTS)?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default();
+        db.last_offline = db
+            .read_state(LAST_OFFLINE)?
+            .and_then(|v| serde_json::from_str(&v).ok());
         db.floor = db.read_state("clock_floor")?.and_then(|v| v.parse().ok());
         db.calendar = load_calendar(&db.conn)?;
         Ok(db)
@@ -229,6 +264,7 @@ impl Db {
     pub fn record_passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
         let mut factors = self.first_factors.clone();
         let mut floor = self.floor;
+        let mut counts = self.offline_counts;
         let tx = write(&mut self.conn)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
@@ -243,8 +279,11 @@ impl Db {
                 offline_ms: offline_ms(self.contact, input.now),
             };
             let o = record_pass(&tx, &rules, &mut factors, input)?;
-            if matches!(o, PassOutcome::Recorded { .. }) {
+            if let PassOutcome::Recorded { verdict, .. } = &o {
                 added += 1;
+                if rules.offline_ms.is_some() {
+                    counts.count(verdict.reason);
+                }
                 // The floor moves only with a trusted clock: a clock set years ahead must not
                 // leave the gate distrusting every correct time after it.
                 if clock.trusted() && floor.is_none_or(|f| input.now > f) {
@@ -258,9 +297,13 @@ impl Db {
         {
             set_state(&tx, "clock_floor", &f.to_string())?;
         }
+        if counts != self.offline_counts {
+            set_state(&tx, OFFLINE_COUNTS, &to_json(&counts)?)?;
+        }
         tx.commit()?;
         self.first_factors = factors;
         self.floor = floor;
+        self.offline_counts = counts;
         self.pending += added;
         // The passes are committed: whatever happens to the alarm, they stay recorded and
         // their lanes may open.
@@ -781,6 +824,9 @@ impl Db {
         };
         let was = c.connected;
         c.connected = connected;
+        if connected && !was {
+            self.end_outage(c.last, now)?;
+        }
         if connected || was {
             // The clock as it reads now, not the latest ever seen: a contact time saved while
             // the clock ran ahead would otherwise keep the offline limit off until that date.
@@ -801,6 +847,38 @@ impl Db {
         }
         self.contact = Some(c);
         Ok(())
+    }
+
+    /// Contact is back: the time without it, and what was decided meanwhile, becomes
+    /// `last_offline` and the count starts over, in one transaction. A start is an outage
+    /// too (since the last contact persisted before it), unless the gate never had contact
+    /// and decided nothing: a new gate's first connection.
+    fn end_outage(&mut self, since: Option<UnixMs>, now: UnixMs) -> Result<(), StoreError> {
+        if since.is_none() && self.offline_counts == OfflineCounts::default() {
+            return Ok(());
+        }
+        let outage = Outage {
+            since,
+            until: now,
+            counts: self.offline_counts,
+        };
+        let tx = write(&mut self.conn)?;
+        set_state(&tx, LAST_OFFLINE, &to_json(&outage)?)?;
+        set_state(&tx, OFFLINE_COUNTS, &to_json(&OfflineCounts::default())?)?;
+        tx.commit()?;
+        self.last_offline = Some(outage);
+        self.offline_counts = OfflineCounts::default();
+        Ok(())
+    }
+
+    /// The latest time without contact that has ended, for the status.
+    pub fn last_offline(&self) -> Option<Outage> {
+        self.last_offline
+    }
+
+    /// What has been decided since contact was lost (zero while in contact).
+    pub fn offline_counts(&self) -> OfflineCounts {
+        self.offline_counts
     }
 
     /// Since when the gate has had no contact with the centre; `None` while in contact or
@@ -1154,6 +1232,27 @@ impl EventDraft {
             snapshot,
         }
     }
+}
+
+/// `state` keys of the outage report (item `last_offline` of the status).
+const OFFLINE_COUNTS: &str = "offline_counts";
+const LAST_OFFLINE: &str = "last_offline";
+
+impl OfflineCounts {
+    fn count(&mut self, reason: Reason) {
+        if reason.is_granted() {
+            self.granted += 1;
+        } else {
+            self.denied += 1;
+            if reason == Reason::OfflineLimit {
+                self.offline_limit += 1;
+            }
+        }
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// The `override.input` of the event that records a `clear_passback` override.

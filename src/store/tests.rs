@@ -1148,3 +1148,55 @@ async fn a_store_is_opened_once_and_its_files_are_private() {
     assert_eq!(files::too_wide(&path), vec![(path.clone(), 0o640)]);
     drop(store);
 }
+
+#[test]
+fn an_outage_is_kept_across_a_restart_and_reported_with_its_decisions_once_contact_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hour = 3_600_000;
+    let policy = Policy {
+        staff_max_offline: Some(24 * hour),
+        ..Policy::default()
+    };
+    let mut db = open_with(&dir, "g.db", "east-1", policy.clone());
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+        .expect("apply")
+        .expect("applied");
+    db.expect_centre().expect("centre");
+    db.contact(true, NOW).expect("contact");
+    // Decisions in contact are not counted.
+    record_one(&mut db, at("c1", Direction::In, NOW + 1));
+    assert_eq!(db.last_offline(), None, "a first connection is no outage");
+    db.contact(false, NOW + hour).expect("lost");
+    record_one(&mut db, at("c1", Direction::Out, NOW + 2 * hour));
+    record_one(&mut db, at("nobody", Direction::In, NOW + 3 * hour));
+    drop(db);
+    // Restarted while still offline: the count so far survives.
+    let mut db = open_with(&dir, "g.db", "east-1", policy);
+    db.expect_centre().expect("centre");
+    assert_eq!(
+        reason(&record_one(
+            &mut db,
+            at("c1", Direction::In, NOW + 26 * hour)
+        )),
+        Reason::OfflineLimit
+    );
+    db.contact(true, NOW + 27 * hour).expect("back");
+    assert_eq!(
+        db.last_offline(),
+        Some(Outage {
+            since: Some(NOW + hour),
+            until: NOW + 27 * hour,
+            counts: OfflineCounts {
+                granted: 1,
+                denied: 2,
+                offline_limit: 1
+            },
+        })
+    );
+    assert_eq!(db.offline_counts(), OfflineCounts::default());
+    // Still connected: the next status tick changes nothing, and the report is kept.
+    db.contact(true, NOW + 28 * hour).expect("tick");
+    record_one(&mut db, at("c1", Direction::Out, NOW + 28 * hour));
+    assert_eq!(db.offline_counts(), OfflineCounts::default());
+    assert_eq!(db.last_offline().map(|o| o.until), Some(NOW + 27 * hour));
+}

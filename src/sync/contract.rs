@@ -949,9 +949,29 @@ pub struct Status {
     /// Since when the gate has had no contact with the centre (null: in contact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_since: Option<String>,
+    /// The latest time without contact that has ended (an extension of the contract): a
+    /// status is only sent in contact, so this is how the centre learns of an outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offline: Option<LastOffline>,
     /// `true` from `gated demo` only (an extension of the contract): not a real gate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub demo: bool,
+}
+
+/// `last_offline` of the status: how long the gate was without contact with the centre, and
+/// the credential decisions it took meanwhile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastOffline {
+    /// The last contact before it (at most a minute early); null when there had been none.
+    pub since: Option<String>,
+    /// When contact came back.
+    pub until: String,
+    /// `until - since` in milliseconds; null with `since` null.
+    pub ms: Option<i64>,
+    pub granted: u64,
+    pub denied: u64,
+    /// Of `denied`: refused `offline_limit`.
+    pub offline_limit: u64,
 }
 
 #[cfg(test)]
