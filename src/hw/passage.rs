@@ -194,10 +194,7 @@ fn releases(e: &PassEvent) -> bool {
             | Reason::FreeExit
             | Reason::OverridePanel
             | Reason::OverrideRemote
-    ) && e
-        .override_
-        .as_ref()
-        .is_none_or(|o| o.input != crate::store::CLEAR_PASSBACK)
+    ) && e.released()
 }
 
 /// The lanes with a passage sensor: by (board, channel), the lane id and its release time.

@@ -16,8 +16,8 @@ use crate::core::{
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
-    MAX_COMMAND_SKEW_MS, NO_RELEASE, Override, PassEvent, Refusal, Snapshot, format_ts, parse_date,
-    parse_ts,
+    MAX_COMMAND_SKEW_MS, MAX_ECHO_BYTES, NO_RELEASE, Override, PassEvent, Refusal, Snapshot,
+    bounded, format_ts, parse_date, parse_ts,
 };
 
 /// Who this gate is; stamped on every event.
@@ -929,6 +929,19 @@ impl Db {
                 )?
                 .execute(params![e.gate, e.seq, e.id, now])?;
                 learned += 1;
+                if e.override_
+                    .as_ref()
+                    .is_some_and(|o| o.input == CLEAR_PASSBACK_ALL)
+                {
+                    // Only what was known when the peer cleared it: a pass after the clear
+                    // (here or learned) stands.
+                    if let Ok(at) = parse_ts(&e.ts) {
+                        let at = at.min(now.saturating_add(PEER_SKEW_MS));
+                        tx.prepare_cached("DELETE FROM passback WHERE at <= ?1")?
+                            .execute([at])?;
+                    }
+                    continue;
+                }
                 let Some(subject) = &e.subject else { continue };
                 let Ok(at) = parse_ts(&e.ts) else { continue };
                 // A peer whose clock runs ahead must not plant a state that never resets and
@@ -1121,11 +1134,39 @@ impl Db {
             flags: vec![NO_RELEASE.to_string()],
             ..EventDraft::bare(0, Direction::In, Reason::OverrideRemote)
         };
+        if !knows_subject(&self.conn, subject)? {
+            return Ok(Err(Refusal::UnknownSubject(format!(
+                "`{}` is in no staff entry or invitation in force and has no anti-passback \
+                 state here; nothing was cleared",
+                bounded(subject, MAX_ECHO_BYTES)
+            ))));
+        }
         self.record_event(draft, stamp, now, |tx| {
             tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
                 .execute([subject])?;
             Ok(())
         })
+    }
+
+    /// A guard's override after a drill: forgets every subject's anti-passback state, and
+    /// records it as an override event without a subject, which the other gates learn from.
+    pub fn clear_passback_all(
+        &mut self,
+        override_: Override,
+        stamp: Option<&Stamp>,
+        now: UnixMs,
+    ) -> Result<Result<(PassEvent, usize), Refusal>, StoreError> {
+        let draft = EventDraft {
+            override_: Some(override_),
+            flags: vec![NO_RELEASE.to_string()],
+            ..EventDraft::bare(0, Direction::In, Reason::OverrideRemote)
+        };
+        let mut cleared = 0;
+        let event = self.record_event(draft, stamp, now, |tx| {
+            cleared = tx.prepare_cached("DELETE FROM passback")?.execute([])?;
+            Ok(())
+        })?;
+        Ok(event.map(|e| (e, cleared)))
     }
 
     /// Used entries of an invitation (for tests and status).
@@ -1257,6 +1298,21 @@ fn to_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
 
 /// The `override.input` of the event that records a `clear_passback` override.
 pub const CLEAR_PASSBACK: &str = "clear_passback";
+/// The `override.input` of the event that records a `clear_passback_all` override.
+pub const CLEAR_PASSBACK_ALL: &str = "clear_passback_all";
+
+/// Whether `subject` is a staff entry or an invitation in force, or has an anti-passback
+/// state here (learned from a peer, or left by an entry since removed).
+fn knows_subject(conn: &Connection, subject: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM staff WHERE subject = ?1
+                          AND gen = (SELECT gen FROM list_version WHERE list = 'staff'))
+             OR EXISTS (SELECT 1 FROM invitation WHERE invitation = ?1
+                          AND gen = (SELECT gen FROM list_version WHERE list = 'visitors'))
+             OR EXISTS (SELECT 1 FROM passback WHERE subject = ?1)",
+    )?
+    .query_row([subject], |r| r.get(0))
+}
 
 /// What a decision is judged under, besides the credential and its entries.
 struct Rules<'a> {

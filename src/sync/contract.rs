@@ -162,7 +162,8 @@ pub struct PassEvent {
     pub flags: Vec<String>,
 }
 
-/// The flag of a `granted` override event that released no lane (`clear_passback`): it is
+/// The flag of a `granted` override event that released no lane (`clear_passback`,
+/// `clear_passback_all`): it is
 /// recorded as an event so that peer gates learn it, but it is not a pass, and nobody went
 /// through.
 pub const NO_RELEASE: &str = "no_release";
@@ -173,10 +174,10 @@ impl PassEvent {
     pub fn released(&self) -> bool {
         self.decision == Decision::Granted
             && !self.flags.iter().any(|f| f == NO_RELEASE)
-            && self
-                .override_
-                .as_ref()
-                .is_none_or(|o| o.input != CommandKind::ClearPassback.as_str())
+            && self.override_.as_ref().is_none_or(|o| {
+                o.input != CommandKind::ClearPassback.as_str()
+                    && o.input != CommandKind::ClearPassbackAll.as_str()
+            })
     }
 }
 
@@ -389,6 +390,9 @@ pub enum Refusal {
     Replayed(String),
     /// A command this gate cannot carry out as asked (a lane it does not have).
     Unsupported(String),
+    /// A `clear_passback` for a subject this gate knows nothing of: no staff entry, no
+    /// invitation, no anti-passback state (a typo would otherwise be acked ok).
+    UnknownSubject(String),
     /// Recorded, but a device did not carry it out (the relay did not take the pulse).
     DeviceError(String),
     /// The store could not apply it; the lists in force are unchanged.
@@ -412,6 +416,7 @@ impl Refusal {
             Self::NotYetValid(_) => "not_yet_valid",
             Self::Replayed(_) => "replayed",
             Self::Unsupported(_) => "unsupported",
+            Self::UnknownSubject(_) => "unknown_subject",
             Self::DeviceError(_) => "device_error",
             Self::StoreError(_) => "store_error",
         }
@@ -432,6 +437,7 @@ impl Refusal {
             | Self::NotYetValid(d)
             | Self::Replayed(d)
             | Self::Unsupported(d)
+            | Self::UnknownSubject(d)
             | Self::DeviceError(d)
             | Self::StoreError(d) => d,
         }
@@ -754,6 +760,9 @@ pub enum CommandKind {
     /// Forget a subject's anti-passback state (a guard's override), here and, through the
     /// event it records, at the other gates of the site. Needs `subject`.
     ClearPassback,
+    /// Forget every subject's anti-passback state (after a drill), here and at the other
+    /// gates of the site. Takes no `subject`.
+    ClearPassbackAll,
 }
 
 impl CommandKind {
@@ -766,6 +775,7 @@ impl CommandKind {
             Self::EmergencyRelease => "emergency_release",
             Self::Resync => "resync",
             Self::ClearPassback => "clear_passback",
+            Self::ClearPassbackAll => "clear_passback_all",
         }
     }
     /// The mode a command puts the gate in, if it changes the mode.
@@ -776,7 +786,7 @@ impl CommandKind {
             Self::Lockdown => Some(Mode::Lockdown),
             Self::Normal => Some(Mode::Normal),
             Self::EmergencyRelease => Some(Mode::EmergencyRelease),
-            Self::Open | Self::Resync | Self::ClearPassback => None,
+            Self::Open | Self::Resync | Self::ClearPassback | Self::ClearPassbackAll => None,
         }
     }
 }
