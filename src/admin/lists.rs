@@ -506,6 +506,7 @@ mod tests {
             gates: vec!["*".into()],
             schedule: None,
             group: None,
+            lockdown_exempt: false,
         }];
         assert!(revoke_staff(&staff, "E1").expect("revoked").next.is_empty());
         assert!(revoke_staff(&staff, "E2").is_err());

@@ -192,6 +192,7 @@ fn releases(e: &PassEvent) -> bool {
         Reason::Staff
             | Reason::Visitor
             | Reason::FreeExit
+            | Reason::LockdownExempt
             | Reason::OverridePanel
             | Reason::OverrideRemote
     ) && e.released()

@@ -1798,8 +1798,9 @@ fn upsert_entries(
     match entries {
         Entries::Staff(v) => {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates, schedule, grp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates, schedule, grp,
+                   lockdown_exempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut cred = tx.prepare_cached(
                 "INSERT INTO staff_credential (kind, cred_id, gen, subject) VALUES (?1, ?2, ?3, ?4)",
@@ -1816,7 +1817,8 @@ fn upsert_entries(
                     ts_opt(&e.valid_until),
                     gates_json(&e.gates),
                     e.schedule,
-                    e.group
+                    e.group,
+                    e.lockdown_exempt
                 ])?;
                 for c in &e.credentials {
                     if let Err(r) = insert_credential(&mut cred, c, generation, &e.subject)? {
@@ -2013,7 +2015,7 @@ fn lookup(
         Some((generation, subject)) => {
             let last = last(&subject)?;
             conn.prepare_cached(
-                "SELECT valid_from, valid_until, gates, schedule, grp FROM staff
+                "SELECT valid_from, valid_until, gates, schedule, grp, lockdown_exempt FROM staff
                  WHERE gen = ?1 AND subject = ?2",
             )?
             .query_row(params![generation, subject], |r| {
@@ -2026,6 +2028,7 @@ fn lookup(
                     },
                     schedule: r.get(3)?,
                     group: r.get(4)?,
+                    lockdown_exempt: r.get(5)?,
                     last,
                 })
             })

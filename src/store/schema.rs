@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -185,6 +185,11 @@ fn v4(tx: &Transaction) -> rusqlite::Result<()> {
         CREATE INDEX snapshot_ts ON snapshot (ts);
         "#,
     )
+}
+
+/// v5: staff entries that pass a lockdown (responders).
+fn v5(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE staff ADD COLUMN lockdown_exempt INTEGER NOT NULL DEFAULT 0;")
 }
 
 /// The database's schema version, or why this gated refuses it (one from a newer gated).

@@ -1289,3 +1289,36 @@ fn clear_passback_all_forgets_everyone_here_and_at_the_peers_up_to_its_time() {
         Some(Direction::In)
     );
 }
+
+#[test]
+fn a_responder_kept_in_the_store_passes_a_lockdown_and_a_delta_can_take_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let body = r#"{"list":"staff","site":"hq","version":1,"entries":[
+        {"subject":"E1","credentials":[{"kind":"card","id":"0001"}],"gates":["*"]},
+        {"subject":"R7","credentials":[{"kind":"card","id":"0007"}],"gates":["*"],
+         "lockdown_exempt":true}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Staff, body.as_bytes()).expect("snapshot"))
+        .expect("db")
+        .expect("applied");
+    db.set_mode(Mode::Lockdown, "remote", "normal -> lockdown", None, NOW)
+        .expect("db")
+        .expect("set");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0001", None))),
+        Reason::Lockdown
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0007", None))),
+        Reason::LockdownExempt
+    );
+    let delta = r#"{"list":"staff","site":"hq","version":2,"base":1,"upsert":[
+        {"subject":"R7","credentials":[{"kind":"card","id":"0007"}],"gates":["*"]}]}"#;
+    db.apply_delta(&parse_delta(ListName::Staff, delta.as_bytes()).expect("delta"))
+        .expect("db")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0007", None))),
+        Reason::Lockdown
+    );
+}

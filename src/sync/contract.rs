@@ -244,6 +244,19 @@ pub struct StaffEntry {
     /// A group, whose schedule (`[policy.groups]`) applies when the entry names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// A responder: passes a lockdown (reason `lockdown_exempt`), within the entry's gates
+    /// and window (docs/policy.md).
+    #[serde(
+        default,
+        deserialize_with = "null_is_false",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub lockdown_exempt: bool,
+}
+
+/// An optional flag may be absent or `null`, like every optional field of a list entry.
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1120,6 +1133,29 @@ mod tests {
         let s = parse_snapshot(ListName::Staff, body).expect("valid snapshot");
         assert_eq!(s.version, 42);
         assert_eq!(s.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_staff_entry_may_be_lockdown_exempt_and_says_so_only_as_a_boolean() {
+        let body = |v: &str| {
+            format!(
+                r#"{{"list":"staff","site":"hq","version":1,"entries":[{{"subject":"R7",
+                "credentials":[],"gates":["*"],"lockdown_exempt":{v}}}]}}"#
+            )
+        };
+        let exempt = |v: &str| match parse_snapshot(ListName::Staff, body(v).as_bytes()) {
+            Ok(Snapshot {
+                entries: Entries::Staff(e),
+                ..
+            }) => Ok(e[0].lockdown_exempt),
+            Ok(_) => panic!("staff entries"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(exempt("true"), Ok(true));
+        assert_eq!(exempt("false"), Ok(false));
+        assert_eq!(exempt("null"), Ok(false));
+        let e = exempt(r#""yes""#).expect_err("a string is refused");
+        assert!(e.detail().contains("lockdown_exempt"), "{e}");
     }
 
     #[test]
