@@ -182,10 +182,11 @@ async fn an_event_whose_puback_was_lost_is_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_the_status_says_how_long_it_lasted_and_what_was_decided() {
     let mut w = World::start().await;
-    let cut = std::time::Instant::now();
     w.broker.stop();
-    // Restarted while the broker is down: offline from its first decision on.
+    // Restarted while the broker is down: offline from its first decision on. The last
+    // contact it will report is before this moment (the old process is gone).
     w.daemon.restart();
+    let cut = std::time::Instant::now();
     let reader = |n: usize| {
         let r = &w.devices.reader1;
         move || (r.acked().len() >= n).then_some(())
