@@ -2,7 +2,8 @@
 //!
 //! Order of evaluation (first refusal wins; `docs/policy.md` has the table):
 //! 1. deny list → `denylisted`, whatever else says yes, in every mode;
-//! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown`,
+//! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown` (a responder's
+//!    staff entry, `lockdown_exempt`: `lockdown_exempt` after its own checks),
 //!    hold-open → `hold_open` (the lane is open anyway; the pass is logged);
 //! 3. free exit on this lane direction → `free_exit` (no entry needed);
 //! 4. a face below the minimum score → `low_face_score`;
