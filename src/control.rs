@@ -478,6 +478,35 @@ impl Control {
         ))
     }
 
+    /// A guard's override after a drill: forgets every subject's in/out state here; the
+    /// event it records (`override.input` = `clear_passback_all`, no subject) tells the other
+    /// gates of the site to forget what they knew before it.
+    pub async fn clear_passback_all(
+        &self,
+        origin: &Origin,
+        now: UnixMs,
+    ) -> Result<String, Refusal> {
+        self.check_unclaimed(origin, now).await?;
+        let ov = Override {
+            source: origin.source.to_string(),
+            input: crate::store::CLEAR_PASSBACK_ALL.to_string(),
+            by: origin.by.clone(),
+        };
+        let nonce = origin.nonce.clone();
+        let (event, cleared) = self
+            .shared
+            .store
+            .call(move |db| db.clear_passback_all(ov, nonce.as_ref(), now))
+            .await
+            .map_err(|e| Refusal::StoreError(format!("the override was not recorded: {e}")))??;
+        self.shared.publish_decision(origin.source, &event);
+        tracing::warn!(cleared, by = %origin.describe(), "override: every anti-passback state cleared");
+        Ok(format!(
+            "anti-passback state of every subject cleared ({cleared} here); event seq {}",
+            event.seq
+        ))
+    }
+
     /// Puts the gate in `mode`: recorded (with the nonce), persisted, then in force.
     pub async fn set_mode(
         &self,

@@ -562,6 +562,7 @@ mod tests {
             gates: vec!["*".into()],
             schedule: None,
             group: None,
+            lockdown_exempt: false,
         };
         let e = Entries::Staff(vec![
             staff("E1", Some("2026-12-31T23:59:59Z")),
@@ -591,6 +592,7 @@ mod tests {
             gates: vec!["*".into()],
             schedule: None,
             group: None,
+            lockdown_exempt: false,
         }];
         assert!(revoke_staff(&staff, "E1").expect("revoked").next.is_empty());
         assert!(revoke_staff(&staff, "E2").is_err());

@@ -4,7 +4,8 @@
 //!
 //! - CSV with a header row. Columns may come in any order, but all of them must be there (a
 //!   column left out must not silently mean "valid for ever" or "no gates"), and no other:
-//!   - staff: `subject,name,card,face,valid_from,valid_until,gates`
+//!   - staff: `subject,name,card,face,valid_from,valid_until,gates`, and optionally
+//!     `schedule`, `group`, `lockdown_exempt` (`yes`, or empty / `no`)
 //!   - visitors: `invitation,visitor,host,qr,valid_from,valid_until,gates,max_entries`, and
 //!     optionally `schedule`
 //!   - deny: `kind,id,reason`
@@ -124,6 +125,7 @@ pub fn csv_columns(list: ListName) -> &'static [&'static str] {
             "gates",
             "schedule",
             "group",
+            "lockdown_exempt",
         ],
         ListName::Visitors => &[
             "invitation",
@@ -142,7 +144,7 @@ pub fn csv_columns(list: ListName) -> &'static [&'static str] {
 }
 
 /// Columns a file may leave out (empty in every row).
-const OPTIONAL_COLUMNS: &[&str] = &["schedule", "group", "schedules"];
+const OPTIONAL_COLUMNS: &[&str] = &["schedule", "group", "schedules", "lockdown_exempt"];
 
 /// Reads `bytes` (the contents of the file called `file`) as entries of `list`.
 pub fn read(
@@ -477,6 +479,18 @@ impl Fields<'_> {
         (!v.is_empty()).then(|| v.to_string())
     }
 
+    /// A yes/no column: empty is no, as a column left out is.
+    fn yes_no(&mut self, field: &str, v: &str) -> bool {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "no" | "false" => false,
+            "yes" | "true" => true,
+            _ => {
+                self.bad(field, format!("`{}` is not yes or no", v.escape_debug()));
+                false
+            }
+        }
+    }
+
     /// Credentials of one kind, separated by `;`.
     fn credentials(&mut self, field: &str, kind: CredentialKind, v: &str) -> Vec<CredentialRef> {
         let mut out = Vec::new();
@@ -558,6 +572,7 @@ impl Fields<'_> {
         let gates = self.gates(r.get("gates"));
         let schedule = self.text("schedule", r.get("schedule"));
         let group = self.text("group", r.get("group"));
+        let lockdown_exempt = self.yes_no("lockdown_exempt", r.get("lockdown_exempt"));
         Row::Staff(StaffEntry {
             subject,
             name,
@@ -567,6 +582,7 @@ impl Fields<'_> {
             gates,
             schedule,
             group,
+            lockdown_exempt,
         })
     }
 
@@ -807,6 +823,23 @@ mod tests {
     }
 
     #[test]
+    fn a_staff_file_marks_responders_lockdown_exempt_yes_or_no() {
+        let head = "subject,name,card,face,valid_from,valid_until,gates,lockdown_exempt\n";
+        let ok = format!("{head}E1,,1,,,,*,yes\nE2,,2,,,,*,\nE3,,3,,,,*,No\n");
+        let Entries::Staff(v) = csv(ListName::Staff, &ok).expect("valid").entries else {
+            panic!("staff entries")
+        };
+        let exempt: Vec<bool> = v.iter().map(|e| e.lockdown_exempt).collect();
+        assert_eq!(exempt, [true, false, false]);
+        let m = messages(csv(ListName::Staff, &format!("{head}E1,,1,,,,*,maybe\n")));
+        assert_eq!(
+            m,
+            ["f.csv:2: lockdown_exempt: `maybe` is not yes or no"],
+            "{m:?}"
+        );
+    }
+
+    #[test]
     fn columns_may_come_in_any_order_but_all_must_be_there() {
         let ok = "gates,valid_until,valid_from,face,card,name,subject\n*,,,,0012,,E1\n";
         assert!(csv(ListName::Staff, ok).is_ok());
@@ -814,7 +847,7 @@ mod tests {
             ListName::Staff,
             "subject,name,card,gates,colour\nE1,,1,*,red\n",
         ));
-        assert!(m.contains(&"f.csv:1: colour: not a column of a staff file (its columns are subject,name,card,face,valid_from,valid_until,gates,schedule,group)".to_string()), "{m:?}");
+        assert!(m.contains(&"f.csv:1: colour: not a column of a staff file (its columns are subject,name,card,face,valid_from,valid_until,gates,schedule,group,lockdown_exempt)".to_string()), "{m:?}");
         assert!(
             m.iter()
                 .any(|l| l.starts_with("f.csv:1: valid_until: missing column")),

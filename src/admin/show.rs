@@ -73,13 +73,15 @@ pub fn event_line(e: &PassEvent) -> String {
     line
 }
 
-/// An override that changed state and released no lane (`clear_passback`): the contract
+/// An override that changed state and released no lane (`clear_passback`,
+/// `clear_passback_all`): the contract
 /// records it as a granted event, for peer gates to learn, but nothing opened.
 /// `2026-11-21T08:01:02.345Z east-1 #1043 CLEARED anti-passback state of E1001 by ops-2026 (no lane released)`
 fn state_override_line(e: &PassEvent) -> String {
     let subject = e.subject.as_deref().map_or(Cow::Borrowed("-"), clean);
     let what = match e.override_.as_ref().map(|o| o.input.as_str()) {
         Some("clear_passback") => format!("CLEARED anti-passback state of {subject}"),
+        Some("clear_passback_all") => "CLEARED anti-passback state of every subject".into(),
         Some(input) => format!("OVERRIDE {} {subject}", clean(input)),
         None => format!("{} {subject}", code(&e.reason)),
     };
@@ -350,6 +352,25 @@ mod tests {
         assert_eq!(event_line(&e), want);
         e.flags = vec!["no_release".into()];
         assert_eq!(event_line(&e), want);
+    }
+
+    #[test]
+    fn clearing_everyones_anti_passback_says_so() {
+        let mut e = event();
+        e.credential = None;
+        e.subject = None;
+        e.reason = Reason::OverrideRemote;
+        e.flags = vec!["no_release".into()];
+        e.override_ = Some(Override {
+            source: "remote".into(),
+            input: "clear_passback_all".into(),
+            by: Some("ops".into()),
+        });
+        assert_eq!(
+            event_line(&e),
+            "2026-11-21T08:01:02.345Z east-1 #1042 CLEARED anti-passback state of every subject \
+             by ops (no lane released)"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Order of evaluation (first refusal wins; `docs/policy.md` has the table):
 //! 1. deny list → `denylisted`, whatever else says yes, in every mode;
-//! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown`,
+//! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown` (a responder's
+//!    staff entry, `lockdown_exempt`: `lockdown_exempt` after its own checks),
 //!    hold-open → `hold_open` (the lane is open anyway; the pass is logged);
 //! 3. free exit on this lane direction → `free_exit` (no entry needed);
 //! 4. a face below the minimum score → `low_face_score`;
@@ -93,7 +94,10 @@ pub fn decide(
     }
     match ctx.mode {
         Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, known_subject),
-        Mode::Lockdown => return Verdict::new(Reason::Lockdown, known_subject),
+        Mode::Lockdown => {
+            return lockdown_exempt(credential, lookups, ctx, policy)
+                .unwrap_or_else(|| Verdict::new(Reason::Lockdown, known_subject));
+        }
         Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, known_subject),
         Mode::Normal => {}
     }
@@ -185,6 +189,42 @@ pub fn decide(
         Some(window) if v.granted() => second_factor(v, credential.kind, ctx, window),
         _ => v,
     }
+}
+
+/// A responder's credential in a lockdown: `None` unless a staff entry marked
+/// `lockdown_exempt` holds it. Its gates, window, offline limit and face score still apply, and
+/// a two-factor lane still asks for both factors; its schedule and anti-passback do not (a
+/// responder comes when called, and may have to go in and out again).
+fn lockdown_exempt(
+    credential: &Credential,
+    lookups: &Lookups,
+    ctx: &Context,
+    policy: &Policy,
+) -> Option<Verdict> {
+    let s = lookups.staff.as_ref().filter(|s| s.lockdown_exempt)?;
+    let subject = Some(s.subject.clone());
+    let unsure_face = credential.kind == CredentialKind::Face
+        && credential
+            .score
+            .is_none_or(|score| score.is_nan() || score < policy.min_face_score);
+    if unsure_face {
+        return Some(Verdict::new(Reason::LowFaceScore, subject));
+    }
+    let entry = Entry {
+        validity: &s.validity,
+        schedule: None,
+        max_offline: policy.staff_max_offline,
+        last: None,
+    };
+    let v = match judge(&entry, ctx, policy) {
+        Err(reason) => Verdict::new(reason, subject),
+        Ok(_) => Verdict::new(Reason::LockdownExempt, subject),
+    };
+    let window = policy.lanes.get(&ctx.lane).and_then(|l| l.two_factor_ms);
+    Some(match window {
+        Some(window) if v.granted() => second_factor(v, credential.kind, ctx, window),
+        _ => v,
+    })
 }
 
 /// Decides a press of a lane's request button (`FreeExit::Button`): no credential, so only
@@ -342,6 +382,7 @@ mod tests {
                 validity,
                 schedule: None,
                 group: None,
+                lockdown_exempt: false,
                 last: None,
             }),
             ..Lookups::default()
@@ -513,6 +554,63 @@ mod tests {
     }
 
     #[test]
+    fn a_lockdown_exempt_entry_passes_a_lockdown_within_its_window_and_gates() {
+        let mut l = staff(everywhere());
+        assert_eq!(run(&card("1"), &l, Mode::Lockdown).reason, Reason::Lockdown);
+        if let Some(s) = l.staff.as_mut() {
+            s.lockdown_exempt = true;
+            // Outside office hours too: a responder comes when called.
+            s.schedule = Some("never".into());
+        }
+        let v = run(&card("1"), &l, Mode::Lockdown);
+        assert_eq!(
+            (v.reason, v.subject.as_deref()),
+            (Reason::LockdownExempt, Some("E1001"))
+        );
+        assert!(v.granted());
+        assert_eq!(v.moves(), Some("E1001"), "its direction is recorded");
+        // In normal mode the flag changes nothing: the schedule applies.
+        assert_eq!(
+            run(&card("1"), &l, Mode::Normal).reason,
+            Reason::OutsideSchedule
+        );
+        let expired = |l: &mut Lookups| {
+            if let Some(s) = l.staff.as_mut() {
+                s.validity.valid_until = Some(NOW - 1);
+            }
+        };
+        let mut old = l.clone();
+        expired(&mut old);
+        assert_eq!(
+            run(&card("1"), &old, Mode::Lockdown).reason,
+            Reason::Expired
+        );
+        let mut elsewhere = l.clone();
+        if let Some(s) = elsewhere.staff.as_mut() {
+            s.validity.gates = vec!["west-2".into()];
+        }
+        assert_eq!(
+            run(&card("1"), &elsewhere, Mode::Lockdown).reason,
+            Reason::WrongGate
+        );
+        let mut denied = l.clone();
+        denied.denied = Some("reported lost".into());
+        assert_eq!(
+            run(&card("1"), &denied, Mode::Lockdown).reason,
+            Reason::Denylisted
+        );
+        let blurred = Credential {
+            kind: CredentialKind::Face,
+            id: "P1".into(),
+            score: Some(0.1),
+        };
+        assert_eq!(
+            run(&blurred, &l, Mode::Lockdown).reason,
+            Reason::LowFaceScore
+        );
+    }
+
+    #[test]
     fn staff_refusal_falls_back_to_a_valid_invitation() {
         let mut l = invitation(everywhere(), Some(1), 0);
         l.staff = Some(StaffMatch {
@@ -523,6 +621,7 @@ mod tests {
             },
             schedule: None,
             group: None,
+            lockdown_exempt: false,
             last: None,
         });
         assert_eq!(run(&card("1"), &l, Mode::Normal).reason, Reason::Visitor);
@@ -614,6 +713,21 @@ mod tests {
                 &p,
             );
         }
+        let mut responder = s.clone();
+        if let Some(r) = responder.staff.as_mut() {
+            r.lockdown_exempt = true;
+        }
+        let lockdown = Context {
+            mode: Mode::Lockdown,
+            ..base.clone()
+        };
+        check(
+            Reason::LockdownExempt,
+            &card("1"),
+            &responder,
+            &lockdown,
+            &p,
+        );
         check(Reason::LowFaceScore, &face(0.1), &s, &base, &p);
         let later = Validity {
             valid_from: Some(MONDAY_NOON + 1),
@@ -1144,13 +1258,16 @@ mod tests {
     }
 
     fn arb_lookups() -> impl Strategy<Value = Lookups> {
-        let staff = prop::option::of(arb_validity().prop_map(|validity| StaffMatch {
-            subject: "E1".into(),
-            validity,
-            schedule: None,
-            group: None,
-            last: None,
-        }));
+        let staff = prop::option::of((arb_validity(), any::<bool>()).prop_map(
+            |(validity, lockdown_exempt)| StaffMatch {
+                subject: "E1".into(),
+                validity,
+                schedule: None,
+                group: None,
+                lockdown_exempt,
+                last: None,
+            },
+        ));
         let inv = prop::option::of(
             (arb_validity(), prop::option::of(0u32..4), 0u32..5).prop_map(
                 |(validity, max_entries, used)| InvitationMatch {
@@ -1208,11 +1325,16 @@ mod tests {
         }
 
         #[test]
-        fn lockdown_grants_nothing(
+        fn lockdown_grants_nothing_but_a_valid_exempt_staff_entry(
             c in arb_credential(), l in arb_lookups(), now in NOW - 20_000..NOW + 20_000,
         ) {
             let v = at(&c, &l, Mode::Lockdown, now);
-            prop_assert!(!v.granted());
+            if v.granted() {
+                prop_assert_eq!(v.reason, Reason::LockdownExempt);
+                let s = l.staff.as_ref().expect("exempt grant without staff entry");
+                prop_assert!(s.lockdown_exempt, "a lockdown let a non-exempt entry pass");
+                prop_assert!(in_window(&s.validity, now), "expired responder passed a lockdown");
+            }
         }
 
         #[test]

@@ -136,6 +136,8 @@ pub enum Reason {
     AntiPassback,
     LowFaceScore,
     Lockdown,
+    /// Granted during a lockdown to a staff entry marked `lockdown_exempt` (a responder).
+    LockdownExempt,
     ClockUntrusted,
     StoreUnavailable,
     /// The gate has had no contact with the centre for longer than the list's `max_offline`.
@@ -149,7 +151,10 @@ impl Reason {
     /// Whether a pass for this reason moves its subject's in/out state (anti-passback): a
     /// credential grant, or a free exit.
     pub fn moves_passback(self) -> bool {
-        matches!(self, Self::Staff | Self::Visitor | Self::FreeExit)
+        matches!(
+            self,
+            Self::Staff | Self::Visitor | Self::FreeExit | Self::LockdownExempt
+        )
     }
 
     pub fn decision(self) -> Decision {
@@ -161,7 +166,8 @@ impl Reason {
             | Self::HoldOpen
             | Self::EmergencyRelease
             | Self::Passage
-            | Self::FreeExit => Decision::Granted,
+            | Self::FreeExit
+            | Self::LockdownExempt => Decision::Granted,
             _ => Decision::Denied,
         }
     }
@@ -199,6 +205,8 @@ pub struct StaffMatch {
     pub schedule: Option<String>,
     /// The entry's group, whose schedule applies when the entry names none.
     pub group: Option<String>,
+    /// A responder: passes a lockdown.
+    pub lockdown_exempt: bool,
     pub last: Option<LastPass>,
 }
 

@@ -192,12 +192,10 @@ fn releases(e: &PassEvent) -> bool {
         Reason::Staff
             | Reason::Visitor
             | Reason::FreeExit
+            | Reason::LockdownExempt
             | Reason::OverridePanel
             | Reason::OverrideRemote
-    ) && e
-        .override_
-        .as_ref()
-        .is_none_or(|o| o.input != crate::store::CLEAR_PASSBACK)
+    ) && e.released()
 }
 
 /// The lanes with a passage sensor: by (board, channel), the lane id and its release time.

@@ -16,8 +16,8 @@ use crate::core::{
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
-    MAX_COMMAND_SKEW_MS, NO_RELEASE, Override, PassEvent, Refusal, Snapshot, format_ts, parse_date,
-    parse_ts,
+    MAX_COMMAND_SKEW_MS, MAX_ECHO_BYTES, NO_RELEASE, Override, PassEvent, Refusal, Snapshot,
+    bounded, format_ts, parse_date, parse_ts,
 };
 
 /// Who this gate is; stamped on every event.
@@ -128,6 +128,10 @@ pub struct Db {
     floor: Option<UnixMs>,
     /// Contact with the centre, when the gate has one (`[mqtt]`).
     contact: Option<Contact>,
+    /// What the gate decided since it lost contact (persisted with the passes it counts).
+    offline_counts: OfflineCounts,
+    /// The latest time without contact that has ended (persisted), for the status.
+    last_offline: Option<Outage>,
     /// Two-factor lanes: the first factor waiting on each lane. Not persisted: after a
     /// restart both factors are asked again.
     first_factors: std::collections::HashMap<u16, FirstFactor>,
@@ -140,6 +144,26 @@ pub struct Contact {
     /// When the gate last was in contact (persisted in `state`, at most a minute old).
     pub last: Option<UnixMs>,
     persisted: Option<UnixMs>,
+}
+
+/// Credential decisions taken without contact with the centre.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OfflineCounts {
+    pub granted: u64,
+    pub denied: u64,
+    /// Of `denied`: refused `offline_limit`.
+    pub offline_limit: u64,
+}
+
+/// A time without contact with the centre that has ended, and what the gate decided in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outage {
+    /// The last contact before it, as persisted (at most a minute early); `None` when the
+    /// gate had never been in contact.
+    pub since: Option<UnixMs>,
+    /// When contact came back.
+    pub until: UnixMs,
+    pub counts: OfflineCounts,
 }
 
 /// How often `last_contact` is written while connected.
@@ -196,9 +220,20 @@ impl Db {
             built: 0,
             floor: None,
             contact: None,
+            offline_counts: OfflineCounts::default(),
+            last_offline: None,
             first_factors: Default::default(),
         };
         db.mode = db.read_mode()?;
+        // Unreadable (written by another version): start the count over rather than refuse
+        // to open; the passes themselves are in the event log.
+        db.offline_counts = db
+            .read_state(OFFLINE_COUNTS)?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default();
+        db.last_offline = db
+            .read_state(LAST_OFFLINE)?
+            .and_then(|v| serde_json::from_str(&v).ok());
         db.floor = db.read_state("clock_floor")?.and_then(|v| v.parse().ok());
         db.calendar = load_calendar(&db.conn)?;
         Ok(db)
@@ -229,6 +264,7 @@ impl Db {
     pub fn record_passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
         let mut factors = self.first_factors.clone();
         let mut floor = self.floor;
+        let mut counts = self.offline_counts;
         let tx = write(&mut self.conn)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
@@ -243,8 +279,11 @@ impl Db {
                 offline_ms: offline_ms(self.contact, input.now),
             };
             let o = record_pass(&tx, &rules, &mut factors, input)?;
-            if matches!(o, PassOutcome::Recorded { .. }) {
+            if let PassOutcome::Recorded { verdict, .. } = &o {
                 added += 1;
+                if rules.offline_ms.is_some() {
+                    counts.count(verdict.reason);
+                }
                 // The floor moves only with a trusted clock: a clock set years ahead must not
                 // leave the gate distrusting every correct time after it.
                 if clock.trusted() && floor.is_none_or(|f| input.now > f) {
@@ -258,9 +297,13 @@ impl Db {
         {
             set_state(&tx, "clock_floor", &f.to_string())?;
         }
+        if counts != self.offline_counts {
+            set_state(&tx, OFFLINE_COUNTS, &to_json(&counts)?)?;
+        }
         tx.commit()?;
         self.first_factors = factors;
         self.floor = floor;
+        self.offline_counts = counts;
         self.pending += added;
         // The passes are committed: whatever happens to the alarm, they stay recorded and
         // their lanes may open.
@@ -781,6 +824,9 @@ impl Db {
         };
         let was = c.connected;
         c.connected = connected;
+        if connected && !was {
+            self.end_outage(c.last, now)?;
+        }
         if connected || was {
             // The clock as it reads now, not the latest ever seen: a contact time saved while
             // the clock ran ahead would otherwise keep the offline limit off until that date.
@@ -801,6 +847,38 @@ impl Db {
         }
         self.contact = Some(c);
         Ok(())
+    }
+
+    /// Contact is back: the time without it, and what was decided meanwhile, becomes
+    /// `last_offline` and the count starts over, in one transaction. A start is an outage
+    /// too (since the last contact persisted before it), unless the gate never had contact
+    /// and decided nothing: a new gate's first connection.
+    fn end_outage(&mut self, since: Option<UnixMs>, now: UnixMs) -> Result<(), StoreError> {
+        if since.is_none() && self.offline_counts == OfflineCounts::default() {
+            return Ok(());
+        }
+        let outage = Outage {
+            since,
+            until: now,
+            counts: self.offline_counts,
+        };
+        let tx = write(&mut self.conn)?;
+        set_state(&tx, LAST_OFFLINE, &to_json(&outage)?)?;
+        set_state(&tx, OFFLINE_COUNTS, &to_json(&OfflineCounts::default())?)?;
+        tx.commit()?;
+        self.last_offline = Some(outage);
+        self.offline_counts = OfflineCounts::default();
+        Ok(())
+    }
+
+    /// The latest time without contact that has ended, for the status.
+    pub fn last_offline(&self) -> Option<Outage> {
+        self.last_offline
+    }
+
+    /// What has been decided since contact was lost (zero while in contact).
+    pub fn offline_counts(&self) -> OfflineCounts {
+        self.offline_counts
     }
 
     /// Since when the gate has had no contact with the centre; `None` while in contact or
@@ -851,6 +929,19 @@ impl Db {
                 )?
                 .execute(params![e.gate, e.seq, e.id, now])?;
                 learned += 1;
+                if e.override_
+                    .as_ref()
+                    .is_some_and(|o| o.input == CLEAR_PASSBACK_ALL)
+                {
+                    // Only what was known when the peer cleared it: a pass after the clear
+                    // (here or learned) stands.
+                    if let Ok(at) = parse_ts(&e.ts) {
+                        let at = at.min(now.saturating_add(PEER_SKEW_MS));
+                        tx.prepare_cached("DELETE FROM passback WHERE at <= ?1")?
+                            .execute([at])?;
+                    }
+                    continue;
+                }
                 let Some(subject) = &e.subject else { continue };
                 let Ok(at) = parse_ts(&e.ts) else { continue };
                 // A peer whose clock runs ahead must not plant a state that never resets and
@@ -1043,11 +1134,39 @@ impl Db {
             flags: vec![NO_RELEASE.to_string()],
             ..EventDraft::bare(0, Direction::In, Reason::OverrideRemote)
         };
+        if !knows_subject(&self.conn, subject)? {
+            return Ok(Err(Refusal::UnknownSubject(format!(
+                "`{}` is in no staff entry or invitation in force and has no anti-passback \
+                 state here; nothing was cleared",
+                bounded(subject, MAX_ECHO_BYTES)
+            ))));
+        }
         self.record_event(draft, stamp, now, |tx| {
             tx.prepare_cached("DELETE FROM passback WHERE subject = ?1")?
                 .execute([subject])?;
             Ok(())
         })
+    }
+
+    /// A guard's override after a drill: forgets every subject's anti-passback state, and
+    /// records it as an override event without a subject, which the other gates learn from.
+    pub fn clear_passback_all(
+        &mut self,
+        override_: Override,
+        stamp: Option<&Stamp>,
+        now: UnixMs,
+    ) -> Result<Result<(PassEvent, usize), Refusal>, StoreError> {
+        let draft = EventDraft {
+            override_: Some(override_),
+            flags: vec![NO_RELEASE.to_string()],
+            ..EventDraft::bare(0, Direction::In, Reason::OverrideRemote)
+        };
+        let mut cleared = 0;
+        let event = self.record_event(draft, stamp, now, |tx| {
+            cleared = tx.prepare_cached("DELETE FROM passback")?.execute([])?;
+            Ok(())
+        })?;
+        Ok(event.map(|e| (e, cleared)))
     }
 
     /// Used entries of an invitation (for tests and status).
@@ -1156,8 +1275,44 @@ impl EventDraft {
     }
 }
 
+/// `state` keys of the outage report (item `last_offline` of the status).
+const OFFLINE_COUNTS: &str = "offline_counts";
+const LAST_OFFLINE: &str = "last_offline";
+
+impl OfflineCounts {
+    fn count(&mut self, reason: Reason) {
+        if reason.is_granted() {
+            self.granted += 1;
+        } else {
+            self.denied += 1;
+            if reason == Reason::OfflineLimit {
+                self.offline_limit += 1;
+            }
+        }
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
 /// The `override.input` of the event that records a `clear_passback` override.
 pub const CLEAR_PASSBACK: &str = "clear_passback";
+/// The `override.input` of the event that records a `clear_passback_all` override.
+pub const CLEAR_PASSBACK_ALL: &str = "clear_passback_all";
+
+/// Whether `subject` is a staff entry or an invitation in force, or has an anti-passback
+/// state here (learned from a peer, or left by an entry since removed).
+fn knows_subject(conn: &Connection, subject: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM staff WHERE subject = ?1
+                          AND gen = (SELECT gen FROM list_version WHERE list = 'staff'))
+             OR EXISTS (SELECT 1 FROM invitation WHERE invitation = ?1
+                          AND gen = (SELECT gen FROM list_version WHERE list = 'visitors'))
+             OR EXISTS (SELECT 1 FROM passback WHERE subject = ?1)",
+    )?
+    .query_row([subject], |r| r.get(0))
+}
 
 /// What a decision is judged under, besides the credential and its entries.
 struct Rules<'a> {
@@ -1643,8 +1798,9 @@ fn upsert_entries(
     match entries {
         Entries::Staff(v) => {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates, schedule, grp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO staff (gen, subject, name, valid_from, valid_until, gates, schedule, grp,
+                   lockdown_exempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut cred = tx.prepare_cached(
                 "INSERT INTO staff_credential (kind, cred_id, gen, subject) VALUES (?1, ?2, ?3, ?4)",
@@ -1661,7 +1817,8 @@ fn upsert_entries(
                     ts_opt(&e.valid_until),
                     gates_json(&e.gates),
                     e.schedule,
-                    e.group
+                    e.group,
+                    e.lockdown_exempt
                 ])?;
                 for c in &e.credentials {
                     if let Err(r) = insert_credential(&mut cred, c, generation, &e.subject)? {
@@ -1882,7 +2039,7 @@ fn lookup(
         Some((generation, subject)) => {
             let last = last(&subject)?;
             conn.prepare_cached(
-                "SELECT valid_from, valid_until, gates, schedule, grp FROM staff
+                "SELECT valid_from, valid_until, gates, schedule, grp, lockdown_exempt FROM staff
                  WHERE gen = ?1 AND subject = ?2",
             )?
             .query_row(params![generation, subject], |r| {
@@ -1895,6 +2052,7 @@ fn lookup(
                     },
                     schedule: r.get(3)?,
                     group: r.get(4)?,
+                    lockdown_exempt: r.get(5)?,
                     last,
                 })
             })

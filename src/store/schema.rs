@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5, v6];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5, v6, v7];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -196,6 +196,11 @@ fn v5(tx: &Transaction) -> rusqlite::Result<()> {
 /// v6: an invitation may name a weekly schedule, as a staff entry does.
 fn v6(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch("ALTER TABLE invitation ADD COLUMN schedule TEXT;")
+}
+
+/// v7: staff entries that pass a lockdown (responders).
+fn v7(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE staff ADD COLUMN lockdown_exempt INTEGER NOT NULL DEFAULT 0;")
 }
 
 /// The database's schema version, or why this gated refuses it (one from a newer gated).

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::core::{ClockSense, ClockState, Credential, CredentialKind, Direction, Mode, Reason};
-use crate::sync::contract::{ListName, parse_delta, parse_snapshot};
+use crate::sync::contract::{ListName, NO_RELEASE, Refusal, parse_delta, parse_snapshot};
 
 const NOW: i64 = 1_795_000_000_000;
 
@@ -1202,4 +1202,178 @@ async fn a_store_is_opened_once_and_its_files_are_private() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     assert_eq!(files::too_wide(&path), vec![(path.clone(), 0o640)]);
     drop(store);
+}
+
+#[test]
+fn an_outage_is_kept_across_a_restart_and_reported_with_its_decisions_once_contact_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hour = 3_600_000;
+    let policy = Policy {
+        staff_max_offline: Some(24 * hour),
+        ..Policy::default()
+    };
+    let mut db = open_with(&dir, "g.db", "east-1", policy.clone());
+    db.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+        .expect("apply")
+        .expect("applied");
+    db.expect_centre().expect("centre");
+    db.contact(true, NOW).expect("contact");
+    // Decisions in contact are not counted.
+    record_one(&mut db, at("c1", Direction::In, NOW + 1));
+    assert_eq!(db.last_offline(), None, "a first connection is no outage");
+    db.contact(false, NOW + hour).expect("lost");
+    record_one(&mut db, at("c1", Direction::Out, NOW + 2 * hour));
+    record_one(&mut db, at("nobody", Direction::In, NOW + 3 * hour));
+    drop(db);
+    // Restarted while still offline: the count so far survives.
+    let mut db = open_with(&dir, "g.db", "east-1", policy);
+    db.expect_centre().expect("centre");
+    assert_eq!(
+        reason(&record_one(
+            &mut db,
+            at("c1", Direction::In, NOW + 26 * hour)
+        )),
+        Reason::OfflineLimit
+    );
+    db.contact(true, NOW + 27 * hour).expect("back");
+    assert_eq!(
+        db.last_offline(),
+        Some(Outage {
+            since: Some(NOW + hour),
+            until: NOW + 27 * hour,
+            counts: OfflineCounts {
+                granted: 1,
+                denied: 2,
+                offline_limit: 1
+            },
+        })
+    );
+    assert_eq!(db.offline_counts(), OfflineCounts::default());
+    // Still connected: the next status tick changes nothing, and the report is kept.
+    db.contact(true, NOW + 28 * hour).expect("tick");
+    record_one(&mut db, at("c1", Direction::Out, NOW + 28 * hour));
+    assert_eq!(db.offline_counts(), OfflineCounts::default());
+    assert_eq!(db.last_offline().map(|o| o.until), Some(NOW + 27 * hour));
+}
+
+#[test]
+fn a_clear_for_an_unknown_subject_is_refused_and_records_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut east = open_with(&dir, "east.db", "east-1", hard_passback());
+    east.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+        .expect("apply")
+        .expect("applied");
+    let ov = || crate::sync::contract::Override {
+        source: "remote".into(),
+        input: CLEAR_PASSBACK.into(),
+        by: Some("ops".into()),
+    };
+    let refused = east
+        .clear_passback(
+            "E2",
+            ov(),
+            Some(&stamp("n-unknown-1", NOW, NOW + 60_000)),
+            NOW,
+        )
+        .expect("store");
+    assert!(
+        matches!(&refused, Err(Refusal::UnknownSubject(d)) if d.contains("`E2`")),
+        "{refused:?}"
+    );
+    assert!(events_of(&east).is_empty(), "nothing recorded");
+    // A staff entry in force, even without a state yet, is known.
+    east.clear_passback("E1", ov(), None, NOW + 1)
+        .expect("store")
+        .expect("cleared");
+    // A state learned from a peer, for a subject not in this gate's lists, is known too.
+    let mut west = open_with(&dir, "west.db", "west-1", hard_passback());
+    west.apply_snapshot(&staff_snapshot(1, &[("W9", "c9")]))
+        .expect("apply")
+        .expect("applied");
+    record_one(&mut west, at("c9", Direction::In, NOW + 2));
+    east.learn(&events_of(&west), NOW + 3).expect("learn");
+    east.clear_passback("W9", ov(), None, NOW + 4)
+        .expect("store")
+        .expect("cleared");
+}
+
+#[test]
+fn clear_passback_all_forgets_everyone_here_and_at_the_peers_up_to_its_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut east = open_with(&dir, "east.db", "east-1", hard_passback());
+    let mut west = open_with(&dir, "west.db", "west-1", hard_passback());
+    for db in [&mut east, &mut west] {
+        db.apply_snapshot(&staff_snapshot(
+            1,
+            &[("E1", "c1"), ("E2", "c2"), ("E3", "c3")],
+        ))
+        .expect("apply")
+        .expect("applied");
+    }
+    record_one(&mut east, at("c1", Direction::In, NOW));
+    record_one(&mut east, at("c2", Direction::In, NOW + 1));
+    west.learn(&events_of(&east), NOW + 2).expect("learn");
+    let ov = crate::sync::contract::Override {
+        source: "remote".into(),
+        input: CLEAR_PASSBACK_ALL.into(),
+        by: Some("ops".into()),
+    };
+    let (event, cleared) = east
+        .clear_passback_all(ov, None, NOW + 10)
+        .expect("store")
+        .expect("cleared");
+    assert_eq!(cleared, 2);
+    assert_eq!(event.subject, None);
+    assert_eq!(event.flags, vec![NO_RELEASE.to_string()]);
+    assert!(!event.released(), "no lane opens");
+    for s in ["E1", "E2"] {
+        assert_eq!(east.last_pass(s).expect("state"), None, "{s} at east");
+    }
+    assert_eq!(
+        reason(&record_one(&mut east, at("c1", Direction::In, NOW + 11))),
+        Reason::Staff
+    );
+    // West passed E3 after the clear (by its time): that state stands when it learns it.
+    record_one(&mut west, at("c3", Direction::In, NOW + 20));
+    west.learn(&[event], NOW + 21).expect("learn");
+    for s in ["E1", "E2"] {
+        assert_eq!(west.last_pass(s).expect("state"), None, "{s} at west");
+    }
+    assert_eq!(
+        west.last_pass("E3").expect("state").map(|l| l.direction),
+        Some(Direction::In)
+    );
+}
+
+#[test]
+fn a_responder_kept_in_the_store_passes_a_lockdown_and_a_delta_can_take_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let body = r#"{"list":"staff","site":"hq","version":1,"entries":[
+        {"subject":"E1","credentials":[{"kind":"card","id":"0001"}],"gates":["*"]},
+        {"subject":"R7","credentials":[{"kind":"card","id":"0007"}],"gates":["*"],
+         "lockdown_exempt":true}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Staff, body.as_bytes()).expect("snapshot"))
+        .expect("db")
+        .expect("applied");
+    db.set_mode(Mode::Lockdown, "remote", "normal -> lockdown", None, NOW)
+        .expect("db")
+        .expect("set");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0001", None))),
+        Reason::Lockdown
+    );
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0007", None))),
+        Reason::LockdownExempt
+    );
+    let delta = r#"{"list":"staff","site":"hq","version":2,"base":1,"upsert":[
+        {"subject":"R7","credentials":[{"kind":"card","id":"0007"}],"gates":["*"]}]}"#;
+    db.apply_delta(&parse_delta(ListName::Staff, delta.as_bytes()).expect("delta"))
+        .expect("db")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut db, pass("0007", None))),
+        Reason::Lockdown
+    );
 }

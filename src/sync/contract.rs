@@ -162,7 +162,8 @@ pub struct PassEvent {
     pub flags: Vec<String>,
 }
 
-/// The flag of a `granted` override event that released no lane (`clear_passback`): it is
+/// The flag of a `granted` override event that released no lane (`clear_passback`,
+/// `clear_passback_all`): it is
 /// recorded as an event so that peer gates learn it, but it is not a pass, and nobody went
 /// through.
 pub const NO_RELEASE: &str = "no_release";
@@ -173,10 +174,10 @@ impl PassEvent {
     pub fn released(&self) -> bool {
         self.decision == Decision::Granted
             && !self.flags.iter().any(|f| f == NO_RELEASE)
-            && self
-                .override_
-                .as_ref()
-                .is_none_or(|o| o.input != CommandKind::ClearPassback.as_str())
+            && self.override_.as_ref().is_none_or(|o| {
+                o.input != CommandKind::ClearPassback.as_str()
+                    && o.input != CommandKind::ClearPassbackAll.as_str()
+            })
     }
 }
 
@@ -243,6 +244,19 @@ pub struct StaffEntry {
     /// A group, whose schedule (`[policy.groups]`) applies when the entry names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// A responder: passes a lockdown (reason `lockdown_exempt`), within the entry's gates
+    /// and window (docs/policy.md).
+    #[serde(
+        default,
+        deserialize_with = "null_is_false",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub lockdown_exempt: bool,
+}
+
+/// An optional flag may be absent or `null`, like every optional field of a list entry.
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -396,6 +410,9 @@ pub enum Refusal {
     Replayed(String),
     /// A command this gate cannot carry out as asked (a lane it does not have).
     Unsupported(String),
+    /// A `clear_passback` for a subject this gate knows nothing of: no staff entry, no
+    /// invitation, no anti-passback state (a typo would otherwise be acked ok).
+    UnknownSubject(String),
     /// Recorded, but a device did not carry it out (the relay did not take the pulse).
     DeviceError(String),
     /// The store could not apply it; the lists in force are unchanged.
@@ -419,6 +436,7 @@ impl Refusal {
             Self::NotYetValid(_) => "not_yet_valid",
             Self::Replayed(_) => "replayed",
             Self::Unsupported(_) => "unsupported",
+            Self::UnknownSubject(_) => "unknown_subject",
             Self::DeviceError(_) => "device_error",
             Self::StoreError(_) => "store_error",
         }
@@ -439,6 +457,7 @@ impl Refusal {
             | Self::NotYetValid(d)
             | Self::Replayed(d)
             | Self::Unsupported(d)
+            | Self::UnknownSubject(d)
             | Self::DeviceError(d)
             | Self::StoreError(d) => d,
         }
@@ -777,6 +796,9 @@ pub enum CommandKind {
     /// Forget a subject's anti-passback state (a guard's override), here and, through the
     /// event it records, at the other gates of the site. Needs `subject`.
     ClearPassback,
+    /// Forget every subject's anti-passback state (after a drill), here and at the other
+    /// gates of the site. Takes no `subject`.
+    ClearPassbackAll,
 }
 
 impl CommandKind {
@@ -789,6 +811,7 @@ impl CommandKind {
             Self::EmergencyRelease => "emergency_release",
             Self::Resync => "resync",
             Self::ClearPassback => "clear_passback",
+            Self::ClearPassbackAll => "clear_passback_all",
         }
     }
     /// The mode a command puts the gate in, if it changes the mode.
@@ -799,7 +822,7 @@ impl CommandKind {
             Self::Lockdown => Some(Mode::Lockdown),
             Self::Normal => Some(Mode::Normal),
             Self::EmergencyRelease => Some(Mode::EmergencyRelease),
-            Self::Open | Self::Resync | Self::ClearPassback => None,
+            Self::Open | Self::Resync | Self::ClearPassback | Self::ClearPassbackAll => None,
         }
     }
 }
@@ -972,9 +995,29 @@ pub struct Status {
     /// Since when the gate has had no contact with the centre (null: in contact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_since: Option<String>,
+    /// The latest time without contact that has ended (an extension of the contract): a
+    /// status is only sent in contact, so this is how the centre learns of an outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offline: Option<LastOffline>,
     /// `true` from `gated demo` only (an extension of the contract): not a real gate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub demo: bool,
+}
+
+/// `last_offline` of the status: how long the gate was without contact with the centre, and
+/// the credential decisions it took meanwhile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastOffline {
+    /// The last contact before it (at most a minute early); null when there had been none.
+    pub since: Option<String>,
+    /// When contact came back.
+    pub until: String,
+    /// `until - since` in milliseconds; null with `since` null.
+    pub ms: Option<i64>,
+    pub granted: u64,
+    pub denied: u64,
+    /// Of `denied`: refused `offline_limit`.
+    pub offline_limit: u64,
 }
 
 #[cfg(test)]
@@ -1113,6 +1156,29 @@ mod tests {
         let s = parse_snapshot(ListName::Staff, body).expect("valid snapshot");
         assert_eq!(s.version, 42);
         assert_eq!(s.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_staff_entry_may_be_lockdown_exempt_and_says_so_only_as_a_boolean() {
+        let body = |v: &str| {
+            format!(
+                r#"{{"list":"staff","site":"hq","version":1,"entries":[{{"subject":"R7",
+                "credentials":[],"gates":["*"],"lockdown_exempt":{v}}}]}}"#
+            )
+        };
+        let exempt = |v: &str| match parse_snapshot(ListName::Staff, body(v).as_bytes()) {
+            Ok(Snapshot {
+                entries: Entries::Staff(e),
+                ..
+            }) => Ok(e[0].lockdown_exempt),
+            Ok(_) => panic!("staff entries"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(exempt("true"), Ok(true));
+        assert_eq!(exempt("false"), Ok(false));
+        assert_eq!(exempt("null"), Ok(false));
+        let e = exempt(r#""yes""#).expect_err("a string is refused");
+        assert!(e.detail().contains("lockdown_exempt"), "{e}");
     }
 
     #[test]

@@ -240,6 +240,7 @@ impl Downlink {
                     .ok_or_else(|| Refusal::Malformed("clear_passback needs a subject".into()))?;
                 self.control.clear_passback(subject, &origin, now).await
             }
+            CommandKind::ClearPassbackAll => self.control.clear_passback_all(&origin, now).await,
             CommandKind::Resync => {
                 // The link republishes the status after every downlink message it acks.
                 self.control.claim(&origin, now).await?;

@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::contract::{
-    Ack, ListVersions, MAX_DETAIL_BYTES, OutboxStatus, PassEvent, Status, Topics, bounded,
-    format_ts,
+    Ack, LastOffline, ListVersions, MAX_DETAIL_BYTES, OutboxStatus, PassEvent, Status, Topics,
+    bounded, format_ts,
 };
 use super::downlink::{self, Downlink};
 use super::transport::{self, Secrets};
@@ -973,12 +973,22 @@ impl<'a> Connection<'a> {
                     db.outbox_stats()?,
                     clock,
                     db.offline_since(),
+                    db.last_offline(),
                 ))
             })
             .await;
         let (mut clock, mut clock_reason, mut offline_since) = ("unknown".to_string(), None, None);
+        let mut last_offline = None;
         let (lists, outbox, store_state) = match store {
-            Ok((l, o, c, off)) => {
+            Ok((l, o, c, off, last)) => {
+                last_offline = last.map(|o| LastOffline {
+                    since: o.since.map(format_ts),
+                    until: format_ts(o.until),
+                    ms: o.since.map(|s| o.until.saturating_sub(s)),
+                    granted: o.counts.granted,
+                    denied: o.counts.denied,
+                    offline_limit: o.counts.offline_limit,
+                });
                 clock = c.as_str().to_string();
                 if let crate::core::ClockState::Untrusted(why) = c {
                     clock_reason = Some(why.as_str().to_string());
@@ -1028,6 +1038,7 @@ impl<'a> Connection<'a> {
             clock,
             clock_reason,
             offline_since,
+            last_offline,
             demo: false,
         }
     }

@@ -1,7 +1,8 @@
 //! Compound-wide anti-passback: two gates of one site on one real broker, each learning the
 //! other's passes from its events (`policy.peers`), with hard anti-passback. A subject who
 //! came in at one gate cannot come in again at the other until they have gone out somewhere;
-//! a guard's `clear_passback` at one gate clears the state at both.
+//! a guard's `clear_passback` at one gate clears the state at both, and `clear_passback_all`
+//! (after a drill) clears everyone's.
 
 use serde_json::{Value, json};
 
@@ -166,4 +167,84 @@ async fn anti_passback_holds_across_two_gates_of_a_site() {
     })
     .await;
     assert_eq!(entries(), 1, "the refused pass opened west");
+}
+
+#[tokio::test]
+async fn after_a_drill_one_clear_for_everyone_at_one_gate_lets_everyone_in_at_both() {
+    let broker = Broker::start().await;
+    let centre = Centre::connect(broker.port).await;
+    centre
+        .publish(
+            STAFF_TOPIC,
+            staff_snapshot("hq", 1, &[("E1001", "0012345678"), ("E2002", "0055555555")]),
+            true,
+        )
+        .await;
+    let east = Gate::start("east-1", "west-1", broker.port).await;
+    let west = Gate::start("west-1", "east-1", broker.port).await;
+    for g in [&east, &west] {
+        centre
+            .wait_json(
+                &format!("{} subscribed to its peer", g.name),
+                &g.topic("status"),
+                |s| s["devices"]["mqtt_peers"] == "ok" && s["lists"]["staff"] == 1,
+            )
+            .await;
+    }
+    // Both came in at east; west learned it and refuses them another entry.
+    let mut last = 0;
+    for card in ["0012345678", "0055555555"] {
+        let e = east.present(&centre, card, true).await;
+        assert_eq!(verdict(&e), ("granted", "staff"), "{e}");
+        last = seq(&e);
+    }
+    west.learned("east-1", last).await;
+    let w = west.present(&centre, "0055555555", true).await;
+    assert_eq!(verdict(&w), ("denied", "anti_passback"), "{w}");
+
+    // A typo is refused by name, and clears nobody.
+    let g = Gatectl::new(broker.port);
+    let r = g
+        .run(&[
+            "cmd",
+            "clear-passback",
+            "--gate",
+            "east-1",
+            "--subject",
+            "E9999",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("unknown_subject"), "{r:#?}");
+
+    let r = g
+        .run(&[
+            "cmd",
+            "clear-passback-all",
+            "--gate",
+            "east-1",
+            "--wait",
+            "10",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let cleared = centre
+        .wait_json("the override event", &east.topic("event"), |e| {
+            e["override"]["input"] == "clear_passback_all"
+        })
+        .await;
+    assert_eq!(
+        (&cleared["subject"], &cleared["flags"]),
+        (&Value::Null, &json!(["no_release"])),
+        "{cleared}"
+    );
+    west.learned("east-1", seq(&cleared)).await;
+    for card in ["0012345678", "0055555555"] {
+        let w = west.present(&centre, card, true).await;
+        assert_eq!(verdict(&w), ("granted", "staff"), "{w}");
+    }
+    let e = east.present(&centre, "0012345678", false).await;
+    assert_eq!(verdict(&e), ("granted", "staff"), "{e}");
 }

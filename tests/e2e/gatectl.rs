@@ -710,3 +710,48 @@ async fn a_gate_that_goes_offline_while_gatectl_waits_for_its_ack_is_named_at_on
         "{stderr}"
     );
 }
+
+/// A responder marked in the staff CSV passes a lockdown, recorded as such; everyone else is
+/// refused `lockdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_marked_lockdown_exempt_in_the_csv_passes_a_lockdown() {
+    let w = World::start().await;
+    let g = Gatectl::new(w.broker.port);
+    let csv = g.path("staff.csv");
+    std::fs::write(
+        &csv,
+        "subject,name,card,face,valid_from,valid_until,gates,lockdown_exempt\n\
+         E1001,Li Wei,0012345678,,,2099-12-31T23:59:59Z,*,\n\
+         R7,Fire Warden,0077777777,,,2099-12-31T23:59:59Z,*,yes\n",
+    )
+    .expect("write csv");
+    let r = g
+        .run(&["push", "staff", "--file", s(&csv), "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    let r = g
+        .run(&["cmd", "lockdown", "--gate", "east-1", "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(
+        (e["decision"].as_str(), e["reason"].as_str()),
+        (Some("denied"), Some("lockdown")),
+        "{e}"
+    );
+    let e = swipe(&w, "0077777777").await;
+    assert_eq!(
+        (
+            e["decision"].as_str(),
+            e["reason"].as_str(),
+            e["subject"].as_str()
+        ),
+        (Some("granted"), Some("lockdown_exempt"), Some("R7")),
+        "{e}"
+    );
+    wait_for("the responder's pulse", DEADLINE, || {
+        (w.devices.relay.pulses().len() == 1).then_some(())
+    })
+    .await;
+}

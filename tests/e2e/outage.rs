@@ -175,3 +175,60 @@ async fn an_event_whose_puback_was_lost_is_sent_again() {
     )
     .await;
 }
+
+/// Item `last_offline` of the status: a status is only sent in contact, so the gate tells the
+/// centre afterwards how long it was cut off and what it decided meanwhile, even when it was
+/// restarted during the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_status_says_how_long_it_lasted_and_what_was_decided() {
+    let mut w = World::start().await;
+    w.broker.stop();
+    // Restarted while the broker is down: offline from its first decision on. The last
+    // contact it will report is before this moment (the old process is gone).
+    w.daemon.restart();
+    let cut = std::time::Instant::now();
+    let reader = |n: usize| {
+        let r = &w.devices.reader1;
+        move || (r.acked().len() >= n).then_some(())
+    };
+    w.devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    w.devices
+        .reader1
+        .present(KIND_CARD, "0000000001", 0)
+        .expect("present");
+    wait_for("two offline decisions", DEADLINE, reader(2)).await;
+    // And restarted again: what was counted so far is kept.
+    w.daemon.restart();
+    w.devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    wait_for("the third offline decision", DEADLINE, reader(3)).await;
+    let offline_at_least = cut.elapsed().as_millis() as i64;
+    w.broker.restart().await;
+
+    let status = w
+        .centre
+        .wait_json("a status with last_offline", STATUS, |s| {
+            s["online"] == true && s["last_offline"].is_object()
+        })
+        .await;
+    let last = &status["last_offline"];
+    assert_eq!(
+        (&last["granted"], &last["denied"], &last["offline_limit"]),
+        (&2.into(), &1.into(), &0.into()),
+        "{status}"
+    );
+    let ms = last["ms"].as_i64().expect("ms");
+    assert!(
+        ms >= offline_at_least,
+        "{ms} ms, but offline for at least {offline_at_least} ms: {status}"
+    );
+    let since = last["since"].as_str().expect("since");
+    let until = last["until"].as_str().expect("until");
+    assert!(since < until, "{status}");
+    assert!(status.get("offline_since").is_none(), "{status}");
+}
