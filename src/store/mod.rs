@@ -9,7 +9,7 @@ mod files;
 mod schema;
 
 pub use db::{
-    Applied, CLEAR_PASSBACK, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow,
+    Applied, Behind, CLEAR_PASSBACK, Db, GateId, Generations, LIST_STEP, MailboxPos, OutboxRow,
     OutboxStats, PassInput, PassOutcome, SnapshotStep, Stamp, Stream, build_time,
 };
 
