@@ -41,6 +41,10 @@ pub const HEALTH_KEY: &str = "clock";
 /// recent.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 
+/// How far behind what the gate has seen the clock must read before `clock_behind` is raised:
+/// a small step back of time sync heals itself within seconds and needs nobody.
+const BEHIND_ALARM_MS: i64 = 60_000;
+
 /// How many used challenges are remembered, to call their reuse a replay.
 const USED_KEPT: usize = 16;
 
@@ -276,12 +280,18 @@ pub async fn watch(
             }
             let wall = now_ms();
             match shared.store.call(move |db| db.clock_behind(wall)).await {
-                Ok(Some(b)) if !behind_raised => {
+                Ok(Some(b))
+                    if !behind_raised
+                        && b.event
+                            .max(b.command)
+                            .is_some_and(|t| t - wall > BEHIND_ALARM_MS) =>
+                {
                     behind_raised = true;
                     let detail = behind_detail(&b, wall);
                     tracing::error!("clock behind: {detail}");
                     let _ = shared.alarm("clock_behind", "clock", &detail).await;
                 }
+                // Raised already, or behind by a few seconds only.
                 Ok(Some(_)) => {}
                 Ok(None) => behind_raised = false,
                 Err(e) => {
