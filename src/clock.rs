@@ -11,6 +11,11 @@
 //!   stays untrusted until time sync confirms it after the jump (the sync file is touched
 //!   after it). With `sync = "none"` nothing can confirm it: it stays untrusted until gated
 //!   restarts, which a guard does after checking the time.
+//!
+//! A clock that ran ahead by mistake and was set back leaves the gate behind what it has
+//! already seen (its latest event, its command clock). The watcher raises `clock_behind`,
+//! saying so and how to recover: an admin's signed `attest_time`, which must carry one of the
+//! challenges kept here (`Challenges`), so that a captured attestation cannot be played again.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +35,109 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// The health registry entry the watcher sets on every change (status drops it from devices).
 pub const HEALTH_KEY: &str = "clock";
+
+/// How long a clock challenge is taken, by the monotonic clock: an attestation held back and
+/// delivered later (with the gate's clock set back meanwhile) can only vouch for a time this
+/// recent.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+
+/// How far behind what the gate has seen the clock must read before `clock_behind` is raised:
+/// a small step back of time sync heals itself within seconds and needs nobody.
+const BEHIND_ALARM_MS: i64 = 60_000;
+
+/// How many used challenges are remembered, to call their reuse a replay.
+const USED_KEPT: usize = 16;
+
+/// The gate's clock challenges, in memory only (a restart forgets them all): at most two are
+/// taken at a time, the current one and the one before it (so that an admin who read the
+/// status just before it was replaced is not refused), each for `CHALLENGE_TTL` after it was
+/// made; a new one is made when the current one is half that old, and when one is used.
+#[derive(Debug, Default)]
+pub struct Challenges {
+    /// Newest last.
+    live: Vec<(String, Instant)>,
+    used: std::collections::VecDeque<String>,
+}
+
+/// Why a challenge was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChallengeError {
+    /// It was used before.
+    Used,
+    /// Too old, or never this gate's (or made before a restart).
+    Unknown,
+}
+
+impl Challenges {
+    /// The challenge to show in status now.
+    pub fn current(&mut self, now: Instant) -> String {
+        self.live
+            .retain(|(_, made)| now.saturating_duration_since(*made) < CHALLENGE_TTL);
+        let fresh = self
+            .live
+            .last()
+            .is_some_and(|(_, made)| now.saturating_duration_since(*made) < CHALLENGE_TTL / 2);
+        if !fresh {
+            self.push(now);
+        }
+        self.live.last().map(|(c, _)| c.clone()).unwrap_or_default()
+    }
+
+    /// Takes `challenge` once: it is never taken again, and a new one replaces it.
+    pub fn take(&mut self, challenge: &str, now: Instant) -> Result<(), ChallengeError> {
+        self.live
+            .retain(|(_, made)| now.saturating_duration_since(*made) < CHALLENGE_TTL);
+        let Some(i) = self.live.iter().position(|(c, _)| c == challenge) else {
+            return Err(if self.used.iter().any(|u| u == challenge) {
+                ChallengeError::Used
+            } else {
+                ChallengeError::Unknown
+            });
+        };
+        let (used, _) = self.live.remove(i);
+        if self.used.len() == USED_KEPT {
+            self.used.pop_front();
+        }
+        self.used.push_back(used);
+        self.push(now);
+        Ok(())
+    }
+
+    fn push(&mut self, now: Instant) {
+        use rand::RngCore as _;
+        let mut b = [0u8; 16];
+        rand::rng().fill_bytes(&mut b);
+        self.live
+            .push((b.iter().map(|x| format!("{x:02x}")).collect(), now));
+        if self.live.len() > 2 {
+            self.live.remove(0);
+        }
+    }
+}
+
+/// The alarm for a clock that reads earlier than what the gate has already seen.
+fn behind_detail(b: &crate::store::Behind, now: i64) -> String {
+    use crate::sync::contract::format_ts;
+    let mut seen = Vec::new();
+    if let Some(t) = b.event {
+        seen.push(format!("recorded an event at {}", format_ts(t)));
+    }
+    if let Some(t) = b.command {
+        seen.push(format!("judged commands at {}", format_ts(t)));
+    }
+    let until = b.event.max(b.command).unwrap_or(now);
+    format!(
+        "the clock reads {} but this gate has already {}: the clock ran ahead before and was \
+         set back. Until real time reaches {}, credentials limited in time are refused \
+         clock_untrusted and commands other than lockdown are refused expired. If the clock is \
+         right now, an admin attests it: gatectl cmd attest-time --gate {}; if it is not, fix time \
+         sync first",
+        format_ts(now),
+        seen.join(" and "),
+        format_ts(until),
+        b.gate
+    )
+}
 
 /// When the sync file was last touched (Unix ms), if it exists.
 fn synced_at(path: &Path) -> Option<i64> {
@@ -134,6 +242,8 @@ pub async fn watch(
     tell(&shared, sense).await;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
+        // Raised once each time the clock falls behind, not every second it stays there.
+        let mut behind_raised = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -168,6 +278,26 @@ pub async fn watch(
                 sense = now;
                 tell(&shared, sense).await;
             }
+            let wall = now_ms();
+            match shared.store.call(move |db| db.clock_behind(wall)).await {
+                Ok(Some(b))
+                    if !behind_raised
+                        && b.event
+                            .max(b.command)
+                            .is_some_and(|t| t - wall > BEHIND_ALARM_MS) =>
+                {
+                    behind_raised = true;
+                    let detail = behind_detail(&b, wall);
+                    tracing::error!("clock behind: {detail}");
+                    let _ = shared.alarm("clock_behind", "clock", &detail).await;
+                }
+                // Raised already, or behind by a few seconds only.
+                Ok(Some(_)) => {}
+                Ok(None) => behind_raised = false,
+                Err(e) => {
+                    tracing::error!(error = %e, "the clock could not be compared with the store")
+                }
+            }
         }
     })
 }
@@ -197,6 +327,38 @@ async fn tell(shared: &Shared, sense: ClockSense) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_challenge_is_taken_once_and_only_while_fresh() {
+        let t0 = Instant::now();
+        let mut c = Challenges::default();
+        let first = c.current(t0);
+        assert_eq!(first.len(), 32);
+        assert_eq!(c.current(t0 + Duration::from_secs(60)), first, "stable");
+        // Replaced at half its life; the one before is still taken until its own end.
+        let half = t0 + CHALLENGE_TTL / 2;
+        let second = c.current(half);
+        assert_ne!(second, first);
+        assert_eq!(c.take(&first, half), Ok(()));
+        // Taken once: the same challenge again is a replay.
+        assert_eq!(c.take(&first, half), Err(ChallengeError::Used));
+        // Using one replaces the current one too: status shows a new one.
+        let third = c.current(half);
+        assert_ne!(third, second);
+        assert_eq!(
+            c.take("not-a-challenge", half),
+            Err(ChallengeError::Unknown)
+        );
+        // One held back past its life is refused (the monotonic clock, which no time sync
+        // moves, says how old it is).
+        let late = half + CHALLENGE_TTL;
+        assert_eq!(c.take(&third, late), Err(ChallengeError::Unknown));
+        // A restart forgets them all.
+        let mut fresh = Challenges::default();
+        let now = fresh.current(t0);
+        assert_eq!(fresh.take(&second, t0), Err(ChallengeError::Unknown));
+        assert_eq!(fresh.take(&now, t0), Ok(()));
+    }
 
     #[test]
     fn a_jump_is_untrusted_until_time_sync_confirms_it() {

@@ -72,6 +72,8 @@ pub struct Control {
     /// one lock for both, so that a mode change checks and switches against the same state
     /// a fire alarm or an emergency button changes.
     latch: std::sync::Mutex<Latch>,
+    /// What an `attest_time` must carry: status shows the current one.
+    challenges: std::sync::Mutex<crate::clock::Challenges>,
 }
 
 /// What the emergency latch and the mode switches share.
@@ -118,6 +120,7 @@ impl Control {
                 started: persisted.then(std::time::Instant::now),
                 ..Latch::default()
             }),
+            challenges: Default::default(),
         }
     }
 
@@ -569,6 +572,66 @@ impl Control {
             latch.epoch += 1;
             self.mode_tx.send_replace(mode);
         }
+        self.shared.kick_outbox();
+        tracing::warn!("{detail}");
+        Ok(detail)
+    }
+
+    /// The clock challenge status shows now.
+    pub fn clock_challenge(&self) -> String {
+        self.challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .current(std::time::Instant::now())
+    }
+
+    /// An admin's signed attestation that the clock reads right now (`attest_time`): the
+    /// challenge is taken once (a captured attestation cannot be played again, and one held
+    /// back is refused after `CHALLENGE_TTL`), then the store lets the clock's high-water
+    /// marks go back to now.
+    pub async fn attest_time(
+        &self,
+        challenge: &str,
+        origin: &Origin,
+        now: UnixMs,
+    ) -> Result<String, Refusal> {
+        use crate::clock::{CHALLENGE_TTL, ChallengeError};
+        let Some(stamp) = origin.nonce.clone() else {
+            return Err(Refusal::Malformed(
+                "a time attestation comes as a signed command".into(),
+            ));
+        };
+        let _one_at_a_time = self.serial.lock().await;
+        self.check_unclaimed(origin, now).await?;
+        let taken = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(challenge, std::time::Instant::now());
+        match taken {
+            Ok(()) => {}
+            Err(ChallengeError::Used) => {
+                return Err(Refusal::Replayed(format!(
+                    "challenge `{challenge}` was used before: an attestation is carried out \
+                     once; read the gate's status for its current clock_challenge"
+                )));
+            }
+            Err(ChallengeError::Unknown) => {
+                return Err(Refusal::Stale(format!(
+                    "challenge `{challenge}` is not one this gate takes now (a challenge is \
+                     taken for {} min, and a restart replaces it): read the gate's status for \
+                     its current clock_challenge",
+                    CHALLENGE_TTL.as_secs() / 60
+                )));
+            }
+        }
+        let by = origin.describe();
+        let detail = self
+            .shared
+            .store
+            .call(move |db| db.attest_time(&stamp, &by, now))
+            .await
+            .map_err(|e| Refusal::StoreError(format!("the attestation was not recorded: {e}")))??;
         self.shared.kick_outbox();
         tracing::warn!("{detail}");
         Ok(detail)

@@ -143,6 +143,8 @@ pub struct CommandRequest {
     pub direction: Option<Direction>,
     /// For `clear_passback`: the subject.
     pub subject: Option<String>,
+    /// For `attest_time`: the challenge from the gate's status.
+    pub challenge: Option<String>,
     /// How long the gate may carry it out, from `now`.
     pub ttl_ms: i64,
 }
@@ -164,6 +166,7 @@ pub fn command_body(req: &CommandRequest, now: UnixMs) -> Result<(String, Vec<u8
         lane: req.lane,
         direction: req.direction,
         subject: req.subject.clone(),
+        challenge: req.challenge.clone(),
         nonce: nonce.clone(),
         issued_at: format_ts(now),
         expires_at: format_ts(now + req.ttl_ms),
@@ -483,6 +486,7 @@ mod tests {
             lane: Some(0),
             direction: Some(Direction::In),
             subject: None,
+            challenge: None,
             ttl_ms: 60_000,
         };
         let (nonce, body) = command_body(&req, NOW).expect("valid");

@@ -27,8 +27,8 @@ use super::rows::{self, Format};
 use super::show;
 use crate::core::{CredentialKind, UnixMs};
 use crate::sync::contract::{
-    Ack, Alarm, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Refusal, Snapshot, Topics,
-    VisitorEntry, format_ts, message_digest, parse_ts,
+    Ack, Alarm, CommandKind, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Refusal,
+    Snapshot, Topics, VisitorEntry, format_ts, message_digest, parse_ts,
 };
 use crate::sync::envelope::{AdminKey, Verifier};
 
@@ -1034,12 +1034,21 @@ pub async fn cmd(
     }
     let t = site.topics(&req.gate);
     let now = now();
-    let (nonce, body) = lists::command_body(&req, now).map_err(|r| {
-        Failure::new(
-            &what,
-            format!("the command would be refused: {}", r.detail()),
-        )
-        .with_exit(64)
+    let attest = req.cmd == CommandKind::AttestTime;
+    let build = |req: &CommandRequest| {
+        lists::command_body(req, now).map_err(|r| {
+            Failure::new(
+                &what,
+                format!("the command would be refused: {}", r.detail()),
+            )
+            .with_exit(64)
+        })
+    };
+    // An attestation carries the challenge of the gate's status, read once connected; its
+    // other fields are checked now, with a stand-in.
+    let (mut nonce, mut body) = build(&CommandRequest {
+        challenge: attest.then(|| "stand-in-challenge".to_string()),
+        ..req.clone()
     })?;
     let mut session = site.connect("cmd", &what).await?;
     // The ack topic before publishing: an ack cannot come before its subscription. The status
@@ -1048,10 +1057,11 @@ pub async fn cmd(
         .subscribe(&[t.ack(), t.status()])
         .await
         .map_err(|e| Failure::new(&what, e))?;
-    if gate_is_offline(&mut session, &t.status())
+    let status = retained_status(&mut session, &t.status())
         .await
-        .map_err(|e| Failure::new(&what, e))?
-    {
+        .map_err(|e| Failure::new(&what, e))?;
+    let offline = status.as_ref().and_then(|s| s.get("online")?.as_bool()) == Some(false);
+    if offline {
         session.close().await;
         return Err(Failure::new(
             &what,
@@ -1062,6 +1072,28 @@ pub async fn cmd(
             ),
         )
         .with_exit(EXIT_OFFLINE));
+    }
+    if attest {
+        let challenge = status
+            .as_ref()
+            .and_then(|s| s.get("clock_challenge")?.as_str())
+            .map(str::to_string);
+        let Some(challenge) = challenge else {
+            session.close().await;
+            return Err(Failure::new(
+                &what,
+                format!(
+                    "{}'s status on {} shows no clock_challenge (no status yet, or a gated \
+                     that does not take attest_time); nothing was sent",
+                    req.gate,
+                    t.status()
+                ),
+            ));
+        };
+        (nonce, body) = build(&CommandRequest {
+            challenge: Some(challenge),
+            ..req.clone()
+        })?;
     }
     let payload = key.seal(&body);
     let ours = BTreeSet::from([message_digest(&payload)]);
@@ -1152,18 +1184,17 @@ pub async fn cmd(
     }
 }
 
-/// Whether the gate's status on `topic` (subscribed to, the SUBACK received) says offline.
-/// The broker sends the retained one right after the SUBACK; a gate that never connected has
-/// none, and then this waits `QUIET` and says no.
-async fn gate_is_offline(session: &mut Session, topic: &str) -> Result<bool, MqttError> {
+/// The gate's retained status on `topic` (subscribed to, the SUBACK received). The broker
+/// sends it right after the SUBACK; a gate that never connected has none, and then this
+/// waits `QUIET` and says so.
+async fn retained_status(session: &mut Session, topic: &str) -> Result<Option<Value>, MqttError> {
     let end = Instant::now() + QUIET;
     while let Some(m) = session.next(end).await? {
         if m.topic == topic {
-            let status = serde_json::from_slice::<Value>(&m.payload).ok();
-            return Ok(status.and_then(|s| s.get("online")?.as_bool()) == Some(false));
+            return Ok(serde_json::from_slice::<Value>(&m.payload).ok());
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 // ---- tail ----------------------------------------------------------------------------------------

@@ -282,6 +282,9 @@ east-1  yes     normal  43       7           3       0       12s  reader1:timeou
         after_help = "Exit 0 when the gate carried it out, 1 when it refused (with its reason), 2 when no\n\
 ack came in time, 3 when the gate's status says it is offline (then nothing is sent) or it went\n\
 offline before it acked.\n\n\
+`attest-time` vouches that the gate's clock reads right now (after a clock that ran ahead\n\
+by mistake was set back): it carries the challenge of the gate's status, is valid for at\n\
+most 300 s, and is refused if the gate's clock and this machine's are 5 min apart.\n\n\
 Example:\n  gatectl cmd open --gate east-1 --lane 0 --direction in\n  \
 east-1: open ok (lane 0 in released for 3000 ms; event seq 1043)"
     )]
@@ -535,6 +538,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 lane: *lane,
                 direction,
                 subject: subject.clone(),
+                challenge: None,
                 ttl_ms: i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX),
             };
             ops::cmd(&s, key, req, Duration::from_secs(*wait), out).await

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
 use super::{StoreError, schema};
-use crate::core::time::{ClockSense, ClockState, judge_clock};
+use crate::core::time::{ClockSense, ClockState, FLOOR_SLACK_MS, judge_clock};
 use crate::core::{
     self, Calendar, Context, Credential, CredentialKind, Direction, Exception, FactorChange,
     FirstFactor, InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span,
@@ -16,8 +16,8 @@ use crate::core::{
 };
 use crate::sync::contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
-    MAX_COMMAND_SKEW_MS, MAX_ECHO_BYTES, NO_RELEASE, Override, PassEvent, Refusal, Snapshot,
-    bounded, format_ts, parse_date, parse_ts,
+    MAX_ATTEST_LIFETIME_MS, MAX_COMMAND_SKEW_MS, MAX_ECHO_BYTES, NO_RELEASE, Override, PassEvent,
+    Refusal, Snapshot, bounded, format_ts, parse_date, parse_ts,
 };
 
 /// Who this gate is; stamped on every event.
@@ -40,6 +40,16 @@ pub struct Stamp {
     pub nonce: String,
     pub issued_at: UnixMs,
     pub expires_at: UnixMs,
+}
+
+/// Which clock a command's expiry is judged on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judge {
+    /// The command clock, which never goes back: every command but a lockdown.
+    CommandClock,
+    /// The gate's clock as it reads: a lockdown, which only closes, so that a gate whose
+    /// clock once ran ahead can always be locked down.
+    OwnClock,
 }
 
 /// A credential to decide and record.
@@ -126,6 +136,9 @@ pub struct Db {
     built: UnixMs,
     /// The latest time an event was recorded at with a trusted clock (persisted).
     floor: Option<UnixMs>,
+    /// An admin attested the clock after the jump the watcher reports: the jump no longer
+    /// makes it untrusted. Until the watcher sees another jump, or the jump is confirmed.
+    jump_attested: bool,
     /// Contact with the centre, when the gate has one (`[mqtt]`).
     contact: Option<Contact>,
     /// What the gate decided since it lost contact (persisted with the passes it counts).
@@ -219,6 +232,7 @@ impl Db {
             // or a test judges the clock without it.
             built: 0,
             floor: None,
+            jump_attested: false,
             contact: None,
             offline_counts: OfflineCounts::default(),
             last_offline: None,
@@ -667,7 +681,7 @@ impl Db {
     ) -> Result<Result<PassEvent, Refusal>, StoreError> {
         let tx = write(&mut self.conn)?;
         if let Some(stamp) = stamp
-            && let Err(r) = claim_nonce(&tx, stamp, now)?
+            && let Err(r) = claim_nonce(&tx, stamp, now, Judge::CommandClock)?
         {
             return Ok(Err(r));
         }
@@ -690,8 +704,13 @@ impl Db {
         now: UnixMs,
     ) -> Result<Result<Alarm, Refusal>, StoreError> {
         let tx = write(&mut self.conn)?;
+        // A lockdown only closes: a gate whose command clock ran ahead must still take one.
+        let judge = match mode {
+            Mode::Lockdown => Judge::OwnClock,
+            _ => Judge::CommandClock,
+        };
         if let Some(stamp) = stamp
-            && let Err(r) = claim_nonce(&tx, stamp, now)?
+            && let Err(r) = claim_nonce(&tx, stamp, now, judge)?
         {
             return Ok(Err(r));
         }
@@ -716,7 +735,7 @@ impl Db {
         now: UnixMs,
     ) -> Result<Result<(), Refusal>, StoreError> {
         let tx = write(&mut self.conn)?;
-        let r = claim_nonce(&tx, stamp, now)?;
+        let r = claim_nonce(&tx, stamp, now, Judge::CommandClock)?;
         tx.commit()?;
         Ok(r)
     }
@@ -775,17 +794,105 @@ impl Db {
 
     /// What the clock watcher observed; decisions from now on judge the clock with it.
     pub fn set_clock_sense(&mut self, sense: ClockSense) {
+        self.jump_attested &= sense.jumped;
         self.sense = sense;
     }
 
     /// The clock as a decision at `now` would judge it.
     pub fn clock_state(&self, now: UnixMs) -> ClockState {
-        judge_clock(now, self.floor, self.built, self.sense)
+        let sense = ClockSense {
+            jumped: self.sense.jumped && !self.jump_attested,
+            ..self.sense
+        };
+        judge_clock(now, self.floor, self.built, sense)
+    }
+
+    /// Whether the clock reads earlier than what this gate has already seen: the latest
+    /// trusted event, or the command clock. `None` when it does not (by more than the slack
+    /// the clock rules allow).
+    pub fn clock_behind(&self, now: UnixMs) -> Result<Option<Behind>, StoreError> {
+        let command = self
+            .read_state("command_clock")?
+            .and_then(|v| v.parse::<UnixMs>().ok());
+        let ahead = |t: Option<UnixMs>| t.filter(|&t| now < t.saturating_sub(FLOOR_SLACK_MS));
+        let b = Behind {
+            gate: self.gate.gate.clone(),
+            event: ahead(self.floor),
+            command: ahead(command),
+        };
+        Ok((b.event.is_some() || b.command.is_some()).then_some(b))
+    }
+
+    /// An admin's signed attestation that the clock reads right now (`attest_time`; the
+    /// caller has checked its signature and its challenge): the latest trusted event time and
+    /// the command clock go back to `now`, a jump the watcher reported no longer counts, and
+    /// commands issued before the attestation are refused from now on (their nonces may have
+    /// been forgotten while the clock ran ahead). Recorded as a `clock_attested` alarm, in
+    /// one transaction with the nonce.
+    ///
+    /// It vouches for the clock as it reads; it does not set it: a clock more than the
+    /// command skew away from the attested time is refused, and time sync must fix it first.
+    pub fn attest_time(
+        &mut self,
+        stamp: &Stamp,
+        by: &str,
+        now: UnixMs,
+    ) -> Result<Result<String, Refusal>, StoreError> {
+        if let Err(r) = check_attested_time(stamp, now) {
+            return Ok(Err(r));
+        }
+        let tx = write(&mut self.conn)?;
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO command_nonce (nonce, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![stamp.nonce, stamp.expires_at])?;
+        if inserted == 0 {
+            return Ok(Err(Refusal::Replayed(format!(
+                "nonce `{}` was used before; a command is carried out once",
+                stamp.nonce
+            ))));
+        }
+        let command = state_ms(&tx, "command_clock")?;
+        let attested =
+            state_ms(&tx, "command_floor")?.map_or(stamp.issued_at, |f| f.max(stamp.issued_at));
+        set_state(&tx, "command_clock", &now.to_string())?;
+        set_state(&tx, "command_floor", &attested.to_string())?;
+        let floor = self.floor.map(|f| f.min(now));
+        if let Some(f) = floor {
+            set_state(&tx, "clock_floor", &f.to_string())?;
+        }
+        let was = |t: Option<UnixMs>| t.map_or("none".to_string(), format_ts);
+        let detail = format!(
+            "the clock was attested by {by} at {}: the latest event time went from {} to {}, \
+             the command clock from {} to {}{}; commands issued before {} are refused",
+            format_ts(now),
+            was(self.floor),
+            was(floor),
+            was(command),
+            format_ts(now),
+            if self.sense.jumped {
+                ", and the clock jump seen before no longer counts"
+            } else {
+                ""
+            },
+            format_ts(attested)
+        );
+        insert_alarm(&tx, &self.gate, "clock_attested", "clock", &detail, now)?;
+        tx.commit()?;
+        self.floor = floor;
+        self.jump_attested = self.sense.jumped;
+        self.pending += 1;
+        self.after_insert(now);
+        Ok(Ok(detail))
     }
 
     /// Lowers the clock floor to `at` if it is above: the clock jumped, and events recorded
-    /// just before the jump was seen may carry the jumped time.
+    /// just before the jump was seen may carry the jumped time. A new jump also undoes an
+    /// attestation of an earlier one.
     pub fn lower_floor(&mut self, at: UnixMs) -> Result<(), StoreError> {
+        self.jump_attested = false;
         if self.floor.is_some_and(|f| f > at) {
             let tx = write(&mut self.conn)?;
             set_state(&tx, "clock_floor", &at.to_string())?;
@@ -1522,19 +1629,22 @@ fn claim_nonce(
     tx: &Transaction,
     stamp: &Stamp,
     now: UnixMs,
+    judge: Judge,
 ) -> rusqlite::Result<Result<(), Refusal>> {
     let (nonce, expires_at) = (stamp.nonce.as_str(), stamp.expires_at);
-    let seen: Option<String> = tx
-        .prepare_cached("SELECT value FROM state WHERE key = 'command_clock'")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    let latest = seen.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let latest = state_ms(tx, "command_clock")?.unwrap_or(0);
     let at = now.max(latest);
-    if at > expires_at {
-        let behind = if latest > now {
+    let judged = match judge {
+        Judge::CommandClock => at,
+        Judge::OwnClock => now,
+    };
+    if judged > expires_at {
+        let behind = if latest > now && judge == Judge::CommandClock {
             format!(
                 "; the gate's clock reads {} but it has judged commands at {} before, and time \
-                 never goes back for commands",
+                 never goes back for commands. If its clock ran ahead by mistake and is right \
+                 now, an admin attests it: gatectl cmd attest-time (a lockdown is taken \
+                 meanwhile)",
                 format_ts(now),
                 format_ts(latest)
             )
@@ -1544,7 +1654,21 @@ fn claim_nonce(
         return Ok(Err(Refusal::Expired(format!(
             "expired at {}, it is now {}{behind}",
             format_ts(expires_at),
-            format_ts(at)
+            format_ts(judged)
+        ))));
+    }
+    // While the clock ran ahead, nonces of commands still valid in real time may have been
+    // forgotten: a command issued before the clock was last attested could be replayed.
+    if judge == Judge::CommandClock
+        && let Some(attested) = state_ms(tx, "command_floor")?
+        && stamp.issued_at < attested
+    {
+        return Ok(Err(Refusal::Stale(format!(
+            "issued at {}, before this gate's clock was attested at {}: a command from before \
+             an attestation is not taken (its nonce may have been forgotten while the clock \
+             ran ahead); send it again",
+            format_ts(stamp.issued_at),
+            format_ts(attested)
         ))));
     }
     // A command from the future (beyond the skew the clocks may have) would otherwise be valid
@@ -1563,8 +1687,10 @@ fn claim_nonce(
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?
     .execute([at.to_string()])?;
+    // Forgotten only once the gate's own clock is past them too: a lockdown is judged on that
+    // clock, and a command clock that ran ahead must not make nonces forgotten early.
     tx.prepare_cached("DELETE FROM command_nonce WHERE expires_at < ?1")?
-        .execute([at])?;
+        .execute([now])?;
     let inserted = tx
         .prepare_cached(
             "INSERT INTO command_nonce (nonce, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
@@ -1576,6 +1702,52 @@ fn claim_nonce(
         ))));
     }
     Ok(Ok(()))
+}
+
+/// An attestation vouches for the gate's clock only if it reads what the admin's did, within
+/// the skew commands allow, and the attestation is not past its own expiry on it.
+fn check_attested_time(stamp: &Stamp, now: UnixMs) -> Result<(), Refusal> {
+    let fix = "an attestation vouches for the clock as it reads, it does not set it: fix time \
+               sync (or set the clock) first, then attest";
+    if stamp.issued_at > now.saturating_add(MAX_COMMAND_SKEW_MS) {
+        return Err(Refusal::NotYetValid(format!(
+            "attested time {}, but this gate's clock reads {} (more than {} min behind); {fix}",
+            format_ts(stamp.issued_at),
+            format_ts(now),
+            MAX_COMMAND_SKEW_MS / 60_000
+        )));
+    }
+    if now > stamp.expires_at || stamp.expires_at - stamp.issued_at > MAX_ATTEST_LIFETIME_MS {
+        return Err(Refusal::Expired(format!(
+            "attested time {} (valid until {}), but this gate's clock reads {}; an attestation \
+             is valid for at most {} min; {fix}",
+            format_ts(stamp.issued_at),
+            format_ts(stamp.expires_at),
+            format_ts(now),
+            MAX_ATTEST_LIFETIME_MS / 60_000
+        )));
+    }
+    Ok(())
+}
+
+/// The clock reads earlier than what this gate has already seen (`Db::clock_behind`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Behind {
+    /// This gate's id, for the command that recovers it.
+    pub gate: String,
+    /// The latest event recorded with a trusted clock, if the clock reads before it.
+    pub event: Option<UnixMs>,
+    /// The command clock, if the clock reads before it.
+    pub command: Option<UnixMs>,
+}
+
+/// A time kept in `state`, in Unix ms.
+fn state_ms(tx: &Transaction, key: &str) -> rusqlite::Result<Option<UnixMs>> {
+    let v: Option<String> = tx
+        .prepare_cached("SELECT value FROM state WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()))
 }
 
 fn next_seq(tx: &Transaction, stream: Stream) -> rusqlite::Result<u64> {

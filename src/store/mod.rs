@@ -9,9 +9,9 @@ mod files;
 mod schema;
 
 pub use db::{
-    Applied, CLEAR_PASSBACK, CLEAR_PASSBACK_ALL, Db, GateId, Generations, LIST_STEP, MailboxPos,
-    OfflineCounts, Outage, OutboxRow, OutboxStats, PassInput, PassOutcome, SnapshotStep, Stamp,
-    Stream, build_time,
+    Applied, Behind, CLEAR_PASSBACK, CLEAR_PASSBACK_ALL, Db, GateId, Generations, LIST_STEP,
+    MailboxPos, OfflineCounts, Outage, OutboxRow, OutboxStats, PassInput, PassOutcome,
+    SnapshotStep, Stamp, Stream, build_time,
 };
 
 use std::path::Path;

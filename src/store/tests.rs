@@ -1377,3 +1377,190 @@ fn a_responder_kept_in_the_store_passes_a_lockdown_and_a_delta_can_take_it_back(
         Reason::Lockdown
     );
 }
+
+/// The visitors list of the clock tests: INV-1 (card q1), limited in time.
+fn visitor_limited_in_time(db: &mut Db) {
+    let body = r#"{"list":"visitors","site":"hq","version":1,"entries":[{"invitation":"INV-1",
+        "credentials":[{"kind":"card","id":"q1"}],"valid_until":"2099-01-01T00:00:00Z",
+        "gates":["*"]}]}"#;
+    db.apply_snapshot(&parse_snapshot(ListName::Visitors, body.as_bytes()).expect("snapshot"))
+        .expect("apply")
+        .expect("applied");
+}
+
+const YEAR: i64 = 365 * 24 * 3600 * 1000;
+
+/// A gate that ran a year ahead: a pass recorded, and a command judged, at NOW + YEAR.
+fn ran_a_year_ahead(db: &mut Db) {
+    visitor_limited_in_time(db);
+    assert_eq!(
+        reason(&record_one(db, at("q1", Direction::In, NOW + YEAR))),
+        Reason::Visitor
+    );
+    db.claim_nonce(
+        &stamp("n-ahead", NOW + YEAR, NOW + YEAR + 60_000),
+        NOW + YEAR,
+    )
+    .expect("db")
+    .expect("fresh");
+}
+
+#[test]
+fn a_time_attestation_recovers_a_clock_that_ran_ahead_once_and_not_for_an_old_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    // A command of the right time, before the clock ran ahead: its nonce is forgotten while
+    // the clock reads a year ahead.
+    db.claim_nonce(&stamp("n-before", NOW - 1000, NOW + 60_000), NOW - 1000)
+        .expect("db")
+        .expect("fresh");
+    ran_a_year_ahead(&mut db);
+    // Back at the right time: behind what the gate has seen, on both counts.
+    assert_eq!(
+        db.clock_state(NOW),
+        ClockState::Untrusted(crate::core::Untrust::BeforeLastEvent)
+    );
+    let behind = db.clock_behind(NOW).expect("db").expect("behind");
+    assert_eq!(
+        (behind.event, behind.command, behind.gate.as_str()),
+        (Some(NOW + YEAR), Some(NOW + YEAR), "east-1")
+    );
+    let expired = db
+        .claim_nonce(&stamp("n-now", NOW, NOW + 60_000), NOW)
+        .expect("db")
+        .expect_err("expired on the command clock");
+    assert!(
+        expired.detail().contains("gatectl cmd attest-time"),
+        "{expired}"
+    );
+
+    // An attestation vouches for the clock as it reads: one from a clock 10 min later is
+    // refused, and so is one valid longer than the bound.
+    let later = db
+        .attest_time(&stamp("a-later", NOW + 600_000, NOW + 660_000), "key", NOW)
+        .expect("db")
+        .expect_err("the clocks differ");
+    assert_eq!(later.code(), "not_yet_valid", "{later}");
+    let long = db
+        .attest_time(&stamp("a-long", NOW, NOW + 3_600_000), "key", NOW)
+        .expect("db")
+        .expect_err("too long");
+    assert_eq!(long.code(), "expired", "{long}");
+    assert!(!db.clock_state(NOW).trusted(), "a refusal changes nothing");
+
+    let detail = db
+        .attest_time(&stamp("a-right", NOW, NOW + 60_000), "key `ops`", NOW)
+        .expect("db")
+        .expect("attested");
+    assert!(detail.contains("key `ops`"), "{detail}");
+    assert!(db.clock_state(NOW).trusted());
+    assert_eq!(db.clock_behind(NOW).expect("db"), None);
+    // The same attestation again is a replay.
+    let replay = db
+        .attest_time(&stamp("a-right", NOW, NOW + 60_000), "key", NOW + 1000)
+        .expect("db")
+        .expect_err("replayed");
+    assert_eq!(replay.code(), "replayed", "{replay}");
+    // The command from before: unexpired and its nonce forgotten, yet refused, because it
+    // was issued before the attestation.
+    let old = db
+        .claim_nonce(&stamp("n-before", NOW - 1000, NOW + 60_000), NOW + 1000)
+        .expect("db")
+        .expect_err("from before the attestation");
+    assert_eq!(old.code(), "stale", "{old}");
+    db.claim_nonce(&stamp("n-after", NOW + 1000, NOW + 60_000), NOW + 1000)
+        .expect("db")
+        .expect("a command after the attestation is taken");
+    // All of it survives a restart; the attestation is recorded as an alarm.
+    drop(db);
+    let mut db = open(&dir);
+    assert!(db.clock_state(NOW + 2000).trusted());
+    assert_eq!(
+        db.claim_nonce(&stamp("n-before", NOW - 1000, NOW + 60_000), NOW + 2000)
+            .expect("db")
+            .map_err(|r| r.code()),
+        Err("stale")
+    );
+    let alarms: Vec<String> = db
+        .pending(0, 1000)
+        .expect("pending")
+        .into_iter()
+        .filter(|r| r.stream == Stream::Alarm)
+        .map(|r| r.payload)
+        .collect();
+    assert!(
+        alarms.iter().any(|a| a.contains("clock_attested")),
+        "{alarms:?}"
+    );
+}
+
+#[test]
+fn a_lockdown_is_judged_on_the_gates_own_clock_and_taken_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    ran_a_year_ahead(&mut db);
+    let hold = db
+        .set_mode(
+            Mode::HoldOpen,
+            "remote",
+            "d",
+            Some(&stamp("n-hold", NOW, NOW + 60_000)),
+            NOW,
+        )
+        .expect("db")
+        .expect_err("expired on the command clock");
+    assert_eq!(hold.code(), "expired");
+    let lock = stamp("n-lock", NOW, NOW + 60_000);
+    db.set_mode(Mode::Lockdown, "remote", "d", Some(&lock), NOW)
+        .expect("db")
+        .expect("a lockdown is taken");
+    assert_eq!(db.mode(), Mode::Lockdown);
+    // A later command judged while the command clock is still ahead does not make the
+    // lockdown's nonce forgotten: it is refused as a replay while it is valid.
+    let _ = db.claim_nonce(&stamp("n-other", NOW + 1000, NOW + 60_000), NOW + 1000);
+    let again = db
+        .set_mode(Mode::Lockdown, "remote", "d", Some(&lock), NOW + 2000)
+        .expect("db")
+        .expect_err("replayed");
+    assert_eq!(again.code(), "replayed", "{again}");
+    // Past its expiry on the gate's own clock, a lockdown is refused like any command.
+    let old = db
+        .set_mode(
+            Mode::Lockdown,
+            "remote",
+            "d",
+            Some(&stamp("n-old-lock", NOW - 120_000, NOW - 60_000)),
+            NOW,
+        )
+        .expect("db")
+        .expect_err("expired");
+    assert_eq!(old.code(), "expired", "{old}");
+}
+
+#[test]
+fn an_attested_jump_counts_again_when_the_clock_jumps_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut db = open(&dir);
+    let jumped = ClockSense {
+        synced: None,
+        jumped: true,
+    };
+    db.set_clock_sense(jumped);
+    assert_eq!(
+        db.clock_state(NOW),
+        ClockState::Untrusted(crate::core::Untrust::Jumped)
+    );
+    db.attest_time(&stamp("a-jump", NOW, NOW + 60_000), "key", NOW)
+        .expect("db")
+        .expect("attested");
+    assert!(db.clock_state(NOW).trusted());
+    // The watcher reports the same sense again: still attested.
+    db.set_clock_sense(jumped);
+    assert!(db.clock_state(NOW).trusted());
+    // A new jump (the watcher lowers the floor for each one) is untrusted again.
+    db.lower_floor(NOW).expect("lower");
+    assert_eq!(
+        db.clock_state(NOW),
+        ClockState::Untrusted(crate::core::Untrust::Jumped)
+    );
+}

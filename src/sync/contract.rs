@@ -799,6 +799,10 @@ pub enum CommandKind {
     /// Forget every subject's anti-passback state (after a drill), here and at the other
     /// gates of the site. Takes no `subject`.
     ClearPassbackAll,
+    /// An admin vouches that the gate's clock reads right now: its latest event time and
+    /// command clock go back to now (a clock that ran ahead by mistake is trusted again).
+    /// Needs the `challenge` the gate's status shows; signed, valid a few minutes at most.
+    AttestTime,
 }
 
 impl CommandKind {
@@ -812,6 +816,7 @@ impl CommandKind {
             Self::Resync => "resync",
             Self::ClearPassback => "clear_passback",
             Self::ClearPassbackAll => "clear_passback_all",
+            Self::AttestTime => "attest_time",
         }
     }
     /// The mode a command puts the gate in, if it changes the mode.
@@ -822,7 +827,11 @@ impl CommandKind {
             Self::Lockdown => Some(Mode::Lockdown),
             Self::Normal => Some(Mode::Normal),
             Self::EmergencyRelease => Some(Mode::EmergencyRelease),
-            Self::Open | Self::Resync | Self::ClearPassback | Self::ClearPassbackAll => None,
+            Self::Open
+            | Self::Resync
+            | Self::ClearPassback
+            | Self::ClearPassbackAll
+            | Self::AttestTime => None,
         }
     }
 }
@@ -841,6 +850,9 @@ pub struct CommandBody {
     /// For `clear_passback`: the staff id or invitation id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// For `attest_time`: the gate's current `clock_challenge` (from its status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
     pub nonce: String,
     pub issued_at: String,
     pub expires_at: String,
@@ -857,6 +869,8 @@ pub struct Command {
     pub direction: Direction,
     /// For `clear_passback`.
     pub subject: Option<String>,
+    /// For `attest_time`.
+    pub challenge: Option<String>,
     pub nonce: String,
     pub issued_at: UnixMs,
     pub expires_at: UnixMs,
@@ -871,6 +885,10 @@ pub const MAX_COMMAND_LIFETIME_MS: i64 = 24 * 3600 * 1000;
 /// then, whatever its lifetime.
 pub const MAX_COMMAND_SKEW_MS: i64 = 5 * 60 * 1000;
 
+/// The longest an `attest_time` may be valid: its validity rests on a fresh challenge and on
+/// the clock it vouches for, not on the command clock.
+pub const MAX_ATTEST_LIFETIME_MS: i64 = MAX_COMMAND_SKEW_MS;
+
 /// The largest command accepted: commands are small, and an envelope is checked before its
 /// size could matter otherwise.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -879,12 +897,12 @@ pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// knows the gate and the time.
 pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
     let raw: CommandBody = from_json("command body", body)?;
-    let nonce_ok = (8..=64).contains(&raw.nonce.len())
-        && raw
-            .nonce
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !nonce_ok {
+    let token_ok = |t: &str| {
+        (8..=64).contains(&t.len())
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !token_ok(&raw.nonce) {
         return Err(malformed(
             "nonce must be 8..=64 characters of [A-Za-z0-9_-] (a fresh random value per command)",
         ));
@@ -911,6 +929,29 @@ pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
         }
         _ => {}
     }
+    match (raw.cmd, &raw.challenge) {
+        (CommandKind::AttestTime, None) => {
+            return Err(malformed(
+                "`attest_time` needs the `challenge` of the gate's status (`clock_challenge`)",
+            ));
+        }
+        (CommandKind::AttestTime, Some(c)) if !token_ok(c) => {
+            return Err(malformed(
+                "challenge must be 8..=64 characters of [A-Za-z0-9_-], as the gate's status shows it",
+            ));
+        }
+        (CommandKind::AttestTime, Some(_)) if expires_at - issued_at > MAX_ATTEST_LIFETIME_MS => {
+            return Err(malformed(format!(
+                "an `attest_time` may be valid for at most {} min",
+                MAX_ATTEST_LIFETIME_MS / 60_000
+            )));
+        }
+        (CommandKind::AttestTime, Some(_)) => {}
+        (c, Some(_)) => {
+            return Err(malformed(format!("`{}` takes no `challenge`", c.as_str())));
+        }
+        _ => {}
+    }
     match (raw.cmd, raw.lane) {
         (CommandKind::Open, None) => return Err(malformed("`open` needs a `lane`")),
         (CommandKind::Open, Some(_)) => {}
@@ -929,6 +970,7 @@ pub fn parse_command(body: &[u8]) -> Result<Command, Refusal> {
         lane: raw.lane,
         direction: raw.direction.unwrap_or(Direction::In),
         subject: raw.subject,
+        challenge: raw.challenge,
         nonce: raw.nonce,
         issued_at,
         expires_at,
@@ -999,6 +1041,10 @@ pub struct Status {
     /// status is only sent in contact, so this is how the centre learns of an outage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_offline: Option<LastOffline>,
+    /// What an `attest_time` command must carry to vouch for this gate's clock (an extension
+    /// of the contract): replaced when used, at restart, and every few minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_challenge: Option<String>,
     /// `true` from `gated demo` only (an extension of the contract): not a real gate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub demo: bool,
@@ -1029,6 +1075,54 @@ mod tests {
             root: "acs".into(),
             site: "hq".into(),
             gate: "east-1".into(),
+        }
+    }
+
+    #[test]
+    fn an_attestation_needs_a_challenge_and_a_short_life() {
+        let body = |cmd: &str, challenge: Option<&str>, expires: &str| {
+            let mut v = serde_json::json!({"site": "hq", "gate": "east-1", "cmd": cmd,
+                "nonce": "nonce-0001", "issued_at": "2026-12-01T10:00:00Z", "expires_at": expires});
+            if let Some(c) = challenge {
+                v["challenge"] = c.into();
+            }
+            serde_json::to_vec(&v).unwrap_or_default()
+        };
+        let ok = parse_command(&body(
+            "attest_time",
+            Some("0123456789abcdef"),
+            "2026-12-01T10:05:00Z",
+        ))
+        .expect("valid");
+        assert_eq!(ok.challenge.as_deref(), Some("0123456789abcdef"));
+        for (cmd, challenge, expires, why) in [
+            (
+                "attest_time",
+                None,
+                "2026-12-01T10:01:00Z",
+                "needs the `challenge`",
+            ),
+            (
+                "attest_time",
+                Some("short"),
+                "2026-12-01T10:01:00Z",
+                "challenge must be",
+            ),
+            (
+                "attest_time",
+                Some("0123456789abcdef"),
+                "2026-12-01T10:05:01Z",
+                "at most 5 min",
+            ),
+            (
+                "lockdown",
+                Some("0123456789abcdef"),
+                "2026-12-01T10:01:00Z",
+                "takes no `challenge`",
+            ),
+        ] {
+            let r = parse_command(&body(cmd, challenge, expires)).expect_err(why);
+            assert!(r.detail().contains(why), "{cmd}: {r}");
         }
     }
 

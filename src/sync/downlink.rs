@@ -241,6 +241,21 @@ impl Downlink {
                 self.control.clear_passback(subject, &origin, now).await
             }
             CommandKind::ClearPassbackAll => self.control.clear_passback_all(&origin, now).await,
+            CommandKind::AttestTime => {
+                // Lab mode takes unsigned lists and commands; never a say over the clock.
+                if origin.by.is_none() {
+                    return Err(Refusal::Unsigned(
+                        "a time attestation must be signed by a trusted admin key, even with \
+                         allow_unsigned"
+                            .into(),
+                    ));
+                }
+                let challenge = cmd
+                    .challenge
+                    .as_deref()
+                    .ok_or_else(|| Refusal::Malformed("attest_time needs a challenge".into()))?;
+                self.control.attest_time(challenge, &origin, now).await
+            }
             CommandKind::Resync => {
                 // The link republishes the status after every downlink message it acks.
                 self.control.claim(&origin, now).await?;

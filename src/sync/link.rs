@@ -1039,6 +1039,7 @@ impl<'a> Connection<'a> {
             clock_reason,
             offline_since,
             last_offline,
+            clock_challenge: None,
             demo: false,
         }
     }
@@ -1046,6 +1047,7 @@ impl<'a> Connection<'a> {
     async fn publish_status(&mut self, online: bool) {
         let mut s = Self::status(&self.link.shared, online).await;
         s.demo = self.link.cfg.demo;
+        s.clock_challenge = online.then(|| self.link.downlink.control.clock_challenge());
         let body = serde_json::to_vec(&s).unwrap_or_default();
         self.publish(self.link.topics.status(), body, true, Tag::Other);
     }

@@ -2,8 +2,15 @@
 //! untrusted clock (no sync yet), shows it in status, and refuses a card limited in time
 //! `clock_untrusted`; once time sync has synchronized (the file appears), status says `synced`
 //! and the same card passes.
+//!
+//! A gate that once ran with its clock a year ahead and restarted at the right time: it raises
+//! `clock_behind`, an admin's `gatectl cmd attest-time` makes it trust its clock and take
+//! commands again (and the same attestation sent again is refused), and a `lockdown` is taken
+//! meanwhile although every other command is refused `expired`.
 
 use crate::util::*;
+use gated::sync::contract::message_digest;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn the_clock_is_untrusted_until_time_sync_and_status_says_so() {
@@ -67,4 +74,143 @@ async fn the_clock_is_untrusted_until_time_sync_and_status_says_so() {
         1,
         "the refused pass opened the lane"
     );
+}
+
+/// What a gate that once ran with its clock a year ahead leaves in its store: the latest
+/// event time (the clock floor) and the command clock, both a year ahead. Written with the
+/// gate stopped, then the gate starts again at the right time, as after a restart that
+/// followed a wrong time sync.
+fn leave_a_year_ahead(w: &mut World) -> i64 {
+    w.daemon.kill9();
+    let ahead = chrono::Utc::now().timestamp_millis() + 365 * 86_400_000;
+    let db = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    for key in ["clock_floor", "command_clock"] {
+        db.execute(
+            "INSERT INTO state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, ahead.to_string()],
+        )
+        .expect("write the state");
+    }
+    drop(db);
+    w.daemon.restart();
+    ahead
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_ran_ahead_is_recovered_by_a_signed_time_attestation() {
+    let mut w = World::start().await;
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(e["reason"], "staff", "{e}");
+    leave_a_year_ahead(&mut w);
+    w.centre
+        .wait_json("status: behind the last event", STATUS, |s| {
+            s["online"] == true
+                && s["clock_reason"] == "before_last_event"
+                && s["clock_challenge"].is_string()
+        })
+        .await;
+    // The alarm says what happened and what to do.
+    let alarm = w
+        .centre
+        .wait_json("the clock_behind alarm", ALARM, |a| {
+            a["alarm"] == "clock_behind"
+        })
+        .await;
+    let detail = alarm["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("already recorded") && detail.contains("gatectl cmd attest-time"),
+        "{alarm}"
+    );
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(e["reason"], "clock_untrusted", "{e}");
+
+    let g = Gatectl::new(w.broker.port);
+    let r = g
+        .run(&["cmd", "attest-time", "--gate", "east-1", "--wait", "10"])
+        .await;
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(r.stdout.contains("east-1: attest_time ok"), "{r:#?}");
+    w.centre
+        .wait_json("the clock_attested alarm", ALARM, |a| {
+            a["alarm"] == "clock_attested"
+        })
+        .await;
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(e["reason"], "staff", "trusted again: {e}");
+    // The command clock went back too: an ordinary command is carried out again.
+    let ack = run_command(&w.centre, "normal", "normal-after-attest", json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+
+    // The attestation (the first command of this test), captured and sent again, is
+    // refused: its challenge was used.
+    let sent = w.centre.on("acs/hq/east-1/cmd").into_iter().next();
+    let sent = sent.expect("the centre saw the attestation").payload;
+    w.centre
+        .publish_raw("acs/hq/east-1/cmd", sent.clone(), false)
+        .await;
+    let digest = message_digest(&sent);
+    let ack = w
+        .centre
+        .wait_json("the ack of the replayed attestation", ACK, |a| {
+            a["sha256"] == digest.as_str() && a["ok"] == false
+        })
+        .await;
+    assert_eq!(ack["error"], "replayed", "{ack}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockdown_is_carried_out_whatever_the_command_clock_says() {
+    let mut w = World::start().await;
+    leave_a_year_ahead(&mut w);
+    w.centre
+        .wait_json("status: behind the last event", STATUS, |s| {
+            s["online"] == true && s["clock_reason"] == "before_last_event"
+        })
+        .await;
+    // A lockdown only closes: it is judged on the gate's own clock.
+    let ack = run_command(&w.centre, "lockdown", "lockdown-while-ahead", json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    w.centre
+        .wait_json("status: lockdown", STATUS, |s| s["mode"] == "lockdown")
+        .await;
+    // An ordinary command is judged on the command clock: expired.
+    let ack = run_command(&w.centre, "hold_open", "hold-while-ahead", json!({})).await;
+    assert_eq!(ack["error"], "expired", "{ack}");
+    assert!(
+        ack["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("attest-time")),
+        "the refusal says how to recover: {ack}"
+    );
+    // Still once only: the same command again is refused.
+    let first = w
+        .centre
+        .on(ACK)
+        .iter()
+        .find(|m| m.json()["ref"] == "lockdown-while-ahead")
+        .map(Msg::json)
+        .expect("the first lockdown's ack");
+    let again = w
+        .centre
+        .on("acs/hq/east-1/cmd")
+        .into_iter()
+        .find(|m| message_digest(&m.payload) == first["sha256"].as_str().unwrap_or_default())
+        .expect("the centre saw the lockdown")
+        .payload;
+    w.centre
+        .publish_raw("acs/hq/east-1/cmd", again, false)
+        .await;
+    let acks = wait_for("the ack of the lockdown sent again", DEADLINE, || {
+        let acks: Vec<Value> = w
+            .centre
+            .on(ACK)
+            .iter()
+            .map(Msg::json)
+            .filter(|a| a["ref"] == "lockdown-while-ahead")
+            .collect();
+        (acks.len() == 2).then_some(acks)
+    })
+    .await;
+    assert_eq!(acks[1]["error"], "replayed", "{}", acks[1]);
 }
