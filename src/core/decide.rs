@@ -3,7 +3,8 @@
 //! Order of evaluation (first refusal wins; `docs/policy.md` has the table):
 //! 1. deny list → `denylisted`, whatever else says yes, in every mode;
 //! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown`,
-//!    hold-open → `hold_open` (the lane is open anyway; the pass is logged);
+//!    hold-open → `hold_open` (the lane is open anyway; the pass is logged, and moves the
+//!    subject's anti-passback state as any other pass);
 //! 3. free exit on this lane direction → `free_exit` (no entry needed);
 //! 4. a face below the minimum score → `low_face_score`;
 //! 5. the gate's and the lane's opening hours → `clock_untrusted` while the clock is not
@@ -65,8 +66,9 @@ impl Verdict {
         self.reason.is_granted()
     }
 
-    /// The subject whose in/out state this grant moves (anti-passback): a credential grant
-    /// (or a free exit) of a known subject.
+    /// The subject whose in/out state this pass moves (anti-passback): any pass of a known
+    /// subject by credential, in every mode that lets it through (a grant, a free exit, a
+    /// pass under hold-open or emergency release). A refusal moves nobody.
     pub fn moves(&self) -> Option<&str> {
         self.reason
             .moves_passback()
@@ -91,24 +93,28 @@ pub fn decide(
     if lookups.denied.is_some() {
         return Verdict::new(Reason::Denylisted, known_subject);
     }
-    match ctx.mode {
-        Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, known_subject),
-        Mode::Lockdown => return Verdict::new(Reason::Lockdown, known_subject),
-        Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, known_subject),
-        Mode::Normal => {}
-    }
     // A missing score is treated as zero: a face terminal that does not say how sure it is
     // has not identified anyone.
     let unsure_face = credential.kind == CredentialKind::Face && {
         let score = credential.score.unwrap_or(0.0);
         score.is_nan() || score < policy.min_face_score
     };
+    // Where the lane releases anyway (an open mode, a free direction), the pass still moves
+    // the subject it names: a face below the score names nobody, so that it moves nobody.
+    let named = if unsure_face {
+        None
+    } else {
+        known_subject.clone()
+    };
+    match ctx.mode {
+        Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, named),
+        Mode::Lockdown => return Verdict::new(Reason::Lockdown, known_subject),
+        Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, named),
+        Mode::Normal => {}
+    }
     let lane = policy.lanes.get(&ctx.lane);
     if lane.is_some_and(|l| l.free(ctx.direction) == FreeExit::Open) {
-        // Free: it releases anyway. A face below the score names nobody (it would move that
-        // person's anti-passback state).
-        let subject = if unsure_face { None } else { known_subject };
-        return Verdict::new(Reason::FreeExit, subject);
+        return Verdict::new(Reason::FreeExit, named);
     }
     if unsure_face {
         return Verdict::new(Reason::LowFaceScore, known_subject);
@@ -509,6 +515,56 @@ mod tests {
         assert_eq!(run(&card("1"), &l, Mode::HoldOpen).reason, Reason::HoldOpen);
         let v = run(&card("1"), &Lookups::default(), Mode::EmergencyRelease);
         assert_eq!(v.reason, Reason::EmergencyRelease);
+    }
+
+    /// After an evacuation (emergency release) or a hold-open, the pass each known subject
+    /// made by credential is their last one: a staff member who badged out under emergency
+    /// release comes back in in normal mode.
+    #[test]
+    fn a_pass_in_an_open_mode_moves_its_subject() {
+        let hard = Policy {
+            passback: Passback {
+                mode: PassbackMode::Hard,
+                reset_at: None,
+            },
+            ..Policy::default()
+        };
+        for open in [Mode::EmergencyRelease, Mode::HoldOpen] {
+            let mut l = staff(everywhere());
+            let mut last = Some(LastPass {
+                direction: Direction::In,
+                at: NOW - 1,
+            });
+            if let Some(s) = l.staff.as_mut() {
+                s.last = last.clone();
+            }
+            let out = Context {
+                direction: Direction::Out,
+                ..ctx(open, NOW)
+            };
+            let v = decide(&card("1"), &l, &out, &hard);
+            assert_eq!(v.moves(), Some("E1001"), "{open:?}");
+            if v.moves().is_some() {
+                last = Some(LastPass {
+                    direction: Direction::Out,
+                    at: NOW,
+                });
+            }
+            if let Some(s) = l.staff.as_mut() {
+                s.last = last;
+            }
+            let back = decide(&card("1"), &l, &ctx(Mode::Normal, NOW + 1), &hard);
+            assert_eq!(back.reason, Reason::Staff, "{open:?}");
+        }
+        // A face below the score names nobody, and moves nobody, in an open mode too.
+        let v = run(&face(0.1), &staff(everywhere()), Mode::EmergencyRelease);
+        assert_eq!((v.reason, v.moves()), (Reason::EmergencyRelease, None));
+        // Refusals move nobody: lockdown, the deny list.
+        let v = run(&card("1"), &staff(everywhere()), Mode::Lockdown);
+        assert_eq!(v.moves(), None);
+        let mut denied = staff(everywhere());
+        denied.denied = Some("lost".into());
+        assert_eq!(run(&card("1"), &denied, Mode::HoldOpen).moves(), None);
     }
 
     #[test]
@@ -1170,6 +1226,25 @@ mod tests {
             l.denied = Some("lost".into());
             let v = at(&c, &l, mode, now);
             prop_assert_eq!(v.reason, Reason::Denylisted);
+        }
+
+        /// Every pass of a known subject by credential moves that subject, in every mode; a
+        /// refusal, an unknown credential and an unsure face move nobody.
+        #[test]
+        fn every_pass_of_a_known_subject_moves_it(
+            c in arb_credential(), l in arb_lookups(), mode in arb_mode(),
+            now in NOW - 20_000..NOW + 20_000,
+        ) {
+            let v = at(&c, &l, mode, now);
+            let names: Vec<&str> = l.staff.iter().map(|s| s.subject.as_str())
+                .chain(l.invitation.iter().map(|i| i.invitation.as_str())).collect();
+            let unsure = c.kind == CredentialKind::Face
+                && c.score.is_none_or(|s| s < Policy::default().min_face_score);
+            match v.moves() {
+                Some(who) => prop_assert!(v.granted() && !unsure && names.contains(&who)),
+                None => prop_assert!(!v.granted() || unsure || names.is_empty(),
+                    "{:?} {:?} moved nobody", mode, v.reason),
+            }
         }
 
         #[test]

@@ -146,10 +146,15 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Whether a pass for this reason moves its subject's in/out state (anti-passback): a
-    /// credential grant, or a free exit.
+    /// Whether a pass for this reason moves its subject's in/out state (anti-passback): every
+    /// pass a credential of a known subject makes, a grant, a free exit, or a pass while the
+    /// mode holds the lanes open. Otherwise everyone who left during an evacuation would be
+    /// refused at the door afterwards. Overrides and passage facts are not credential passes.
     pub fn moves_passback(self) -> bool {
-        matches!(self, Self::Staff | Self::Visitor | Self::FreeExit)
+        matches!(
+            self,
+            Self::Staff | Self::Visitor | Self::FreeExit | Self::HoldOpen | Self::EmergencyRelease
+        )
     }
 
     pub fn decision(self) -> Decision {
