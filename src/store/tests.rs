@@ -925,6 +925,46 @@ fn invitation_entries_at_gates_cut_off_from_each_other() {
     }
 }
 
+/// A visitor's exit uses no entry, here or at a peer that learns it, and a release nobody
+/// used on the way out gives nothing back.
+#[test]
+fn a_visitor_exit_uses_no_entry_here_or_at_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = r#"{"list":"visitors","site":"hq","version":1,"entries":[{"invitation":"INV-1",
+        "credentials":[{"kind":"card","id":"q1"}],"gates":["*"],"max_entries":1}]}"#;
+    let visitors = parse_snapshot(ListName::Visitors, body.as_bytes()).expect("snapshot");
+    let mut east = open_with(&dir, "east.db", "east-1", Policy::default());
+    let mut west = open_with(&dir, "west.db", "west-1", Policy::default());
+    for db in [&mut east, &mut west] {
+        db.apply_snapshot(&visitors)
+            .expect("apply")
+            .expect("applied");
+    }
+    assert_eq!(
+        reason(&record_one(&mut east, at("q1", Direction::In, NOW))),
+        Reason::Visitor
+    );
+    let out = record_one(&mut east, at("q1", Direction::Out, NOW + 1));
+    assert_eq!(reason(&out), Reason::Visitor);
+    assert_eq!(east.invitation_used("INV-1").expect("used"), 1);
+    let PassOutcome::Recorded { event, .. } = out else {
+        panic!("recorded")
+    };
+    east.record_passage(&event, false, Some("INV-1"), NOW + 2)
+        .expect("passage");
+    assert_eq!(east.invitation_used("INV-1").expect("used"), 1);
+    west.learn(&events_of(&east), NOW + 3).expect("learn");
+    assert_eq!(west.invitation_used("INV-1").expect("used"), 1);
+    assert_eq!(
+        reason(&record_one(&mut west, at("q1", Direction::Out, NOW + 4))),
+        Reason::Visitor
+    );
+    assert_eq!(
+        reason(&record_one(&mut west, at("q1", Direction::In, NOW + 5))),
+        Reason::EntriesExhausted
+    );
+}
+
 #[test]
 fn the_clock_floor_follows_trusted_events_only_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
