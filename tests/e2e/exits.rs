@@ -1,7 +1,7 @@
 //! Getting out: after an evacuation, with hard anti-passback, everyone who badged out under
 //! emergency release comes back in; a visitor's exit does not use up an entry; a visitor past
 //! the end of their invitation, and staff past their schedule, still get out within the
-//! grace, and are still refused on the way in.
+//! grace, and are still refused on the way in; past the offline limit too.
 
 use serde_json::{Value, json};
 
@@ -174,4 +174,66 @@ async fn past_the_window_or_the_schedule_an_exit_passes_within_the_grace_an_entr
         let e = present(&w, kind, id, entry).await;
         assert_eq!(verdict(&e), want, "{id} entry={entry}: {e}");
     }
+}
+
+/// Past the offline limit the way in is refused `offline_limit`, and the way out still opens
+/// (within the grace of the limit).
+#[tokio::test]
+async fn past_the_offline_limit_an_entry_is_refused_and_an_exit_passes() {
+    let mut w = World::start_with_config(|c| c + "[policy.max_offline]\nstaff = \"1s\"\n").await;
+    w.broker.stop();
+    let lane_pulses = |lane: u16| {
+        w.devices
+            .relay
+            .pulses()
+            .iter()
+            .filter(|p| p.lane == lane)
+            .count()
+    };
+    // Decided offline: swipe in until the limit refuses one (a refusal opens nothing).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused offline"
+        );
+        let before = lane_pulses(0);
+        let seq = w
+            .devices
+            .reader1
+            .present(hw_sim::KIND_CARD, CARD, 0)
+            .expect("present");
+        wait_for("the entry decided", DEADLINE, || {
+            w.devices.reader1.acked().contains(&seq).then_some(())
+        })
+        .await;
+        if lane_pulses(0) == before {
+            break;
+        }
+    }
+    let seq = w
+        .devices
+        .reader2
+        .present(hw_sim::KIND_CARD, CARD, 0)
+        .expect("present");
+    wait_for("the exit decided", DEADLINE, || {
+        w.devices.reader2.acked().contains(&seq).then_some(())
+    })
+    .await;
+    // Before the fix: refused `offline_limit`, no exit pulse.
+    assert_eq!(lane_pulses(1), 1, "the exit opened");
+    w.broker.restart().await;
+    let events = wait_for("the offline decisions", DEADLINE, || {
+        let e = w.events();
+        e.iter().any(|e| e["direction"] == "out").then_some(e)
+    })
+    .await;
+    let last_in = events.iter().rev().find(|e| e["direction"] == "in");
+    let out = events.iter().find(|e| e["direction"] == "out");
+    assert_eq!(
+        last_in.map(verdict),
+        Some(("denied", "offline_limit")),
+        "{events:?}"
+    );
+    assert_eq!(out.map(verdict), Some(("granted", "staff")), "{events:?}");
 }
