@@ -2106,6 +2106,19 @@ pub fn describe(c: &Config) -> String {
             );
         }
     }
+    let x = &p.exit;
+    out += &format!(
+        "\n  exits: grace {} min; window {:?}, schedule {:?}, offline limit {:?}; {}",
+        x.grace_ms / 60_000,
+        x.window,
+        x.schedule,
+        x.offline_limit,
+        if x.uses_entry {
+            "every visitor pass uses an entry"
+        } else {
+            "a visitor's exit uses no entry"
+        }
+    );
     for (id, key) in &c.trust.keys {
         let note = if key.is_weak() {
             " -- A PLACEHOLDER that verifies nothing: replace it"
