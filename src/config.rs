@@ -12,7 +12,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::core::time::{Span, minute_of_day};
-use crate::core::{Direction, FreeExit, LaneRules, Passback, PassbackMode, Policy, Schedule};
+use crate::core::{
+    Direction, ExitLimit, FreeExit, LaneRules, Passback, PassbackMode, Policy, Schedule,
+};
 
 /// `site`, `gate` and MQTT root are made of `[A-Za-z0-9_-]`, so they can never inject `/`,
 /// `+` or `#` into a topic.
@@ -425,6 +427,24 @@ struct RawPolicy {
     peers: Vec<String>,
     #[serde(default)]
     visitor_entry: VisitorEntry,
+    #[serde(default)]
+    exit: Option<RawExit>,
+}
+
+/// `[policy.exit]`: what limits the exit of someone inside.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExit {
+    #[serde(default)]
+    grace: Option<String>,
+    #[serde(default)]
+    window: Option<ExitLimit>,
+    #[serde(default)]
+    schedule: Option<ExitLimit>,
+    #[serde(default)]
+    offline_limit: Option<ExitLimit>,
+    #[serde(default)]
+    uses_entry: bool,
 }
 
 /// When an invitation's entry counts as used.
@@ -1261,6 +1281,23 @@ impl Checker<'_> {
                 }
                 peers.push(g);
             }
+            if let Some(x) = p.exit {
+                let rules = &mut policy.exit;
+                if let Some(text) = x.grace {
+                    // A schedule's grace is judged a minute at a time: a day is plenty.
+                    match parse_duration(&text) {
+                        Ok(d) if d <= Duration::from_secs(86_400) => {
+                            rules.grace_ms = d.as_millis() as i64;
+                        }
+                        Ok(_) => return self.err(span, "policy.exit.grace", "at most 24h"),
+                        Err(e) => return self.err(span, "policy.exit.grace", e),
+                    }
+                }
+                rules.window = x.window.unwrap_or(rules.window);
+                rules.schedule = x.schedule.unwrap_or(rules.schedule);
+                rules.offline_limit = x.offline_limit.unwrap_or(rules.offline_limit);
+                rules.uses_entry = x.uses_entry;
+            }
             if let Some(m) = p.max_offline {
                 for (key, v, slot) in [
                     ("staff", m.staff, &mut policy.staff_max_offline),
@@ -2069,6 +2106,19 @@ pub fn describe(c: &Config) -> String {
             );
         }
     }
+    let x = &p.exit;
+    out += &format!(
+        "\n  exits: grace {} min; window {:?}, schedule {:?}, offline limit {:?}; {}",
+        x.grace_ms / 60_000,
+        x.window,
+        x.schedule,
+        x.offline_limit,
+        if x.uses_entry {
+            "every visitor pass uses an entry"
+        } else {
+            "a visitor's exit uses no entry"
+        }
+    );
     for (id, key) in &c.trust.keys {
         let note = if key.is_weak() {
             " -- A PLACEHOLDER that verifies nothing: replace it"
@@ -2364,6 +2414,24 @@ mod tests {
             e.contains("policy.max_offline.staff") && e.contains("30d"),
             "{e}"
         );
+        let e = err(&with("[policy.exit]\ngrace = \"2d\"\n"));
+        assert!(e.contains("policy.exit.grace") && e.contains("24h"), "{e}");
+        let e = err(&with("[policy.exit]\nschedule = \"never\"\n"));
+        assert!(e.contains("never") && e.contains("ignore"), "{e}");
+        let c = Config::parse(
+            "t.toml",
+            &with("[policy.exit]\ngrace = \"45m\"\nschedule = \"ignore\"\nuses_entry = true\n"),
+        )
+        .expect("exit rules");
+        assert_eq!(
+            c.policy.exit,
+            crate::core::ExitRules {
+                grace_ms: 45 * 60_000,
+                schedule: ExitLimit::Ignore,
+                uses_entry: true,
+                ..Default::default()
+            }
+        );
         let e = err(&with("[policy.anti_passback]\nmode = \"strict\"\n"));
         assert!(e.contains("strict"), "{e}");
         let e = err(&with("[policy]\npeers = [\"g1\"]\n"));
@@ -2381,6 +2449,7 @@ mod tests {
             Some("night")
         );
         assert_eq!(c.policy.staff_max_offline, Some(30 * 86_400_000));
+        assert_eq!(c.policy.exit, crate::core::ExitRules::default());
         assert_eq!(c.peers, vec!["west-1".to_string()]);
         assert_eq!(c.clock.sync, SyncSource::File(SyncSource::SYSTEMD.into()));
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));

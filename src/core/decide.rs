@@ -4,7 +4,8 @@
 //! 1. deny list → `denylisted`, whatever else says yes, in every mode;
 //! 2. mode: emergency release → `emergency_release`, lockdown → `lockdown` (a responder's
 //!    staff entry, `lockdown_exempt`: `lockdown_exempt` after its own checks),
-//!    hold-open → `hold_open` (the lane is open anyway; the pass is logged);
+//!    hold-open → `hold_open` (the lane is open anyway; the pass is logged, and moves the
+//!    subject's anti-passback state as any other pass);
 //! 3. free exit on this lane direction → `free_exit` (no entry needed);
 //! 4. a face below the minimum score → `low_face_score`;
 //! 5. the gate's and the lane's opening hours → `clock_untrusted` while the clock is not
@@ -13,7 +14,9 @@
 //!    gates (`wrong_gate`), contact with the centre (`offline_limit`), then, if the entry is
 //!    limited in time (a window or a schedule), the clock (`clock_untrusted`), the window
 //!    (`not_yet_valid`, `expired`) and the schedule (`outside_schedule`); for an invitation
-//!    its entries (`entries_exhausted`); then anti-passback (`anti_passback` when hard);
+//!    its entries (`entries_exhausted`); then anti-passback (`anti_passback` when hard).
+//!    An exit is judged by the limits `policy.exit` applies to it (by default the window, the
+//!    schedule and the offline limit within a grace), and uses no entry;
 //! 7. on a two-factor lane, the other factor of the same subject within the window, else
 //!    `second_factor_required`;
 //! 8. nothing matched → `unknown_credential`.
@@ -66,8 +69,9 @@ impl Verdict {
         self.reason.is_granted()
     }
 
-    /// The subject whose in/out state this grant moves (anti-passback): a credential grant
-    /// (or a free exit) of a known subject.
+    /// The subject whose in/out state this pass moves (anti-passback): any pass of a known
+    /// subject by credential, in every mode that lets it through (a grant, a free exit, a
+    /// pass under hold-open or emergency release). A refusal moves nobody.
     pub fn moves(&self) -> Option<&str> {
         self.reason
             .moves_passback()
@@ -92,27 +96,31 @@ pub fn decide(
     if lookups.denied.is_some() {
         return Verdict::new(Reason::Denylisted, known_subject);
     }
-    match ctx.mode {
-        Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, known_subject),
-        Mode::Lockdown => {
-            return lockdown_exempt(credential, lookups, ctx, policy)
-                .unwrap_or_else(|| Verdict::new(Reason::Lockdown, known_subject));
-        }
-        Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, known_subject),
-        Mode::Normal => {}
-    }
     // A missing score is treated as zero: a face terminal that does not say how sure it is
     // has not identified anyone.
     let unsure_face = credential.kind == CredentialKind::Face && {
         let score = credential.score.unwrap_or(0.0);
         score.is_nan() || score < policy.min_face_score
     };
+    // Where the lane releases anyway (an open mode, a free direction), the pass still moves
+    // the subject it names: a face below the score names nobody, so that it moves nobody.
+    let named = if unsure_face {
+        None
+    } else {
+        known_subject.clone()
+    };
+    match ctx.mode {
+        Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, named),
+        Mode::Lockdown => {
+            return lockdown_exempt(credential, lookups, ctx, policy)
+                .unwrap_or_else(|| Verdict::new(Reason::Lockdown, known_subject));
+        }
+        Mode::HoldOpen => return Verdict::new(Reason::HoldOpen, named),
+        Mode::Normal => {}
+    }
     let lane = policy.lanes.get(&ctx.lane);
     if lane.is_some_and(|l| l.free(ctx.direction) == FreeExit::Open) {
-        // Free: it releases anyway. A face below the score names nobody (it would move that
-        // person's anti-passback state).
-        let subject = if unsure_face { None } else { known_subject };
-        return Verdict::new(Reason::FreeExit, subject);
+        return Verdict::new(Reason::FreeExit, named);
     }
     if unsure_face {
         return Verdict::new(Reason::LowFaceScore, known_subject);
@@ -156,10 +164,12 @@ pub fn decide(
                     max_offline: policy.visitors_max_offline,
                     last: inv.last.as_ref(),
                 };
-                let exhausted = inv.max_entries.is_some_and(|max| inv.used >= max);
+                // An exit uses no entry (unless the site counts them): a visitor who came in
+                // on their last entry must still get out.
+                let counts = policy.uses_entry(ctx.direction);
+                let exhausted = counts && inv.max_entries.is_some_and(|max| inv.used >= max);
                 let judged = judge(&entry, ctx, policy).and_then(|flag| {
-                    // Entries are counted after the time checks and before anti-passback: an
-                    // exhausted invitation is refused for that, whatever its direction.
+                    // Entries are counted after the time checks and before anti-passback.
                     if exhausted {
                         Err(Reason::EntriesExhausted)
                     } else {
@@ -169,7 +179,7 @@ pub fn decide(
                 match judged {
                     Err(reason) => Verdict::new(reason, Some(inv.invitation.clone())),
                     Ok(flag) => Verdict {
-                        consumes_entry: Some(inv.invitation.clone()),
+                        consumes_entry: counts.then(|| inv.invitation.clone()),
                         passback_flag: flag,
                         ..Verdict::new(Reason::Visitor, Some(inv.invitation.clone()))
                     },
@@ -250,33 +260,62 @@ struct Entry<'a> {
 }
 
 /// Judges an entry at this gate and moment: `Ok(flag)` grants, with the soft anti-passback
-/// flag; `Err` is the refusal.
+/// flag; `Err` is the refusal. An exit is judged by the limits `policy.exit` applies to it,
+/// each with its slack (`ExitRules::slack`).
 fn judge(e: &Entry, ctx: &Context, policy: &Policy) -> Result<bool, Reason> {
     let v = e.validity;
     if !v.gates.iter().any(|g| g == "*" || g == ctx.gate) {
         return Err(Reason::WrongGate);
     }
-    if let (Some(max), Some(off)) = (e.max_offline, ctx.offline_ms)
-        && off > max
+    let rules = &policy.exit;
+    let slack = |limit| rules.slack(limit, ctx.direction);
+    if let (Some(max), Some(off), Some(more)) =
+        (e.max_offline, ctx.offline_ms, slack(rules.offline_limit))
+        && off > max.saturating_add(more)
     {
         return Err(Reason::OfflineLimit);
     }
-    let timed = v.valid_from.is_some() || v.valid_until.is_some() || e.schedule.is_some();
-    if timed && !ctx.clock.trusted() {
+    let window = slack(rules.window).filter(|_| v.valid_from.is_some() || v.valid_until.is_some());
+    let schedule = e.schedule.zip(slack(rules.schedule));
+    if (window.is_some() || schedule.is_some()) && !ctx.clock.trusted() {
         return Err(Reason::ClockUntrusted);
     }
-    if v.valid_from.is_some_and(|from| ctx.now < from) {
-        return Err(Reason::NotYetValid);
+    if let Some(more) = window {
+        if v.valid_from.is_some_and(|from| ctx.now < from) {
+            return Err(Reason::NotYetValid);
+        }
+        if v.valid_until
+            .is_some_and(|until| ctx.now > until.saturating_add(more))
+        {
+            return Err(Reason::Expired);
+        }
     }
-    if v.valid_until.is_some_and(|until| ctx.now > until) {
-        return Err(Reason::Expired);
-    }
-    if let Some(name) = e.schedule
-        && !schedule_open(policy, ctx.calendar, name, ctx.now)
+    if let Some((name, more)) = schedule
+        && !schedule_open_within(policy, ctx.calendar, name, ctx.now, more)
     {
         return Err(Reason::OutsideSchedule);
     }
     passback(policy, e.last, ctx.direction, ctx.now)
+}
+
+/// Whether the named schedule was open at some moment of the last `within` ms (0: at `now`).
+fn schedule_open_within(
+    policy: &Policy,
+    calendar: &Calendar,
+    name: &str,
+    now: UnixMs,
+    within: i64,
+) -> bool {
+    if schedule_open(policy, calendar, name, now) {
+        return true;
+    }
+    // Schedules open and close on whole minutes of wall time, and every zone in use today is
+    // a whole number of minutes from UTC: a schedule is open or closed for a whole UTC minute,
+    // so one look per minute back to `now - within` is exact.
+    let first = now.saturating_sub(within).div_euclid(60_000) * 60_000;
+    std::iter::successors(Some(first), |t| t.checked_add(60_000))
+        .take_while(|t| *t < now)
+        .any(|t| schedule_open(policy, calendar, name, t))
 }
 
 /// Whether the named schedule is open at `now`. A name this gate's config does not define is
@@ -553,6 +592,56 @@ mod tests {
         assert_eq!(v.reason, Reason::EmergencyRelease);
     }
 
+    /// After an evacuation (emergency release) or a hold-open, the pass each known subject
+    /// made by credential is their last one: a staff member who badged out under emergency
+    /// release comes back in in normal mode.
+    #[test]
+    fn a_pass_in_an_open_mode_moves_its_subject() {
+        let hard = Policy {
+            passback: Passback {
+                mode: PassbackMode::Hard,
+                reset_at: None,
+            },
+            ..Policy::default()
+        };
+        for open in [Mode::EmergencyRelease, Mode::HoldOpen] {
+            let mut l = staff(everywhere());
+            let mut last = Some(LastPass {
+                direction: Direction::In,
+                at: NOW - 1,
+            });
+            if let Some(s) = l.staff.as_mut() {
+                s.last = last.clone();
+            }
+            let out = Context {
+                direction: Direction::Out,
+                ..ctx(open, NOW)
+            };
+            let v = decide(&card("1"), &l, &out, &hard);
+            assert_eq!(v.moves(), Some("E1001"), "{open:?}");
+            if v.moves().is_some() {
+                last = Some(LastPass {
+                    direction: Direction::Out,
+                    at: NOW,
+                });
+            }
+            if let Some(s) = l.staff.as_mut() {
+                s.last = last;
+            }
+            let back = decide(&card("1"), &l, &ctx(Mode::Normal, NOW + 1), &hard);
+            assert_eq!(back.reason, Reason::Staff, "{open:?}");
+        }
+        // A face below the score names nobody, and moves nobody, in an open mode too.
+        let v = run(&face(0.1), &staff(everywhere()), Mode::EmergencyRelease);
+        assert_eq!((v.reason, v.moves()), (Reason::EmergencyRelease, None));
+        // Refusals move nobody: lockdown, the deny list.
+        let v = run(&card("1"), &staff(everywhere()), Mode::Lockdown);
+        assert_eq!(v.moves(), None);
+        let mut denied = staff(everywhere());
+        denied.denied = Some("lost".into());
+        assert_eq!(run(&card("1"), &denied, Mode::HoldOpen).moves(), None);
+    }
+
     #[test]
     fn a_lockdown_exempt_entry_passes_a_lockdown_within_its_window_and_gates() {
         let mut l = staff(everywhere());
@@ -636,7 +725,9 @@ mod tests {
     // ---- the rules of schedules, anti-passback, clock, offline, two factors, free exit ---
 
     use crate::core::time::Untrust;
-    use crate::core::{Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode};
+    use crate::core::{
+        ExitLimit, ExitRules, Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode,
+    };
 
     /// Monday 2026-11-23 12:00 UTC.
     const MONDAY_NOON: UnixMs = 1_795_435_200_000;
@@ -835,6 +926,181 @@ mod tests {
             &free,
         );
         check(Reason::Denylisted, &card("1"), &denied, &base, &free);
+    }
+
+    /// A visitor's exit uses no entry: in, out, in with two entries; out on the last one.
+    /// A site that counts every pass (`uses_entry`) gets the old count back.
+    #[test]
+    fn a_visitor_exit_uses_no_entry_and_is_granted_on_the_last_one() {
+        let qr = Credential {
+            kind: CredentialKind::Qr,
+            id: "t".into(),
+            score: None,
+        };
+        let out = Context {
+            direction: Direction::Out,
+            ..ctx(Mode::Normal, NOW)
+        };
+        let p = Policy::default();
+        // Two entries: in (used 0 → 1), out (used stays 1), in (1 → 2), out, in refused.
+        let mut used = 0;
+        for (d, want) in [
+            (Direction::In, Reason::Visitor),
+            (Direction::Out, Reason::Visitor),
+            (Direction::In, Reason::Visitor),
+            (Direction::Out, Reason::Visitor),
+            (Direction::In, Reason::EntriesExhausted),
+        ] {
+            let c = Context {
+                direction: d,
+                ..out.clone()
+            };
+            let v = decide(&qr, &invitation(everywhere(), Some(2), used), &c, &p);
+            assert_eq!(v.reason, want, "{d:?} with {used} used");
+            used += u32::from(v.consumes_entry.is_some());
+        }
+        assert_eq!(used, 2);
+        let counting = Policy {
+            exit: ExitRules {
+                uses_entry: true,
+                ..ExitRules::default()
+            },
+            ..Policy::default()
+        };
+        let v = decide(&qr, &invitation(everywhere(), Some(1), 1), &out, &counting);
+        assert_eq!(v.reason, Reason::EntriesExhausted);
+        let v = decide(&qr, &invitation(everywhere(), Some(2), 1), &out, &counting);
+        assert_eq!(v.consumes_entry.as_deref(), Some("INV-1"));
+    }
+
+    /// Per direction: past `valid_until`, past the schedule and past the offline limit, an exit
+    /// is granted within the grace and refused after it, while the entry is refused at once;
+    /// `refuse` and `ignore` do what they say.
+    #[test]
+    fn exits_get_a_grace_on_the_window_the_schedule_and_the_offline_limit() {
+        let cal = Calendar::default();
+        let grace = 30 * 60_000;
+        let judge_at = |l: &Lookups, d: Direction, now: UnixMs, off: Option<i64>, p: &Policy| {
+            let c = Context {
+                direction: d,
+                calendar: &cal,
+                offline_ms: off,
+                ..ctx(Mode::Normal, now)
+            };
+            decide(&card("1"), l, &c, p).reason
+        };
+        // The schedule's grace is tested here; by default a schedule never refuses an exit.
+        let p = Policy {
+            staff_max_offline: Some(24 * HOUR),
+            exit: ExitRules {
+                schedule: ExitLimit::Grace,
+                ..ExitRules::default()
+            },
+            ..rich_policy()
+        };
+        // The window: valid until noon.
+        let until_noon = staff(Validity {
+            valid_until: Some(MONDAY_NOON),
+            ..everywhere()
+        });
+        for (after, out) in [
+            (1, Reason::Staff),
+            (grace, Reason::Staff),
+            (grace + 1, Reason::Expired),
+        ] {
+            let now = MONDAY_NOON + after;
+            assert_eq!(
+                judge_at(&until_noon, Direction::In, now, None, &p),
+                Reason::Expired
+            );
+            assert_eq!(
+                judge_at(&until_noon, Direction::Out, now, None, &p),
+                out,
+                "{after}"
+            );
+        }
+        // The schedule: office closes Monday 18:00 UTC.
+        let closing = MONDAY_NOON + 6 * HOUR;
+        let office = with_schedule(Some("office"), None);
+        for (after, out) in [
+            (0, Reason::Staff),
+            (grace - 1, Reason::Staff),
+            (grace + 60_000, Reason::OutsideSchedule),
+        ] {
+            let now = closing + after;
+            assert_eq!(
+                judge_at(&office, Direction::In, now, None, &p),
+                Reason::OutsideSchedule
+            );
+            assert_eq!(
+                judge_at(&office, Direction::Out, now, None, &p),
+                out,
+                "{after}"
+            );
+        }
+        // The offline limit.
+        let s = staff(everywhere());
+        let day = 24 * HOUR;
+        for (off, out) in [
+            (day + grace, Reason::Staff),
+            (day + grace + 1, Reason::OfflineLimit),
+        ] {
+            assert_eq!(
+                judge_at(&s, Direction::In, MONDAY_NOON, Some(off), &p),
+                Reason::OfflineLimit
+            );
+            assert_eq!(
+                judge_at(&s, Direction::Out, MONDAY_NOON, Some(off), &p),
+                out
+            );
+        }
+        // `refuse` judges an exit as an entry; `ignore` never refuses it.
+        for (limit, late) in [(ExitLimit::Refuse, false), (ExitLimit::Ignore, true)] {
+            let q = Policy {
+                exit: ExitRules {
+                    window: limit,
+                    schedule: limit,
+                    offline_limit: limit,
+                    ..ExitRules::default()
+                },
+                ..p.clone()
+            };
+            let far = 10 * day;
+            let want = |r| if late { Reason::Staff } else { r };
+            assert_eq!(
+                judge_at(&until_noon, Direction::Out, MONDAY_NOON + 1, None, &q),
+                want(Reason::Expired)
+            );
+            assert_eq!(
+                judge_at(&office, Direction::Out, closing + far, None, &q),
+                want(Reason::OutsideSchedule)
+            );
+            assert_eq!(
+                judge_at(&s, Direction::Out, MONDAY_NOON, Some(far), &q),
+                want(Reason::OfflineLimit)
+            );
+        }
+        // What still refuses an exit: the deny list, lockdown, not yet valid, anti-passback.
+        let mut denied = s.clone();
+        denied.denied = Some("lost".into());
+        assert_eq!(
+            judge_at(&denied, Direction::Out, MONDAY_NOON, None, &p),
+            Reason::Denylisted
+        );
+        let later = staff(Validity {
+            valid_from: Some(MONDAY_NOON + 1),
+            ..everywhere()
+        });
+        assert_eq!(
+            judge_at(&later, Direction::Out, MONDAY_NOON, None, &p),
+            Reason::NotYetValid
+        );
+        let c = Context {
+            direction: Direction::Out,
+            calendar: &cal,
+            ..ctx(Mode::Lockdown, MONDAY_NOON)
+        };
+        assert_eq!(decide(&card("1"), &s, &c, &p).reason, Reason::Lockdown);
     }
 
     #[test]
@@ -1322,6 +1588,55 @@ mod tests {
             l.denied = Some("lost".into());
             let v = at(&c, &l, mode, now);
             prop_assert_eq!(v.reason, Reason::Denylisted);
+        }
+
+        /// Every pass of a known subject by credential moves that subject, in every mode; a
+        /// refusal, an unknown credential and an unsure face move nobody.
+        #[test]
+        fn every_pass_of_a_known_subject_moves_it(
+            c in arb_credential(), l in arb_lookups(), mode in arb_mode(),
+            now in NOW - 20_000..NOW + 20_000,
+        ) {
+            let v = at(&c, &l, mode, now);
+            let names: Vec<&str> = l.staff.iter().map(|s| s.subject.as_str())
+                .chain(l.invitation.iter().map(|i| i.invitation.as_str())).collect();
+            let unsure = c.kind == CredentialKind::Face
+                && c.score.is_none_or(|s| s < Policy::default().min_face_score);
+            match v.moves() {
+                Some(who) => prop_assert!(v.granted() && !unsure && names.contains(&who)),
+                None => prop_assert!(!v.granted() || unsure || names.is_empty(),
+                    "{:?} {:?} moved nobody", mode, v.reason),
+            }
+        }
+
+        /// A visitor inside with a valid invitation always gets out in normal mode, whatever
+        /// entries are left, and up to the grace after `valid_until`; the exit uses no entry.
+        #[test]
+        fn a_visitor_inside_with_a_valid_invitation_always_gets_out(
+            c in arb_credential(), mut l in arb_lookups(), max in prop::option::of(0u32..4),
+            used in 0u32..6, late in 0i64..=30 * 60_000, now in NOW - 20_000..NOW + 20_000,
+        ) {
+            l.denied = None;
+            l.staff = None;
+            let Some(i) = l.invitation.as_mut() else { return Ok(()) };
+            i.validity.gates = vec!["*".into()];
+            i.validity.valid_from = i.validity.valid_from.map(|f| f.min(now));
+            i.validity.valid_until = Some(now - late);
+            i.max_entries = max;
+            i.used = used;
+            i.last = Some(LastPass { direction: Direction::In, at: now - 1 });
+            let known = c.kind != CredentialKind::Face
+                || c.score.is_some_and(|s| s >= Policy::default().min_face_score);
+            let hard = Policy {
+                passback: Passback { mode: PassbackMode::Hard, reset_at: None },
+                ..Policy::default()
+            };
+            let cx = Context { direction: Direction::Out, ..ctx(Mode::Normal, now) };
+            let v = decide(&c, &l, &cx, &hard);
+            if known {
+                prop_assert_eq!(v.reason, Reason::Visitor);
+                prop_assert_eq!(v.consumes_entry, None);
+            }
         }
 
         #[test]

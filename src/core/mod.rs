@@ -148,12 +148,19 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Whether a pass for this reason moves its subject's in/out state (anti-passback): a
-    /// credential grant, or a free exit.
+    /// Whether a pass for this reason moves its subject's in/out state (anti-passback): every
+    /// pass a credential of a known subject makes, a grant, a free exit, or a pass while the
+    /// mode holds the lanes open. Otherwise everyone who left during an evacuation would be
+    /// refused at the door afterwards. Overrides and passage facts are not credential passes.
     pub fn moves_passback(self) -> bool {
         matches!(
             self,
-            Self::Staff | Self::Visitor | Self::FreeExit | Self::LockdownExempt
+            Self::Staff
+                | Self::Visitor
+                | Self::FreeExit
+                | Self::LockdownExempt
+                | Self::HoldOpen
+                | Self::EmergencyRelease
         )
     }
 
@@ -333,6 +340,67 @@ pub struct Context<'a> {
 /// `[A-Za-z0-9_-]`), so it is never open.
 pub const UNMAPPED_GROUP: &str = " unmapped group";
 
+/// How one limit of an entry (its window, its schedule, its list's offline limit) applies to
+/// an exit (direction `out`). Entries (`in`) are always refused by every limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitLimit {
+    /// Exits are refused by it as entries are.
+    Refuse,
+    /// An exit is still granted for `ExitRules::grace_ms` after the limit ends.
+    #[default]
+    Grace,
+    /// It never refuses an exit.
+    Ignore,
+}
+
+/// What limits the exit of someone inside: a limit that traps people is worse than one that
+/// lets a person leave a little late. The deny list, lockdown, the gate's and the lane's
+/// hours, the gates an entry names, `valid_from` and anti-passback apply to exits as to
+/// entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitRules {
+    pub grace_ms: i64,
+    /// `valid_until` (an exit before `valid_from` is still refused).
+    pub window: ExitLimit,
+    /// The entry's schedule (its own, else its group's).
+    pub schedule: ExitLimit,
+    /// The list's `max_offline`.
+    pub offline_limit: ExitLimit,
+    /// Whether an exit uses an invitation entry too (and is refused once none is left).
+    pub uses_entry: bool,
+}
+
+impl Default for ExitRules {
+    fn default() -> Self {
+        Self {
+            grace_ms: 30 * 60_000,
+            window: ExitLimit::Grace,
+            // Staff routinely stay past their schedule: a schedule says when they may come in.
+            schedule: ExitLimit::Ignore,
+            offline_limit: ExitLimit::Grace,
+            uses_entry: false,
+        }
+    }
+}
+
+impl ExitRules {
+    /// Whether a visitor's pass in this direction uses one of the invitation's entries.
+    pub fn uses_entry(&self, d: Direction) -> bool {
+        d == Direction::In || self.uses_entry
+    }
+
+    /// How far past its end a limit still lets this direction through: `None` when it does
+    /// not apply at all.
+    pub fn slack(&self, limit: ExitLimit, d: Direction) -> Option<i64> {
+        match (d, limit) {
+            (Direction::In, _) | (Direction::Out, ExitLimit::Refuse) => Some(0),
+            (Direction::Out, ExitLimit::Grace) => Some(self.grace_ms),
+            (Direction::Out, ExitLimit::Ignore) => None,
+        }
+    }
+}
+
 /// Site policy the core applies; comes from config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
@@ -351,6 +419,7 @@ pub struct Policy {
     pub staff_max_offline: Option<i64>,
     /// `max_offline` of the visitors list, in milliseconds.
     pub visitors_max_offline: Option<i64>,
+    pub exit: ExitRules,
 }
 
 impl Default for Policy {
@@ -365,11 +434,18 @@ impl Default for Policy {
             passback: Passback::default(),
             staff_max_offline: None,
             visitors_max_offline: None,
+            exit: ExitRules::default(),
         }
     }
 }
 
 impl Policy {
+    /// Whether a visitor's pass in this direction uses one of the invitation's entries: an
+    /// entry does; an exit only where the site says so.
+    pub fn uses_entry(&self, d: Direction) -> bool {
+        self.exit.uses_entry(d)
+    }
+
     /// The schedule a staff entry follows: its own, else its group's. A group the config
     /// does not map names no schedule the gate knows (`UNMAPPED_GROUP`), so it grants nothing:
     /// a typo in a list must never widen access. A group meant to be unrestricted maps to a

@@ -1006,6 +1006,7 @@ impl Db {
     /// judges on its own passes, as when it is cut off.
     pub fn learn(&mut self, events: &[PassEvent], now: UnixMs) -> Result<usize, StoreError> {
         let gate = self.gate.clone();
+        let exit = self.policy.exit;
         let mut resets: Vec<(String, u64, u64)> = Vec::new();
         let learned = self.relaxed(|conn| {
             let tx = write(conn)?;
@@ -1066,7 +1067,8 @@ impl Db {
                     continue;
                 }
                 set_passback(&tx, subject, e.direction, at, &e.gate, true)?;
-                if e.reason == Reason::Visitor {
+                // Counted by this gate's rule: the site's gates share it.
+                if e.reason == Reason::Visitor && exit.uses_entry(e.direction) {
                     use_entry(&tx, subject)?;
                 }
             }
@@ -1133,7 +1135,8 @@ impl Db {
         now: UnixMs,
     ) -> Result<PassEvent, StoreError> {
         let draft = EventDraft::fact_of(pass, Some(passed), None);
-        let give_back = give_back.filter(|_| !passed);
+        // Only a pass that used an entry gives one back (a visitor's exit uses none).
+        let give_back = give_back.filter(|_| !passed && self.policy.uses_entry(pass.direction));
         self.record_local(draft, now, |tx| {
             if let Some(invitation) = give_back {
                 tx.prepare_cached(

@@ -829,6 +829,63 @@ fn anti_passback_state_is_kept_and_learned_from_other_gates() {
     assert_eq!(west_view.last_pass("E1").expect("state"), None);
 }
 
+/// After an evacuation: a subject who went out under emergency release (or hold-open) is out,
+/// here and at the peer gates that learn the pass, and comes back in in normal mode.
+#[test]
+fn a_pass_under_an_open_mode_moves_the_subject_here_and_at_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut east = open_with(&dir, "east.db", "east-1", hard_passback());
+    let mut west = open_with(&dir, "west.db", "west-1", hard_passback());
+    for db in [&mut east, &mut west] {
+        db.apply_snapshot(&staff_snapshot(1, &[("E1", "c1"), ("E2", "c2")]))
+            .expect("apply")
+            .expect("applied");
+    }
+    for (card, open) in [("c1", Mode::EmergencyRelease), ("c2", Mode::HoldOpen)] {
+        east.assume_mode(Mode::Normal);
+        assert_eq!(
+            reason(&record_one(&mut east, at(card, Direction::In, NOW))),
+            Reason::Staff
+        );
+        east.assume_mode(open);
+        let out = record_one(&mut east, at(card, Direction::Out, NOW + 1));
+        assert!(reason(&out).is_granted(), "{out:?}");
+        east.assume_mode(Mode::Normal);
+        assert_eq!(
+            reason(&record_one(&mut east, at(card, Direction::In, NOW + 2))),
+            Reason::Staff,
+            "{open:?}"
+        );
+    }
+    // West learns east's passes in order: each subject's last one is the `in` after the
+    // release, so a second `in` at west is refused, and an `out` is granted.
+    west.learn(&events_of(&east), NOW + 3).expect("learn");
+    assert_eq!(
+        west.last_pass("E1").expect("state").map(|l| l.direction),
+        Some(Direction::In)
+    );
+    // Learned alone, the pass under emergency release moves the subject out.
+    let mut north = open_with(&dir, "north.db", "north-1", hard_passback());
+    north
+        .apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
+        .expect("apply")
+        .expect("applied");
+    assert_eq!(
+        reason(&record_one(&mut north, at("c1", Direction::In, NOW))),
+        Reason::Staff
+    );
+    let released: Vec<_> = events_of(&east)
+        .into_iter()
+        .filter(|e| e.reason == Reason::EmergencyRelease)
+        .collect();
+    assert_eq!(released.len(), 1, "{released:?}");
+    north.learn(&released, NOW + 3).expect("learn");
+    assert_eq!(
+        reason(&record_one(&mut north, at("c1", Direction::In, NOW + 4))),
+        Reason::Staff
+    );
+}
+
 /// The worst case of docs/policy.md: while k gates are cut off from each other, each admits an
 /// invitation up to its own count, so at most k × max_entries entries in all; once they hear
 /// of each other's entries, none admits more.
@@ -866,6 +923,46 @@ fn invitation_entries_at_gates_cut_off_from_each_other() {
             Reason::EntriesExhausted
         );
     }
+}
+
+/// A visitor's exit uses no entry, here or at a peer that learns it, and a release nobody
+/// used on the way out gives nothing back.
+#[test]
+fn a_visitor_exit_uses_no_entry_here_or_at_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = r#"{"list":"visitors","site":"hq","version":1,"entries":[{"invitation":"INV-1",
+        "credentials":[{"kind":"card","id":"q1"}],"gates":["*"],"max_entries":1}]}"#;
+    let visitors = parse_snapshot(ListName::Visitors, body.as_bytes()).expect("snapshot");
+    let mut east = open_with(&dir, "east.db", "east-1", Policy::default());
+    let mut west = open_with(&dir, "west.db", "west-1", Policy::default());
+    for db in [&mut east, &mut west] {
+        db.apply_snapshot(&visitors)
+            .expect("apply")
+            .expect("applied");
+    }
+    assert_eq!(
+        reason(&record_one(&mut east, at("q1", Direction::In, NOW))),
+        Reason::Visitor
+    );
+    let out = record_one(&mut east, at("q1", Direction::Out, NOW + 1));
+    assert_eq!(reason(&out), Reason::Visitor);
+    assert_eq!(east.invitation_used("INV-1").expect("used"), 1);
+    let PassOutcome::Recorded { event, .. } = out else {
+        panic!("recorded")
+    };
+    east.record_passage(&event, false, Some("INV-1"), NOW + 2)
+        .expect("passage");
+    assert_eq!(east.invitation_used("INV-1").expect("used"), 1);
+    west.learn(&events_of(&east), NOW + 3).expect("learn");
+    assert_eq!(west.invitation_used("INV-1").expect("used"), 1);
+    assert_eq!(
+        reason(&record_one(&mut west, at("q1", Direction::Out, NOW + 4))),
+        Reason::Visitor
+    );
+    assert_eq!(
+        reason(&record_one(&mut west, at("q1", Direction::In, NOW + 5))),
+        Reason::EntriesExhausted
+    );
 }
 
 #[test]

@@ -26,7 +26,12 @@ fn check_config_accepts_the_example_and_names_key_and_line_of_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("site `hq` gate `east-1`"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("site `hq` gate `east-1`"), "{said}");
+    assert!(
+        said.contains("exits: grace 30 min; window Grace, schedule Grace, offline limit Grace"),
+        "{said}"
+    );
 
     let bad = dir.path().join("bad.toml");
     let text = text.replace("poll_ms = 50", "poll_ms = 50\npol_ms = 10");

@@ -3,6 +3,7 @@
 //! came in at one gate cannot come in again at the other until they have gone out somewhere;
 //! a guard's `clear_passback` at one gate clears the state at both, and `clear_passback_all`
 //! (after a drill) clears everyone's.
+//! A pass out under emergency release at one gate is learned by the other like any pass.
 
 use serde_json::{Value, json};
 
@@ -247,4 +248,48 @@ async fn after_a_drill_one_clear_for_everyone_at_one_gate_lets_everyone_in_at_bo
     }
     let e = east.present(&centre, "0012345678", false).await;
     assert_eq!(verdict(&e), ("granted", "staff"), "{e}");
+}
+
+/// After an evacuation at one gate, the other gates of the site learn who went out: a subject
+/// who badged out under emergency release at east comes back in at west.
+#[tokio::test]
+async fn a_pass_out_under_emergency_release_is_learned_by_the_peer_gate() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let east = Gate::start("east-1", "west-1", broker.port).await;
+    let west = Gate::start("west-1", "east-1", broker.port).await;
+    for g in [&east, &west] {
+        centre
+            .wait_json(
+                &format!("{} acking staff@1", g.name),
+                &g.topic("ack"),
+                |a| a["ref"] == "staff@1" && a["ok"] == true,
+            )
+            .await;
+        centre
+            .wait_json(
+                &format!("{} subscribed to its peer", g.name),
+                &g.topic("status"),
+                |s| s["devices"]["mqtt_peers"] == "ok",
+            )
+            .await;
+    }
+    const CARD: &str = "0012345678";
+    let e = east.present(&centre, CARD, true).await;
+    assert_eq!(verdict(&e), ("granted", "staff"), "{e}");
+    let ack = run_command(&centre, "emergency_release", "evacuate-east-1", json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    centre
+        .wait_json("east in emergency release", &east.topic("status"), |s| {
+            s["mode"] == "emergency_release"
+        })
+        .await;
+    let out = east.present(&centre, CARD, false).await;
+    assert_eq!(verdict(&out), ("granted", "emergency_release"), "{out}");
+    let ack = run_command(&centre, "normal", "all-clear-east-1", json!({})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    west.learned("east-1", seq(&out)).await;
+    // Before the fix: refused `anti_passback`, west still had E1001 inside.
+    let w = west.present(&centre, CARD, true).await;
+    assert_eq!(verdict(&w), ("granted", "staff"), "{w}");
 }

@@ -6,6 +6,7 @@ mod cli;
 mod clock;
 mod compound;
 mod demo;
+mod exits;
 mod faults;
 mod fire;
 mod free_exit;
