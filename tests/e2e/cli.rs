@@ -29,7 +29,7 @@ fn check_config_accepts_the_example_and_names_key_and_line_of_an_error() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("site `hq` gate `east-1`"), "{said}");
     assert!(
-        said.contains("exits: grace 30 min; window Grace, schedule Grace, offline limit Grace"),
+        said.contains("exits: grace 30 min; window Grace, schedule Ignore, offline limit Grace"),
         "{said}"
     );
 
