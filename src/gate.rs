@@ -39,6 +39,8 @@ pub struct Shared {
     pub buses: crate::hw::bus::Buses,
     /// Face-terminal snapshots, for the snapshot task to decode and store.
     pub snapshots: mpsc::Sender<crate::hw::snapshot::Job>,
+    /// Releases of granted passes not settled yet, which shutdown waits for.
+    pub releases: relay::InFlight,
 }
 
 impl Shared {
@@ -201,17 +203,26 @@ impl Gate {
             tracing::warn!(mode = mode.as_str(), "starting in the persisted mode");
         }
         let (mode_tx, mode_rx) = watch::channel(mode);
+        // Faults still open from before this start continue their episode (one `device_fault`,
+        // then its `device_recovered`), read before any device task observes.
+        let open_faults = store.call(|db| db.open_device_faults()).await?;
+        if !open_faults.is_empty() {
+            tracing::warn!(devices = ?open_faults, "device faults open from before the start");
+        }
+        let health = Health::default();
+        health.restore_faults(open_faults);
         let (outbox_kick, kick_rx) = mpsc::channel(1);
         // A few snapshots may wait; more are dropped (logged), never waited for.
         let (snapshot_tx, snapshot_rx) = mpsc::channel(8);
         let shared = Shared {
             store,
-            health: Health::default(),
+            health,
             mode: mode_rx,
             decisions: broadcast::channel(1024).0,
             outbox_kick,
             buses: Default::default(),
             snapshots: snapshot_tx,
+            releases: Default::default(),
         };
         tokio::spawn(crate::hw::snapshot::run(
             snapshot_rx,
@@ -442,14 +453,27 @@ impl Gate {
         })
     }
 
-    /// Stops every task; the sync publishes an offline status first.
+    /// Stops every task; the sync publishes an offline status first. A release in flight (a
+    /// granted pass whose pulse a board has not confirmed) is given `RELEASE_GRACE` to settle;
+    /// one still unsettled then is recorded `relay_unknown` before the process ends.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
+        let abandoned = self.shared.releases.settle(RELEASE_GRACE).await;
+        for r in &abandoned {
+            let detail = relay::abandoned_detail(r);
+            tracing::error!(relay = %r.relay, "{detail}");
+            let _ = self.shared.alarm("relay_unknown", &r.relay, &detail).await;
+        }
         if let Some(s) = self.sync.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s).await;
         }
     }
 }
+
+/// How long shutdown waits for releases in flight: a board's reply normally takes
+/// milliseconds; a hung one is not waited for beyond this (systemd's stop timeout is far
+/// longer), and what it abandons is alarmed.
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Hands guard panel presses to `Control`. The emergency button is carried out at once; the
 /// others in the order they were made, on a task of their own, so that none of them (waiting

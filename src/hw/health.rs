@@ -87,9 +87,18 @@ pub fn step(
     }
 }
 
+/// The state shown for a device whose `device_fault` was still open when gated last stopped,
+/// until its first observation since the start says what it is now.
+pub const FAULT_BEFORE_RESTART: &str = "fault_before_restart";
+
 #[derive(Clone)]
 pub struct Health {
     devices: Arc<Mutex<BTreeMap<String, DeviceHealth>>>,
+    /// Devices whose `device_fault` the store holds open from before this start, not observed
+    /// since. Their first observation continues the episode: a device still faulty raises no
+    /// second `device_fault`, one that answers again raises the `device_recovered` that closes
+    /// it. Kept apart from `devices` so that a device no longer configured is not shown.
+    restored: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// Bumped on every change of a shown state. A `watch` (not a `Notify`) so that a change
     /// made while nobody was waiting is still seen by the next `changed()`.
     version: Arc<watch::Sender<u64>>,
@@ -99,16 +108,36 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             devices: Arc::default(),
+            restored: Arc::default(),
             version: Arc::new(watch::channel(0).0),
         }
     }
 }
 
 impl Health {
+    /// Devices whose fault was open when gated last stopped (read from the store at start,
+    /// before any device task runs).
+    pub fn restore_faults(&self, devices: impl IntoIterator<Item = String>) {
+        self.restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(devices);
+    }
+
     /// Records an observation of `device`; returns the alarm it calls for.
     pub fn observe(&self, device: &str, observed: Result<(), &'static str>) -> Transition {
         let mut m = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        let prev = m.get(device);
+        let was_open = !m.contains_key(device)
+            && self
+                .restored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(device);
+        let open = DeviceHealth::Faulty {
+            state: FAULT_BEFORE_RESTART,
+            answering_since: None,
+        };
+        let prev = if was_open { Some(&open) } else { m.get(device) };
         let before = prev.map(DeviceHealth::state);
         let (next, transition) = step(prev, observed, Instant::now());
         let changed = before != Some(next.state());
@@ -186,6 +215,30 @@ mod tests {
         assert_eq!((h.state(), t), ("timeout", Transition::None));
         let (h, t) = step(Some(&h), Ok(()), at(2_010 + 3_000));
         assert_eq!((h.state(), t), ("ok", Transition::Recovered));
+    }
+
+    #[test]
+    fn a_fault_open_before_a_restart_continues_its_episode() {
+        let h = Health::default();
+        h.restore_faults(["reader1".to_string(), "relay1".to_string()]);
+        assert!(h.snapshot().is_empty(), "not shown before it is observed");
+        // Still faulty: no second `device_fault`.
+        assert_eq!(h.observe("reader1", Err("timeout")), Transition::None);
+        assert_eq!(h.snapshot()["reader1"], "timeout");
+        // Fine again: the hold, then the `device_recovered` that closes the open fault.
+        assert_eq!(h.observe("relay1", Ok(())), Transition::None);
+        assert_eq!(h.snapshot()["relay1"], FAULT_BEFORE_RESTART);
+        let (state, t) = step(
+            Some(&DeviceHealth::Faulty {
+                state: FAULT_BEFORE_RESTART,
+                answering_since: Some(Instant::now() - RECOVERY_HOLD),
+            }),
+            Ok(()),
+            Instant::now(),
+        );
+        assert_eq!((state.state(), t), ("ok", Transition::Recovered));
+        // A device never faulty is unaffected.
+        assert_eq!(h.observe("reader2", Ok(())), Transition::None);
     }
 
     #[test]

@@ -199,16 +199,19 @@ pub async fn release(
     event: &crate::sync::contract::PassEvent,
 ) {
     if granted {
+        let what = format!("pass {} granted", event.id);
+        // Until its pulse is confirmed or its alarm recorded: shutdown waits for it.
+        let _settling = shared.releases.begin(super::relay::Release {
+            relay: relay.name().to_string(),
+            what: what.clone(),
+            lane: lane.id,
+            direction: event.direction,
+        });
         let r = relay
             .pulse(lane.channel, event.direction, lane.release_ms)
             .await;
         if let Err(e) = r {
-            let (code, detail) = super::relay::release_alarm(
-                &format!("pass {} granted", event.id),
-                lane.id,
-                event.direction,
-                &e,
-            );
+            let (code, detail) = super::relay::release_alarm(&what, lane.id, event.direction, &e);
             tracing::error!(reader, "{detail}");
             let _ = shared.alarm(code, relay.name(), &detail).await;
         }

@@ -93,6 +93,80 @@ impl RelayHandle {
     }
 }
 
+/// Releases asked of relay boards whose outcome is not settled yet (pulsed, or alarmed), so
+/// that shutdown can wait for them and alarm those it abandons: a granted pass recorded
+/// without its pulse or an alarm would say a lane opened that may not have.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    releases: std::sync::Arc<std::sync::Mutex<(u64, std::collections::BTreeMap<u64, Release>)>>,
+}
+
+/// A release in flight: what asked it, for the alarm if it is abandoned.
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub relay: String,
+    pub what: String,
+    pub lane: u16,
+    pub direction: Direction,
+}
+
+/// Holds a release in the registry until dropped (settled, or its task cancelled).
+pub struct Settling {
+    releases: std::sync::Arc<std::sync::Mutex<(u64, std::collections::BTreeMap<u64, Release>)>>,
+    id: u64,
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let mut r = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+        r.1.remove(&self.id);
+    }
+}
+
+impl InFlight {
+    /// Registers a release until the returned guard is dropped.
+    pub fn begin(&self, release: Release) -> Settling {
+        let mut r = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 += 1;
+        let id = r.0;
+        r.1.insert(id, release);
+        Settling {
+            releases: self.releases.clone(),
+            id,
+        }
+    }
+
+    fn pending(&self) -> Vec<Release> {
+        let r = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+        r.1.values().cloned().collect()
+    }
+
+    /// Waits up to `grace` for every release in flight to settle; returns those that did not.
+    /// Polled: shutdown is the only caller, and it waits only while a release is in flight.
+    pub async fn settle(&self, grace: Duration) -> Vec<Release> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.pending();
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The `relay_unknown` alarm's detail for a release shutdown abandoned: the pulse may have
+/// been written (a hung board takes the write and never answers) or not yet, so it is unknown.
+pub fn abandoned_detail(r: &Release) -> String {
+    format!(
+        "{}; whether lane {} {} was released is unknown: gated stopped before the board \
+         confirmed the pulse; not sent again",
+        r.what,
+        r.lane,
+        r.direction.as_str()
+    )
+}
+
 /// How often a board that has its coils is read: its fire and tamper contacts, which also
 /// shows a dead board in status before a pass needs it.
 const CONTACT_POLL: Duration = Duration::from_millis(200);

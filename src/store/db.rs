@@ -334,9 +334,34 @@ impl Db {
     ) -> Result<Alarm, StoreError> {
         let tx = write(&mut self.conn)?;
         let a = insert_alarm(&tx, &self.gate, alarm, source, detail, now)?;
+        // A device's open fault outlives a restart, in the same transaction as its alarm, so
+        // that the next start continues the episode (`open_device_faults`).
+        match alarm {
+            "device_fault" => set_state(&tx, &format!("{DEVICE_FAULT_KEY}{source}"), detail)?,
+            "device_recovered" => {
+                tx.prepare_cached("DELETE FROM state WHERE key = ?1")?
+                    .execute([format!("{DEVICE_FAULT_KEY}{source}")])?;
+            }
+            _ => {}
+        }
         tx.commit()?;
         self.pending += 1;
         Ok(a)
+    }
+
+    /// The devices whose `device_fault` has had no `device_recovered` yet.
+    pub fn open_device_faults(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM state WHERE key >= ?1 AND key < ?2 ORDER BY key")?;
+        let rows = stmt.query_map([DEVICE_FAULT_KEY, DEVICE_FAULT_END], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for key in rows {
+            out.push(key?[DEVICE_FAULT_KEY.len()..].to_string());
+        }
+        Ok(out)
     }
 
     /// Raises `outbox_high` once when the outbox crosses 80% of its quota, and again after it
@@ -1491,6 +1516,11 @@ fn claim(conn: &mut Connection, gate: &GateId, path: &Path) -> Result<(), StoreE
         }
     }
 }
+
+/// `state` keys of open device faults: this prefix and the device's name.
+const DEVICE_FAULT_KEY: &str = "device_fault/";
+/// Just past every key with that prefix ('/' + 1 = '0').
+const DEVICE_FAULT_END: &str = "device_fault0";
 
 fn set_state(tx: &Transaction, key: &str, value: &str) -> rusqlite::Result<()> {
     tx.prepare_cached(

@@ -89,7 +89,16 @@ const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
 /// not stretch the wait before the next connection. A broker that refuses us, or a poisoned
 /// retained message, ends a connection well before this.
 const SETTLED_UPTIME: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between attempts (plus up to 25% jitter: 5 s at most). A broker back up
+/// after an outage is reached within that; a longer ceiling (30 s once) left a broker that
+/// was up unreached for over half a minute. A broker that refuses us (a wrong password, a
+/// poisoned subscription) still sees one attempt per connection every 4 to 5 s: a TCP connect
+/// and a CONNECT packet, which it turns away at no cost worth saving, while the gate reached
+/// again a few seconds sooner is worth a lot.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// What `MAX_BACKOFF` and its jitter add up to, at most.
+#[cfg(test)]
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// The largest packet the gate sends (rumqttc refuses a larger one and drops the connection).
 /// What the gate publishes is a few KB (thumbnails tens of KB); a publish that would be larger
@@ -266,7 +275,7 @@ async fn run_role(
     mut io: Io,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
+    let mut backoff = reconnect_backoff();
     // An oversize packet is alarmed once, not on every reconnect it causes.
     let mut oversize_alarmed = false;
     loop {
@@ -303,6 +312,10 @@ async fn run_role(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), MAX_BACKOFF)
 }
 
 enum End {
@@ -1187,6 +1200,19 @@ mod tests {
         assert!(held(true, true, s(3)));
         // Up long enough, whatever it did.
         assert!(held(true, false, HEALTHY_UPTIME));
+    }
+
+    #[test]
+    fn a_broker_back_up_is_tried_again_within_seconds() {
+        let mut backoff = reconnect_backoff();
+        let waits: Vec<Duration> = (0..50).map(|_| backoff.next_delay()).collect();
+        let longest = waits.iter().max().copied().unwrap_or_default();
+        assert!(
+            longest <= MAX_RECONNECT_WAIT,
+            "waited {longest:?} between attempts"
+        );
+        // Still backing off from a broker that refuses us: not at once, again and again.
+        assert!(waits[10..].iter().all(|w| *w >= MAX_BACKOFF), "{waits:?}");
     }
 
     #[test]

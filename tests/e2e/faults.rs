@@ -251,3 +251,78 @@ async fn a_dead_guard_panel_is_alarmed_and_shown_and_the_lanes_go_on() {
         })
         .await;
 }
+
+/// Alarms `code` from `source`, each counted once: one sent again after a SIGKILL (its
+/// PUBACK not yet recorded) keeps its id.
+fn distinct_alarms(centre: &Centre, code: &str, source: &str) -> usize {
+    centre
+        .on(ALARM)
+        .iter()
+        .map(Msg::json)
+        .filter(|a| a["alarm"] == code && a["source"] == source)
+        .map(|a| a["id"].to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+async fn nth_distinct_alarm(centre: &Centre, code: &str, source: &str, n: usize) {
+    wait_for(&format!("{code} alarm #{n} of {source}"), DEADLINE, || {
+        (distinct_alarms(centre, code, source) >= n).then_some(())
+    })
+    .await;
+}
+
+/// Issue 22, item 6: a fault open across a restart is one episode: a device still faulty
+/// raises no second `device_fault`, one healed while gated was down raises the
+/// `device_recovered` that closes it.
+#[tokio::test]
+async fn a_fault_open_across_a_restart_is_alarmed_once_and_closed() {
+    let broker = Broker::start().await;
+    let centre = Centre::with_staff(&broker).await;
+    let devices = Devices::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_text(&dir.path().join("gated.db"), broker.port, &devices);
+    let mut daemon = Daemon::start_with_env(dir.path(), &config, &[]);
+    centre
+        .wait_json("the ack of staff@1", ACK, |a| a["ref"] == "staff@1")
+        .await;
+
+    // Still faulty after the restart.
+    devices.reader1_srv.set_unit_fault(1, Fault::NoReply);
+    nth_distinct_alarm(&centre, "device_fault", "reader1", 1).await;
+    let statuses = centre.on(STATUS).len();
+    daemon.restart();
+    wait_for("reader1 `timeout` after the restart", DEADLINE, || {
+        centre.on(STATUS)[statuses..]
+            .iter()
+            .any(|s| s.json()["devices"]["reader1"] == "timeout")
+            .then_some(())
+    })
+    .await;
+    devices.reader1_srv.set_unit_fault(1, Fault::None);
+    // Alarms leave in the order they were recorded: a second fault would be here by now.
+    nth_distinct_alarm(&centre, "device_recovered", "reader1", 1).await;
+    assert_eq!(
+        distinct_alarms(&centre, "device_fault", "reader1"),
+        1,
+        "one episode"
+    );
+
+    // Healed while gated was down.
+    devices.reader1_srv.set_unit_fault(1, Fault::NoReply);
+    nth_distinct_alarm(&centre, "device_fault", "reader1", 2).await;
+    daemon.kill9();
+    devices.reader1_srv.set_unit_fault(1, Fault::None);
+    let statuses = centre.on(STATUS).len();
+    daemon.restart();
+    nth_distinct_alarm(&centre, "device_recovered", "reader1", 2).await;
+    wait_for("reader1 ok after the restart", DEADLINE, || {
+        centre.on(STATUS)[statuses..]
+            .iter()
+            .any(|s| s.json()["devices"]["reader1"] == "ok")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(distinct_alarms(&centre, "device_fault", "reader1"), 2);
+    assert_eq!(distinct_alarms(&centre, "device_recovered", "reader1"), 2);
+}

@@ -232,3 +232,38 @@ async fn after_an_outage_the_status_says_how_long_it_lasted_and_what_was_decided
     assert!(since < until, "{status}");
     assert!(status.get("offline_since").is_none(), "{status}");
 }
+
+/// Issue 22, item 6: after a long outage the wait between attempts had grown to 30 s plus
+/// jitter, so a broker that was back up went unreached for up to 37 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_after_a_long_outage_is_reached_within_seconds() {
+    let mut w = World::start().await;
+    let uplink_lines = |log: &str, what: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains("Uplink"))
+            .count()
+    };
+    wait_for("the uplink connected", Duration::from_secs(20), || {
+        (uplink_lines(&w.daemon.log(), "MQTT connected") >= 1).then_some(())
+    })
+    .await;
+    let connected_before = uplink_lines(&w.daemon.log(), "MQTT connected");
+    w.broker.stop();
+    // Enough failed attempts that the old backoff had reached its 30 s ceiling (0.25 s
+    // doubling: the wait after the 7th was 30 s).
+    wait_for("seven failed attempts", Duration::from_secs(60), || {
+        (uplink_lines(&w.daemon.log(), "could not connect to MQTT broker") >= 7).then_some(())
+    })
+    .await;
+    w.broker.restart().await;
+    let back = std::time::Instant::now();
+    wait_for("the uplink back", Duration::from_secs(60), || {
+        (uplink_lines(&w.daemon.log(), "MQTT connected") > connected_before).then_some(())
+    })
+    .await;
+    let took = back.elapsed();
+    assert!(
+        took <= Duration::from_secs(7),
+        "the gate reached a broker that was up only after {took:?}"
+    );
+}

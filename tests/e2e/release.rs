@@ -189,3 +189,84 @@ async fn a_board_that_refuses_function_6_is_pulsed_with_16_when_configured() {
         .count();
     assert_eq!(relay_alarms, 0, "{:?}", centre.on(ALARM));
 }
+
+/// Rows of the gate's outbox on `stream`, read from its database.
+fn outbox(w: &World, stream: &str) -> Vec<Value> {
+    let conn =
+        rusqlite::Connection::open_with_flags(w.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the gate's database");
+    conn.busy_timeout(Duration::from_secs(1))
+        .expect("busy timeout");
+    let mut stmt = conn
+        .prepare("SELECT payload FROM outbox WHERE stream = ?1 ORDER BY rowid")
+        .expect("outbox query");
+    stmt.query_map([stream], |r| r.get::<_, String>(0))
+        .expect("outbox rows")
+        .map(|p| serde_json::from_str(&p.expect("row")).expect("payload JSON"))
+        .collect()
+}
+
+/// Issue 22, item 6: with the relay board hung at SIGTERM, the passes granted and not yet
+/// pulsed were recorded granted and nothing said their lane may not have opened.
+#[tokio::test]
+async fn releases_abandoned_at_shutdown_are_alarmed_as_unknown() {
+    // The board's timeout is long, as a slow RS-485 gateway's may be: the pulses are still
+    // waiting for it when SIGTERM arrives.
+    let mut w = World::start_with_config(|c| {
+        c.replacen(
+            "timeout_ms = 200\n[[lane]]",
+            "timeout_ms = 5000\n[[lane]]",
+            1,
+        )
+    })
+    .await;
+    w.centre
+        .wait_json("relay1 ok", STATUS, |s| s["devices"]["relay1"] == "ok")
+        .await;
+    // The broker down: what the gate records stays in its outbox, for this test to read.
+    w.broker.stop();
+    w.devices
+        .relay_srv
+        .set_unit_fault(1, Fault::Latency(Duration::from_secs(60)));
+    for reader in [&w.devices.reader1, &w.devices.reader2] {
+        reader.present(KIND_CARD, "0012345678", 0).expect("queued");
+    }
+    let granted = |w: &World| {
+        outbox(w, "event")
+            .into_iter()
+            .filter(|e| e["decision"] == "granted")
+            .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    let passes = wait_for("two passes recorded granted", DEADLINE, || {
+        let g = granted(&w);
+        (g.len() == 2).then_some(g)
+    })
+    .await;
+    let pid = w.daemon.pid().expect("gated running");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let stopping = std::time::Instant::now();
+    wait_for("gated to exit", Duration::from_secs(20), || {
+        (!w.daemon.is_running()).then_some(())
+    })
+    .await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let alarms: Vec<Value> = outbox(&w, "alarm")
+        .into_iter()
+        .filter(|a| a["source"] == "relay1")
+        .filter(|a| a["alarm"] == "relay_unknown" || a["alarm"] == "relay_failed")
+        .collect();
+    for id in &passes {
+        assert!(
+            alarms.iter().any(|a| a["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(id.as_str()))),
+            "no relay alarm for pass {id}; relay alarms: {alarms:?}"
+        );
+    }
+}
