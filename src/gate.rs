@@ -39,6 +39,8 @@ pub struct Shared {
     pub buses: crate::hw::bus::Buses,
     /// Face-terminal snapshots, for the snapshot task to decode and store.
     pub snapshots: mpsc::Sender<crate::hw::snapshot::Job>,
+    /// Alarms the store could not record, for the uplink to send past the outbox.
+    pub direct: crate::sync::direct::Direct,
 }
 
 impl Shared {
@@ -97,6 +99,20 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    /// Sends an alarm to the centre past the outbox, marked `"unrecorded": true`: for what
+    /// must reach the centre while the store cannot record it (G8, G9). It does not record
+    /// it: the caller keeps the alarm and records it once the store can write.
+    pub fn alarm_direct(&self, code: &str, source: &str, detail: &str) {
+        let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
+        tracing::error!(
+            alarm = code,
+            source,
+            "{detail} (sent to the broker unrecorded)"
+        );
+        self.direct.push(a);
+        self.kick_outbox();
     }
 
     /// Tells the uplink there is something new; a signal already pending is enough.
@@ -212,6 +228,7 @@ impl Gate {
             outbox_kick,
             buses: Default::default(),
             snapshots: snapshot_tx,
+            direct: Default::default(),
         };
         tokio::spawn(crate::hw::snapshot::run(
             snapshot_rx,

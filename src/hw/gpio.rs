@@ -608,6 +608,7 @@ mod tests {
             outbox_kick: mpsc::channel(1).0,
             buses: Default::default(),
             snapshots: mpsc::channel(1).0,
+            direct: Default::default(),
         };
         (shared, mode_tx, dir)
     }

@@ -820,8 +820,23 @@ impl<'a> Connection<'a> {
         (usize::from(self.link.cfg.inflight) / 8).max(1)
     }
 
-    /// Queues outbox rows until the window is full.
+    /// Hands the alarms the store could not record to the client (`sync::direct`).
+    fn send_direct(&mut self) {
+        while let Some(a) = self.link.shared.direct.pop() {
+            let body = a.body(&self.link.topics, self.link.cfg.demo);
+            if !self.publish(self.link.topics.alarm(), body, false, Tag::Other) {
+                self.link.shared.direct.unpop(a);
+                return;
+            }
+        }
+    }
+
+    /// Queues outbox rows until the window is full, after the alarms the store could not
+    /// record (they go first: they are what the outbox lacks).
     async fn fill(&mut self) {
+        if self.connected {
+            self.send_direct();
+        }
         while self.connected {
             let room = self.room();
             if room == 0 {
