@@ -72,11 +72,20 @@ impl Unrecorded {
 
 /// The alarms waiting for the uplink, oldest first.
 #[derive(Clone, Default)]
-pub struct Direct(Arc<Mutex<VecDeque<Unrecorded>>>);
+pub struct Direct {
+    queue: Arc<Mutex<VecDeque<Unrecorded>>>,
+    /// Wakes an uplink that is waiting for the store (`waiting`).
+    pushed: Arc<tokio::sync::Notify>,
+}
 
 impl Direct {
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Unrecorded>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once an alarm was pushed (or had been since the last call).
+    pub async fn waiting(&self) {
+        self.pushed.notified().await;
     }
 
     pub fn push(&self, a: Unrecorded) {
@@ -91,6 +100,8 @@ impl Direct {
             );
         }
         q.push_back(a);
+        drop(q);
+        self.pushed.notify_one();
     }
 
     pub fn pop(&self) -> Option<Unrecorded> {

@@ -117,6 +117,7 @@ async fn the_fire_release_reaches_the_centre_directly_while_the_store_cannot_wri
     lock.execute_batch("BEGIN EXCLUSIVE")
         .expect("take the write lock");
 
+    let fire = std::time::Instant::now();
     w.devices.relay.set_fire(true);
     wait_all_coils(
         &w.devices.relay,
@@ -132,6 +133,13 @@ async fn the_fire_release_reaches_the_centre_directly_while_the_store_cannot_wri
             a["alarm"] == "fire_alarm" && a["unrecorded"] == true
         })
         .await;
+    // Within about a second, not after the 5 s a write waits for the lock before it fails:
+    // neither the release's record nor the uplink may hold it up.
+    assert!(
+        fire.elapsed() < std::time::Duration::from_secs(3),
+        "the direct alarm took {:?}",
+        fire.elapsed()
+    );
     assert!(
         direct.get("seq").is_none(),
         "an unrecorded alarm has no seq: {direct}"
