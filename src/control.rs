@@ -96,6 +96,10 @@ struct Latch {
     epoch: u64,
 }
 
+/// How long the record of an emergency release may take before its alarm goes to the centre
+/// past the outbox, marked unrecorded.
+const DIRECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long after start an emergency release may not be left while a board's fire contact
 /// has not been read yet.
 pub const FIRE_READ_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -297,14 +301,25 @@ impl Control {
     /// `fire_alarm` alarm, and one event per lane. While the store cannot record, the mode is
     /// tried again every second, for as long as this release is the latest mode switch; once
     /// a later switch superseded it, only the alarm and the events are recorded (as history).
+    /// The alarm and the events are kept (by this task) and tried again every second until
+    /// they are recorded: an evacuation must be in the log (G8). Meanwhile, if the mode is not
+    /// recorded within `DIRECT_AFTER`, the alarm goes to the centre past the outbox, marked
+    /// unrecorded (`sync::direct`).
     async fn record_release(&self, why: Release, by: &str, epoch: u64, now: UnixMs) {
         let (source, input, what) = match why {
             Release::Fire => ("fire", "fire_contact", "fire alarm contact"),
             Release::Panel => ("panel", "emergency_release", "emergency button of panel"),
         };
+        // What the centre gets past the outbox: the fire alarm, or the mode change that a
+        // panel's button makes.
+        let code = match why {
+            Release::Fire => "fire_alarm",
+            Release::Panel => "mode_changed",
+        };
         let detail = format!("{what} {by}: emergency release of every lane");
         let mode = Mode::EmergencyRelease;
         let mut attempt: u64 = 0;
+        let mut sent_direct = false;
         // The mode lock is taken per attempt, not across the retries: a guard's reset (which
         // the store must record too) is not held up behind them.
         let _recorded = loop {
@@ -314,15 +329,29 @@ impl Control {
                 break one_at_a_time;
             }
             let d = detail.clone();
-            match self
+            let call = self
                 .shared
                 .store
-                .call(move |db| db.set_mode(mode, source, &d, None, now))
-                .await
-            {
+                .call(move |db| db.set_mode(mode, source, &d, None, now));
+            tokio::pin!(call);
+            // A store that neither records nor fails (a write waiting for a lock) must not
+            // keep the centre uninformed: past `DIRECT_AFTER`, the alarm goes directly.
+            let r = tokio::select! {
+                r = &mut call => r,
+                _ = tokio::time::sleep(DIRECT_AFTER), if !sent_direct => {
+                    sent_direct = true;
+                    self.shared.alarm_direct(code, by, &detail);
+                    call.await
+                }
+            };
+            match r {
                 Ok(_) => break one_at_a_time,
                 Err(e) => {
                     drop(one_at_a_time);
+                    if !sent_direct {
+                        sent_direct = true;
+                        self.shared.alarm_direct(code, by, &detail);
+                    }
                     if attempt == 0 {
                         tracing::error!(error = %e, "{detail}: NOT RECORDED (store unavailable); in force anyway, retrying");
                     }
@@ -336,25 +365,41 @@ impl Control {
             }
         };
         if why == Release::Fire {
-            let _ = self.shared.alarm("fire_alarm", by, &detail).await;
+            while self.shared.alarm("fire_alarm", by, &detail).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
         for &lane in self.lanes.keys() {
-            let ov = Override {
-                source: source.into(),
-                input: input.into(),
-                by: Some(by.to_string()),
-            };
-            let r = self
-                .shared
-                .store
-                .call(move |db| {
-                    db.record_override(lane, Direction::In, Reason::EmergencyRelease, ov, None, now)
-                })
-                .await;
-            match r {
-                Ok(Ok(event)) => self.shared.publish_decision(source, &event),
-                Ok(Err(r)) => tracing::error!(lane, %r, "fire release event refused"),
-                Err(e) => tracing::error!(lane, error = %e, "fire release event not recorded"),
+            loop {
+                let ov = Override {
+                    source: source.into(),
+                    input: input.into(),
+                    by: Some(by.to_string()),
+                };
+                let r = self
+                    .shared
+                    .store
+                    .call(move |db| {
+                        db.record_override(
+                            lane,
+                            Direction::In,
+                            Reason::EmergencyRelease,
+                            ov,
+                            None,
+                            now,
+                        )
+                    })
+                    .await;
+                match r {
+                    Ok(Ok(event)) => self.shared.publish_decision(source, &event),
+                    Ok(Err(r)) => tracing::error!(lane, %r, "fire release event refused"),
+                    Err(e) => {
+                        tracing::error!(lane, error = %e, "fire release event not recorded; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+                break;
             }
         }
     }

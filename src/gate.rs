@@ -41,6 +41,8 @@ pub struct Shared {
     pub snapshots: mpsc::Sender<crate::hw::snapshot::Job>,
     /// Releases of granted passes not settled yet, which shutdown waits for.
     pub releases: relay::InFlight,
+    /// Alarms the store could not record, for the uplink to send past the outbox.
+    pub direct: crate::sync::direct::Direct,
 }
 
 impl Shared {
@@ -99,6 +101,20 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+
+    /// Sends an alarm to the centre past the outbox, marked `"unrecorded": true`: for what
+    /// must reach the centre while the store cannot record it (G8, G9). It does not record
+    /// it: the caller keeps the alarm and records it once the store can write.
+    pub fn alarm_direct(&self, code: &str, source: &str, detail: &str) {
+        let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
+        tracing::error!(
+            alarm = code,
+            source,
+            "{detail} (sent to the broker unrecorded)"
+        );
+        self.direct.push(a);
+        self.kick_outbox();
     }
 
     /// Tells the uplink there is something new; a signal already pending is enough.
@@ -223,6 +239,7 @@ impl Gate {
             buses: Default::default(),
             snapshots: snapshot_tx,
             releases: Default::default(),
+            direct: Default::default(),
         };
         tokio::spawn(crate::hw::snapshot::run(
             snapshot_rx,

@@ -609,6 +609,7 @@ mod tests {
             buses: Default::default(),
             snapshots: mpsc::channel(1).0,
             releases: Default::default(),
+            direct: Default::default(),
         };
         (shared, mode_tx, dir)
     }

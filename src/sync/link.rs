@@ -833,19 +833,44 @@ impl<'a> Connection<'a> {
         (usize::from(self.link.cfg.inflight) / 8).max(1)
     }
 
-    /// Queues outbox rows until the window is full.
+    /// Hands the alarms the store could not record to the client (`sync::direct`).
+    fn send_direct(&mut self) {
+        while let Some(a) = self.link.shared.direct.pop() {
+            let body = a.body(&self.link.topics, self.link.cfg.demo);
+            if !self.publish(self.link.topics.alarm(), body, false, Tag::Other) {
+                self.link.shared.direct.unpop(a);
+                return;
+            }
+        }
+    }
+
+    /// Awaits a store call, handing the alarms the store could not record to the client
+    /// meanwhile: a store slow to answer (a write waiting for a lock) must not hold them up.
+    async fn meanwhile<T>(&mut self, call: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => return r,
+                _ = self.link.shared.direct.waiting(), if self.connected => self.send_direct(),
+            }
+        }
+    }
+
+    /// Queues outbox rows until the window is full, after the alarms the store could not
+    /// record (they go first: they are what the outbox lacks).
     async fn fill(&mut self) {
+        if self.connected {
+            self.send_direct();
+        }
         while self.connected {
             let room = self.room();
             if room == 0 {
                 return;
             }
             let after = self.cursor;
+            let link = self.link;
             let rows = match self
-                .link
-                .shared
-                .store
-                .call(move |db| db.pending(after, room))
+                .meanwhile(link.shared.store.call(move |db| db.pending(after, room)))
                 .await
             {
                 Ok(r) => r,
@@ -1058,7 +1083,8 @@ impl<'a> Connection<'a> {
     }
 
     async fn publish_status(&mut self, online: bool) {
-        let mut s = Self::status(&self.link.shared, online).await;
+        let link = self.link;
+        let mut s = self.meanwhile(Self::status(&link.shared, online)).await;
         s.demo = self.link.cfg.demo;
         s.clock_challenge = online.then(|| self.link.downlink.control.clock_challenge());
         let body = serde_json::to_vec(&s).unwrap_or_default();

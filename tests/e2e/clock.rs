@@ -214,3 +214,76 @@ async fn a_lockdown_is_carried_out_whatever_the_command_clock_says() {
     .await;
     assert_eq!(acks[1]["error"], "replayed", "{}", acks[1]);
 }
+
+/// The case as it was met: a gate ran once with its clock in 2040 (no time sync), so its store
+/// holds an event time in 2040 (the clock floor) and nothing else; it restarts at the right
+/// time with time sync confirmed. At start it raises `clock_behind`, which says what happened
+/// and what to do, and status shows why the clock is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_whose_store_saw_2040_says_so_at_start_even_with_time_sync_confirmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let synced = dir.path().join("time-synced");
+    std::fs::write(&synced, b"").expect("time sync has synchronized");
+    let sync_file = synced.clone();
+    let mut w = World::start_with_config(move |c| {
+        c.replace(
+            "[clock]\nsync = \"none\"\n",
+            &format!(
+                "[clock]\nsync = \"file\"\nsync_file = \"{}\"\n",
+                sync_file.display()
+            ),
+        )
+    })
+    .await;
+    w.centre
+        .wait_json("status: synced", STATUS, |s| s["clock"] == "synced")
+        .await;
+    w.daemon.kill9();
+    let in_2040 = chrono::DateTime::parse_from_rfc3339("2040-01-01T00:00:00Z")
+        .expect("a date")
+        .timestamp_millis();
+    let db = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    db.execute(
+        "INSERT INTO state (key, value) VALUES ('clock_floor', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [in_2040.to_string()],
+    )
+    .expect("write the clock floor");
+    drop(db);
+    let before = w.centre.on(ALARM).len();
+    let started = std::time::Instant::now();
+    w.daemon.restart();
+
+    let alarm = w
+        .centre
+        .wait_json("the clock_behind alarm at start", ALARM, |a| {
+            a["alarm"] == "clock_behind"
+        })
+        .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "raised at start, not later: {:?}",
+        started.elapsed()
+    );
+    assert!(w.centre.on(ALARM).len() > before, "a new alarm");
+    let detail = alarm["detail"].as_str().unwrap_or_default();
+    for says in [
+        "recorded an event at 2040-01-01",
+        "ran ahead",
+        "refused clock_untrusted",
+        "gatectl cmd attest-time --gate east-1",
+    ] {
+        assert!(
+            detail.contains(says),
+            "the alarm must say `{says}`: {alarm}"
+        );
+    }
+    w.centre
+        .wait_json("status: untrusted, behind the last event", STATUS, |s| {
+            s["online"] == true
+                && s["clock"] == "untrusted"
+                && s["clock_reason"] == "before_last_event"
+                && s["clock_challenge"].is_string()
+        })
+        .await;
+}

@@ -106,3 +106,106 @@ async fn the_fire_contact_releases_with_the_store_and_the_broker_down() {
         .await;
     assert!(w.devices.relay.hold(0, false), "still released");
 }
+
+#[tokio::test]
+async fn the_fire_release_reaches_the_centre_directly_while_the_store_cannot_write() {
+    let w = World::start().await;
+    // Another process holds the database's write lock: every write of gated fails (a
+    // read-only file system cannot be made under a running gate, which holds its files open
+    // to write; a lock fails its writes the same way and can be taken back).
+    let lock = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+
+    let fire = std::time::Instant::now();
+    w.devices.relay.set_fire(true);
+    wait_all_coils(
+        &w.devices.relay,
+        true,
+        std::time::Duration::from_secs(3),
+        "every lane released with the store down",
+    )
+    .await;
+    // The centre hears of it meanwhile, marked as not (yet) recorded.
+    let direct = w
+        .centre
+        .wait_json("the fire alarm, sent directly", ALARM, |a| {
+            a["alarm"] == "fire_alarm" && a["unrecorded"] == true
+        })
+        .await;
+    // Within about a second, not after the 5 s a write waits for the lock before it fails:
+    // neither the release's record nor the uplink may hold it up.
+    assert!(
+        fire.elapsed() < std::time::Duration::from_secs(3),
+        "the direct alarm took {:?}",
+        fire.elapsed()
+    );
+    assert!(
+        direct.get("seq").is_none(),
+        "an unrecorded alarm has no seq: {direct}"
+    );
+    assert_eq!(direct["source"], "relay1", "{direct}");
+
+    // The store can write again: the release is recorded, and sent through the outbox.
+    lock.execute_batch("COMMIT").expect("release the lock");
+    let recorded = w
+        .centre
+        .wait_json("the fire alarm, recorded", ALARM, |a| {
+            a["alarm"] == "fire_alarm" && a["seq"].is_u64()
+        })
+        .await;
+    assert!(recorded.get("unrecorded").is_none(), "{recorded}");
+    for lane in [0, 1] {
+        w.centre
+            .wait_json(&format!("lane {lane}'s release event"), EVENT, |e| {
+                e["lane"] == lane && e["override"]["source"] == "fire"
+            })
+            .await;
+    }
+    let mode: String = lock
+        .query_row("SELECT value FROM state WHERE key = 'mode'", [], |r| {
+            r.get(0)
+        })
+        .expect("the mode is recorded");
+    assert_eq!(
+        mode, "\"emergency_release\"",
+        "the mode as the store keeps it (JSON)"
+    );
+    assert!(w.devices.relay.hold(0, false), "still released");
+}
+
+#[tokio::test]
+async fn a_restart_with_the_fire_contact_on_releases_again_though_nothing_was_recorded() {
+    let mut w = World::start().await;
+    let lock = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    w.devices.relay.set_fire(true);
+    wait_all_coils(
+        &w.devices.relay,
+        true,
+        std::time::Duration::from_secs(3),
+        "every lane released",
+    )
+    .await;
+    // Killed before anything could be recorded; the store is back for the restart.
+    w.daemon.kill9();
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    w.daemon.restart();
+    // The contact is read at start: the release is in force again, and recorded this time
+    // (the gate killed before recorded nothing: every write of it failed).
+    w.centre
+        .wait_json("the fire alarm, recorded", ALARM, |a| {
+            a["alarm"] == "fire_alarm" && a["seq"].is_u64()
+        })
+        .await;
+    wait_coils(&w, true, "every lane released after the restart").await;
+    let db = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    let mode: String = db
+        .query_row("SELECT value FROM state WHERE key = 'mode'", [], |r| {
+            r.get(0)
+        })
+        .expect("the mode is recorded");
+    assert_eq!(mode, "\"emergency_release\"");
+}
