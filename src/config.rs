@@ -429,6 +429,8 @@ struct RawPolicy {
     visitor_entry: VisitorEntry,
     #[serde(default)]
     exit: Option<RawExit>,
+    #[serde(default)]
+    max_swipe_age: Option<String>,
 }
 
 /// `[policy.exit]`: what limits the exit of someone inside.
@@ -1208,6 +1210,17 @@ impl Checker<'_> {
             }
             policy.min_face_score = p.min_face_score;
             visitor_entry = p.visitor_entry;
+            if let Some(text) = p.max_swipe_age {
+                // Below a second it would refuse swipes a healthy gate decides in time; above a
+                // minute the person who swiped has long gone.
+                match parse_duration(&text) {
+                    Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&d) => {
+                        policy.max_swipe_age_ms = d.as_millis() as i64;
+                    }
+                    Ok(_) => return self.err(span, "policy.max_swipe_age", "must be 1s..=60s"),
+                    Err(e) => return self.err(span, "policy.max_swipe_age", e),
+                }
+            }
             for (name, raw) in p.schedule {
                 let key = format!("policy.schedule.{name}");
                 if !is_safe_name(&name) {
@@ -1553,6 +1566,20 @@ impl Checker<'_> {
             self.check_ms(&span, &key("poll_ms"), r.poll_ms, 5, 10_000)?;
             self.check_ms(&span, &key("timeout_ms"), r.timeout_ms, 10, 60_000)?;
             self.check_rtu_timeout(&span, &key("timeout_ms"), &link, r.timeout_ms)?;
+            // A swipe's age counts from the last poll that found the mailbox empty: a reader
+            // polled slower than that would have every swipe refused `stale_swipe`.
+            if (r.poll_ms + r.timeout_ms) as i64 >= policy.max_swipe_age_ms {
+                return self.err(
+                    span,
+                    &key("poll_ms"),
+                    format!(
+                        "poll_ms + timeout_ms ({} ms) must be below policy.max_swipe_age ({} ms), \
+                         or every swipe would be stale before it is read",
+                        r.poll_ms + r.timeout_ms,
+                        policy.max_swipe_age_ms
+                    ),
+                );
+            }
             if r.snapshots && matches!(link, Link::Rtu(_)) {
                 return self.err(
                     span,
@@ -2436,6 +2463,23 @@ mod tests {
         assert!(e.contains("strict"), "{e}");
         let e = err(&with("[policy]\npeers = [\"g1\"]\n"));
         assert!(e.contains("policy.peers[0]"), "{e}");
+        let e = err(&with("[policy]\nmax_swipe_age = \"2m\"\n"));
+        assert!(
+            e.contains("policy.max_swipe_age") && e.contains("1s..=60s"),
+            "{e}"
+        );
+        let e = err(&with("[policy]\nmax_swipe_age = \"0s\"\n"));
+        assert!(e.contains("policy.max_swipe_age"), "{e}");
+        let c = Config::parse("t.toml", &with("[policy]\nmax_swipe_age = \"10s\"\n"))
+            .expect("max_swipe_age");
+        assert_eq!(c.policy.max_swipe_age_ms, 10_000);
+        assert_eq!(
+            Config::parse("t.toml", &with(""))
+                .expect("minimal")
+                .policy
+                .max_swipe_age_ms,
+            crate::core::DEFAULT_MAX_SWIPE_AGE_MS
+        );
         let e = err(&with("[clock]\nsync = \"ntp\"\n"));
         assert!(e.contains("clock.sync") && e.contains("ntp"), "{e}");
         let e = err(&with("[clock]\nsync = \"file\"\n"));

@@ -519,14 +519,14 @@ async fn wiegand(
     cfg: crate::config::WiegandReader,
     lane: crate::config::LaneConfig,
     relay: relay::RelayHandle,
-    mut frames: mpsc::Receiver<Result<crate::hw::wiegand::Card, crate::hw::wiegand::Rejected>>,
+    mut frames: mpsc::Receiver<crate::hw::gpio::Frame>,
     _lines: [Box<dyn Send>; 2],
     shared: Shared,
 ) {
     shared.report(&cfg.name, Ok(()));
     let mut last_alarm: Option<std::time::Instant> = None;
     while let Some(frame) = frames.recv().await {
-        let card = match frame {
+        let card = match frame.result {
             Ok(card) => card,
             Err(rejected) => {
                 tracing::warn!(reader = %cfg.name, %rejected, "Wiegand frame rejected");
@@ -548,6 +548,8 @@ async fn wiegand(
                 score: None,
             },
             now: crate::clock::now_ms(),
+            // A Wiegand reader keeps nothing: its age is the time since the frame was read.
+            seen: Some(frame.read),
         };
         // A card the store cannot record is lost (logged by `decide`): present it again.
         let _ = reader::decide(&shared, &relay, &lane, &cfg.name, input).await;

@@ -113,6 +113,7 @@ pub fn swipe(i: usize, lane: u16) -> PassInput {
             score: None,
         },
         now: NOW,
+        seen: None,
     }
 }
 

@@ -311,6 +311,7 @@ mod tests {
             snapshot: None,
             ref_: None,
             flags: Vec::new(),
+            seen_at: None,
         }
     }
 

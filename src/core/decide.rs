@@ -96,6 +96,14 @@ pub fn decide(
     if lookups.denied.is_some() {
         return Verdict::new(Reason::Denylisted, known_subject);
     }
+    // Before every mode and rule: a stale swipe releases nothing, whatever it would have been
+    // granted, and moves nobody (nobody knows whether its holder went through).
+    if ctx
+        .swipe_age
+        .is_some_and(|a| a.is_stale(policy.max_swipe_age_ms))
+    {
+        return Verdict::new(Reason::StaleSwipe, known_subject);
+    }
     // A missing score is treated as zero: a face terminal that does not say how sure it is
     // has not identified anyone.
     let unsure_face = credential.kind == CredentialKind::Face && {
@@ -384,7 +392,7 @@ fn second_factor(v: Verdict, kind: CredentialKind, ctx: &Context, window: i64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{ClockState, InvitationMatch, StaffMatch};
+    use crate::core::{ClockState, InvitationMatch, StaffMatch, SwipeAge};
     use proptest::prelude::*;
 
     const NOW: UnixMs = 1_795_000_000_000;
@@ -455,6 +463,7 @@ mod tests {
             offline_ms: None,
             calendar: &CALENDAR,
             first_factor: None,
+            swipe_age: None,
         }
     }
 
@@ -493,6 +502,54 @@ mod tests {
         ] {
             assert_eq!(run(&card("1"), &l, mode).reason, Reason::Denylisted);
         }
+    }
+
+    #[test]
+    fn a_stale_swipe_is_refused_in_every_mode_and_moves_nobody() {
+        let policy = Policy::default();
+        let max = policy.max_swipe_age_ms;
+        let with_age = |mode, age| Context {
+            swipe_age: age,
+            ..ctx(mode, NOW)
+        };
+        let decide_at = |mode, age| {
+            decide(
+                &card("1"),
+                &staff(everywhere()),
+                &with_age(mode, age),
+                &policy,
+            )
+        };
+        // At the limit, or with no queue behind it, it is a pass like any other.
+        assert_eq!(decide_at(Mode::Normal, None).reason, Reason::Staff);
+        assert_eq!(
+            decide_at(Mode::Normal, Some(SwipeAge::Known(max))).reason,
+            Reason::Staff
+        );
+        for mode in [
+            Mode::Normal,
+            Mode::Lockdown,
+            Mode::HoldOpen,
+            Mode::EmergencyRelease,
+        ] {
+            for age in [SwipeAge::Known(max + 1), SwipeAge::Unknown] {
+                let v = decide_at(mode, Some(age));
+                assert_eq!(v.reason, Reason::StaleSwipe, "{mode:?} {age:?}");
+                assert!(!v.granted(), "a stale swipe never releases");
+                assert_eq!(v.subject.as_deref(), Some("E1001"));
+            }
+        }
+        assert!(!Reason::StaleSwipe.moves_passback());
+        // The deny list still names what it is.
+        let mut denied = staff(everywhere());
+        denied.denied = Some("lost".into());
+        let v = decide(
+            &card("1"),
+            &denied,
+            &with_age(Mode::Normal, Some(SwipeAge::Unknown)),
+            &policy,
+        );
+        assert_eq!(v.reason, Reason::Denylisted);
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub enum Reason {
     /// A two-factor lane: this factor is valid, and the other one (card or face of the same
     /// subject) must follow within the lane's window.
     SecondFactorRequired,
+    /// The swipe was older than `Policy::max_swipe_age_ms` when it could be decided (it
+    /// waited in a reader's queue through an outage), or of unknown age: whoever stands at
+    /// the lane now may not be the one who presented it. Recorded, never released.
+    StaleSwipe,
 }
 
 impl Reason {
@@ -334,6 +338,27 @@ pub struct Context<'a> {
     pub calendar: &'a Calendar,
     /// The first factor waiting on this lane, if any.
     pub first_factor: Option<&'a FirstFactor>,
+    /// How old the presentation is at this decision; `None` for input that cannot wait in a
+    /// queue (a command, a credential typed at the console).
+    pub swipe_age: Option<SwipeAge>,
+}
+
+/// How long a presented credential waited before it could be decided, as its source knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwipeAge {
+    /// Milliseconds since it was first seen, measured on a monotonic clock by the shell.
+    Known(i64),
+    /// Found queued in a device when its link came back (or at start): it may be of any age.
+    Unknown,
+}
+
+impl SwipeAge {
+    pub fn is_stale(self, max_ms: i64) -> bool {
+        match self {
+            Self::Known(ms) => ms > max_ms,
+            Self::Unknown => true,
+        }
+    }
 }
 
 /// The schedule an unmapped group follows: no schedule can have this name (config names are
@@ -420,7 +445,13 @@ pub struct Policy {
     /// `max_offline` of the visitors list, in milliseconds.
     pub visitors_max_offline: Option<i64>,
     pub exit: ExitRules,
+    /// A presentation older than this when decided is refused `stale_swipe`.
+    pub max_swipe_age_ms: i64,
 }
+
+/// The default `max_swipe_age`: far above a healthy gate's decision time (milliseconds),
+/// short enough that the person who swiped is still the one at the lane.
+pub const DEFAULT_MAX_SWIPE_AGE_MS: i64 = 3_000;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -435,6 +466,7 @@ impl Default for Policy {
             staff_max_offline: None,
             visitors_max_offline: None,
             exit: ExitRules::default(),
+            max_swipe_age_ms: DEFAULT_MAX_SWIPE_AGE_MS,
         }
     }
 }

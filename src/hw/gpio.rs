@@ -177,6 +177,13 @@ struct Held {
     until: Instant,
 }
 
+/// A Wiegand frame as decoded, with the moment it was complete.
+#[derive(Debug)]
+pub struct Frame {
+    pub read: crate::store::FirstSeen,
+    pub result: Result<Card, Rejected>,
+}
+
 /// Turns the edges of one reader's two lines into frames: a card, or a rejection. A frame ends
 /// when an edge comes `frame_timeout_us` after the previous one by the edges' own (kernel)
 /// times, or `frame_timeout_us` after its last edge arrived here; in the second case it is
@@ -185,7 +192,7 @@ pub async fn wiegand_frames(
     cfg: WiegandConfig,
     d0: u8,
     mut edges: mpsc::Receiver<PinEdge>,
-    frames: mpsc::Sender<Result<Card, Rejected>>,
+    frames: mpsc::Sender<Frame>,
 ) {
     let timeout_us = cfg.frame_timeout_us;
     let timeout = Duration::from_micros(timeout_us);
@@ -234,8 +241,11 @@ pub async fn wiegand_frames(
                 out.extend(held.take().map(|h| h.frame));
             }
         }
-        for frame in out {
-            if frames.send(frame).await.is_err() {
+        // A frame's age starts when it is complete here: if deciding it is held up, it waits in
+        // the channel, and is judged by how long it waited.
+        let read = crate::store::FirstSeen::now(crate::clock::now_ms());
+        for result in out {
+            if frames.send(Frame { read, result }).await.is_err() {
                 return;
             }
         }
@@ -527,6 +537,7 @@ mod tests {
             .await
             .expect("a frame within the timeout")
             .expect("open")
+            .result
             .expect("a valid card");
         assert_eq!((card.facility, card.number), (123, 45678));
         assert_eq!(card.id(), "08106606");
@@ -540,7 +551,8 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_secs(2), frames.recv())
             .await
             .expect("a frame")
-            .expect("open");
+            .expect("open")
+            .result;
         assert!(r.is_err(), "a 25-bit frame must be rejected: {r:?}");
         // A glitch inside a frame: rejected.
         let mut glitchy = frame(W26, 20_000_000, 2_000, 5, 6);
@@ -557,7 +569,8 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_secs(2), frames.recv())
             .await
             .expect("a frame")
-            .expect("open");
+            .expect("open")
+            .result;
         assert!(r.is_err(), "a glitch must reject the frame: {r:?}");
 
         // A W34 whose last 8 bits arrive late (the interrupt thread stalled 40 ms): its first
@@ -575,7 +588,8 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_secs(2), frames.recv())
             .await
             .expect("a frame")
-            .expect("open");
+            .expect("open")
+            .result;
         assert!(
             matches!(r, Err(Rejected::Split { bits: 26, .. })),
             "a frame cut by late delivery must be rejected: {r:?}"
@@ -583,7 +597,8 @@ mod tests {
         let rest = tokio::time::timeout(Duration::from_secs(2), frames.recv())
             .await
             .expect("a frame")
-            .expect("open");
+            .expect("open")
+            .result;
         assert!(rest.is_err(), "its tail is no card either: {rest:?}");
     }
 

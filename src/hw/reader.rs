@@ -15,7 +15,7 @@ use super::{Backoff, DeviceError};
 use crate::config::{LaneConfig, ReaderConfig};
 use crate::core::{Credential, CredentialKind};
 use crate::gate::Shared;
-use crate::store::{MailboxPos, PassInput, PassOutcome};
+use crate::store::{FirstSeen, MailboxPos, PassInput, PassOutcome};
 
 /// Registers read per poll: head_seq, kind, score, len, 32 of credential bytes.
 pub const MAILBOX_LEN: u16 = 36;
@@ -136,16 +136,49 @@ struct Seen {
     acked: Option<u16>,
     /// The last garbled head alarmed about: one alarm per event, not one per poll.
     garbage: Option<u16>,
+    /// When a poll last found the mailbox empty: whatever it shows now was queued after that,
+    /// so it is at most this old (a link down since then only makes the bound longer).
+    /// `None` until the first empty read after start: what was queued while gated was not
+    /// running may be of any age.
+    empty_at: Option<std::time::Instant>,
+    /// The head in front of us and when it was first seen.
+    head: Option<(u16, FirstSeen)>,
 }
 
 impl Seen {
     /// Forgets what no longer shows: the memory is only ever about the head in front of us.
     fn observe_head(&mut self, head: Option<u16>) {
+        if self.head.is_some_and(|(h, _)| Some(h) != head) {
+            self.head = None;
+        }
         if self.acked != head {
             self.acked = None;
         }
         if self.garbage != head {
             self.garbage = None;
+        }
+    }
+
+    /// The mailbox read empty by a poll sent at `asked`. `true` the first time.
+    fn observe_empty(&mut self, asked: std::time::Instant) -> bool {
+        self.observe_head(None);
+        self.empty_at.replace(asked).is_none()
+    }
+
+    /// When `head_seq` was first seen, and since when it can have waited: behind the events
+    /// decided since the mailbox was last empty, through every retry while the store or the
+    /// link was down, or for an unknown time when gated has not seen the mailbox empty yet.
+    fn first_seen(&mut self, head_seq: u16, now: crate::core::UnixMs) -> FirstSeen {
+        match self.head {
+            Some((h, seen)) if h == head_seq => seen,
+            _ => {
+                let seen = FirstSeen {
+                    at: now,
+                    since: self.empty_at,
+                };
+                self.head = Some((head_seq, seen));
+                seen
+            }
         }
     }
 
@@ -229,13 +262,16 @@ async fn poll_once(
     conn: &mut Modbus,
     seen: &mut Seen,
 ) -> Result<bool, DeviceError> {
+    let asked = std::time::Instant::now();
     let regs = conn
         .read_input_registers(cfg.input_base, MAILBOX_LEN)
         .await?;
     shared.report(&cfg.name, Ok(()));
     let (head_seq, credential) = match decode(&regs) {
         Mailbox::Empty => {
-            seen.observe_head(None);
+            if seen.observe_empty(asked) {
+                tracing::info!(reader = %cfg.name, "mailbox empty: swipes from now on have a known age");
+            }
             return Ok(false);
         }
         Mailbox::Event {
@@ -244,6 +280,8 @@ async fn poll_once(
         } => (head_seq, credential),
     };
     seen.observe_head(Some(head_seq));
+    let now = crate::clock::now_ms();
+    let first = seen.first_seen(head_seq, now);
     let kept = seen.acked == Some(head_seq);
     let credential = match credential {
         Ok(c) => c,
@@ -275,7 +313,8 @@ async fn poll_once(
         lane: lane.id,
         direction: cfg.direction,
         credential,
-        now: crate::clock::now_ms(),
+        now,
+        seen: Some(first),
     };
     let recorded = match decide(shared, relay, lane, &cfg.name, input).await {
         Ok(Some(event)) => Some(event),

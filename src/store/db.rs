@@ -60,6 +60,40 @@ pub struct PassInput {
     pub direction: Direction,
     pub credential: Credential,
     pub now: UnixMs,
+    /// When the presentation was first seen; `None` for input that cannot wait in a queue.
+    pub seen: Option<FirstSeen>,
+}
+
+/// When gated first saw a presented credential, and since when it can have waited.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstSeen {
+    /// Wall time at which gated first saw it, for the record only (`seen_at`).
+    pub at: UnixMs,
+    /// Its age is measured from this monotonic instant, the latest at which its source is
+    /// known not to have held it yet (or when it was read), so that a wall clock that jumps
+    /// makes no swipe stale or fresh. `None`: found queued in a device gated could not watch
+    /// (its link was down, or gated was not running): it may have waited for any time.
+    pub since: Option<std::time::Instant>,
+}
+
+impl FirstSeen {
+    /// Read right now from a source that keeps nothing (a Wiegand frame).
+    pub fn now(at: UnixMs) -> Self {
+        Self {
+            at,
+            since: Some(std::time::Instant::now()),
+        }
+    }
+
+    /// Its age as the core judges it, at this moment.
+    fn age(&self) -> core::SwipeAge {
+        match self.since {
+            Some(t) => {
+                core::SwipeAge::Known(i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX))
+            }
+            None => core::SwipeAge::Unknown,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -291,6 +325,7 @@ impl Db {
                 calendar: &self.calendar,
                 clock,
                 offline_ms: offline_ms(self.contact, input.now),
+                swipe_age: input.seen.map(|s| s.age()),
             };
             let o = record_pass(&tx, &rules, &mut factors, input)?;
             if let PassOutcome::Recorded { verdict, .. } = &o {
@@ -803,6 +838,7 @@ impl Db {
             calendar: &self.calendar,
             clock: self.clock_state(now),
             offline_ms: offline_ms(self.contact, now),
+            swipe_age: None,
         };
         Ok(decide(
             &self.conn,
@@ -1369,6 +1405,8 @@ struct EventDraft {
     pub passed: Option<bool>,
     pub ref_: Option<String>,
     pub snapshot: Option<String>,
+    /// When the credential was first seen, if it could have waited before this decision.
+    pub seen_at: Option<UnixMs>,
 }
 
 impl EventDraft {
@@ -1385,6 +1423,7 @@ impl EventDraft {
             passed: None,
             ref_: None,
             snapshot: None,
+            seen_at: None,
         }
     }
 
@@ -1406,6 +1445,7 @@ impl EventDraft {
             passed,
             ref_: Some(pass.id.clone()),
             snapshot,
+            seen_at: None,
         }
     }
 }
@@ -1457,6 +1497,8 @@ struct Rules<'a> {
     calendar: &'a Calendar,
     clock: ClockState,
     offline_ms: Option<i64>,
+    /// How long the credential waited before this decision, judged as late as possible.
+    swipe_age: Option<core::SwipeAge>,
 }
 
 fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
@@ -1630,6 +1672,7 @@ fn record_pass(
             passed: None,
             ref_: None,
             snapshot: None,
+            seen_at: input.seen.map(|s| s.at),
         },
         input.now,
     )?;
@@ -1831,6 +1874,7 @@ fn insert_event(
         snapshot: d.snapshot,
         ref_: d.ref_,
         flags: d.flags,
+        seen_at: d.seen_at.map(format_ts),
     };
     let payload = serde_json::to_string(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
     insert_outbox(tx, Stream::Event, seq, &event.id, now, &payload)?;
@@ -2183,6 +2227,7 @@ fn decide(
         offline_ms: rules.offline_ms,
         calendar: rules.calendar,
         first_factor,
+        swipe_age: rules.swipe_age,
     };
     Ok(core::decide(cred, &lookups, &ctx, rules.policy))
 }

@@ -9,8 +9,8 @@ mod files;
 mod schema;
 
 pub use db::{
-    Applied, Behind, CLEAR_PASSBACK, CLEAR_PASSBACK_ALL, Db, GateId, Generations, LIST_STEP,
-    MailboxPos, OfflineCounts, Outage, OutboxRow, OutboxStats, PassInput, PassOutcome,
+    Applied, Behind, CLEAR_PASSBACK, CLEAR_PASSBACK_ALL, Db, FirstSeen, GateId, Generations,
+    LIST_STEP, MailboxPos, OfflineCounts, Outage, OutboxRow, OutboxStats, PassInput, PassOutcome,
     SnapshotStep, Stamp, Stream, build_time,
 };
 

@@ -35,6 +35,7 @@ fn pass(id: &str, from: Option<(&str, u16)>) -> PassInput {
         direction: Direction::In,
         credential: card(id),
         now: NOW,
+        seen: None,
     }
 }
 

@@ -160,6 +160,10 @@ pub struct PassEvent {
     /// released no lane.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// When gated first saw the credential (an extension of the contract), on passes a
+    /// reader presented: `ts` is when it was decided. Absent on other events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<String>,
 }
 
 /// The flag of a `granted` override event that released no lane (`clear_passback`,
@@ -1342,6 +1346,7 @@ mod tests {
             snapshot: None,
             ref_: None,
             flags: Vec::new(),
+            seen_at: None,
         };
         let v: serde_json::Value = serde_json::to_value(&e).expect("serializes");
         for k in [

@@ -21,6 +21,7 @@ mod rtu;
 mod schedules;
 mod silence;
 mod snapshot;
+mod stale;
 mod store;
 mod tidy;
 mod tls;

@@ -185,7 +185,7 @@ async fn after_an_outage_the_status_says_how_long_it_lasted_and_what_was_decided
     w.broker.stop();
     // Restarted while the broker is down: offline from its first decision on. The last
     // contact it will report is before this moment (the old process is gone).
-    w.daemon.restart();
+    restart_watching(&mut w.daemon).await;
     let cut = std::time::Instant::now();
     let reader = |n: usize| {
         let r = &w.devices.reader1;
@@ -201,7 +201,7 @@ async fn after_an_outage_the_status_says_how_long_it_lasted_and_what_was_decided
         .expect("present");
     wait_for("two offline decisions", DEADLINE, reader(2)).await;
     // And restarted again: what was counted so far is kept.
-    w.daemon.restart();
+    restart_watching(&mut w.daemon).await;
     w.devices
         .reader1
         .present(KIND_CARD, "0012345678", 0)

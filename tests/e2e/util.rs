@@ -427,6 +427,20 @@ impl Daemon {
     }
 }
 
+/// Restarts the daemon and waits until it has read both readers' mailboxes empty: a swipe
+/// queued before that is of unknown age, and refused `stale_swipe`.
+pub async fn restart_watching(daemon: &mut Daemon) {
+    const WATCHING: &str = "mailbox empty: swipes from now on have a known age";
+    let before = daemon.log().matches(WATCHING).count();
+    daemon.restart();
+    wait_for(
+        "the restarted gate to watch both mailboxes",
+        DEADLINE,
+        || (daemon.log().matches(WATCHING).count() >= before + 2).then_some(()),
+    )
+    .await;
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
