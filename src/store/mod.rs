@@ -62,6 +62,23 @@ pub enum StoreError {
         site: String,
         gate: String,
     },
+    /// A database file of no bytes where a store was: gated writes a new database under
+    /// another name and renames it into place, so it never leaves one. Started as a new gate,
+    /// it would number events from 1 again and forget the mode.
+    #[error(
+        "store: {path} is empty (0 bytes): it is not a store gated made, and starting on it \
+         would make a new gate (event seq back to 1, the mode reset). If the store was lost, \
+         remove the empty file to start this gate anew; if it was truncated, restore it"
+    )]
+    Empty { path: String },
+    /// `PRAGMA quick_check` found damage. Nothing in the file is changed.
+    #[error(
+        "store: {path} is damaged ({detail}): gated does not decide on a damaged store. It was \
+         left as it is. Copy it aside (with its -wal): its outbox holds the events not yet \
+         sent. Then remove it to start anew: the lists come back from the centre's retained \
+         snapshots"
+    )]
+    Corrupt { path: String, detail: String },
     #[error("store: the owner thread has stopped")]
     Stopped,
 }
@@ -100,7 +117,17 @@ impl Store {
         files::create_dirs(path)?;
         // Before the database is created or migrated: a second gated changes nothing.
         let lock = files::lock(path)?;
-        files::create_db(path)?;
+        if path.exists() {
+            files::refuse_empty(path)?;
+        } else {
+            // A new database is made whole under another name and renamed into place, so that
+            // an empty file at `path` is never gated's own and can be refused.
+            let new = files::new_path(path);
+            files::remove_new(&new)?;
+            files::create_db(&new)?;
+            Db::open(&new, gate.clone(), policy.clone(), quota)?.close()?;
+            files::put_in_place(&new, path)?;
+        }
         let mut db = Db::open(path, gate, policy, quota)?;
         db.checkpoint_elsewhere()?;
         let checkpoints = Checkpointer::open(path)?;
@@ -142,6 +169,7 @@ impl Store {
     /// its gate runs.
     pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
         if path.exists() {
+            files::refuse_empty(path)?;
             Db::check(path, gate)
         } else {
             files::check_place(path)
