@@ -373,8 +373,65 @@ impl Checkpointer {
     }
 }
 
+/// How long passes may keep failing to be written before the process ends (exit code
+/// `GIVE_UP_EXIT`), so that systemd starts it again on a fresh connection: a connection that
+/// saw its file system go read-only stays read-only after it is writable again.
+const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// EX_TEMPFAIL: the store could not write; a restart may do better.
+const GIVE_UP_EXIT: i32 = 75;
+/// While passes fail, one log line per this long (a full disk gave 66 a second).
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What to do about a failed write.
+#[derive(Debug, PartialEq)]
+enum Failing {
+    /// Log it (the first, then one per `LOG_EVERY`, with the count since the last line).
+    Log {
+        failures: u64,
+    },
+    Quiet,
+    /// Failing for longer than `GIVE_UP_AFTER`: end the process.
+    GiveUp,
+}
+
+/// The owner thread's record of failing writes.
+#[derive(Default)]
+struct WriteHealth {
+    since: Option<Instant>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl WriteHealth {
+    fn failed(&mut self, now: Instant) -> Failing {
+        let since = *self.since.get_or_insert(now);
+        self.unlogged += 1;
+        if now.duration_since(since) >= GIVE_UP_AFTER {
+            return Failing::GiveUp;
+        }
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
+            self.logged = Some(now);
+            let failures = std::mem::take(&mut self.unlogged);
+            return Failing::Log { failures };
+        }
+        Failing::Quiet
+    }
+
+    /// A write succeeded: how long writes had failed, if they had.
+    fn succeeded(&mut self, now: Instant) -> Option<std::time::Duration> {
+        let since = self.since.take()?;
+        self.logged = None;
+        self.unlogged = 0;
+        Some(now.duration_since(since))
+    }
+}
+
 fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
     let mut next: Option<Job> = None;
+    let mut health = WriteHealth::default();
     loop {
         let job = match next.take() {
             Some(j) => j,
@@ -405,12 +462,27 @@ fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
                 }
                 match db.record_passes(&inputs) {
                     Ok(outcomes) => {
+                        if let Some(failed) = health.succeeded(Instant::now()) {
+                            tracing::warn!(
+                                after_ms = failed.as_millis() as u64,
+                                "store: passes are recorded again"
+                            );
+                        }
                         for (r, o) in replies.into_iter().zip(outcomes) {
                             let _ = r.send(Ok(o));
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, passes = inputs.len(), "store: recording passes failed");
+                        match health.failed(Instant::now()) {
+                            Failing::Log { failures } => {
+                                tracing::error!(error = %e, failures, "store: recording passes failed (logged at most once per 10 s)");
+                            }
+                            Failing::Quiet => {}
+                            Failing::GiveUp => {
+                                tracing::error!(error = %e, "store: passes have failed to be recorded for 60 s; gated exits so that systemd starts it again on a fresh connection");
+                                std::process::exit(GIVE_UP_EXIT);
+                            }
+                        }
                         let msg = e.to_string();
                         for r in replies {
                             let _ = r.send(Err(StoreError::Invalid(msg.clone())));

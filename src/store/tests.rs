@@ -1758,3 +1758,35 @@ fn a_damaged_page_in_the_staff_table_is_refused_at_start() {
         "the file is left as it was"
     );
 }
+
+// ---- a store that cannot write (issue 22, item 2) --------------------------------------------
+
+/// Failing writes are logged once and then once per 10 s with their count (not 66 lines a
+/// second), and after 60 s of nothing but failures the process is to end; one success resets.
+#[test]
+fn failing_writes_are_logged_sparingly_and_given_up_after_a_bound() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+    let mut h = WriteHealth::default();
+    assert_eq!(h.failed(at(0)), Failing::Log { failures: 1 });
+    let quiet = (1..660)
+        .filter(|i| h.failed(at(i * 15)) == Failing::Quiet)
+        .count();
+    assert_eq!(quiet, 659, "66 failures a second for 10 s: no line");
+    assert_eq!(h.failed(at(10_000)), Failing::Log { failures: 660 });
+    assert_eq!(h.failed(at(59_999)), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(60_000)), Failing::GiveUp);
+
+    assert_eq!(
+        h.succeeded(at(60_500)),
+        Some(std::time::Duration::from_millis(60_500))
+    );
+    assert_eq!(h.succeeded(at(60_600)), None, "recovered once");
+    assert_eq!(h.failed(at(61_000)), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(120_999)), Failing::Log { failures: 1 });
+    assert_eq!(
+        h.failed(at(121_000)),
+        Failing::GiveUp,
+        "the bound starts again"
+    );
+}
