@@ -248,6 +248,7 @@ impl Db {
         // large list had made it grow.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         wait_when_busy(&mut conn)?;
+        quick_check(&conn, path)?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         claim(&mut conn, &gate, path)?;
         let pending: u64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
@@ -295,7 +296,8 @@ impl Db {
                 path: path.display().to_string(),
                 source: e,
             })?;
-        // 0: an empty file, as a start that stopped before the schema was written leaves it.
+        quick_check(&conn, path)?;
+        // 0: a database with no schema yet (a store made by an older gated in place).
         if schema::version(&conn)?.map_err(StoreError::Invalid)? == 0 {
             return Ok(());
         }
@@ -303,6 +305,14 @@ impl Db {
             Some(made) => same_gate(path, &made, gate),
             None => Ok(()),
         }
+    }
+
+    /// Checkpoints the log into the database and closes it, so that the file alone holds it
+    /// (a new database is renamed into place after this).
+    pub(super) fn close(self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
     }
 
     // ---- passes ------------------------------------------------------------------------------
@@ -1360,6 +1370,29 @@ impl Db {
 /// RESTART holds the write lock while it copies and syncs), retrying every 100 µs. SQLite's
 /// own busy timeout sleeps in growing steps, up to 100 ms at a time: a pass could sleep 50 ms
 /// for a lock freed after 2.
+/// `PRAGMA quick_check` (a pass over every page, without the index cross-checks): a damaged
+/// store is refused at start rather than failing every pass "malformed" later.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.display().to_string(),
+        detail,
+    };
+    let found: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                corrupt(e.to_string())
+            }
+            _ => StoreError::Sqlite(e),
+        })?;
+    if found.len() == 1 && found[0] == "ok" {
+        Ok(())
+    } else {
+        Err(corrupt(format!("quick_check: {}", found.join("; "))))
+    }
+}
+
 pub(super) fn wait_when_busy(conn: &mut Connection) -> rusqlite::Result<()> {
     const LIMIT: Duration = Duration::from_secs(5);
     std::thread_local! {

@@ -153,3 +153,53 @@ pub fn check_place(db: &Path) -> Result<(), StoreError> {
         _ => Ok(()),
     }
 }
+
+/// The name a new database is made under: `gated.db` → `gated.db.new`.
+pub fn new_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Removes what a start that stopped while making a new database left under `new_path`.
+pub fn remove_new(new: &Path) -> Result<(), StoreError> {
+    let [wal, shm, _] = companions(new);
+    for file in [new.to_path_buf(), wal, shm] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&file, "cannot remove", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Renames the new database (closed, its log checkpointed into it) to `db`, synced so that
+/// after a power loss either nothing or the whole database is at `db`.
+pub fn put_in_place(new: &Path, db: &Path) -> Result<(), StoreError> {
+    File::open(new)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(new, "cannot sync", e))?;
+    std::fs::rename(new, db).map_err(|e| io(db, "cannot rename the new database to", e))?;
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(dir, "cannot sync the directory", e))?;
+    remove_new(new)
+}
+
+/// Refuses a database file of no bytes: see `StoreError::Empty`.
+pub fn refuse_empty(db: &Path) -> Result<(), StoreError> {
+    let len = std::fs::metadata(db)
+        .map_err(|e| io(db, "cannot read the size of", e))?
+        .len();
+    if len == 0 {
+        return Err(StoreError::Empty {
+            path: db.display().to_string(),
+        });
+    }
+    Ok(())
+}

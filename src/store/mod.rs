@@ -62,6 +62,23 @@ pub enum StoreError {
         site: String,
         gate: String,
     },
+    /// A database file of no bytes where a store was: gated writes a new database under
+    /// another name and renames it into place, so it never leaves one. Started as a new gate,
+    /// it would number events from 1 again and forget the mode.
+    #[error(
+        "store: {path} is empty (0 bytes): it is not a store gated made, and starting on it \
+         would make a new gate (event seq back to 1, the mode reset). If the store was lost, \
+         remove the empty file to start this gate anew; if it was truncated, restore it"
+    )]
+    Empty { path: String },
+    /// `PRAGMA quick_check` found damage. Nothing in the file is changed.
+    #[error(
+        "store: {path} is damaged ({detail}): gated does not decide on a damaged store. It was \
+         left as it is. Copy it aside (with its -wal): its outbox holds the events not yet \
+         sent. Then remove it to start anew: the lists come back from the centre's retained \
+         snapshots"
+    )]
+    Corrupt { path: String, detail: String },
     #[error("store: the owner thread has stopped")]
     Stopped,
 }
@@ -100,7 +117,17 @@ impl Store {
         files::create_dirs(path)?;
         // Before the database is created or migrated: a second gated changes nothing.
         let lock = files::lock(path)?;
-        files::create_db(path)?;
+        if path.exists() {
+            files::refuse_empty(path)?;
+        } else {
+            // A new database is made whole under another name and renamed into place, so that
+            // an empty file at `path` is never gated's own and can be refused.
+            let new = files::new_path(path);
+            files::remove_new(&new)?;
+            files::create_db(&new)?;
+            Db::open(&new, gate.clone(), policy.clone(), quota)?.close()?;
+            files::put_in_place(&new, path)?;
+        }
         let mut db = Db::open(path, gate, policy, quota)?;
         db.checkpoint_elsewhere()?;
         let checkpoints = Checkpointer::open(path)?;
@@ -142,6 +169,7 @@ impl Store {
     /// its gate runs.
     pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
         if path.exists() {
+            files::refuse_empty(path)?;
             Db::check(path, gate)
         } else {
             files::check_place(path)
@@ -345,8 +373,65 @@ impl Checkpointer {
     }
 }
 
+/// How long passes may keep failing to be written before the process ends (exit code
+/// `GIVE_UP_EXIT`), so that systemd starts it again on a fresh connection: a connection that
+/// saw its file system go read-only stays read-only after it is writable again.
+const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// EX_TEMPFAIL: the store could not write; a restart may do better.
+const GIVE_UP_EXIT: i32 = 75;
+/// While passes fail, one log line per this long (a full disk gave 66 a second).
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What to do about a failed write.
+#[derive(Debug, PartialEq)]
+enum Failing {
+    /// Log it (the first, then one per `LOG_EVERY`, with the count since the last line).
+    Log {
+        failures: u64,
+    },
+    Quiet,
+    /// Failing for longer than `GIVE_UP_AFTER`: end the process.
+    GiveUp,
+}
+
+/// The owner thread's record of failing writes.
+#[derive(Default)]
+struct WriteHealth {
+    since: Option<Instant>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl WriteHealth {
+    fn failed(&mut self, now: Instant) -> Failing {
+        let since = *self.since.get_or_insert(now);
+        self.unlogged += 1;
+        if now.duration_since(since) >= GIVE_UP_AFTER {
+            return Failing::GiveUp;
+        }
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
+            self.logged = Some(now);
+            let failures = std::mem::take(&mut self.unlogged);
+            return Failing::Log { failures };
+        }
+        Failing::Quiet
+    }
+
+    /// A write succeeded: how long writes had failed, if they had.
+    fn succeeded(&mut self, now: Instant) -> Option<std::time::Duration> {
+        let since = self.since.take()?;
+        self.logged = None;
+        self.unlogged = 0;
+        Some(now.duration_since(since))
+    }
+}
+
 fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
     let mut next: Option<Job> = None;
+    let mut health = WriteHealth::default();
     loop {
         let job = match next.take() {
             Some(j) => j,
@@ -377,12 +462,27 @@ fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
                 }
                 match db.record_passes(&inputs) {
                     Ok(outcomes) => {
+                        if let Some(failed) = health.succeeded(Instant::now()) {
+                            tracing::warn!(
+                                after_ms = failed.as_millis() as u64,
+                                "store: passes are recorded again"
+                            );
+                        }
                         for (r, o) in replies.into_iter().zip(outcomes) {
                             let _ = r.send(Ok(o));
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, passes = inputs.len(), "store: recording passes failed");
+                        match health.failed(Instant::now()) {
+                            Failing::Log { failures } => {
+                                tracing::error!(error = %e, failures, "store: recording passes failed (logged at most once per 10 s)");
+                            }
+                            Failing::Quiet => {}
+                            Failing::GiveUp => {
+                                tracing::error!(error = %e, "store: passes have failed to be recorded for 60 s; gated exits so that systemd starts it again on a fresh connection");
+                                std::process::exit(GIVE_UP_EXIT);
+                            }
+                        }
                         let msg = e.to_string();
                         for r in replies {
                             let _ = r.send(Err(StoreError::Invalid(msg.clone())));

@@ -1662,3 +1662,132 @@ fn an_attested_jump_counts_again_when_the_clock_jumps_again() {
         ClockState::Untrusted(crate::core::Untrust::Jumped)
     );
 }
+
+// ---- a damaged or empty store (issue 22, item 3) ---------------------------------------------
+
+fn open_store(path: &std::path::Path) -> Result<Store, StoreError> {
+    Store::open(path, gate(), Policy::default(), 1000)
+}
+
+/// A store that was truncated to nothing would start as a new gate (seq 1, mode reset): it is
+/// refused by name, by `run` and by `check-config`. A store gated makes itself is never empty,
+/// even while it is being made.
+#[test]
+fn an_empty_database_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    std::fs::File::create(&path).expect("empty file");
+    let err = open_store(&path).err().expect("an empty store is refused");
+    assert!(matches!(err, StoreError::Empty { .. }), "{err}");
+    assert!(err.to_string().contains("is empty (0 bytes)"), "{err}");
+    let err = Store::check(&path, &gate()).expect_err("check-config refuses it too");
+    assert!(matches!(err, StoreError::Empty { .. }), "{err}");
+    assert_eq!(
+        std::fs::metadata(&path).expect("kept").len(),
+        0,
+        "left as it was"
+    );
+
+    let fresh = dir.path().join("new.db");
+    drop(open_store(&fresh).expect("a new store opens"));
+    assert!(std::fs::metadata(&fresh).expect("made").len() > 0);
+    assert!(
+        !files::new_path(&fresh).exists(),
+        "nothing left under the new name"
+    );
+    Store::check(&fresh, &gate()).expect("and passes check-config");
+}
+
+/// One page of the staff table overwritten: the store is refused at start with its damage
+/// named, instead of running with every pass failing "malformed". The file is not changed.
+#[test]
+fn a_damaged_page_in_the_staff_table_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    {
+        let mut db = Db::open(&path, gate(), Policy::default(), 1000).expect("open db");
+        let cards: Vec<(String, String)> = (0..400)
+            .map(|i| (format!("subject-{i:04}"), format!("card-{i:06}")))
+            .collect();
+        let cards: Vec<(&str, &str)> = cards.iter().map(|(s, c)| (&**s, &**c)).collect();
+        db.apply_snapshot(&staff_snapshot(1, &cards))
+            .expect("db")
+            .expect("applied");
+        db.close().expect("close");
+    }
+    let (root, page_size): (i64, i64) = {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'staff'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("staff's root page");
+        let size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .expect("page size");
+        (root, size)
+    };
+    // Deterministic noise (no rng dependency): the page's header and cells become garbage.
+    let mut noise = vec![0u8; page_size as usize];
+    let mut x: u32 = 0x9e37_79b9;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("db file");
+        f.seek(SeekFrom::Start(((root - 1) * page_size) as u64))
+            .expect("seek");
+        f.write_all(&noise).expect("write page");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let err = open_store(&path).err().expect("a damaged store is refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("is damaged"), "{err}");
+    let err = Store::check(&path, &gate()).expect_err("check-config refuses it too");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(
+        std::fs::read(&path).expect("read") == before,
+        "the file is left as it was"
+    );
+}
+
+// ---- a store that cannot write (issue 22, item 2) --------------------------------------------
+
+/// Failing writes are logged once and then once per 10 s with their count (not 66 lines a
+/// second), and after 60 s of nothing but failures the process is to end; one success resets.
+#[test]
+fn failing_writes_are_logged_sparingly_and_given_up_after_a_bound() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+    let mut h = WriteHealth::default();
+    assert_eq!(h.failed(at(0)), Failing::Log { failures: 1 });
+    let quiet = (1..660)
+        .filter(|i| h.failed(at(i * 15)) == Failing::Quiet)
+        .count();
+    assert_eq!(quiet, 659, "66 failures a second for 10 s: no line");
+    assert_eq!(h.failed(at(10_000)), Failing::Log { failures: 660 });
+    assert_eq!(h.failed(at(59_999)), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(60_000)), Failing::GiveUp);
+
+    assert_eq!(
+        h.succeeded(at(60_500)),
+        Some(std::time::Duration::from_millis(60_500))
+    );
+    assert_eq!(h.succeeded(at(60_600)), None, "recovered once");
+    assert_eq!(h.failed(at(61_000)), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(120_999)), Failing::Log { failures: 1 });
+    assert_eq!(
+        h.failed(at(121_000)),
+        Failing::GiveUp,
+        "the bound starts again"
+    );
+}

@@ -202,3 +202,129 @@ async fn the_store_is_created_private_whatever_the_umask() {
         "a warning naming the store and its mode:\n{text}"
     );
 }
+
+/// A database file of 0 bytes (a truncated store) is not started as a new gate: `gated run`
+/// exits non-zero naming it, and leaves it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_store_file_is_refused_by_the_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devices = Devices::start().await;
+    let db = dir.path().join("gated.db");
+    std::fs::File::create(&db).expect("empty store");
+    let config = write(dir.path(), "gated.toml", &config(&db, &devices, "east-1"));
+    let log = dir.path().join("run.log");
+    let mut run = spawn_run(&config, "022", &log);
+    let status = exit_within(&mut run).await;
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("gated ran on an empty store:\n{err}"));
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} is empty (0 bytes)", db.display())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&db).expect("kept").len(),
+        0,
+        "left as it was"
+    );
+}
+
+/// systemd's default start limit (5 starts in 10 s) would leave a gate whose store is refused
+/// failed for good: the unit turns it off and keeps retrying, not in a tight loop.
+#[test]
+fn the_unit_keeps_retrying_a_gate_that_cannot_start() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/gated.service"),
+    )
+    .expect("systemd/gated.service");
+    let mut section = "";
+    let mut settings = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            settings.push((section, k.trim(), v.trim()));
+        }
+    }
+    let get = |s: &str, k: &str| {
+        settings
+            .iter()
+            .rev()
+            .find(|(sec, key, _)| *sec == s && *key == k)
+            .map(|(_, _, v)| *v)
+    };
+    assert_eq!(get("[Unit]", "StartLimitIntervalSec"), Some("0"), "{unit}");
+    assert_eq!(get("[Service]", "Restart"), Some("always"), "{unit}");
+    let delay: u64 = get("[Service]", "RestartSec")
+        .and_then(|v| v.parse().ok())
+        .expect("RestartSec in seconds");
+    assert!((2..=10).contains(&delay), "RestartSec={delay}");
+}
+
+/// A tmpfs of `size` mounted at `dir` for the test, unmounted when the test ends, however.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk with the broker down: passes cannot be recorded. gated logs that sparingly
+/// (not a line per batch) and, once it has lasted 60 s, exits 75 so that systemd restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_ends_the_process_after_a_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).expect("mkdir");
+    let _mounted = Tmpfs::mount(&disk, "4m");
+    let devices = Devices::start().await;
+    let db = disk.join("gated.db");
+    let config = write(dir.path(), "gated.toml", &config(&db, &devices, "east-1"));
+    let log = dir.path().join("run.log");
+    let mut run = spawn_run(&config, "022", &log);
+    wait_running("gated to run", &log).await;
+
+    use std::io::Write as _;
+    let mut fill = std::fs::File::create(disk.join("fill")).expect("fill file");
+    let chunk = vec![0u8; 16 * 1024];
+    while fill.write_all(&chunk).is_ok() {}
+    let _ = fill.sync_all();
+
+    let end = Instant::now() + std::time::Duration::from_secs(150);
+    let mut n = 0u64;
+    let status = loop {
+        if let Some(status) = run.0.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            break None;
+        }
+        n += 1;
+        let _ = devices
+            .reader1
+            .present(hw_sim::KIND_CARD, &format!("{:010}", 7_000_000 + n), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("gated kept running on a full disk:\n{text}"));
+    assert_eq!(status.code(), Some(75), "{text}");
+    let lines = text.matches("recording passes failed").count();
+    assert!((1..=10).contains(&lines), "{lines} failure lines:\n{text}");
+}
