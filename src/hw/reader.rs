@@ -214,7 +214,19 @@ pub async fn decide(
         Ok(PassOutcome::AlreadyRecorded) => Ok(None),
         Err(e) => {
             tracing::error!(reader, error = %e, "store unavailable; pass not decided");
+            let was_failing =
+                shared.health.snapshot().get("store").map(String::as_str) == Some("error");
             shared.health.set("store", "error");
+            if !was_failing {
+                // The outbox is in the store that failed: this alarm goes past it, once per
+                // failure (the next pass recorded sets the store back to ok).
+                let detail = format!(
+                    "the store could not record a pass at {reader} ({e}); no credential is \
+                     decided or released until it can (free exits and overrides aside). Check \
+                     the disk holding the store (full, read-only, damaged)"
+                );
+                shared.alarm_direct("store_error", "store", &detail);
+            }
             Err(e)
         }
     }

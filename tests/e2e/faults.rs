@@ -326,3 +326,77 @@ async fn a_fault_open_across_a_restart_is_alarmed_once_and_closed() {
     assert_eq!(distinct_alarms(&centre, "device_fault", "reader1"), 2);
     assert_eq!(distinct_alarms(&centre, "device_recovered", "reader1"), 2);
 }
+
+/// A store that cannot record a pass is told to the centre at once, past the outbox it holds:
+/// one `store_error` alarm marked `unrecorded`, and `devices.store` in status. Nothing is
+/// released meanwhile, and the gate decides again once the store can write.
+#[tokio::test]
+async fn a_store_that_cannot_record_a_pass_is_alarmed_directly() {
+    let w = World::start().await;
+    let lane0 = |w: &World| {
+        w.devices
+            .relay
+            .pulses()
+            .iter()
+            .filter(|p| p.lane == 0 && !p.exit)
+            .count()
+    };
+    // Another process holds the database's write lock: every write of gated fails (as on a
+    // full or read-only disk, but one the test can give back).
+    let lock = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    let events = w.centre.on(EVENT).len();
+    w.devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    let direct = w
+        .centre
+        .wait_json("the store alarm, sent directly", ALARM, |a| {
+            a["alarm"] == "store_error" && a["unrecorded"] == true
+        })
+        .await;
+    assert_eq!(direct["source"], "store", "{direct}");
+    assert!(direct.get("seq").is_none(), "{direct}");
+    assert!(
+        direct["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reader1") && d.contains("disk")),
+        "{direct}"
+    );
+    w.centre
+        .wait_json("status: the store in error", STATUS, |s| {
+            s["devices"]["store"] == "error"
+        })
+        .await;
+    assert_eq!(
+        lane0(&w),
+        0,
+        "nothing released while the store cannot record"
+    );
+    lock.execute_batch("COMMIT").expect("release the lock");
+    drop(lock);
+    // The card that waited in the mailbox is decided once the store writes again (by now
+    // older than `max_swipe_age`: recorded, not released); a fresh swipe is granted.
+    wait_for("the waiting swipe recorded", DEADLINE, || {
+        (w.centre.on(EVENT).len() > events).then_some(())
+    })
+    .await;
+    let e = swipe(&w, "0012345678").await;
+    assert_eq!(e["reason"], "staff", "{e}");
+    wait_for("the fresh swipe released", DEADLINE, || {
+        (lane0(&w) == 1).then_some(())
+    })
+    .await;
+    w.centre
+        .wait_json("status: the store ok again", STATUS, |s| {
+            s["devices"]["store"] == "ok"
+        })
+        .await;
+    assert_eq!(
+        alarms(&w.centre, "store_error", "store"),
+        1,
+        "one alarm for one failure"
+    );
+}
