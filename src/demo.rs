@@ -15,6 +15,7 @@ use hw_sim::{
 
 use crate::config::Config;
 use crate::gate::{Decided, Gate};
+use crate::hw::health::Health;
 use crate::sync::contract::{ListName, parse_snapshot};
 
 /// A line for the person watching; a reader that went away is not an error
@@ -192,6 +193,7 @@ direction = "in"
         "sample lists: staff E1001 Li Wei (card 0012345678, face P1001); visitor INV-8f3a Zhang San (QR, 2 entries)\n"
     );
 
+    readers_watching(&gate.shared.health, &["reader1", "face1"]).await?;
     let mut decisions = gate.shared.decisions.subscribe();
     for step in SCENE {
         let reader: &SimReader = if step.face { &face } else { &card };
@@ -216,6 +218,29 @@ direction = "in"
     };
     gate.stop().await;
     result
+}
+
+/// Waits until each reader has been read once: that read found its mailbox empty, so the
+/// swipes the scene makes have a known age. A swipe waiting before the first read is of
+/// unknown age and refused `stale_swipe`, as at a real gate that has just started.
+async fn readers_watching(health: &Health, readers: &[&str]) -> anyhow::Result<()> {
+    let mut changed = health.watch();
+    let all_ok = || readers.iter().all(|r| health.is_ok(r));
+    let wait = async {
+        while !all_ok() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+        || !all_ok()
+    {
+        bail!("the simulated readers did not answer within 10 s");
+    }
+    Ok(())
 }
 
 async fn next_decision(
