@@ -50,6 +50,15 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// The `override` block of the event this origin's override records.
+    fn override_of(&self, input: &str) -> Override {
+        Override {
+            source: self.source.to_string(),
+            input: input.to_string(),
+            by: self.by.clone(),
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.by {
             Some(k) => format!("{} (key `{k}`)", self.source),
@@ -462,11 +471,7 @@ impl Control {
             ("panel", Direction::Out) => (Reason::OverridePanel, "open_exit"),
             _ => (Reason::OverrideRemote, "open"),
         };
-        let ov = Override {
-            source: origin.source.to_string(),
-            input: input.to_string(),
-            by: origin.by.clone(),
-        };
+        let ov = origin.override_of(input);
         let nonce = origin.nonce.clone();
         let event = self
             .shared
@@ -505,11 +510,7 @@ impl Control {
         now: UnixMs,
     ) -> Result<String, Refusal> {
         self.check_unclaimed(origin, now).await?;
-        let ov = Override {
-            source: origin.source.to_string(),
-            input: crate::store::CLEAR_PASSBACK.to_string(),
-            by: origin.by.clone(),
-        };
+        let ov = origin.override_of(crate::store::CLEAR_PASSBACK);
         let nonce = origin.nonce.clone();
         let who = subject.to_string();
         let event = self
@@ -535,11 +536,7 @@ impl Control {
         now: UnixMs,
     ) -> Result<String, Refusal> {
         self.check_unclaimed(origin, now).await?;
-        let ov = Override {
-            source: origin.source.to_string(),
-            input: crate::store::CLEAR_PASSBACK_ALL.to_string(),
-            by: origin.by.clone(),
-        };
+        let ov = origin.override_of(crate::store::CLEAR_PASSBACK_ALL);
         let nonce = origin.nonce.clone();
         let (event, cleared) = self
             .shared
