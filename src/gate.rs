@@ -97,7 +97,7 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "alarm could not be recorded");
+                crate::limited_error!(error = %e, "alarm could not be recorded");
                 Err(e)
             }
         }
@@ -241,6 +241,7 @@ impl Gate {
             releases: Default::default(),
             direct: Default::default(),
         };
+        crate::hw::reader::watch_store(&shared);
         tokio::spawn(crate::hw::snapshot::run(
             snapshot_rx,
             cfg.snapshot.clone(),

@@ -213,23 +213,32 @@ pub async fn decide(
         }
         Ok(PassOutcome::AlreadyRecorded) => Ok(None),
         Err(e) => {
-            tracing::error!(reader, error = %e, "store unavailable; pass not decided");
-            let was_failing =
-                shared.health.snapshot().get("store").map(String::as_str) == Some("error");
-            shared.health.set("store", "error");
-            if !was_failing {
-                // The outbox is in the store that failed: this alarm goes past it, once per
-                // failure (the next pass recorded sets the store back to ok).
-                let detail = format!(
-                    "the store could not record a pass at {reader} ({e}); no credential is \
-                     decided or released until it can (free exits and overrides aside). Check \
-                     the disk holding the store (full, read-only, damaged)"
-                );
-                shared.alarm_direct("store_error", "store", &detail);
-            }
+            // The owner thread tells the store's failure to the centre and the status once
+            // (`watch_store`); every reader retries each poll, so this line is limited.
+            crate::limited_error!(reader, error = %e, "store unavailable; pass not decided");
             Err(e)
         }
     }
+}
+
+/// What the store's owner thread sees of its writes reaches the gate: the first failure of an
+/// episode (a pass or the idle store's write probe) sets `devices.store` to `error` and sends
+/// a `store_error` alarm to the centre past the outbox, which is in the store that failed;
+/// when writes succeed again the status is `ok` and the recorded `store_recovered` alarm is
+/// sent through the outbox. The store opened and wrote at start: `ok` until then.
+pub fn watch_store(shared: &Shared) {
+    shared.health.set("store", "ok");
+    let s = shared.clone();
+    shared.store.on_write_health(move |e| match e {
+        crate::store::WriteEvent::Failing { detail } => {
+            s.health.set("store", "error");
+            s.alarm_direct("store_error", "store", &detail);
+        }
+        crate::store::WriteEvent::Recovered { .. } => {
+            s.health.set("store", "ok");
+            s.kick_outbox();
+        }
+    });
 }
 
 /// After a pass was recorded (G1): releases the lane if it was granted (a release that fails
@@ -261,7 +270,6 @@ pub async fn release(
             let _ = shared.alarm(code, relay.name(), &detail).await;
         }
     }
-    shared.health.set("store", "ok");
     shared.publish_decision(reader, event);
 }
 
