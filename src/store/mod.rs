@@ -550,6 +550,14 @@ impl WriteHealth {
         at.saturating_duration_since(now)
     }
 
+    /// A probe succeeded while passes fail: the connection writes, so no new one is needed;
+    /// the next try comes after the backoff as after a failure.
+    fn probe_held(&mut self, now: Instant) {
+        self.reconnect = false;
+        self.delay = (self.delay * 2).min(RETRY_MAX);
+        self.retry_at = Some(now + self.delay);
+    }
+
     /// Whether to open a new connection before the next write.
     fn reconnect_due(&self, now: Instant) -> bool {
         self.reconnect && self.failing() && self.retry_at.is_some_and(|at| now >= at)
@@ -665,6 +673,10 @@ impl Owner {
             return;
         }
         match self.db.probe(crate::clock::now_ms()) {
+            // A probe rewrites one row in place; a pass needs room for new rows, and a full
+            // disk gives the one and refuses the other: after passes failed, only a pass
+            // recorded ends the episode (the readers try their waiting swipe at each poll).
+            Ok(()) if self.health.passes > 0 => self.health.probe_held(Instant::now()),
             Ok(()) => self.wrote(),
             Err(e) => self.failed(&e, "the store could not write (a write probe failed)"),
         }

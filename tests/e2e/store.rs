@@ -262,10 +262,10 @@ fn the_unit_keeps_retrying_a_gate_that_cannot_start() {
 }
 
 /// A tmpfs of `size` mounted at `dir` for the test, unmounted when the test ends, however.
-struct Tmpfs(std::path::PathBuf);
+pub struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
