@@ -748,7 +748,9 @@ fn owner(mut o: Owner, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
                         o.wrote();
                     }
                     Err(e) => {
+                        // Each caller gets the error's text (`Invalid` adds the layer's name).
                         let msg = e.to_string();
+                        let msg = msg.strip_prefix("store: ").unwrap_or(&msg).to_string();
                         for r in replies {
                             let _ = r.send(Err(StoreError::Invalid(msg.clone())));
                         }
