@@ -226,17 +226,18 @@ pub async fn decide(
 /// a `store_error` alarm to the centre past the outbox, which is in the store that failed;
 /// when writes succeed again the status is `ok` and the recorded `store_recovered` alarm is
 /// sent through the outbox. The store opened and wrote at start: `ok` until then.
+/// The receiver holds no handle to the store: the owner thread ends once the gate's are gone.
 pub fn watch_store(shared: &Shared) {
     shared.health.set("store", "ok");
-    let s = shared.clone();
+    let (health, alarms) = (shared.health.clone(), shared.direct_alarms());
     shared.store.on_write_health(move |e| match e {
         crate::store::WriteEvent::Failing { detail } => {
-            s.health.set("store", "error");
-            s.alarm_direct("store_error", "store", &detail);
+            health.set("store", "error");
+            alarms.send("store_error", "store", &detail);
         }
         crate::store::WriteEvent::Recovered { .. } => {
-            s.health.set("store", "ok");
-            s.kick_outbox();
+            health.set("store", "ok");
+            alarms.kick();
         }
     });
 }

@@ -176,7 +176,8 @@ impl Store {
     }
 
     /// Has `f` called (on the owner thread: it must not block) when writes begin to fail and
-    /// when they succeed again. One receiver per store; a second call is ignored.
+    /// when they succeed again. One receiver per store; a second call is ignored. `f` must not
+    /// hold a `Store`: the owner thread ends when the last one is dropped, and it keeps `f`.
     pub fn on_write_health(&self, f: impl Fn(WriteEvent) + Send + Sync + 'static) {
         if self.on_write.set(Box::new(f)).is_err() {
             tracing::warn!("store: a second write-health receiver was ignored");

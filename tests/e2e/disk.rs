@@ -43,7 +43,7 @@ async fn a_full_disk_freed_is_recovered_by_the_same_process_and_said_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).expect("mkdir");
-    let _mounted = Tmpfs::mount(&disk, "4m");
+    let _mounted = Tmpfs::mount(&disk, "16m");
     let config = config_text(&disk.join("gated.db"), broker.port, &devices);
     let mut daemon = Daemon::start_with_env(dir.path(), &config, &[]);
     centre
