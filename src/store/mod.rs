@@ -432,10 +432,11 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 const GIVE_UP_EXIT: i32 = 75;
 /// While writes fail, one log line per this long (a full disk gave 66 a second).
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// An idle store (no pass recorded for this long) is written once, so that a disk that
-/// fails while nobody swipes is seen before the next swipe. The cost: one small commit (a
-/// 4 KiB page in the log, synced, then copied back by a checkpoint) per 30 s of idleness,
-/// about 24 MiB a day written to an idle SD card; none while passes are recorded.
+/// An idle store (no pass recorded and no probe written for this long) is written once, so
+/// that a disk that fails while nobody swipes is seen before the next swipe. The cost: one
+/// small commit (a 4 KiB page in the log, synced, then copied back by a checkpoint) per 30 s
+/// of idleness, about 8 KiB at the file level, 24 MiB a day on an idle SD card; none while
+/// passes are recorded.
 const PROBE_EVERY: Duration = Duration::from_secs(30);
 /// While writes fail, the owner thread tries again (and, after a read-only, I/O or
 /// cannot-open error, on a new connection) after 1 s, then 2, 4 and 8 s, then every 8 s.
