@@ -442,6 +442,44 @@ async fn fetch_snapshot(
 mod tests {
     use super::*;
 
+    /// The store's write-health receiver must not keep the store's owner thread alive: once
+    /// the gate's handles are gone, the store closes and its lock is free again.
+    #[tokio::test]
+    async fn watching_the_store_does_not_keep_it_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.db");
+        let open = || {
+            crate::store::Store::open(
+                &path,
+                crate::store::GateId {
+                    site: "hq".into(),
+                    gate: "g1".into(),
+                },
+                crate::core::Policy::default(),
+                1 << 20,
+            )
+        };
+        let shared = Shared {
+            store: open().expect("store"),
+            health: Default::default(),
+            mode: tokio::sync::watch::channel(crate::core::Mode::Normal).1,
+            decisions: tokio::sync::broadcast::channel(8).0,
+            outbox_kick: tokio::sync::mpsc::channel(1).0,
+            buses: Default::default(),
+            snapshots: tokio::sync::mpsc::channel(1).0,
+            releases: Default::default(),
+            direct: Default::default(),
+        };
+        watch_store(&shared);
+        assert_eq!(shared.health.snapshot()["store"], "ok");
+        drop(shared);
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while let Err(e) = open() {
+            assert!(std::time::Instant::now() < end, "still held: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn regs(seq: u16, kind: u16, score: u16, cred: &[u8]) -> Vec<u16> {
         let mut r = vec![seq, kind, score, cred.len() as u16];
         let mut bytes = cred.to_vec();
