@@ -265,10 +265,13 @@ async fn a_file_system_gone_read_only_under_an_idle_gate_is_alarmed_then_ends_th
     let log = daemon.log();
     assert_eq!(status.code(), Some(75), "{log}");
     let took = failed.elapsed();
-    assert!(took <= Duration::from_secs(100), "exited after {took:?}");
+    // The probe comes within 30 s, the tries after 1, 3, 7, 15 s and every 8 s, and the
+    // first failure past 60 s ends it: about 93 s.
+    assert!(took <= Duration::from_secs(110), "exited after {took:?}");
     let errors = lines_after(&log, skip)
         .into_iter()
         .filter(|l| l.contains("ERROR"))
         .count();
+    eprintln!("exit 75 after {took:?}; {errors} error lines since the file system failed");
     assert!(errors <= 30, "{errors} error lines:\n{log}");
 }
