@@ -269,7 +269,7 @@ pub async fn watch(
                     // the floor to the jumped time; it goes back to the last time seen before.
                     let back_to = j.before + TICK.as_millis() as i64;
                     if let Err(e) = shared.store.call(move |db| db.lower_floor(back_to)).await {
-                        tracing::error!(error = %e, "the clock floor could not be lowered");
+                        crate::limited_error!(error = %e, "the clock floor could not be lowered");
                     }
                 }
             }
@@ -295,7 +295,7 @@ pub async fn watch(
                 Ok(Some(_)) => {}
                 Ok(None) => behind_raised = false,
                 Err(e) => {
-                    tracing::error!(error = %e, "the clock could not be compared with the store")
+                    crate::limited_error!(error = %e, "the clock could not be compared with the store")
                 }
             }
         }
@@ -320,7 +320,7 @@ async fn tell(shared: &Shared, sense: ClockSense) {
         })
         .await
     {
-        tracing::error!(error = %e, "the clock's state could not reach the store");
+        crate::limited_error!(error = %e, "the clock's state could not reach the store");
     }
 }
 

@@ -403,7 +403,7 @@ impl Control {
                     Ok(Ok(event)) => self.shared.publish_decision(source, &event),
                     Ok(Err(r)) => tracing::error!(lane, %r, "fire release event refused"),
                     Err(e) => {
-                        tracing::error!(lane, error = %e, "fire release event not recorded; retrying");
+                        crate::limited_error!(lane, error = %e, "fire release event not recorded; retrying");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         continue;
                     }

@@ -97,7 +97,7 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "alarm could not be recorded");
+                crate::limited_error!(error = %e, "alarm could not be recorded");
                 Err(e)
             }
         }
@@ -107,14 +107,16 @@ impl Shared {
     /// must reach the centre while the store cannot record it (G8, G9). It does not record
     /// it: the caller keeps the alarm and records it once the store can write.
     pub fn alarm_direct(&self, code: &str, source: &str, detail: &str) {
-        let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
-        tracing::error!(
-            alarm = code,
-            source,
-            "{detail} (sent to the broker unrecorded)"
-        );
-        self.direct.push(a);
-        self.kick_outbox();
+        self.direct_alarms().send(code, source, detail);
+    }
+
+    /// What `alarm_direct` needs, without the store: for the store's owner thread, which a
+    /// handle to the store would keep running after every other handle is dropped.
+    pub fn direct_alarms(&self) -> DirectAlarms {
+        DirectAlarms {
+            direct: self.direct.clone(),
+            kick: self.outbox_kick.clone(),
+        }
     }
 
     /// Tells the uplink there is something new; a signal already pending is enough.
@@ -139,6 +141,31 @@ impl Shared {
             reader: reader.to_string(),
             event: event.clone(),
         });
+    }
+}
+
+/// Sends alarms past the outbox (`Shared::alarm_direct`).
+#[derive(Clone)]
+pub struct DirectAlarms {
+    direct: crate::sync::direct::Direct,
+    kick: mpsc::Sender<()>,
+}
+
+impl DirectAlarms {
+    pub fn send(&self, code: &str, source: &str, detail: &str) {
+        let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
+        tracing::error!(
+            alarm = code,
+            source,
+            "{detail} (sent to the broker unrecorded)"
+        );
+        self.direct.push(a);
+        self.kick();
+    }
+
+    /// Wakes the uplink (it also sends what entered the outbox).
+    pub fn kick(&self) {
+        let _ = self.kick.try_send(());
     }
 }
 
@@ -241,6 +268,7 @@ impl Gate {
             releases: Default::default(),
             direct: Default::default(),
         };
+        crate::hw::reader::watch_store(&shared);
         tokio::spawn(crate::hw::snapshot::run(
             snapshot_rx,
             cfg.snapshot.clone(),

@@ -9,5 +9,6 @@ pub mod core;
 pub mod demo;
 pub mod gate;
 pub mod hw;
+pub mod logs;
 pub mod store;
 pub mod sync;

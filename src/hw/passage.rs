@@ -317,7 +317,7 @@ async fn record(shared: &Shared, fact: Fact) {
                 shared.publish_decision("passage", &e);
             }
         }
-        Err(e) => tracing::error!(error = %e, "passage not recorded"),
+        Err(e) => crate::limited_error!(error = %e, "passage not recorded"),
     }
 }
 

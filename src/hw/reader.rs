@@ -213,23 +213,33 @@ pub async fn decide(
         }
         Ok(PassOutcome::AlreadyRecorded) => Ok(None),
         Err(e) => {
-            tracing::error!(reader, error = %e, "store unavailable; pass not decided");
-            let was_failing =
-                shared.health.snapshot().get("store").map(String::as_str) == Some("error");
-            shared.health.set("store", "error");
-            if !was_failing {
-                // The outbox is in the store that failed: this alarm goes past it, once per
-                // failure (the next pass recorded sets the store back to ok).
-                let detail = format!(
-                    "the store could not record a pass at {reader} ({e}); no credential is \
-                     decided or released until it can (free exits and overrides aside). Check \
-                     the disk holding the store (full, read-only, damaged)"
-                );
-                shared.alarm_direct("store_error", "store", &detail);
-            }
+            // The owner thread tells the store's failure to the centre and the status once
+            // (`watch_store`); every reader retries each poll, so this line is limited.
+            crate::limited_error!(reader, error = %e, "store unavailable; pass not decided");
             Err(e)
         }
     }
+}
+
+/// What the store's owner thread sees of its writes reaches the gate: the first failure of an
+/// episode (a pass or the idle store's write probe) sets `devices.store` to `error` and sends
+/// a `store_error` alarm to the centre past the outbox, which is in the store that failed;
+/// when writes succeed again the status is `ok` and the recorded `store_recovered` alarm is
+/// sent through the outbox. The store opened and wrote at start: `ok` until then.
+/// The receiver holds no handle to the store: the owner thread ends once the gate's are gone.
+pub fn watch_store(shared: &Shared) {
+    shared.health.set("store", "ok");
+    let (health, alarms) = (shared.health.clone(), shared.direct_alarms());
+    shared.store.on_write_health(move |e| match e {
+        crate::store::WriteEvent::Failing { detail } => {
+            health.set("store", "error");
+            alarms.send("store_error", "store", &detail);
+        }
+        crate::store::WriteEvent::Recovered { .. } => {
+            health.set("store", "ok");
+            alarms.kick();
+        }
+    });
 }
 
 /// After a pass was recorded (G1): releases the lane if it was granted (a release that fails
@@ -261,7 +271,6 @@ pub async fn release(
             let _ = shared.alarm(code, relay.name(), &detail).await;
         }
     }
-    shared.health.set("store", "ok");
     shared.publish_decision(reader, event);
 }
 
@@ -432,6 +441,44 @@ async fn fetch_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store's write-health receiver must not keep the store's owner thread alive: once
+    /// the gate's handles are gone, the store closes and its lock is free again.
+    #[tokio::test]
+    async fn watching_the_store_does_not_keep_it_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.db");
+        let open = || {
+            crate::store::Store::open(
+                &path,
+                crate::store::GateId {
+                    site: "hq".into(),
+                    gate: "g1".into(),
+                },
+                crate::core::Policy::default(),
+                1 << 20,
+            )
+        };
+        let shared = Shared {
+            store: open().expect("store"),
+            health: Default::default(),
+            mode: tokio::sync::watch::channel(crate::core::Mode::Normal).1,
+            decisions: tokio::sync::broadcast::channel(8).0,
+            outbox_kick: tokio::sync::mpsc::channel(1).0,
+            buses: Default::default(),
+            snapshots: tokio::sync::mpsc::channel(1).0,
+            releases: Default::default(),
+            direct: Default::default(),
+        };
+        watch_store(&shared);
+        assert_eq!(shared.health.snapshot()["store"], "ok");
+        drop(shared);
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while let Err(e) = open() {
+            assert!(std::time::Instant::now() < end, "still held: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     fn regs(seq: u16, kind: u16, score: u16, cred: &[u8]) -> Vec<u16> {
         let mut r = vec![seq, kind, score, cred.len() as u16];

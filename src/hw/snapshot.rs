@@ -292,7 +292,7 @@ pub async fn run(
             .await
         {
             Ok(e) => shared.publish_decision(&reader, &e),
-            Err(e) => tracing::error!(reader, error = %e, "snapshot not stored"),
+            Err(e) => crate::limited_error!(reader, error = %e, "snapshot not stored"),
         }
     }
 }

@@ -225,29 +225,7 @@ pub fn build_time() -> UnixMs {
 
 impl Db {
     pub fn open(path: &Path, gate: GateId, policy: Policy, quota: u64) -> Result<Db, StoreError> {
-        let mut conn = Connection::open(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Invalid(format!(
-                "{}: journal_mode is {mode}, not wal (is it on a file system without shared memory?)",
-                path.display()
-            )));
-        }
-        // FULL: the WAL is synced at each commit, so a committed pass survives power loss (G2).
-        // Group commit in `record_passes` bounds what that costs.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Every statement of a pass, of the uplink and of a list apply stays prepared: with
-        // rusqlite's default of 16 they evicted each other and were parsed again.
-        conn.set_prepared_statement_cache_capacity(64);
-        // When the log starts over after a checkpoint, its file is trimmed back to 64 MiB if a
-        // large list had made it grow.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        wait_when_busy(&mut conn)?;
+        let mut conn = connect(path)?;
         quick_check(&conn, path)?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         claim(&mut conn, &gate, path)?;
@@ -286,6 +264,35 @@ impl Db {
         db.floor = db.read_state("clock_floor")?.and_then(|v| v.parse().ok());
         db.calendar = load_calendar(&db.conn)?;
         Ok(db)
+    }
+
+    /// Opens a new connection to the store at `path` in place of this one, keeping what is
+    /// held in memory (mode, clock, contact, counts). A connection that saw its file system go
+    /// read-only, or that SQLite opened read-only, stays so after the disk is writable again:
+    /// only a new one writes. The old connection is closed once the new one is open.
+    pub fn reconnect(&mut self, path: &Path) -> Result<(), StoreError> {
+        let conn = connect(path)?;
+        drop(std::mem::replace(&mut self.conn, conn));
+        Ok(())
+    }
+
+    /// The write probe of an idle store: one row of `state` rewritten and committed (one
+    /// page in the log, synced, later copied back by a checkpoint). Fails as a pass would on
+    /// a store that cannot write.
+    pub fn probe(&mut self, now: UnixMs) -> Result<(), StoreError> {
+        let tx = write(&mut self.conn)?;
+        set_state(&tx, "write_probe", &now.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// For tests: this connection becomes one SQLite opened read-only, as it does without a
+    /// word when the file system is read-only and the `-wal` and `-shm` are there.
+    #[cfg(test)]
+    pub(super) fn stick_read_only(&mut self, path: &Path) {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open read-only");
+        self.conn = conn;
     }
 
     /// What `open` would refuse about the database at `path`, read without changing it: a
@@ -1391,6 +1398,34 @@ fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     } else {
         Err(corrupt(format!("quick_check: {}", found.join("; "))))
     }
+}
+
+/// Opens the database at `path` and sets up the connection as every write of gated expects
+/// it (WAL, synced commits, the busy wait). Shared by `Db::open` and `Db::reconnect`.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Invalid(format!(
+            "{}: journal_mode is {mode}, not wal (is it on a file system without shared memory?)",
+            path.display()
+        )));
+    }
+    // FULL: the WAL is synced at each commit, so a committed pass survives power loss (G2).
+    // Group commit in `record_passes` bounds what that costs.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Every statement of a pass, of the uplink and of a list apply stays prepared: with
+    // rusqlite's default of 16 they evicted each other and were parsed again.
+    conn.set_prepared_statement_cache_capacity(64);
+    // When the log starts over after a checkpoint, its file is trimmed back to 64 MiB if a
+    // large list had made it grow.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    wait_when_busy(&mut conn)?;
+    Ok(conn)
 }
 
 pub(super) fn wait_when_busy(conn: &mut Connection) -> rusqlite::Result<()> {

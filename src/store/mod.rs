@@ -14,10 +14,10 @@ pub use db::{
     SnapshotStep, Stamp, Stream, build_time,
 };
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -102,6 +102,8 @@ pub struct Store {
     /// Passes sent and not yet taken up by the owner thread: a list step that sees one ends
     /// early, so that list updates never hold up a lane.
     waiting: Arc<AtomicUsize>,
+    /// Who the owner thread tells when writes begin to fail and when they succeed again.
+    on_write: OnWrite,
 }
 
 impl Store {
@@ -131,6 +133,7 @@ impl Store {
         let mut db = Db::open(path, gate, policy, quota)?;
         db.checkpoint_elsewhere()?;
         let checkpoints = Checkpointer::open(path)?;
+        let db_path = path.to_path_buf();
         for (file, mode) in files::too_wide(path) {
             tracing::warn!(
                 "store: {} has mode {mode:04o}: it holds names, card ids and face thumbnails, \
@@ -151,14 +154,34 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let waiting = Arc::new(AtomicUsize::new(0));
         let taken = waiting.clone();
+        let on_write = OnWrite::default();
+        let owner_state = Owner {
+            db,
+            path: db_path,
+            health: WriteHealth::new(Instant::now()),
+            on_write: on_write.clone(),
+        };
         std::thread::Builder::new()
             .name("gated-store".into())
             .spawn(move || {
-                owner(db, rx, &taken);
+                owner(owner_state, rx, &taken);
                 drop(stopped); // the checkpoint thread makes a last checkpoint and ends
             })
             .map_err(|e| StoreError::Invalid(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { tx, waiting })
+        Ok(Store {
+            tx,
+            waiting,
+            on_write,
+        })
+    }
+
+    /// Has `f` called (on the owner thread: it must not block) when writes begin to fail and
+    /// when they succeed again. One receiver per store; a second call is ignored. `f` must not
+    /// hold a `Store`: the owner thread ends when the last one is dropped, and it keeps `f`.
+    pub fn on_write_health(&self, f: impl Fn(WriteEvent) + Send + Sync + 'static) {
+        if self.on_write.set(Box::new(f)).is_err() {
+            tracing::warn!("store: a second write-health receiver was ignored");
+        }
     }
 
     /// What `open` would refuse, found without changing the store (for `gated check-config`):
@@ -314,6 +337,7 @@ const RESTART_AT: i64 = 1000;
 /// measured with `bench/run phase apply` and `phase swipes`; see bench/analysis.md.
 struct Checkpointer {
     conn: rusqlite::Connection,
+    path: PathBuf,
 }
 
 impl Checkpointer {
@@ -327,7 +351,10 @@ impl Checkpointer {
         conn.pragma_update(None, "synchronous", "FULL")?;
         // A RESTART waits for the owner's transaction in progress.
         db::wait_when_busy(&mut conn)?;
-        Ok(Checkpointer { conn })
+        Ok(Checkpointer {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// A PASSIVE checkpoint, which takes no lock the owner thread waits for. The log starts
@@ -349,16 +376,40 @@ impl Checkpointer {
     }
 
     /// Checkpoints every `CHECKPOINT_EVERY` until `stop`'s sender is dropped, then once more.
-    fn run(self, stop: &mpsc::Receiver<()>) {
+    fn run(mut self, stop: &mpsc::Receiver<()>) {
         let mut failures = 0u64;
+        // After an error a new connection may cure: when to open one, and the delay after.
+        let mut reconnect: Option<(Instant, Duration)> = None;
         loop {
             let last = !matches!(
                 stop.recv_timeout(CHECKPOINT_EVERY),
                 Err(mpsc::RecvTimeoutError::Timeout)
             );
             match self.checkpoint() {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    reconnect = None;
+                }
                 Err(e) => {
+                    let e = StoreError::Sqlite(e);
+                    if needs_reconnect(&e) {
+                        let now = Instant::now();
+                        match reconnect {
+                            None => reconnect = Some((now + RETRY_FIRST, RETRY_FIRST)),
+                            Some((at, delay)) if now >= at => {
+                                // Like the owner's: the connection may stay read-only.
+                                match Checkpointer::open(&self.path) {
+                                    Ok(c) => self.conn = c.conn,
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "store: the checkpoint connection could not be opened again")
+                                    }
+                                }
+                                let delay = (delay * 2).min(RETRY_MAX);
+                                reconnect = Some((now + delay, delay));
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     // Logged once, then once a minute while it lasts, not 20 times a second.
                     if failures.is_multiple_of(1200) {
                         tracing::warn!(error = %e, failures = failures + 1, "store: WAL checkpoint failed; the log grows until one succeeds");
@@ -373,14 +424,35 @@ impl Checkpointer {
     }
 }
 
-/// How long passes may keep failing to be written before the process ends (exit code
-/// `GIVE_UP_EXIT`), so that systemd starts it again on a fresh connection: a connection that
-/// saw its file system go read-only stays read-only after it is writable again.
-const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long writes may keep failing before the process ends (exit code `GIVE_UP_EXIT`), so
+/// that systemd starts it again: the bound for a store that the owner thread's own retries
+/// (a new connection, with backoff) do not bring back.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 /// EX_TEMPFAIL: the store could not write; a restart may do better.
 const GIVE_UP_EXIT: i32 = 75;
-/// While passes fail, one log line per this long (a full disk gave 66 a second).
-const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// While writes fail, one log line per this long (a full disk gave 66 a second).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// An idle store (no pass recorded and no probe written for this long) is written once, so
+/// that a disk that fails while nobody swipes is seen before the next swipe. The cost: one
+/// small commit (a 4 KiB page in the log, synced, then copied back by a checkpoint) per 30 s
+/// of idleness, about 8 KiB at the file level, 24 MiB a day on an idle SD card; none while
+/// passes are recorded.
+const PROBE_EVERY: Duration = Duration::from_secs(30);
+/// While writes fail, the owner thread tries again (and, after a read-only, I/O or
+/// cannot-open error, on a new connection) after 1 s, then 2, 4 and 8 s, then every 8 s.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// What the store's owner thread tells the gate about its writes, once per change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteEvent {
+    /// Writes began to fail: what failed and why.
+    Failing { detail: String },
+    /// Writes succeed again; the `store_recovered` alarm saying so is in the outbox.
+    Recovered { detail: String },
+}
+
+type OnWrite = Arc<OnceLock<Box<dyn Fn(WriteEvent) + Send + Sync>>>;
 
 /// What to do about a failed write.
 #[derive(Debug, PartialEq)]
@@ -394,18 +466,58 @@ enum Failing {
     GiveUp,
 }
 
-/// The owner thread's record of failing writes.
-#[derive(Default)]
+/// The owner thread's record of its writes: since when they fail, what was logged, and when
+/// to try again or probe.
 struct WriteHealth {
     since: Option<Instant>,
     logged: Option<Instant>,
     unlogged: u64,
+    /// Passes refused since writes began to fail.
+    passes: u64,
+    /// The last write that succeeded (or the start): an idle store is probed after it.
+    last_ok: Instant,
+    /// While failing: when to try again, and the delay that led there.
+    retry_at: Option<Instant>,
+    delay: Duration,
+    /// The last failure was of the kind a new connection may cure.
+    reconnect: bool,
 }
 
 impl WriteHealth {
-    fn failed(&mut self, now: Instant) -> Failing {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: None,
+            logged: None,
+            unlogged: 0,
+            passes: 0,
+            last_ok: now,
+            retry_at: None,
+            delay: RETRY_FIRST,
+            reconnect: false,
+        }
+    }
+
+    fn failing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// A write failed (`reconnect`: of a kind a new connection may cure). The first failure
+    /// of a scheduled try moves the next try further (1 s doubling to 8 s).
+    fn failed(&mut self, now: Instant, reconnect: bool) -> Failing {
         let since = *self.since.get_or_insert(now);
         self.unlogged += 1;
+        self.reconnect = reconnect;
+        match self.retry_at {
+            None => {
+                self.delay = RETRY_FIRST;
+                self.retry_at = Some(now + self.delay);
+            }
+            Some(at) if now >= at => {
+                self.delay = (self.delay * 2).min(RETRY_MAX);
+                self.retry_at = Some(now + self.delay);
+            }
+            Some(_) => {}
+        }
         if now.duration_since(since) >= GIVE_UP_AFTER {
             return Failing::GiveUp;
         }
@@ -420,28 +532,197 @@ impl WriteHealth {
         Failing::Quiet
     }
 
-    /// A write succeeded: how long writes had failed, if they had.
-    fn succeeded(&mut self, now: Instant) -> Option<std::time::Duration> {
+    /// A write succeeded: how long writes had failed and how many passes were refused, if
+    /// they had failed.
+    fn succeeded(&mut self, now: Instant) -> Option<(Duration, u64)> {
+        self.last_ok = now;
         let since = self.since.take()?;
-        self.logged = None;
-        self.unlogged = 0;
-        Some(now.duration_since(since))
+        let passes = std::mem::take(&mut self.passes);
+        *self = Self::new(now);
+        Some((now.duration_since(since), passes))
+    }
+
+    /// How long the owner thread may wait for a job before it must try a write of its own:
+    /// the next try while failing, the next probe otherwise.
+    fn wait(&self, now: Instant) -> Duration {
+        let at = match self.retry_at {
+            Some(at) if self.failing() => at,
+            _ => self.last_ok + PROBE_EVERY,
+        };
+        at.saturating_duration_since(now)
+    }
+
+    /// A probe succeeded while passes fail: the connection writes, so no new one is needed;
+    /// the next try comes after the backoff as after a failure.
+    fn probe_held(&mut self, now: Instant) {
+        self.reconnect = false;
+        self.delay = (self.delay * 2).min(RETRY_MAX);
+        self.retry_at = Some(now + self.delay);
+    }
+
+    /// Whether to open a new connection before the next write.
+    fn reconnect_due(&self, now: Instant) -> bool {
+        self.reconnect && self.failing() && self.retry_at.is_some_and(|at| now >= at)
     }
 }
 
-fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
+/// Errors after which the connection may stay unable to write even once the disk can again:
+/// read-only (SQLite opens a database read-only without a word when it cannot write it),
+/// I/O errors, and files it cannot open.
+fn needs_reconnect(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, ReadOnly, SystemIoFailure};
+    let source = match e {
+        StoreError::Sqlite(s) | StoreError::Open { source: s, .. } => s,
+        _ => return false,
+    };
+    matches!(
+        source.sqlite_error_code(),
+        Some(ReadOnly | SystemIoFailure | CannotOpen)
+    )
+}
+
+/// The owner thread's state: the one connection and what it knows of its writes.
+struct Owner {
+    db: Db,
+    path: PathBuf,
+    health: WriteHealth,
+    on_write: OnWrite,
+}
+
+impl Owner {
+    fn tell(&self, e: WriteEvent) {
+        if let Some(f) = self.on_write.get() {
+            f(e);
+        }
+    }
+
+    /// Before a write while failing: a new connection, when one may help and its time came.
+    /// `false` when it could not be opened (counted as a failed write).
+    fn reconnect_if_due(&mut self) -> bool {
+        let now = Instant::now();
+        if !self.health.reconnect_due(now) {
+            return true;
+        }
+        match self.db.reconnect(&self.path) {
+            Ok(()) => {
+                tracing::info!("store: opened a new connection to the store after write errors");
+                true
+            }
+            Err(e) => {
+                self.failed(&e, "a new connection to the store could not be opened");
+                false
+            }
+        }
+    }
+
+    /// A write failed: logged (rate-limited), told once per episode, and the process ends
+    /// past `GIVE_UP_AFTER`.
+    fn failed(&mut self, e: &StoreError, what: &str) {
+        let first = !self.health.failing();
+        match self.health.failed(Instant::now(), needs_reconnect(e)) {
+            Failing::Log { failures } => {
+                tracing::error!(error = %e, failures, "store: {what} (logged at most once per 10 s)");
+            }
+            Failing::Quiet => {}
+            Failing::GiveUp => {
+                tracing::error!(error = %e, "store: writes have failed for 60 s; gated exits so that systemd starts it again on a fresh connection");
+                std::process::exit(GIVE_UP_EXIT);
+            }
+        }
+        if first {
+            let detail = format!(
+                "{what} ({e}); no credential is decided or released until the store can \
+                 write (free exits and overrides aside). gated retries by itself and exits \
+                 after {} s of failures so that it is restarted. Check the disk holding the \
+                 store (full, read-only, damaged)",
+                GIVE_UP_AFTER.as_secs()
+            );
+            self.tell(WriteEvent::Failing { detail });
+        }
+    }
+
+    /// A write succeeded. After failures: the `store_recovered` alarm is recorded (a write
+    /// too: if it fails, the store is failing still) and the gate told.
+    fn wrote(&mut self) {
+        let now = Instant::now();
+        if !self.health.failing() {
+            self.health.last_ok = now;
+            return;
+        }
+        let since = self.health.since.map_or(Duration::ZERO, |s| now - s);
+        let detail = format!(
+            "the store writes again after {} ms of failures; {} pass(es) could not be recorded \
+             meanwhile (their swipes stayed in the readers, decided once it could)",
+            since.as_millis(),
+            self.health.passes
+        );
+        match self
+            .db
+            .record_alarm("store_recovered", "store", &detail, crate::clock::now_ms())
+        {
+            Ok(_) => {
+                self.health.succeeded(now);
+                tracing::warn!("store: {detail}");
+                self.tell(WriteEvent::Recovered { detail });
+            }
+            Err(e) => self.failed(&e, "the store_recovered alarm could not be recorded"),
+        }
+    }
+
+    /// No job came for a while: a try while failing, a probe of the idle store otherwise.
+    fn probe(&mut self) {
+        if !self.reconnect_if_due() {
+            return;
+        }
+        match self.db.probe(crate::clock::now_ms()) {
+            // A probe rewrites one row in place; a pass needs room for new rows, and a full
+            // disk gives the one and refuses the other: after passes failed, only a pass
+            // recorded ends the episode (the readers try their waiting swipe at each poll).
+            Ok(()) if self.health.passes > 0 => self.health.probe_held(Instant::now()),
+            Ok(()) => self.wrote(),
+            Err(e) => self.failed(&e, "the store could not write (a write probe failed)"),
+        }
+    }
+
+    fn passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
+        if !self.reconnect_if_due() {
+            self.health.passes += inputs.len() as u64;
+            return Err(StoreError::Invalid(
+                "the store cannot write (no connection could be opened)".into(),
+            ));
+        }
+        match self.db.record_passes(inputs) {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                self.health.passes += inputs.len() as u64;
+                let at = match inputs.first().map(|i| (&i.from, i.lane)) {
+                    Some((Some(from), _)) => format!("at {}", from.reader),
+                    Some((None, lane)) => format!("on lane {lane}"),
+                    None => String::new(),
+                };
+                self.failed(&e, &format!("the store could not record a pass {at}"));
+                Err(e)
+            }
+        }
+    }
+}
+
+fn owner(mut o: Owner, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
     let mut next: Option<Job> = None;
-    let mut health = WriteHealth::default();
     loop {
         let job = match next.take() {
             Some(j) => j,
-            None => match rx.recv() {
+            None => match rx.recv_timeout(o.health.wait(Instant::now())) {
                 Ok(j) => j,
-                Err(_) => return, // every handle dropped: shut down
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    o.probe();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return, // every handle dropped
             },
         };
         match job {
-            Job::Run(f) => f(&mut db),
+            Job::Run(f) => f(&mut o.db),
             Job::Pass(first, reply) => {
                 waiting.fetch_sub(1, Ordering::SeqCst);
                 let mut inputs = vec![first];
@@ -460,30 +741,18 @@ fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
                         Err(_) => break,
                     }
                 }
-                match db.record_passes(&inputs) {
+                match o.passes(&inputs) {
                     Ok(outcomes) => {
-                        if let Some(failed) = health.succeeded(Instant::now()) {
-                            tracing::warn!(
-                                after_ms = failed.as_millis() as u64,
-                                "store: passes are recorded again"
-                            );
+                        for (r, out) in replies.into_iter().zip(outcomes) {
+                            let _ = r.send(Ok(out));
                         }
-                        for (r, o) in replies.into_iter().zip(outcomes) {
-                            let _ = r.send(Ok(o));
-                        }
+                        // After the replies: the lanes open before the recovery is recorded.
+                        o.wrote();
                     }
                     Err(e) => {
-                        match health.failed(Instant::now()) {
-                            Failing::Log { failures } => {
-                                tracing::error!(error = %e, failures, "store: recording passes failed (logged at most once per 10 s)");
-                            }
-                            Failing::Quiet => {}
-                            Failing::GiveUp => {
-                                tracing::error!(error = %e, "store: passes have failed to be recorded for 60 s; gated exits so that systemd starts it again on a fresh connection");
-                                std::process::exit(GIVE_UP_EXIT);
-                            }
-                        }
+                        // Each caller gets the error's text (`Invalid` adds the layer's name).
                         let msg = e.to_string();
+                        let msg = msg.strip_prefix("store: ").unwrap_or(&msg).to_string();
                         for r in replies {
                             let _ = r.send(Err(StoreError::Invalid(msg.clone())));
                         }

@@ -1768,26 +1768,171 @@ fn a_damaged_page_in_the_staff_table_is_refused_at_start() {
 fn failing_writes_are_logged_sparingly_and_given_up_after_a_bound() {
     let t0 = Instant::now();
     let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
-    let mut h = WriteHealth::default();
-    assert_eq!(h.failed(at(0)), Failing::Log { failures: 1 });
+    let mut h = WriteHealth::new(t0);
+    assert_eq!(h.failed(at(0), false), Failing::Log { failures: 1 });
     let quiet = (1..660)
-        .filter(|i| h.failed(at(i * 15)) == Failing::Quiet)
+        .filter(|i| h.failed(at(i * 15), false) == Failing::Quiet)
         .count();
     assert_eq!(quiet, 659, "66 failures a second for 10 s: no line");
-    assert_eq!(h.failed(at(10_000)), Failing::Log { failures: 660 });
-    assert_eq!(h.failed(at(59_999)), Failing::Log { failures: 1 });
-    assert_eq!(h.failed(at(60_000)), Failing::GiveUp);
+    assert_eq!(h.failed(at(10_000), false), Failing::Log { failures: 660 });
+    assert_eq!(h.failed(at(59_999), false), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(60_000), false), Failing::GiveUp);
 
+    h.passes = 3;
     assert_eq!(
         h.succeeded(at(60_500)),
-        Some(std::time::Duration::from_millis(60_500))
+        Some((std::time::Duration::from_millis(60_500), 3))
     );
     assert_eq!(h.succeeded(at(60_600)), None, "recovered once");
-    assert_eq!(h.failed(at(61_000)), Failing::Log { failures: 1 });
-    assert_eq!(h.failed(at(120_999)), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(61_000), false), Failing::Log { failures: 1 });
+    assert_eq!(h.failed(at(120_999), false), Failing::Log { failures: 1 });
     assert_eq!(
-        h.failed(at(121_000)),
+        h.failed(at(121_000), false),
         Failing::GiveUp,
         "the bound starts again"
     );
+}
+
+/// While writes fail the owner thread tries again after 1 s, doubling to 8 s, and opens a
+/// new connection only after the kind of error a new one may cure; an idle store is probed
+/// 30 s after its last write.
+#[test]
+fn failing_writes_are_retried_with_backoff_and_an_idle_store_is_probed() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+    let s = std::time::Duration::from_secs;
+    let mut h = WriteHealth::new(t0);
+    assert_eq!(h.wait(t0), s(30), "idle: the probe");
+    h.failed(at(0), true);
+    assert_eq!(h.wait(at(0)), s(1));
+    assert!(!h.reconnect_due(at(999)) && h.reconnect_due(at(1000)));
+    h.failed(at(500), true); // a pass in between does not move the next try
+    assert_eq!(h.wait(at(500)), std::time::Duration::from_millis(500));
+    let mut t = 1000;
+    for want in [2, 4, 8, 8] {
+        h.failed(at(t), true);
+        assert_eq!(h.wait(at(t)), s(want), "after the try at {t} ms");
+        t += want * 1000;
+    }
+    h.failed(at(t), false);
+    assert!(
+        !h.reconnect_due(at(t + 60_000)),
+        "busy: the same connection"
+    );
+    h.succeeded(at(t + 1));
+    assert_eq!(h.wait(at(t + 1)), s(30));
+}
+
+fn sqlite_error(code: i32) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(code),
+        None,
+    ))
+}
+
+#[test]
+fn read_only_io_and_open_errors_call_for_a_new_connection_busy_and_full_do_not() {
+    use rusqlite::ffi;
+    for code in [
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_READONLY_RECOVERY,
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_CANTOPEN,
+    ] {
+        assert!(needs_reconnect(&sqlite_error(code)), "{code}");
+    }
+    for code in [ffi::SQLITE_BUSY, ffi::SQLITE_FULL, ffi::SQLITE_CORRUPT] {
+        assert!(!needs_reconnect(&sqlite_error(code)), "{code}");
+    }
+}
+
+/// A connection that cannot write (here one SQLite opened read-only, as it does without a
+/// word on a read-only file system) is replaced by the owner thread: the store recovers by
+/// itself (the connection never would), tells it once each way, and records
+/// `store_recovered` with what failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stuck_read_only_is_replaced_and_the_recovery_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let store = Store::open(&path, gate(), Policy::default(), 1000).expect("store");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    store.on_write_health(move |e| {
+        let _ = tx.lock().expect("lock").send(e);
+    });
+    let p = path.clone();
+    store
+        .call(move |db| {
+            db.stick_read_only(&p);
+            Ok(())
+        })
+        .await
+        .expect("call");
+    let e = store
+        .pass(pass("1", Some(("reader1", 1))))
+        .await
+        .expect_err("a read-only connection records nothing");
+    assert!(e.to_string().contains("readonly"), "{e}");
+    let failing = rx
+        .recv_timeout(std::time::Duration::from_secs(1))
+        .expect("told it fails");
+    assert!(
+        matches!(&failing, WriteEvent::Failing { detail } if detail.contains("reader1")),
+        "{failing:?}"
+    );
+    // The reader tries its waiting swipe again at each poll; the owner thread opens a new
+    // connection by itself after 1 s, and the next try is recorded.
+    let end = Instant::now() + std::time::Duration::from_secs(5);
+    let o = loop {
+        match store.pass(pass("1", Some(("reader1", 1)))).await {
+            Ok(o) => break o,
+            Err(e) => assert!(Instant::now() < end, "not recovered within 5 s: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(matches!(o, PassOutcome::Recorded { .. }));
+    let recovered = rx
+        .recv_timeout(std::time::Duration::from_secs(1))
+        .expect("told it recovered");
+    assert!(
+        matches!(&recovered, WriteEvent::Recovered { detail }
+            if detail.contains("pass(es) could not be recorded")),
+        "{recovered:?}"
+    );
+    let rows = store.call(|db| db.pending(0, 10)).await.expect("outbox");
+    assert!(
+        rows.iter()
+            .any(|r| r.stream == Stream::Alarm && r.payload.contains("store_recovered")),
+        "the recovery is recorded in the outbox"
+    );
+    assert!(rx.try_recv().is_err(), "told once each way");
+}
+
+/// The checkpoint thread's connection, like the owner's, is replaced after a read-only error:
+/// pages committed to the log reach the database file again.
+#[test]
+fn the_checkpoint_thread_opens_a_new_connection_after_a_read_only_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut db = open(&dir);
+    let mut c = Checkpointer::open(&path).expect("checkpointer");
+    c.conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("read-only");
+    db.probe(NOW).expect("write");
+    let before = std::fs::read(&path).expect("read");
+    let (stop_tx, stop) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || c.run(&stop));
+    let end = Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read(&path).expect("read") == before {
+        assert!(
+            Instant::now() < end,
+            "the log was not copied into the database within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(stop_tx);
+    t.join().expect("checkpoint thread");
 }

@@ -201,7 +201,9 @@ async fn peer_worker(shared: Shared, mut events: mpsc::Receiver<PassEvent>) {
         match shared.store.call(move |db| db.learn(&batch, now)).await {
             Ok(n) if n > 0 => tracing::debug!(learned = n, "events of other gates learned"),
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "events of other gates could not be learned"),
+            Err(e) => {
+                crate::limited_error!(error = %e, "events of other gates could not be learned")
+            }
         }
     }
 }
@@ -264,7 +266,7 @@ impl Link {
             .call(move |db| db.contact(connected, now))
             .await
         {
-            tracing::error!(error = %e, "contact with the centre could not be recorded");
+            crate::limited_error!(error = %e, "contact with the centre could not be recorded");
         }
     }
 }
@@ -875,7 +877,7 @@ impl<'a> Connection<'a> {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox");
+                    crate::limited_error!(error = %e, "cannot read the outbox");
                     self.fill_failed = true;
                     return;
                 }
@@ -938,7 +940,7 @@ impl<'a> Connection<'a> {
         {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the snapshots");
+                crate::limited_error!(error = %e, "cannot read the snapshots");
                 return;
             }
         };
@@ -978,7 +980,7 @@ impl<'a> Connection<'a> {
             .call(move |db| db.snapshot_uploaded(&done))
             .await
         {
-            tracing::error!(error = %e, snapshot = %id, "cannot mark the snapshot uploaded");
+            crate::limited_error!(error = %e, snapshot = %id, "cannot mark the snapshot uploaded");
         }
         // Events and alarms first, then more snapshots.
         self.fill().await;
@@ -993,7 +995,7 @@ impl<'a> Connection<'a> {
         let retry = rows.clone();
         if let Err(e) = self.link.shared.store.call(move |db| db.acked(&rows)).await {
             // Keep them; they are deleted on the next flush (or sent again after a restart).
-            tracing::error!(error = %e, rows = n, "cannot delete acknowledged rows");
+            crate::limited_error!(error = %e, rows = n, "cannot delete acknowledged rows");
             self.acked = retry;
         }
     }
@@ -1042,7 +1044,7 @@ impl<'a> Connection<'a> {
                 )
             }
             Err(e) => {
-                tracing::error!(error = %e, "status: store unavailable");
+                crate::limited_error!(error = %e, "status: store unavailable");
                 (
                     ListVersions {
                         staff: 0,

@@ -6,6 +6,7 @@ mod cli;
 mod clock;
 mod compound;
 mod demo;
+mod disk;
 mod exits;
 mod faults;
 mod fire;
