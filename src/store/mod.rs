@@ -652,7 +652,8 @@ impl Owner {
         let since = self.health.since.map_or(Duration::ZERO, |s| now - s);
         let detail = format!(
             "the store writes again after {} ms of failures; {} pass(es) could not be recorded \
-             meanwhile (their swipes stayed in the readers, decided once it could)",
+             meanwhile (their swipes stayed in the readers and are recorded now, refused \
+             stale_swipe when older than policy.max_swipe_age)",
             since.as_millis(),
             self.health.passes
         );
