@@ -576,7 +576,9 @@ impl<'a> Connection<'a> {
                     Role::Uplink => {
                         // What the last connection took and the broker did not acknowledge
                         // went with it (clean session): sent again, first.
+                        // They go first, before anything that waits for the store.
                         self.link.shared.direct.resend();
+                        self.send_direct();
                         self.link.contact(true).await;
                         self.publish_status(true).await;
                         // Everything unacknowledged goes again, oldest first.
