@@ -979,6 +979,13 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// How `gated` exited, once it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Whether `gated` is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
