@@ -256,7 +256,7 @@ impl Gate {
                         memory.as_deref(),
                     )
                     .await;
-                    // `alarm` None: the same error was alarmed within the hour.
+                    // `alarm_acked` None: the same error was alarmed within the hour, not again.
                     tracing::info!(
                         status_acked = sent.status_acked,
                         alarm_acked = ?sent.alarm_acked,
