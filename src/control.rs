@@ -481,13 +481,17 @@ impl Control {
             .map_err(|e| Refusal::StoreError(format!("the override was not recorded: {e}")))??;
         self.shared.publish_decision(origin.source, &event);
         tracing::warn!(lane, direction = direction.as_str(), by = %origin.describe(), "override: lane opened");
+        let what = format!("override {} recorded", event.id);
+        // Until its pulse is confirmed or its alarm recorded, like a granted pass's: a board
+        // hung at shutdown leaves a `relay_unknown` record for it (`Gate::stop`).
+        let _settling = self.shared.releases.begin(crate::hw::relay::Release {
+            relay: relay.name().to_string(),
+            what: what.clone(),
+            lane,
+            direction,
+        });
         if let Err(e) = relay.pulse(cfg.channel, direction, cfg.release_ms).await {
-            let (code, detail) = crate::hw::relay::release_alarm(
-                &format!("override {} recorded", event.id),
-                lane,
-                direction,
-                &e,
-            );
+            let (code, detail) = crate::hw::relay::release_alarm(&what, lane, direction, &e);
             tracing::error!("{detail}");
             let _ = self.shared.alarm(code, relay.name(), &detail).await;
             return Err(Refusal::DeviceError(detail));

@@ -190,6 +190,15 @@ fn gate_id(cfg: &Config) -> GateId {
 /// a state of the machine that `Store::open` refuses). The checks of the config itself are
 /// `Config::load`'s, shared the same way.
 pub fn check_host(cfg: &Config) -> anyhow::Result<Host> {
+    let host = check_machine(cfg)?;
+    Store::check(&cfg.store.path, &gate_id(cfg))?;
+    Ok(host)
+}
+
+/// `check_host` but the store: what the gate needs to reach the centre and its devices. A
+/// store that cannot be opened is reported to the centre before the start ends
+/// (`sync::start_report`), which needs what this loads.
+fn check_machine(cfg: &Config) -> anyhow::Result<Host> {
     // GPIO devices need a Raspberry Pi: elsewhere this fails before anything starts, with a
     // message naming them.
     let gpio_devices = cfg.gpio_devices();
@@ -208,8 +217,35 @@ pub fn check_host(cfg: &Config) -> anyhow::Result<Host> {
             crate::sync::transport::load_for(m.tls.as_ref(), m.auth.as_ref(), &ids)
         })
         .transpose()?;
-    Store::check(&cfg.store.path, &gate_id(cfg))?;
     Ok(Host { gpio, secrets })
+}
+
+/// The store as the start finds it: checked, opened, and its persisted mode and open device
+/// faults read. Every step is the store's; a failure of any is what `start_report` tells.
+async fn open_store(cfg: &Config) -> Result<(Store, Mode, Vec<String>), StoreError> {
+    Store::check(&cfg.store.path, &gate_id(cfg))?;
+    let store = Store::open(
+        &cfg.store.path,
+        gate_id(cfg),
+        cfg.policy.clone(),
+        cfg.store.outbox_quota,
+    )?;
+    // The persisted mode (a lockdown survives a restart), read before any lane starts.
+    // `Control` is its one writer.
+    let centre = cfg.mqtt.is_some();
+    let mode = store
+        .call(move |db| {
+            db.set_build_time(crate::store::build_time());
+            if centre {
+                db.expect_centre()?;
+            }
+            Ok(db.mode())
+        })
+        .await?;
+    // Faults still open from before this start continue their episode (one `device_fault`,
+    // then its `device_recovered`), read before any device task observes.
+    let open_faults = store.call(|db| db.open_device_faults()).await?;
+    Ok((store, mode, open_faults))
 }
 
 /// A running gate: its shared handles, and the way to stop it.
@@ -223,32 +259,46 @@ pub struct Gate {
 impl Gate {
     /// Opens the store and starts every task. Returns once they are running.
     pub async fn start(cfg: &Config) -> anyhow::Result<Gate> {
-        let Host { gpio, secrets } = check_host(cfg)?;
-        let store = Store::open(
-            &cfg.store.path,
-            gate_id(cfg),
-            cfg.policy.clone(),
-            cfg.store.outbox_quota,
-        )?;
-        // The persisted mode (a lockdown survives a restart), read before any lane starts.
-        // `Control` is its one writer.
-        let centre = cfg.mqtt.is_some();
-        let mode = store
-            .call(move |db| {
-                db.set_build_time(crate::store::build_time());
-                if centre {
-                    db.expect_centre()?;
+        let Host { gpio, secrets } = check_machine(cfg)?;
+        let memory = crate::sync::start_report::memory_from_env();
+        let (store, mode, open_faults) = match open_store(cfg).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Another gated holds the store: it runs, under the same client ids, and
+                // connecting would knock it off the broker. It is not this gate's failure.
+                if let (Some(m), Some(secrets)) = (&cfg.mqtt, &secrets)
+                    && !matches!(e, StoreError::InUse { .. })
+                {
+                    let topics = Topics {
+                        root: m.root.clone(),
+                        site: cfg.site.clone(),
+                        gate: cfg.gate.clone(),
+                    };
+                    let error = e.to_string();
+                    let sent = crate::sync::start_report::report(
+                        m,
+                        secrets,
+                        &topics,
+                        &error,
+                        memory.as_deref(),
+                    )
+                    .await;
+                    // `alarm_acked` None: the same error was alarmed within the hour, not again.
+                    tracing::info!(
+                        status_acked = sent.status_acked,
+                        alarm_acked = ?sent.alarm_acked,
+                        "the store cannot be opened: report to the centre done"
+                    );
                 }
-                Ok(db.mode())
-            })
-            .await?;
+                return Err(e.into());
+            }
+        };
+        // This start is past its store: a later failure is a new episode, alarmed at once.
+        crate::sync::start_report::forget(memory.as_deref());
         if mode != Mode::Normal {
             tracing::warn!(mode = mode.as_str(), "starting in the persisted mode");
         }
         let (mode_tx, mode_rx) = watch::channel(mode);
-        // Faults still open from before this start continue their episode (one `device_fault`,
-        // then its `device_recovered`), read before any device task observes.
-        let open_faults = store.call(|db| db.open_device_faults()).await?;
         if !open_faults.is_empty() {
             tracing::warn!(devices = ?open_faults, "device faults open from before the start");
         }

@@ -4,8 +4,10 @@
 //! follows through the outbox once the store can write, with its own `id` and `seq`.
 //!
 //! Held in memory, bounded: past `MAX_WAITING` the oldest is dropped (logged), so a store
-//! that stays down cannot grow it. An alarm handed to a connection that is then lost is not
-//! sent again.
+//! that stays down cannot grow it. An alarm handed to a connection is kept until its PUBACK:
+//! one whose connection is lost first is sent again on the next (`resend`), before any newer
+//! one. Held in memory only: a restart forgets them (the record, once the store can write,
+//! is what survives).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,17 +72,25 @@ impl Unrecorded {
     }
 }
 
-/// The alarms waiting for the uplink, oldest first.
+/// The alarms waiting for the uplink, oldest first, and those handed to its connection and
+/// not acknowledged yet.
 #[derive(Clone, Default)]
 pub struct Direct {
-    queue: Arc<Mutex<VecDeque<Unrecorded>>>,
+    queues: Arc<Mutex<Queues>>,
     /// Wakes an uplink that is waiting for the store (`waiting`).
     pushed: Arc<tokio::sync::Notify>,
 }
 
+#[derive(Default)]
+struct Queues {
+    waiting: VecDeque<Unrecorded>,
+    /// Handed to the connection, awaiting their PUBACK, in the order they were handed.
+    sent: VecDeque<Unrecorded>,
+}
+
 impl Direct {
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Unrecorded>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Returns once an alarm was pushed (or had been since the last call).
@@ -89,28 +99,59 @@ impl Direct {
     }
 
     pub fn push(&self, a: Unrecorded) {
-        let mut q = self.queue();
-        if q.len() >= MAX_WAITING
-            && let Some(old) = q.pop_front()
-        {
+        let mut q = self.queues();
+        q.waiting.push_back(a);
+        q.bound();
+        drop(q);
+        self.pushed.notify_one();
+    }
+
+    /// The next alarm to hand over; it is kept as sent until `acked` or `resend`.
+    pub fn take(&self) -> Option<Unrecorded> {
+        let mut q = self.queues();
+        let a = q.waiting.pop_front()?;
+        q.sent.push_back(a.clone());
+        Some(a)
+    }
+
+    /// Puts back the one `take` gave that could not be handed over, first in line.
+    pub fn untake(&self, id: &str) {
+        let mut q = self.queues();
+        if let Some(at) = q.sent.iter().position(|a| a.id == id) {
+            let a = q.sent.remove(at).expect("found");
+            q.waiting.push_front(a);
+        }
+    }
+
+    /// The broker has it: it is not sent again.
+    pub fn acked(&self, id: &str) {
+        self.queues().sent.retain(|a| a.id != id);
+    }
+
+    /// The connection they were handed to is gone (its un-acked publishes with it, since the
+    /// session is clean): those not acknowledged go again, first, oldest first.
+    pub fn resend(&self) {
+        let mut q = self.queues();
+        while let Some(a) = q.sent.pop_back() {
+            q.waiting.push_front(a);
+        }
+        q.bound();
+    }
+}
+
+impl Queues {
+    /// Past `MAX_WAITING` alarms in all, the oldest waiting ones are dropped.
+    fn bound(&mut self) {
+        while self.waiting.len() + self.sent.len() > MAX_WAITING {
+            let Some(old) = self.waiting.pop_front() else {
+                return;
+            };
             tracing::error!(
                 alarm = old.alarm,
                 source = old.source,
                 "unrecorded alarm dropped: too many wait for the broker"
             );
         }
-        q.push_back(a);
-        drop(q);
-        self.pushed.notify_one();
-    }
-
-    pub fn pop(&self) -> Option<Unrecorded> {
-        self.queue().pop_front()
-    }
-
-    /// Puts back one that could not be handed over, first in line.
-    pub fn unpop(&self, a: Unrecorded) {
-        self.queue().push_front(a);
     }
 }
 
@@ -124,14 +165,39 @@ mod tests {
         for i in 0..MAX_WAITING + 3 {
             d.push(Unrecorded::new("fire_alarm", &format!("relay{i}"), "x", 0));
         }
-        let first = d.pop().expect("one");
+        let first = d.take().expect("one");
         assert_eq!(first.source, "relay3");
-        d.unpop(first);
+        d.untake(&first.id);
         let mut n = 0;
-        while d.pop().is_some() {
+        while d.take().is_some() {
             n += 1;
         }
         assert_eq!(n, MAX_WAITING);
+    }
+
+    /// Issue 22, item 6: an alarm handed to a connection that was lost before its PUBACK was
+    /// never sent again.
+    #[test]
+    fn an_alarm_not_acknowledged_is_sent_again_on_the_next_connection() {
+        let d = Direct::default();
+        for source in ["a", "b", "c"] {
+            d.push(Unrecorded::new("store_error", source, "x", 0));
+        }
+        let (a, b) = (d.take().expect("a"), d.take().expect("b"));
+        d.acked(&a.id);
+        // The connection is lost with b in flight, and d comes meanwhile.
+        d.push(Unrecorded::new("store_error", "d", "x", 0));
+        d.resend();
+        let order: Vec<String> = std::iter::from_fn(|| d.take()).map(|x| x.source).collect();
+        assert_eq!(order, ["b", "c", "d"], "b again first, a not again");
+        assert_eq!(b.source, "b");
+        // Acked on this connection: nothing left to resend.
+        let sent: Vec<String> = d.queues().sent.iter().map(|x| x.id.clone()).collect();
+        for id in sent {
+            d.acked(&id);
+        }
+        d.resend();
+        assert!(d.take().is_none());
     }
 
     #[test]

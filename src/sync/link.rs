@@ -46,6 +46,8 @@ enum Tag {
     Outbox(i64),
     /// A snapshot's thumbnail, by the id of its pass.
     Snapshot(String),
+    /// An alarm sent past the outbox (`sync::direct`), by its id.
+    Direct(String),
     Other,
 }
 
@@ -365,7 +367,32 @@ pub fn client_ids(cfg: &MqttConfig, peers: bool) -> Vec<String> {
     roles.into_iter().map(|r| client_id(r, cfg)).collect()
 }
 
+/// The uplink's options without its last will, for the one connection of a gate that cannot
+/// start (`sync::start_report`): its own status is what the broker must keep, and a will fired
+/// by a connection cut before its DISCONNECT would replace it with a bare `online: false`.
+pub fn report_options(cfg: &MqttConfig, secrets: &Secrets) -> MqttOptions {
+    base_options(Role::Uplink, cfg, secrets)
+}
+
 fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> MqttOptions {
+    let mut o = base_options(role, cfg, secrets);
+    if role == Role::Uplink {
+        let will: &[u8] = if cfg.demo {
+            br#"{"online":false,"demo":true}"#
+        } else {
+            br#"{"online":false}"#
+        };
+        o.set_last_will(LastWill::new(
+            topics.status(),
+            will.to_vec(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    o
+}
+
+fn base_options(role: Role, cfg: &MqttConfig, secrets: &Secrets) -> MqttOptions {
     let mut o = MqttOptions::new(client_id(role, cfg), cfg.host.clone(), cfg.port);
     // TLS and the username and password. One login may serve every connection (a broker user
     // per gate), or each connection has a certificate of its own whose name the broker makes
@@ -383,19 +410,6 @@ fn options(role: Role, cfg: &MqttConfig, secrets: &Secrets, topics: &Topics) -> 
         // Subscribes to nothing: only PUBACKs and the like come in.
         Role::Uplink => o.set_max_packet_size(64 * 1024, MAX_OUTGOING_PACKET),
     };
-    if role == Role::Uplink {
-        let will: &[u8] = if cfg.demo {
-            br#"{"online":false,"demo":true}"#
-        } else {
-            br#"{"online":false}"#
-        };
-        o.set_last_will(LastWill::new(
-            topics.status(),
-            will.to_vec(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    }
     o
 }
 
@@ -562,6 +576,11 @@ impl<'a> Connection<'a> {
                 }
                 match self.role {
                     Role::Uplink => {
+                        // What the last connection took and the broker did not acknowledge
+                        // went with it (clean session): sent again, first.
+                        // They go first, before anything that waits for the store.
+                        self.link.shared.direct.resend();
+                        self.send_direct();
                         self.link.contact(true).await;
                         self.publish_status(true).await;
                         // Everything unacknowledged goes again, oldest first.
@@ -610,6 +629,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Some(Tag::Snapshot(id)) => self.snapshot_acked(id).await,
+                    Some(Tag::Direct(id)) => self.link.shared.direct.acked(&id),
                     _ => {}
                 }
                 match self.role {
@@ -835,12 +855,19 @@ impl<'a> Connection<'a> {
         (usize::from(self.link.cfg.inflight) / 8).max(1)
     }
 
-    /// Hands the alarms the store could not record to the client (`sync::direct`).
+    /// Hands the alarms the store could not record to the client (`sync::direct`). Each is
+    /// kept until its PUBACK (`Tag::Direct`), and sent again on the next connection if this one
+    /// is lost first.
     fn send_direct(&mut self) {
-        while let Some(a) = self.link.shared.direct.pop() {
+        while let Some(a) = self.link.shared.direct.take() {
             let body = a.body(&self.link.topics, self.link.cfg.demo);
-            if !self.publish(self.link.topics.alarm(), body, false, Tag::Other) {
-                self.link.shared.direct.unpop(a);
+            if !self.publish(
+                self.link.topics.alarm(),
+                body,
+                false,
+                Tag::Direct(a.id.clone()),
+            ) {
+                self.link.shared.direct.untake(&a.id);
                 return;
             }
         }
@@ -1106,8 +1133,10 @@ impl<'a> Connection<'a> {
             while let Some(ev) = self.events.recv().await {
                 match ev {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Tag::Outbox(rowid)) = self.inflight.remove(&ack.pkid) {
-                            self.acked.push(rowid);
+                        match self.inflight.remove(&ack.pkid) {
+                            Some(Tag::Outbox(rowid)) => self.acked.push(rowid),
+                            Some(Tag::Direct(id)) => self.link.shared.direct.acked(&id),
+                            _ => {}
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {

@@ -400,3 +400,44 @@ async fn a_store_that_cannot_record_a_pass_is_alarmed_directly() {
         "one alarm for one failure"
     );
 }
+
+/// Issue 22, item 6: an alarm sent past the outbox whose PUBACK never came (the connection
+/// lost first) is sent again on the next connection, with the same id.
+#[tokio::test]
+async fn a_direct_alarm_not_acknowledged_is_sent_again_on_the_next_connection() {
+    let w = World::through_proxy().await;
+    let proxy = w.proxy.as_ref().expect("proxy");
+    w.centre
+        .wait_json("the gate online", STATUS, |s| s["online"] == true)
+        .await;
+    let lock = rusqlite::Connection::open(w.db()).expect("open the gate's database");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    // The broker gets what the gate sends; the gate hears nothing back, no PUBACK.
+    proxy.blackhole_replies(true);
+    w.devices
+        .reader1
+        .present(KIND_CARD, "0012345678", 0)
+        .expect("present");
+    let direct = |w: &World| -> Vec<String> {
+        w.centre
+            .on(ALARM)
+            .iter()
+            .map(Msg::json)
+            .filter(|a| a["alarm"] == "store_error" && a["unrecorded"] == true)
+            .map(|a| a["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let id = wait_for("the direct alarm at the broker", DEADLINE, || {
+        direct(&w).into_iter().next()
+    })
+    .await;
+    // The connection is lost before its PUBACK reached the gate.
+    proxy.cut();
+    proxy.blackhole_replies(false);
+    wait_for("the direct alarm sent again", DEADLINE, || {
+        (direct(&w).iter().filter(|i| **i == id).count() >= 2).then_some(())
+    })
+    .await;
+    lock.execute_batch("COMMIT").expect("release the lock");
+}

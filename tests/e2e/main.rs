@@ -23,6 +23,7 @@ mod schedules;
 mod silence;
 mod snapshot;
 mod stale;
+mod start_report;
 mod store;
 mod tidy;
 mod tls;

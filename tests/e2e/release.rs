@@ -270,3 +270,64 @@ async fn releases_abandoned_at_shutdown_are_alarmed_as_unknown() {
         );
     }
 }
+
+/// Issue 22, item 6: an override (a guard's `open`) whose pulse the hung board has not
+/// confirmed at SIGTERM is recorded like a pass's: a `relay_unknown` alarm that names it.
+#[tokio::test]
+async fn overrides_abandoned_at_shutdown_are_alarmed_as_unknown() {
+    let mut w = World::start_with_config(|c| {
+        c.replacen(
+            "timeout_ms = 200\n[[lane]]",
+            "timeout_ms = 5000\n[[lane]]",
+            1,
+        )
+    })
+    .await;
+    w.centre
+        .wait_json("relay1 ok", STATUS, |s| s["devices"]["relay1"] == "ok")
+        .await;
+    w.devices
+        .relay_srv
+        .set_unit_fault(1, Fault::Latency(Duration::from_secs(60)));
+    w.centre
+        .publish_raw(
+            "acs/hq/east-1/cmd",
+            signed(command_body(
+                "open",
+                "nonce-hung-0001",
+                serde_json::json!({"lane": 0}),
+            )),
+            false,
+        )
+        .await;
+    // The override is recorded (its event reaches the centre) before the pulse is sent.
+    let event = w
+        .centre
+        .wait_json("the override's event", EVENT, |e| {
+            e["reason"] == "override_remote"
+        })
+        .await;
+    let id = event["id"].as_str().expect("event id").to_string();
+    // The broker down: the alarm stays in the outbox, for this test to read.
+    w.broker.stop();
+    let pid = w.daemon.pid().expect("gated running");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    wait_for("gated to exit", Duration::from_secs(20), || {
+        (!w.daemon.is_running()).then_some(())
+    })
+    .await;
+    let alarms: Vec<Value> = outbox(&w, "alarm")
+        .into_iter()
+        .filter(|a| a["source"] == "relay1" && a["alarm"] == "relay_unknown")
+        .collect();
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a["detail"].as_str().is_some_and(|d| d.contains(&id))),
+        "no relay_unknown alarm for override {id}; relay alarms: {alarms:?}"
+    );
+}
