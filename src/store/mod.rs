@@ -6,6 +6,7 @@
 
 mod db;
 mod files;
+mod salvage;
 mod schema;
 
 pub use db::{
@@ -71,12 +72,14 @@ pub enum StoreError {
          remove the empty file to start this gate anew; if it was truncated, restore it"
     )]
     Empty { path: String },
-    /// `PRAGMA quick_check` found damage. Nothing in the file is changed.
+    /// `PRAGMA quick_check` found damage that a salvage cannot get past (the seq counters or
+    /// the gate's state cannot be read). Nothing in the file is changed.
     #[error(
-        "store: {path} is damaged ({detail}): gated does not decide on a damaged store. It was \
-         left as it is. Copy it aside (with its -wal): its outbox holds the events not yet \
-         sent. Then remove it to start anew: the lists come back from the centre's retained \
-         snapshots"
+        "store: {path} is damaged and cannot be salvaged ({detail}). It was left as it is; \
+         gated does not start on it, nor as a new gate. Copy it aside with its -wal (its \
+         outbox holds the events not yet sent) and restore the store from a backup; or, to \
+         start this gate anew, remove it: event seq then starts at 1 again (tell the centre), \
+         and the lists come back from the centre's retained snapshots"
     )]
     Corrupt { path: String, detail: String },
     #[error("store: the owner thread has stopped")]
@@ -119,6 +122,11 @@ impl Store {
         let lock = files::lock(path)?;
         if path.exists() {
             files::refuse_empty(path)?;
+            // Found damaged: copied aside and salvaged into a new store, or refused (when
+            // its seq counters or its gate cannot be read).
+            if let Some(damage) = db::damage(path)? {
+                salvage::salvage(path, &gate, &damage, crate::clock::now_ms())?;
+            }
         } else {
             // A new database is made whole under another name and renamed into place, so that
             // an empty file at `path` is never gated's own and can be refused.
@@ -170,7 +178,10 @@ impl Store {
     pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
         if path.exists() {
             files::refuse_empty(path)?;
-            Db::check(path, gate)
+            match db::damage(path)? {
+                Some(damage) => salvage::check(path, gate, &damage),
+                None => Db::check(path, gate),
+            }
         } else {
             files::check_place(path)
         }
