@@ -106,15 +106,37 @@ impl Shared {
     /// Sends an alarm to the centre past the outbox, marked `"unrecorded": true`: for what
     /// must reach the centre while the store cannot record it (G8, G9). It does not record
     /// it: the caller keeps the alarm and records it once the store can write.
-    pub fn alarm_direct(&self, code: &str, source: &str, detail: &str) {
+    /// Returns its ticket for `Direct::wait_acked`.
+    pub fn alarm_direct(&self, code: &str, source: &str, detail: &str) -> u64 {
         let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
         tracing::error!(
             alarm = code,
             source,
             "{detail} (sent to the broker unrecorded)"
         );
-        self.direct.push(a);
+        let ticket = self.direct.push(a);
         self.kick_outbox();
+        ticket
+    }
+
+    /// The store was found damaged while running (`Store::on_corrupt`, on a thread of the
+    /// store's; the process ends after): the centre is told past the outbox, which is in the
+    /// damaged file, and the alarm is given up to 2 s to be acknowledged.
+    pub fn store_corrupt(&self, error: &str) {
+        let detail = format!(
+            "the store is damaged ({error}): no pass is decided on it. gated exits (code {}) \
+             and its next start copies the file aside and salvages what still reads (a \
+             store_salvaged alarm follows)",
+            crate::store::CORRUPT_EXIT
+        );
+        let ticket = self.alarm_direct("store_corrupt", "store", &detail);
+        self.health.set("store", "corrupt");
+        if !self
+            .direct
+            .wait_acked(ticket, std::time::Duration::from_secs(2))
+        {
+            tracing::error!("store_corrupt alarm not acknowledged within 2 s; exiting anyway");
+        }
     }
 
     /// Tells the uplink there is something new; a signal already pending is enough.
@@ -241,6 +263,10 @@ impl Gate {
             releases: Default::default(),
             direct: Default::default(),
         };
+        let on_corrupt = shared.clone();
+        shared
+            .store
+            .on_corrupt(move |error| on_corrupt.store_corrupt(error));
         tokio::spawn(crate::hw::snapshot::run(
             snapshot_rx,
             cfg.snapshot.clone(),

@@ -307,6 +307,14 @@ impl Db {
         }
     }
 
+    /// Drops the pages the connection holds in its cache, so that the next read goes to the
+    /// file, as it does for pages a larger database evicted.
+    #[cfg(test)]
+    pub(super) fn forget_cached_pages(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
     /// Checkpoints the log into the database and closes it, so that the file alone holds it
     /// (a new database is renamed into place after this).
     pub(super) fn close(self) -> Result<(), StoreError> {

@@ -86,11 +86,30 @@ pub enum StoreError {
     Stopped,
 }
 
+impl StoreError {
+    /// SQLite found the database damaged (SQLITE_CORRUPT) or not a database (SQLITE_NOTADB).
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            Self::Sqlite(e) | Self::Open { source: e, .. } => db::is_corrupt(e),
+            Self::Corrupt { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the daemon does when the store is found damaged while it runs (`Store::on_corrupt`):
+/// alarm the centre past the outbox, which is in the damaged file. Called once, on the owner
+/// thread, which then takes no other job and ends the process (`CORRUPT_EXIT`).
+type CorruptHook = Box<dyn Fn(&str) + Send + Sync>;
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A job on the database; returns what SQLite said if it found the database damaged.
+type RunJob = Box<dyn FnOnce(&mut Db) -> Option<String> + Send>;
 
 enum Job {
     Pass(PassInput, Reply<PassOutcome>),
-    Run(Box<dyn FnOnce(&mut Db) + Send>),
+    Run(RunJob),
 }
 
 /// How many pass records at most share one transaction.
@@ -105,6 +124,7 @@ pub struct Store {
     /// Passes sent and not yet taken up by the owner thread: a list step that sees one ends
     /// early, so that list updates never hold up a lane.
     waiting: Arc<AtomicUsize>,
+    on_corrupt: Arc<std::sync::OnceLock<CorruptHook>>,
 }
 
 impl Store {
@@ -159,14 +179,26 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let waiting = Arc::new(AtomicUsize::new(0));
         let taken = waiting.clone();
+        let on_corrupt = Arc::new(std::sync::OnceLock::new());
+        let hook = on_corrupt.clone();
         std::thread::Builder::new()
             .name("gated-store".into())
             .spawn(move || {
-                owner(db, rx, &taken);
+                owner(db, rx, &taken, &hook);
                 drop(stopped); // the checkpoint thread makes a last checkpoint and ends
             })
             .map_err(|e| StoreError::Invalid(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { tx, waiting })
+        Ok(Store {
+            tx,
+            waiting,
+            on_corrupt,
+        })
+    }
+
+    /// Sets what is done when SQLite reports the database damaged during operation (once;
+    /// a second call is ignored). Without it the owner thread only stops.
+    pub fn on_corrupt(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_corrupt.set(Box::new(hook));
     }
 
     /// What `open` would refuse, found without changing the store (for `gated check-config`):
@@ -207,7 +239,13 @@ impl Store {
     {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Run(Box::new(move |db| {
-            let _ = reply.send(f(db));
+            let r = f(db);
+            let corrupt = match &r {
+                Err(e) if e.is_corrupt() => Some(e.to_string()),
+                _ => None,
+            };
+            let _ = reply.send(r);
+            corrupt
         })))
         .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
@@ -390,6 +428,8 @@ impl Checkpointer {
 const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// EX_TEMPFAIL: the store could not write; a restart may do better.
 const GIVE_UP_EXIT: i32 = 75;
+/// EX_TEMPFAIL too: the store was found damaged while running; the next start salvages it.
+pub const CORRUPT_EXIT: i32 = 75;
 /// While passes fail, one log line per this long (a full disk gave 66 a second).
 const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -440,7 +480,53 @@ impl WriteHealth {
     }
 }
 
-fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
+/// The database was found damaged while running. On a thread of its own, the hook alarms
+/// the centre and then the process ends (not in unit tests), so that the next start salvages
+/// the store (`salvage.rs`). Meanwhile no job runs on the damaged database: passes are held
+/// unanswered (nobody is released, and no lane raises its own alarm over it), every other
+/// job is dropped, so that its caller (the status, the uplink) hears the store has stopped
+/// instead of waiting for it.
+fn corrupted(
+    detail: &str,
+    hook: &Arc<std::sync::OnceLock<CorruptHook>>,
+    held: Vec<Reply<PassOutcome>>,
+    rx: &mpsc::Receiver<Job>,
+) {
+    tracing::error!(
+        error = detail,
+        "store: the database is damaged; gated takes no other decision and exits (code \
+         {CORRUPT_EXIT}) so that its next start copies it aside and salvages it"
+    );
+    let (hook, detail) = (hook.clone(), detail.to_string());
+    let ending = std::thread::Builder::new()
+        .name("gated-store-corrupt".into())
+        .spawn(move || {
+            if let Some(hook) = hook.get() {
+                hook(&detail);
+            }
+            #[cfg(not(test))]
+            std::process::exit(CORRUPT_EXIT);
+        });
+    if let Err(e) = ending {
+        tracing::error!(error = %e, "store: cannot start the thread that alarms; exiting now");
+        #[cfg(not(test))]
+        std::process::exit(CORRUPT_EXIT);
+    }
+    let mut held = held;
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Pass(_, reply) => held.push(reply),
+            Job::Run(_) => {}
+        }
+    }
+}
+
+fn owner(
+    mut db: Db,
+    rx: mpsc::Receiver<Job>,
+    waiting: &AtomicUsize,
+    hook: &Arc<std::sync::OnceLock<CorruptHook>>,
+) {
     let mut next: Option<Job> = None;
     let mut health = WriteHealth::default();
     loop {
@@ -452,7 +538,11 @@ fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
             },
         };
         match job {
-            Job::Run(f) => f(&mut db),
+            Job::Run(f) => {
+                if let Some(detail) = f(&mut db) {
+                    return corrupted(&detail, hook, Vec::new(), &rx);
+                }
+            }
             Job::Pass(first, reply) => {
                 waiting.fetch_sub(1, Ordering::SeqCst);
                 let mut inputs = vec![first];
@@ -482,6 +572,9 @@ fn owner(mut db: Db, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
                         for (r, o) in replies.into_iter().zip(outcomes) {
                             let _ = r.send(Ok(o));
                         }
+                    }
+                    Err(e) if e.is_corrupt() => {
+                        return corrupted(&e.to_string(), hook, replies, &rx);
                     }
                     Err(e) => {
                         match health.failed(Instant::now()) {

@@ -1953,6 +1953,51 @@ async fn a_damaged_store_killed_with_events_in_its_log_keeps_them() {
     );
 }
 
+/// A page damaged under a running store: the pass that meets it is not decided, the hook
+/// (the daemon's direct alarm) is called with SQLite's word for it, and nothing more runs on
+/// the damaged database (in the daemon the process then ends, and its next start salvages).
+#[tokio::test]
+async fn a_store_damaged_while_running_decides_nothing_more_and_calls_its_hook() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    store_with_history(&path);
+    let staff = page_of(&path, "staff");
+    let store = open_store(&path).expect("open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.on_corrupt(move |detail| {
+        let _ = tx.send(detail.to_string());
+    });
+    damage_page_at(&path, staff);
+    // The page is read from the file again, as in a database too large for the cache.
+    store
+        .call(|db| db.forget_cached_pages())
+        .await
+        .expect("cache dropped");
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        store.pass(pass("card-000007", None)),
+    )
+    .await;
+    assert!(
+        first.is_err(),
+        "the pass that met the damage is held, not decided: {first:?}"
+    );
+    let detail = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the hook is called");
+    assert!(detail.contains("malformed"), "{detail}");
+    // Until the process ends: a pass is held, not decided; any other job hears the store
+    // has stopped instead of waiting for it.
+    let held = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        store.pass(pass("card-000007", None)),
+    )
+    .await;
+    assert!(held.is_err(), "a pass is held unanswered: {held:?}");
+    let r = store.call(|db| db.list_versions()).await;
+    assert!(matches!(r, Err(StoreError::Stopped)), "{r:?}");
+}
+
 /// Without its seq counters the gate cannot go on numbering: it is refused, not started as a
 /// new gate, and nothing is changed or left behind.
 #[test]

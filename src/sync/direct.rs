@@ -76,6 +76,14 @@ pub struct Direct {
     queue: Arc<Mutex<VecDeque<Unrecorded>>>,
     /// Wakes an uplink that is waiting for the store (`waiting`).
     pushed: Arc<tokio::sync::Notify>,
+    /// How many were pushed, and how many the broker acknowledged, for `wait_acked`.
+    counts: Arc<(Mutex<Counts>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Counts {
+    pushed: u64,
+    acked: u64,
 }
 
 impl Direct {
@@ -88,7 +96,13 @@ impl Direct {
         self.pushed.notified().await;
     }
 
-    pub fn push(&self, a: Unrecorded) {
+    /// Queues an alarm; returns its ticket for `wait_acked`.
+    pub fn push(&self, a: Unrecorded) -> u64 {
+        let ticket = {
+            let mut c = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+            c.pushed += 1;
+            c.pushed
+        };
         let mut q = self.queue();
         if q.len() >= MAX_WAITING
             && let Some(old) = q.pop_front()
@@ -102,6 +116,27 @@ impl Direct {
         q.push_back(a);
         drop(q);
         self.pushed.notify_one();
+        ticket
+    }
+
+    /// The broker acknowledged one of them (the uplink calls this on its PUBACK).
+    pub fn acked(&self) {
+        let mut c = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        c.acked += 1;
+        drop(c);
+        self.counts.1.notify_all();
+    }
+
+    /// Blocks the calling thread (never an async worker) until as many alarms were
+    /// acknowledged as had been pushed up to `ticket`, or for `bound` at most: for a process
+    /// about to end. True if they were. An alarm dropped with its connection is never acked.
+    pub fn wait_acked(&self, ticket: u64, bound: std::time::Duration) -> bool {
+        let (lock, cv) = &*self.counts;
+        let c = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (c, _) = cv
+            .wait_timeout_while(c, bound, |c| c.acked < ticket)
+            .unwrap_or_else(PoisonError::into_inner);
+        c.acked >= ticket
     }
 
     pub fn pop(&self) -> Option<Unrecorded> {
@@ -132,6 +167,18 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, MAX_WAITING);
+    }
+
+    #[test]
+    fn waiting_for_an_ack_ends_with_it_or_at_the_bound() {
+        let d = Direct::default();
+        let t = d.push(Unrecorded::new("store_corrupt", "store", "x", 0));
+        let short = std::time::Duration::from_millis(50);
+        assert!(!d.wait_acked(t, short), "nothing acked yet");
+        let d2 = d.clone();
+        let acker = std::thread::spawn(move || d2.acked());
+        assert!(d.wait_acked(t, std::time::Duration::from_secs(5)));
+        acker.join().expect("acker");
     }
 
     #[test]

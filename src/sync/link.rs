@@ -46,6 +46,8 @@ enum Tag {
     Outbox(i64),
     /// A snapshot's thumbnail, by the id of its pass.
     Snapshot(String),
+    /// An alarm sent past the outbox (`sync::direct`): its PUBACK is counted there.
+    Direct,
     Other,
 }
 
@@ -608,6 +610,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Some(Tag::Snapshot(id)) => self.snapshot_acked(id).await,
+                    Some(Tag::Direct) => self.link.shared.direct.acked(),
                     _ => {}
                 }
                 match self.role {
@@ -837,7 +840,7 @@ impl<'a> Connection<'a> {
     fn send_direct(&mut self) {
         while let Some(a) = self.link.shared.direct.pop() {
             let body = a.body(&self.link.topics, self.link.cfg.demo);
-            if !self.publish(self.link.topics.alarm(), body, false, Tag::Other) {
+            if !self.publish(self.link.topics.alarm(), body, false, Tag::Direct) {
                 self.link.shared.direct.unpop(a);
                 return;
             }
@@ -1061,7 +1064,10 @@ impl<'a> Connection<'a> {
         let mut devices = shared.health.snapshot();
         devices.remove("broker");
         devices.remove(crate::clock::HEALTH_KEY);
-        if let Some(s) = store_state {
+        if let Some(s) = store_state
+            // A store found damaged says so: it is why the store is unavailable.
+            && devices.get("store").map(String::as_str) != Some("corrupt")
+        {
             // Zeros above would read as "no lists, nothing pending": say they are unknown.
             devices.insert("store".into(), s.into());
         }
