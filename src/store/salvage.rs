@@ -167,10 +167,31 @@ impl std::fmt::Display for Lost {
             )),
         }
         if !self.tables.is_empty() {
-            parts.push(format!("tables left empty: {}", self.tables.join(", ")));
+            let named: Vec<String> = self
+                .tables
+                .iter()
+                .map(|t| match consequence(t) {
+                    Some(c) => format!("{t} ({c})"),
+                    None => t.clone(),
+                })
+                .collect();
+            parts.push(format!("tables left empty: {}", named.join(", ")));
         }
         write!(f, "lost: {}", parts.join("; "))
     }
+}
+
+/// What losing a table other than a list or the outbox means at the gate, for the alarm.
+fn consequence(table: &str) -> Option<&'static str> {
+    Some(match table {
+        "passback" => "anti-passback starts over: everyone's last pass is forgotten",
+        "invitation_usage" => "invitation entries already used count again",
+        "command_nonce" => "a command replayed before it expires is not recognised",
+        "reader_head" => "a swipe still queued in a reader may be decided once more",
+        "peer" => "events of the other gates may be learned twice",
+        "snapshot" => "face snapshots not yet uploaded are gone",
+        _ => return None,
+    })
 }
 
 /// Builds the new database at `new` from what reads cleanly in the copy `aside`, with the

@@ -1869,6 +1869,17 @@ async fn a_damaged_staff_table_is_salvaged_and_the_outbox_kept() {
         .await
         .expect("store");
     assert!(matches!(stale, Err(Refusal::Stale(_))), "{stale:?}");
+    // A delta on the version lost has no rows to change: it waits for the snapshot.
+    let delta = parse_delta(
+        ListName::Staff,
+        br#"{"list":"staff","site":"hq","version":3,"base":2,"remove":["subject-0001"]}"#,
+    )
+    .expect("delta");
+    let gap = store
+        .call(move |db| db.apply_delta(&delta))
+        .await
+        .expect("store");
+    assert_eq!(gap.expect_err("refused").code(), "version_gap");
     let again = store
         .apply_snapshot(staff_snapshot(2, &cards))
         .await
@@ -1996,6 +2007,49 @@ async fn a_store_damaged_while_running_decides_nothing_more_and_calls_its_hook()
     assert!(held.is_err(), "a pass is held unanswered: {held:?}");
     let r = store.call(|db| db.list_versions()).await;
     assert!(matches!(r, Err(StoreError::Stopped)), "{r:?}");
+}
+
+/// The table of list versions damaged: every list is left empty with its version unknown
+/// (each takes any snapshot), and other tables lost are named with what it means.
+#[tokio::test]
+async fn lost_list_versions_and_passback_are_named_and_the_lists_taken_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    store_with_history(&path);
+    damage_page(&path, "list_version");
+    damage_page(&path, "passback");
+    let store = open_store(&path).expect("salvaged");
+    let pending = store.call(|db| db.pending(0, 100)).await.expect("store");
+    let alarm: crate::sync::contract::Alarm =
+        serde_json::from_str(&pending.last().expect("alarm").payload).expect("alarm json");
+    assert_eq!(alarm.alarm, "store_salvaged");
+    for list in ["staff", "visitors", "deny", "calendar"] {
+        assert!(
+            alarm
+                .detail
+                .contains(&format!("list {list} (version unknown)")),
+            "{}",
+            alarm.detail
+        );
+    }
+    assert!(
+        alarm.detail.contains("passback (anti-passback starts over"),
+        "{}",
+        alarm.detail
+    );
+    assert!(
+        alarm.detail.contains("outbox kept (3 rows)"),
+        "{}",
+        alarm.detail
+    );
+    let cards = [("subject-0007", "card-000007")];
+    let applied = store
+        .apply_snapshot(staff_snapshot(1, &cards))
+        .await
+        .expect("store");
+    assert_eq!(applied, Ok(Applied::Applied { version: 1 }));
+    let o = store.pass(pass("card-000007", None)).await.expect("pass");
+    assert_eq!(reason(&o), Reason::Staff);
 }
 
 /// Without its seq counters the gate cannot go on numbering: it is refused, not started as a
