@@ -98,8 +98,9 @@ impl StoreError {
 }
 
 /// What the daemon does when the store is found damaged while it runs (`Store::on_corrupt`):
-/// alarm the centre past the outbox, which is in the damaged file. Called once, on the owner
-/// thread, which then takes no other job and ends the process (`CORRUPT_EXIT`).
+/// alarm the centre past the outbox, which is in the damaged file. Called once, on a thread of
+/// its own; the process ends when it returns (`CORRUPT_EXIT`), and meanwhile the owner thread
+/// runs nothing on the database (`corrupted`).
 type CorruptHook = Box<dyn Fn(&str) + Send + Sync>;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -195,8 +196,8 @@ impl Store {
         })
     }
 
-    /// Sets what is done when SQLite reports the database damaged during operation (once;
-    /// a second call is ignored). Without it the owner thread only stops.
+    /// Sets what is done when SQLite reports the database damaged during operation, before
+    /// the process ends (once; a second call is ignored). Without it nothing is alarmed.
     pub fn on_corrupt(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
         let _ = self.on_corrupt.set(Box::new(hook));
     }

@@ -129,7 +129,8 @@ impl Direct {
 
     /// Blocks the calling thread (never an async worker) until as many alarms were
     /// acknowledged as had been pushed up to `ticket`, or for `bound` at most: for a process
-    /// about to end. True if they were. An alarm dropped with its connection is never acked.
+    /// about to end. True if they were. An alarm dropped with its connection (or past
+    /// `MAX_WAITING`) is never acked, and makes every later wait last its bound.
     pub fn wait_acked(&self, ticket: u64, bound: std::time::Duration) -> bool {
         let (lock, cv) = &*self.counts;
         let c = lock.lock().unwrap_or_else(PoisonError::into_inner);
