@@ -258,6 +258,11 @@ fn rebuild(
     let mut lost = Lost::default();
     let tx = conn.transaction()?;
     for (table, holds) in CORE {
+        if !has(table) {
+            return Err(refuse(format!(
+                "it has no table {table} ({holds}): it cannot be salvaged as this gate"
+            )));
+        }
         if let Err(e) = readable(table) {
             return Err(refuse(format!(
                 "its table {table} ({holds}) cannot be read ({e}): without it this gate \
