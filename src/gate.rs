@@ -129,8 +129,9 @@ impl Shared {
              store_salvaged alarm follows)",
             crate::store::CORRUPT_EXIT
         );
-        let ticket = self.alarm_direct("store_corrupt", "store", &detail);
+        // First, so that the status this change publishes has a head start on the exit.
         self.health.set("store", "corrupt");
+        let ticket = self.alarm_direct("store_corrupt", "store", &detail);
         if !self
             .direct
             .wait_acked(ticket, std::time::Duration::from_secs(2))
