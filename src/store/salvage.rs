@@ -393,7 +393,8 @@ fn rebuild(
 /// finds it damaged. A table that reads whole here is copied whole (the same pages).
 fn read_whole(conn: &Connection, table: &str) -> Result<Result<(), String>, StoreError> {
     let read = || -> rusqlite::Result<()> {
-        let mut q = conn.prepare(&format!("SELECT * FROM old.\"{table}\""))?;
+        let own = own_tree(conn, table)?;
+        let mut q = conn.prepare(&format!("SELECT * FROM old.\"{table}\" {own}"))?;
         let n = q.column_count();
         let mut rows = q.query([])?;
         while let Some(row) = rows.next()? {
@@ -408,6 +409,32 @@ fn read_whole(conn: &Connection, table: &str) -> Result<Result<(), String>, Stor
         Err(e) if is_corrupt(&e) => Ok(Err(e.to_string())),
         Err(e) => Err(StoreError::Sqlite(e)),
     }
+}
+
+/// The clause that makes a scan of `table` in the old database read the table's own tree,
+/// not an index that covers its columns (which the planner prefers, being smaller): then a
+/// damaged index loses nothing, since the new store builds its indexes again. `NOT INDEXED`
+/// does that for a rowid table; a WITHOUT ROWID table is its primary key's index, named.
+fn own_tree(conn: &Connection, table: &str) -> rusqlite::Result<String> {
+    let pk: Option<String> = conn
+        .prepare(&format!("PRAGMA old.index_list(\"{table}\")"))?
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(3)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .find(|(_, origin)| origin == "pk")
+        .map(|(name, _)| name);
+    let without_rowid: bool = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'old' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    Ok(match pk {
+        Some(pk) if without_rowid => format!("INDEXED BY \"{pk}\""),
+        _ => "NOT INDEXED".to_string(),
+    })
 }
 
 /// Copies a table of the old database (read whole before) into the new. Columns are matched
@@ -429,10 +456,12 @@ fn copy(conn: &Connection, table: &str, in_old: bool) -> rusqlite::Result<()> {
         .map(|c| format!("\"{c}\""))
         .collect();
     let both = both.join(", ");
+    let own = own_tree(conn, table)?;
     // OR REPLACE: rows the migrations put in the new database (counters at 0, list versions
     // at 0) give way to the old ones.
     conn.execute_batch(&format!(
-        "INSERT OR REPLACE INTO main.\"{table}\" ({both}) SELECT {both} FROM old.\"{table}\""
+        "INSERT OR REPLACE INTO main.\"{table}\" ({both})
+         SELECT {both} FROM old.\"{table}\" {own}"
     ))
 }
 

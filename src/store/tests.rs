@@ -2052,6 +2052,32 @@ async fn lost_list_versions_and_passback_are_named_and_the_lists_taken_again() {
     assert_eq!(reason(&o), Reason::Staff);
 }
 
+/// Only an index damaged: every table reads whole, so nothing is lost (the new store builds
+/// its indexes again), and the alarm says so.
+#[tokio::test]
+async fn a_damaged_index_alone_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    store_with_history(&path);
+    damage_page(&path, "staff_credential_subject");
+    let store = open_store(&path).expect("salvaged");
+    let (versions, pending) = store
+        .call(|db| Ok((db.list_versions()?, db.pending(0, 100)?)))
+        .await
+        .expect("store");
+    assert_eq!(versions.staff, 2, "the staff list is kept");
+    let alarm: crate::sync::contract::Alarm =
+        serde_json::from_str(&pending.last().expect("alarm").payload).expect("alarm json");
+    assert_eq!(alarm.alarm, "store_salvaged");
+    assert!(
+        alarm.detail.contains("nothing lost; 3 outbox rows kept"),
+        "{}",
+        alarm.detail
+    );
+    let o = store.pass(pass("card-000007", None)).await.expect("pass");
+    assert_eq!(reason(&o), Reason::Staff);
+}
+
 /// Without its seq counters the gate cannot go on numbering: it is refused, not started as a
 /// new gate, and nothing is changed or left behind.
 #[test]
