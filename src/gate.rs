@@ -152,15 +152,24 @@ pub struct DirectAlarms {
 }
 
 impl DirectAlarms {
-    pub fn send(&self, code: &str, source: &str, detail: &str) {
+    /// Returns the alarm's id, for `wait_acked`.
+    pub fn send(&self, code: &str, source: &str, detail: &str) -> String {
         let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
         tracing::error!(
             alarm = code,
             source,
             "{detail} (sent to the broker unrecorded)"
         );
+        let id = a.id.clone();
         self.direct.push(a);
         self.kick();
+        id
+    }
+
+    /// Blocks this thread (never an async worker) until the broker acknowledged the alarm
+    /// `id`, or for `bound`: for a process about to end. True if it did.
+    pub fn wait_acked(&self, id: &str, bound: std::time::Duration) -> bool {
+        self.direct.wait_acked(id, bound)
     }
 
     /// Wakes the uplink (it also sends what entered the outbox).

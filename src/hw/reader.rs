@@ -239,6 +239,22 @@ pub fn watch_store(shared: &Shared) {
             health.set("store", "ok");
             alarms.kick();
         }
+        // On a thread of the store's; the process ends when this returns. The outbox is in
+        // the damaged file: the centre is told past it, and the alarm has up to 2 s to leave.
+        crate::store::WriteEvent::Corrupt { detail } => {
+            // First, so that the status this change publishes has a head start on the exit.
+            health.set("store", "corrupt");
+            let detail = format!(
+                "the store is damaged ({detail}): no pass is decided on it. gated exits (code \
+                 {}) and its next start copies the file aside and salvages what still reads (a \
+                 store_salvaged alarm follows)",
+                crate::store::CORRUPT_EXIT
+            );
+            let id = alarms.send("store_corrupt", "store", &detail);
+            if !alarms.wait_acked(&id, std::time::Duration::from_secs(2)) {
+                tracing::error!("store_corrupt alarm not acknowledged within 2 s; exiting anyway");
+            }
+        }
     });
 }
 

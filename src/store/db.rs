@@ -314,6 +314,14 @@ impl Db {
         }
     }
 
+    /// Drops the pages the connection holds in its cache, so that the next read goes to the
+    /// file, as it does for pages a larger database evicted.
+    #[cfg(test)]
+    pub(super) fn forget_cached_pages(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
     /// Checkpoints the log into the database and closes it, so that the file alone holds it
     /// (a new database is renamed into place after this).
     pub(super) fn close(self) -> Result<(), StoreError> {
@@ -492,15 +500,23 @@ impl Db {
 
     // ---- lists -------------------------------------------------------------------------------
 
+    /// The version of each list the gate holds, for the status: 0 for a list it does not hold,
+    /// whether none was received yet or a salvage lost it (it waits for its snapshot).
     pub fn list_versions(&self) -> Result<ListVersions, StoreError> {
+        let held = |list| -> Result<u64, StoreError> {
+            let f = in_force(&self.conn, list)?;
+            Ok(if f.lost { 0 } else { f.version })
+        };
         Ok(ListVersions {
-            staff: self.list_version(ListName::Staff)?,
-            visitors: self.list_version(ListName::Visitors)?,
-            deny: self.list_version(ListName::Deny)?,
-            calendar: self.list_version(ListName::Calendar)?,
+            staff: held(ListName::Staff)?,
+            visitors: held(ListName::Visitors)?,
+            deny: held(ListName::Deny)?,
+            calendar: held(ListName::Calendar)?,
         })
     }
 
+    /// The version in force, or, for a list a salvage lost, the version it held (the oldest
+    /// it takes again).
     pub fn list_version(&self, list: ListName) -> Result<u64, StoreError> {
         Ok(in_force(&self.conn, list)?.version)
     }
@@ -536,7 +552,7 @@ impl Db {
         version: u64,
     ) -> Result<Result<SnapshotStep, Refusal>, StoreError> {
         let current = in_force(&self.conn, list)?;
-        if let Err(r) = check_newer(list, version, current.version) {
+        if let Err(r) = check_newer(list, version, &current) {
             return Ok(r.map(|a| match a {
                 Applied::AlreadyInForce { version } | Applied::Applied { version } => {
                     SnapshotStep::AlreadyInForce { version }
@@ -617,7 +633,7 @@ impl Db {
     ) -> Result<Result<Applied, Refusal>, StoreError> {
         let tx = write(&mut self.conn)?;
         let current = in_force(&tx, list)?;
-        if let Err(r) = check_newer(list, version, current.version) {
+        if let Err(r) = check_newer(list, version, &current) {
             return Ok(r);
         }
         if current.generation + 1 != generation {
@@ -628,7 +644,8 @@ impl Db {
             )));
         }
         tx.execute(
-            "UPDATE list_version SET version = ?2, gen = ?3, issued_at = ?4 WHERE list = ?1",
+            "UPDATE list_version SET version = ?2, gen = ?3, issued_at = ?4, lost = 0
+             WHERE list = ?1",
             params![list.as_str(), version, generation, issued_at],
         )?;
         tx.commit()?;
@@ -681,8 +698,15 @@ impl Db {
     pub fn apply_delta(&mut self, d: &Delta) -> Result<Result<Applied, Refusal>, StoreError> {
         let tx = write(&mut self.conn)?;
         let current = in_force(&tx, d.list)?;
-        if let Err(r) = check_newer(d.list, d.version, current.version) {
+        if let Err(r) = check_newer(d.list, d.version, &current) {
             return Ok(r);
+        }
+        if current.lost {
+            return Ok(Err(Refusal::VersionGap(format!(
+                "the rows of {} version {} were lost to a damaged store; waiting for the snapshot",
+                d.list.as_str(),
+                current.version
+            ))));
         }
         if d.base != current.version {
             return Ok(Err(Refusal::VersionGap(format!(
@@ -1380,23 +1404,29 @@ impl Db {
 /// `PRAGMA quick_check` (a pass over every page, without the index cross-checks): a damaged
 /// store is refused at start rather than failing every pass "malformed" later.
 fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        path: path.display().to_string(),
-        detail,
-    };
-    let found: Vec<String> = conn
+    match damage_found(conn)? {
+        None => Ok(()),
+        Some(detail) => Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            detail,
+        }),
+    }
+}
+
+/// What `PRAGMA quick_check` finds wrong with the database, if anything.
+fn damage_found(conn: &Connection) -> Result<Option<String>, StoreError> {
+    let found: Vec<String> = match conn
         .prepare("PRAGMA quick_check(5)")
         .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-                corrupt(e.to_string())
-            }
-            _ => StoreError::Sqlite(e),
-        })?;
+    {
+        Ok(found) => found,
+        Err(e) if is_corrupt(&e) => return Ok(Some(e.to_string())),
+        Err(e) => return Err(StoreError::Sqlite(e)),
+    };
     if found.len() == 1 && found[0] == "ok" {
-        Ok(())
+        Ok(None)
     } else {
-        Err(corrupt(format!("quick_check: {}", found.join("; "))))
+        Ok(Some(format!("quick_check: {}", found.join("; "))))
     }
 }
 
@@ -1426,6 +1456,29 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     wait_when_busy(&mut conn)?;
     Ok(conn)
+}
+
+/// Damage found in the database at `path`, read without changing it (no log replayed into
+/// it, nothing created but SQLite's `-shm`): `None` when `quick_check` finds it sound.
+pub(super) fn damage(path: &Path) -> Result<Option<String>, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    // A header that is not SQLite's fails already here.
+    match damage_found(&conn) {
+        Err(StoreError::Sqlite(e)) if is_corrupt(&e) => Ok(Some(e.to_string())),
+        r => r,
+    }
+}
+
+/// SQLite says the file is damaged (SQLITE_CORRUPT) or is no database (SQLITE_NOTADB).
+pub(super) fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 pub(super) fn wait_when_busy(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -1584,7 +1637,7 @@ fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
 
 /// The gate a store was made for, as recorded in it; `None` for a store made before gated
 /// recorded it.
-fn made_for(conn: &Connection) -> rusqlite::Result<Option<GateId>> {
+pub(super) fn made_for(conn: &Connection) -> rusqlite::Result<Option<GateId>> {
     let read = |key: &str| {
         conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
             r.get::<_, String>(0)
@@ -1597,7 +1650,7 @@ fn made_for(conn: &Connection) -> rusqlite::Result<Option<GateId>> {
     })
 }
 
-fn same_gate(path: &Path, made: &GateId, gate: &GateId) -> Result<(), StoreError> {
+pub(super) fn same_gate(path: &Path, made: &GateId, gate: &GateId) -> Result<(), StoreError> {
     if made.site == gate.site && made.gate == gate.gate {
         return Ok(());
     }
@@ -1949,7 +2002,7 @@ fn insert_event(
     Ok(event)
 }
 
-fn insert_alarm(
+pub(super) fn insert_alarm(
     tx: &Transaction,
     gate: &GateId,
     alarm: &str,
@@ -2003,22 +2056,36 @@ pub enum SnapshotStep {
 struct InForce {
     version: u64,
     generation: i64,
+    /// A salvage could not read the list's rows (`salvage.rs`): none are held, and `version`
+    /// is the one they were of.
+    lost: bool,
 }
 
 fn in_force(conn: &Connection, list: ListName) -> rusqlite::Result<InForce> {
-    conn.prepare_cached("SELECT version, gen FROM list_version WHERE list = ?1")?
+    conn.prepare_cached("SELECT version, gen, lost FROM list_version WHERE list = ?1")?
         .query_row([list.as_str()], |r| {
             Ok(InForce {
                 version: r.get(0)?,
                 generation: r.get(1)?,
+                lost: r.get(2)?,
             })
         })
 }
 
 /// `Ok(())` when `version` is newer than the one in force; otherwise the answer to give:
 /// the same version again is a no-op (the retained snapshot on reconnect), an older one is
-/// refused as stale.
-fn check_newer(list: ListName, version: u64, current: u64) -> Result<(), Result<Applied, Refusal>> {
+/// refused as stale. A list a salvage lost takes its own version again: anti-rollback still
+/// refuses anything older than what the gate held.
+fn check_newer(
+    list: ListName,
+    version: u64,
+    current: &InForce,
+) -> Result<(), Result<Applied, Refusal>> {
+    let current_version = current.version;
+    if current.lost && version == current_version {
+        return Ok(());
+    }
+    let current = current_version;
     if version == current {
         return Err(Ok(Applied::AlreadyInForce { version }));
     }
@@ -2032,7 +2099,7 @@ fn check_newer(list: ListName, version: u64, current: u64) -> Result<(), Result<
 }
 
 /// A list's tables with their primary keys (they are WITHOUT ROWID).
-fn keyed_tables(list: ListName) -> &'static [(&'static str, &'static str)] {
+pub(super) fn keyed_tables(list: ListName) -> &'static [(&'static str, &'static str)] {
     match list {
         ListName::Staff => &[
             ("staff", "gen, subject"),

@@ -203,3 +203,89 @@ pub fn refuse_empty(db: &Path) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Copies the damaged database `db` (and its `-wal`, if any) aside as
+/// `<db>.damaged-<stamp>` (`-2`, `-3`, ... when that name is taken: never over a file), each
+/// 0600 and synced. Returns the copy's path; its log, if any, is beside it as `<copy>-wal`,
+/// where SQLite looks for it.
+pub fn set_aside(db: &Path, stamp: &str) -> Result<PathBuf, StoreError> {
+    let [wal, _, _] = companions(db);
+    for n in 1u32.. {
+        let mut name = db.as_os_str().to_owned();
+        name.push(format!(".damaged-{stamp}"));
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        let aside = PathBuf::from(name);
+        let [aside_wal, _, _] = companions(&aside);
+        if aside_wal.exists() {
+            continue;
+        }
+        match copy_new(db, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&aside, "cannot copy the damaged store to", e)),
+        }
+        if wal.exists()
+            && let Err(e) = copy_new(&wal, &aside_wal)
+        {
+            remove_aside(&aside);
+            return Err(io(&aside_wal, "cannot copy the damaged store's log to", e));
+        }
+        let dir = db
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(dir, "cannot sync the directory", e))?;
+        return Ok(aside);
+    }
+    unreachable!("the names run out only after u32::MAX copies")
+}
+
+/// Copies `from` to a new private file `to`, synced; fails if `to` exists.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut src = File::open(from)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(to)?;
+    let done = dst
+        .set_permissions(Permissions::from_mode(FILE_MODE))
+        .and_then(|()| std::io::copy(&mut src, &mut dst))
+        .and_then(|_| dst.sync_all());
+    if done.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    done
+}
+
+/// Removes a copy set aside (a salvage that was refused leaves nothing behind).
+pub fn remove_aside(aside: &Path) {
+    let [wal, shm, _] = companions(aside);
+    for f in [aside.to_path_buf(), wal, shm] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Removes the `-shm` SQLite made beside a copy to read it: an index of its log, not data.
+pub fn remove_shm(aside: &Path) {
+    let [_, shm, _] = companions(aside);
+    let _ = std::fs::remove_file(shm);
+}
+
+/// Removes the log and its index beside `db` (copied aside first): a log left beside a new
+/// database would be replayed into it.
+pub fn remove_log(db: &Path) -> Result<(), StoreError> {
+    let [wal, shm, _] = companions(db);
+    for file in [wal, shm] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&file, "cannot remove", e)),
+        }
+    }
+    Ok(())
+}

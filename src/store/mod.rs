@@ -6,6 +6,7 @@
 
 mod db;
 mod files;
+mod salvage;
 mod schema;
 
 pub use db::{
@@ -71,23 +72,39 @@ pub enum StoreError {
          remove the empty file to start this gate anew; if it was truncated, restore it"
     )]
     Empty { path: String },
-    /// `PRAGMA quick_check` found damage. Nothing in the file is changed.
+    /// `PRAGMA quick_check` found damage that a salvage cannot get past (the seq counters or
+    /// the gate's state cannot be read). Nothing in the file is changed.
     #[error(
-        "store: {path} is damaged ({detail}): gated does not decide on a damaged store. It was \
-         left as it is. Copy it aside (with its -wal): its outbox holds the events not yet \
-         sent. Then remove it to start anew: the lists come back from the centre's retained \
-         snapshots"
+        "store: {path} is damaged and cannot be salvaged ({detail}). It was left as it is; \
+         gated does not start on it, nor as a new gate. Copy it aside with its -wal (its \
+         outbox holds the events not yet sent) and restore the store from a backup; or, to \
+         start this gate anew, remove it: event seq then starts at 1 again (tell the centre), \
+         and the lists come back from the centre's retained snapshots"
     )]
     Corrupt { path: String, detail: String },
     #[error("store: the owner thread has stopped")]
     Stopped,
 }
 
+impl StoreError {
+    /// SQLite found the database damaged (SQLITE_CORRUPT) or not a database (SQLITE_NOTADB).
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            Self::Sqlite(e) | Self::Open { source: e, .. } => db::is_corrupt(e),
+            Self::Corrupt { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A job on the database; returns what SQLite said if it found the database damaged.
+type RunJob = Box<dyn FnOnce(&mut Db) -> Option<String> + Send>;
 
 enum Job {
     Pass(PassInput, Reply<PassOutcome>),
-    Run(Box<dyn FnOnce(&mut Db) + Send>),
+    Run(RunJob),
 }
 
 /// How many pass records at most share one transaction.
@@ -121,6 +138,11 @@ impl Store {
         let lock = files::lock(path)?;
         if path.exists() {
             files::refuse_empty(path)?;
+            // Found damaged: copied aside and salvaged into a new store, or refused (when
+            // its seq counters or its gate cannot be read).
+            if let Some(damage) = db::damage(path)? {
+                salvage::salvage(path, &gate, &damage, crate::clock::now_ms())?;
+            }
         } else {
             // A new database is made whole under another name and renamed into place, so that
             // an empty file at `path` is never gated's own and can be refused.
@@ -193,7 +215,10 @@ impl Store {
     pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
         if path.exists() {
             files::refuse_empty(path)?;
-            Db::check(path, gate)
+            match db::damage(path)? {
+                Some(damage) => salvage::check(path, gate, &damage),
+                None => Db::check(path, gate),
+            }
         } else {
             files::check_place(path)
         }
@@ -219,7 +244,13 @@ impl Store {
     {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Run(Box::new(move |db| {
-            let _ = reply.send(f(db));
+            let r = f(db);
+            let corrupt = match &r {
+                Err(e) if e.is_corrupt() => Some(e.to_string()),
+                _ => None,
+            };
+            let _ = reply.send(r);
+            corrupt
         })))
         .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
@@ -430,6 +461,8 @@ impl Checkpointer {
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 /// EX_TEMPFAIL: the store could not write; a restart may do better.
 const GIVE_UP_EXIT: i32 = 75;
+/// EX_TEMPFAIL too: the store was found damaged while running; the next start salvages it.
+pub const CORRUPT_EXIT: i32 = 75;
 /// While writes fail, one log line per this long (a full disk gave 66 a second).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// An idle store (no pass recorded and no probe written for this long) is written once, so
@@ -450,6 +483,10 @@ pub enum WriteEvent {
     Failing { detail: String },
     /// Writes succeed again; the `store_recovered` alarm saying so is in the outbox.
     Recovered { detail: String },
+    /// SQLite found the database damaged: what it said. Told on a thread of its own, which
+    /// may block (to see the alarm leave); the process ends when the receiver returns
+    /// (`CORRUPT_EXIT`), and meanwhile the owner thread runs nothing on the database.
+    Corrupt { detail: String },
 }
 
 type OnWrite = Arc<OnceLock<Box<dyn Fn(WriteEvent) + Send + Sync>>>;
@@ -671,9 +708,10 @@ impl Owner {
     }
 
     /// No job came for a while: a try while failing, a probe of the idle store otherwise.
-    fn probe(&mut self) {
+    /// `Some`: SQLite found the database damaged, and what it said.
+    fn probe(&mut self) -> Option<String> {
         if !self.reconnect_if_due() {
-            return;
+            return None;
         }
         match self.db.probe(crate::clock::now_ms()) {
             // A probe rewrites one row in place; a pass needs room for new rows, and a full
@@ -681,8 +719,10 @@ impl Owner {
             // recorded ends the episode (the readers try their waiting swipe at each poll).
             Ok(()) if self.health.passes > 0 => self.health.probe_held(Instant::now()),
             Ok(()) => self.wrote(),
+            Err(e) if e.is_corrupt() => return Some(e.to_string()),
             Err(e) => self.failed(&e, "the store could not write (a write probe failed)"),
         }
+        None
     }
 
     fn passes(&mut self, inputs: &[PassInput]) -> Result<Vec<PassOutcome>, StoreError> {
@@ -708,6 +748,47 @@ impl Owner {
     }
 }
 
+/// The database was found damaged while running. On a thread of its own, the gate is told
+/// (`WriteEvent::Corrupt`: it alarms the centre) and then the process ends (not in unit
+/// tests), so that the next start salvages the store (`salvage.rs`). Meanwhile no job runs on
+/// the damaged database: passes are held unanswered (nobody is released, and no lane raises
+/// its own alarm over it), every other job is dropped, so that its caller (the status, the
+/// uplink) hears the store has stopped instead of waiting for it.
+fn corrupted(
+    detail: &str,
+    on_write: &OnWrite,
+    held: Vec<Reply<PassOutcome>>,
+    rx: &mpsc::Receiver<Job>,
+) {
+    tracing::error!(
+        error = detail,
+        "store: the database is damaged; gated takes no other decision and exits (code \
+         {CORRUPT_EXIT}) so that its next start copies it aside and salvages it"
+    );
+    let (on_write, detail) = (on_write.clone(), detail.to_string());
+    let ending = std::thread::Builder::new()
+        .name("gated-store-corrupt".into())
+        .spawn(move || {
+            if let Some(f) = on_write.get() {
+                f(WriteEvent::Corrupt { detail });
+            }
+            #[cfg(not(test))]
+            std::process::exit(CORRUPT_EXIT);
+        });
+    if let Err(e) = ending {
+        tracing::error!(error = %e, "store: cannot start the thread that alarms; exiting now");
+        #[cfg(not(test))]
+        std::process::exit(CORRUPT_EXIT);
+    }
+    let mut held = held;
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Pass(_, reply) => held.push(reply),
+            Job::Run(_) => {}
+        }
+    }
+}
+
 fn owner(mut o: Owner, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
     let mut next: Option<Job> = None;
     loop {
@@ -716,14 +797,20 @@ fn owner(mut o: Owner, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
             None => match rx.recv_timeout(o.health.wait(Instant::now())) {
                 Ok(j) => j,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    o.probe();
+                    if let Some(detail) = o.probe() {
+                        return corrupted(&detail, &o.on_write, Vec::new(), &rx);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return, // every handle dropped
             },
         };
         match job {
-            Job::Run(f) => f(&mut o.db),
+            Job::Run(f) => {
+                if let Some(detail) = f(&mut o.db) {
+                    return corrupted(&detail, &o.on_write, Vec::new(), &rx);
+                }
+            }
             Job::Pass(first, reply) => {
                 waiting.fetch_sub(1, Ordering::SeqCst);
                 let mut inputs = vec![first];
@@ -749,6 +836,9 @@ fn owner(mut o: Owner, rx: mpsc::Receiver<Job>, waiting: &AtomicUsize) {
                         }
                         // After the replies: the lanes open before the recovery is recorded.
                         o.wrote();
+                    }
+                    Err(e) if e.is_corrupt() => {
+                        return corrupted(&e.to_string(), &o.on_write, replies, &rx);
                     }
                     Err(e) => {
                         // Each caller gets the error's text (`Invalid` adds the layer's name).

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction};
 
 type Migration = fn(&Transaction) -> rusqlite::Result<()>;
 
-const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5, v6, v7];
+const MIGRATIONS: &[Migration] = &[v1, v2, v3, v4, v5, v6, v7, v8];
 
 fn v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -201,6 +201,13 @@ fn v6(tx: &Transaction) -> rusqlite::Result<()> {
 /// v7: staff entries that pass a lockdown (responders).
 fn v7(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch("ALTER TABLE staff ADD COLUMN lockdown_exempt INTEGER NOT NULL DEFAULT 0;")
+}
+
+/// v8: a list whose rows a salvage could not read (`lost` = 1): it keeps the version it held,
+/// so that anti-rollback still refuses an older one, and the snapshot of that same version is
+/// taken again to bring it back (issue 22, item 3).
+fn v8(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE list_version ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;")
 }
 
 /// The database's schema version, or why this gated refuses it (one from a newer gated).

@@ -77,6 +77,8 @@ impl Unrecorded {
 #[derive(Clone, Default)]
 pub struct Direct {
     queues: Arc<Mutex<Queues>>,
+    /// Notified at each PUBACK, for `wait_acked`.
+    acks: Arc<std::sync::Condvar>,
     /// Wakes an uplink that is waiting for the store (`waiting`).
     pushed: Arc<tokio::sync::Notify>,
 }
@@ -126,6 +128,21 @@ impl Direct {
     /// The broker has it: it is not sent again.
     pub fn acked(&self, id: &str) {
         self.queues().sent.retain(|a| a.id != id);
+        self.acks.notify_all();
+    }
+
+    /// Blocks the calling thread (never an async worker) until the alarm `id` has left the
+    /// queues, or for `bound` at most: for a process about to end. True if it left: the
+    /// broker acknowledged it (or, rarely, it was dropped as the oldest past `MAX_WAITING`,
+    /// which is logged).
+    pub fn wait_acked(&self, id: &str, bound: std::time::Duration) -> bool {
+        let q = self.queues();
+        let held = |q: &mut Queues| q.waiting.iter().chain(q.sent.iter()).any(|a| a.id == id);
+        let (mut q, _) = self
+            .acks
+            .wait_timeout_while(q, bound, |q| held(q))
+            .unwrap_or_else(PoisonError::into_inner);
+        !held(&mut q)
     }
 
     /// The connection they were handed to is gone (its un-acked publishes with it, since the

@@ -1090,7 +1090,10 @@ impl<'a> Connection<'a> {
         let mut devices = shared.health.snapshot();
         devices.remove("broker");
         devices.remove(crate::clock::HEALTH_KEY);
-        if let Some(s) = store_state {
+        if let Some(s) = store_state
+            // A store found damaged says so: it is why the store is unavailable.
+            && devices.get("store").map(String::as_str) != Some("corrupt")
+        {
             // Zeros above would read as "no lists, nothing pending": say they are unknown.
             devices.insert("store".into(), s.into());
         }

@@ -992,6 +992,14 @@ impl Daemon {
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+
+    /// The exit code of `gated`, once it has ended by itself.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|s| s.code())
+    }
 }
 
 impl World {
