@@ -122,7 +122,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", gated::console::error_line(&e));
                     ExitCode::from(2)
                 }
             };
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", gated::console::error_line(&e));
             ExitCode::FAILURE
         }
     }
