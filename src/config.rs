@@ -95,19 +95,19 @@ struct RawSnapshot {
 }
 
 fn default_snap_bytes() -> usize {
-    crate::hw::snapshot::SnapshotLimits::default().max_bytes
+    SnapshotConfig::default().max_bytes
 }
 fn default_snap_px() -> u32 {
-    4096
+    SnapshotConfig::default().max_width
 }
 fn default_thumb_px() -> u32 {
-    320
+    SnapshotConfig::default().thumb_px
 }
 fn default_jpeg_quality() -> u8 {
-    80
+    SnapshotConfig::default().jpeg_quality
 }
 fn default_keep() -> u32 {
-    1000
+    SnapshotConfig::default().keep
 }
 
 /// A Wiegand reader on two GPIO lines (BCM numbers).
@@ -834,6 +834,18 @@ pub struct SerialLink {
     pub stop_bits: u8,
 }
 
+impl SerialLink {
+    /// How long the longest Modbus RTU frame (256 bytes) takes on the wire: the config checks
+    /// timeouts against it, and the bus (hw/bus.rs) keeps the line quiet that long after a
+    /// failed request.
+    pub fn frame_time(&self) -> Duration {
+        // Start bit, 8 data bits, parity, stop bits.
+        let bits_per_char =
+            1 + 8 + u64::from(self.parity != Parity::None) + u64::from(self.stop_bits);
+        Duration::from_micros(256 * bits_per_char * 1_000_000 / u64::from(self.baud.max(1)))
+    }
+}
+
 /// Serial parity. The Modbus spec's default is even.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -844,12 +856,34 @@ pub enum Parity {
     Odd,
 }
 
-/// Face-terminal snapshots.
-#[derive(Clone, Debug)]
+/// Face-terminal snapshots: plain limits, from which hw/snapshot.rs builds its decoder's.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotConfig {
-    pub limits: crate::hw::snapshot::SnapshotLimits,
+    /// A larger snapshot is refused unread.
+    pub max_bytes: usize,
+    /// The largest source image accepted, in pixels.
+    pub max_width: u32,
+    pub max_height: u32,
+    /// The longest side of the thumbnail, in pixels.
+    pub thumb_px: u32,
+    /// JPEG quality of the thumbnail, 1..=100.
+    pub jpeg_quality: u8,
     /// How many thumbnails are kept; the oldest beyond are deleted, uploaded or not.
     pub keep: u32,
+}
+
+/// What a config without `[snapshot]` gets, and each key left out of one.
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 120 * 1024,
+            max_width: 4096,
+            max_height: 4096,
+            thumb_px: 320,
+            jpeg_quality: 80,
+            keep: 1000,
+        }
+    }
 }
 
 /// A Wiegand reader on GPIO lines `d0` / `d1` (BCM numbers).
@@ -860,7 +894,17 @@ pub struct WiegandReader {
     pub d1: u8,
     pub lane: u16,
     pub direction: Direction,
-    pub decoder: crate::hw::wiegand::WiegandConfig,
+    /// The frame lengths accepted, at least one; hw/gpio.rs builds the decoder's settings.
+    pub formats: Vec<WiegandFormat>,
+    /// A frame ends when no edge has come for this long.
+    pub frame_timeout: Duration,
+}
+
+/// A Wiegand frame layout a reader may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WiegandFormat {
+    W26,
+    W34,
 }
 
 /// A guard panel on GPIO lines (BCM numbers).
@@ -1135,10 +1179,10 @@ impl Checker<'_> {
                 let t = t.into_inner();
                 let mut keys = BTreeMap::new();
                 for (i, k) in t.key.into_iter().enumerate() {
-                    if let Err(e) = crate::sync::envelope::check_key_id(&k.id) {
+                    if let Err(e) = check_key_id(&k.id) {
                         return self.err(span, &format!("trust.key[{i}].id"), e);
                     }
-                    let public = match crate::sync::envelope::parse_public_key(&k.public) {
+                    let public = match parse_public_key(&k.public) {
                         Ok(p) => p,
                         Err(e) => {
                             return self.err(span, &format!("trust.key[{i}].public"), e);
@@ -1517,10 +1561,7 @@ impl Checker<'_> {
         }
 
         let snapshot = match raw.snapshot {
-            None => SnapshotConfig {
-                limits: Default::default(),
-                keep: default_keep(),
-            },
+            None => SnapshotConfig::default(),
             Some(sn) => {
                 let span = sn.span();
                 let sn = sn.into_inner();
@@ -1543,14 +1584,11 @@ impl Checker<'_> {
                     return self.err(span, "snapshot.keep", "must be at least 1");
                 }
                 SnapshotConfig {
-                    limits: crate::hw::snapshot::SnapshotLimits {
-                        max_bytes: sn.max_bytes,
-                        max_width: sn.max_width,
-                        max_height: sn.max_height,
-                        thumb_px: sn.thumb_px,
-                        jpeg_quality: sn.jpeg_quality,
-                        ..Default::default()
-                    },
+                    max_bytes: sn.max_bytes,
+                    max_width: sn.max_width,
+                    max_height: sn.max_height,
+                    thumb_px: sn.thumb_px,
+                    jpeg_quality: sn.jpeg_quality,
                     keep: sn.keep,
                 }
             }
@@ -1589,7 +1627,7 @@ impl Checker<'_> {
                 );
             }
             // The largest snapshot allowed must fit in the data block below 65536.
-            let words = snapshot.limits.max_bytes.div_ceil(2);
+            let words = snapshot.max_bytes.div_ceil(2);
             if r.snapshots && usize::from(r.registers.snapshot_data) + words > 65_536 {
                 return self.err(
                     span,
@@ -1597,7 +1635,7 @@ impl Checker<'_> {
                     format!(
                         "a block from input {} cannot hold [snapshot] max_bytes ({} bytes, two \
                          per register) below 65536",
-                        r.registers.snapshot_data, snapshot.limits.max_bytes
+                        r.registers.snapshot_data, snapshot.max_bytes
                     ),
                 );
             }
@@ -1618,7 +1656,7 @@ impl Checker<'_> {
                 snapshot_select: r.registers.snapshot_select,
                 snapshot_base: r.registers.snapshot_base,
                 snapshot_data: r.registers.snapshot_data,
-                snapshot_max_bytes: snapshot.limits.max_bytes,
+                snapshot_max_bytes: snapshot.max_bytes,
             });
         }
 
@@ -1692,8 +1730,8 @@ impl Checker<'_> {
             let mut formats = Vec::new();
             for f in &w.formats {
                 formats.push(match f {
-                    26 => crate::hw::wiegand::Format::W26,
-                    34 => crate::hw::wiegand::Format::W34,
+                    26 => WiegandFormat::W26,
+                    34 => WiegandFormat::W34,
                     other => {
                         return self.err(
                             span,
@@ -1715,11 +1753,8 @@ impl Checker<'_> {
                 d1: w.d1,
                 lane: w.lane,
                 direction: w.direction,
-                decoder: crate::hw::wiegand::WiegandConfig {
-                    frame_timeout_us: w.frame_timeout_ms * 1000,
-                    formats,
-                    ..Default::default()
-                },
+                formats,
+                frame_timeout: Duration::from_millis(w.frame_timeout_ms),
             });
         }
 
@@ -2006,7 +2041,7 @@ impl Checker<'_> {
         timeout_ms: u64,
     ) -> Result<(), ConfigError> {
         if let Link::Rtu(serial) = link {
-            let need = crate::hw::bus::frame_time(serial).as_millis() as u64 + 1;
+            let need = serial.frame_time().as_millis() as u64 + 1;
             if timeout_ms < need {
                 return self.err(
                     span.clone(),
@@ -2035,6 +2070,33 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// Key ids name admin keys in `[[trust.key]]`: `[A-Za-z0-9_-]`, 1..=64. The same rule and
+/// message as the envelope's (`sync::envelope::check_key_id`, which gatectl uses), written here
+/// so that config needs nothing from the layers above it.
+fn check_key_id(id: &str) -> Result<(), String> {
+    if is_safe_name(id) {
+        Ok(())
+    } else {
+        Err(format!(
+            "key id `{}` must be 1..=64 characters of [A-Za-z0-9_-]",
+            id.escape_debug()
+        ))
+    }
+}
+
+/// Parses a public key as written in config: the base64 of its 32 bytes. The same parse and
+/// messages as `sync::envelope::parse_public_key`, for the same reason as `check_key_id`.
+fn parse_public_key(b64: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim().as_bytes())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let bytes = <[u8; 32]>::try_from(bytes)
+        .map_err(|b| format!("{} bytes, an Ed25519 public key has 32", b.len()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| format!("not an Ed25519 public key: {e}"))
 }
 
 /// Parses a duration written as a number and a unit: `45s`, `90m`, `24h`, `30d`.
@@ -2169,10 +2231,9 @@ mod tests {
     /// A shipped config with a real key in place of its placeholder, which a gate with a
     /// centre refuses.
     fn with_real_key(text: &str) -> String {
-        let k = crate::sync::envelope::AdminKey::generate("ops-2026").expect("key");
         text.replace(
             "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-            &k.public_b64(),
+            &real_public_key(),
         )
     }
 
@@ -2289,6 +2350,13 @@ mod tests {
         );
     }
 
+    /// The base64 public key of a fixed signing key: a real point, unlike the placeholder.
+    fn real_public_key() -> String {
+        use base64::Engine as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+    }
+
     fn err(text: &str) -> String {
         Config::parse("t.toml", text)
             .expect_err("must be refused")
@@ -2396,10 +2464,9 @@ mod tests {
         let bad = format!("{mqtt}[[trust.key]]\nid = \"ops\"\npublic = \"AAAA\"\n");
         let e = err(&bad);
         assert!(e.contains("trust.key[0].public") && e.contains("32"), "{e}");
-        let k = crate::sync::envelope::AdminKey::generate("ops").expect("key");
         let one = format!(
             "[[trust.key]]\nid = \"ops\"\npublic = \"{}\"\n",
-            k.public_b64()
+            real_public_key()
         );
         let ok = format!("{mqtt}{one}");
         assert_eq!(

@@ -470,7 +470,7 @@ impl Gate {
             ];
             let (frame_tx, frame_rx) = mpsc::channel(16);
             tokio::spawn(crate::hw::gpio::wiegand_frames(
-                w.decoder.clone(),
+                crate::hw::gpio::decoder_config(w),
                 w.d0,
                 edge_rx,
                 frame_tx,

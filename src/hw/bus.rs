@@ -31,17 +31,10 @@ use tokio_serial::{SerialPort, SerialPortBuilderExt};
 use super::DeviceError;
 use crate::config::{Parity, SerialLink};
 
-/// How long the longest Modbus RTU frame (256 bytes) takes on the wire at `link`'s settings.
-pub fn frame_time(link: &SerialLink) -> Duration {
-    // Start bit, 8 data bits, parity, stop bits.
-    let bits_per_char = 1 + 8 + u64::from(link.parity != Parity::None) + u64::from(link.stop_bits);
-    Duration::from_micros(256 * bits_per_char * 1_000_000 / u64::from(link.baud.max(1)))
-}
-
 /// How long the line is left quiet after a request that failed, before the next one: a late
 /// reply of the longest frame has finished by then.
 fn quiet(link: &SerialLink) -> Duration {
-    frame_time(link) + Duration::from_millis(50)
+    link.frame_time() + Duration::from_millis(50)
 }
 /// After the port could not be opened, requests fail at once for this long before another
 /// open is tried: a missing adapter must not cost every request an open attempt.
@@ -465,8 +458,8 @@ mod tests {
             stop_bits: 1,
         };
         // 256 bytes of 11 bits at 9600 baud: 293 ms.
-        assert_eq!(frame_time(&link(9600, Parity::Even)).as_millis(), 293);
-        assert_eq!(frame_time(&link(115_200, Parity::None)).as_millis(), 22);
+        assert_eq!(link(9600, Parity::Even).frame_time().as_millis(), 293);
+        assert_eq!(link(115_200, Parity::None).frame_time().as_millis(), 22);
     }
 
     /// Unit 1 answers late (after the timeout); the next request, to unit 2, must get unit 2's

@@ -33,8 +33,9 @@ use tokio::time::Instant;
 use super::DeviceError;
 use super::panel::{PanelInput, PanelPress, Reading, lamps};
 use super::relay::{Contact, ContactChange, Debounce, Level, RelayHandle};
+use super::wiegand::Format;
 use super::wiegand::{Card, Decoder, Edge, Line, Rejected, WiegandConfig};
-use crate::config::{GpioPanelConfig, GpioRelayConfig};
+use crate::config::{GpioPanelConfig, GpioRelayConfig, WiegandFormat, WiegandReader};
 use crate::core::Direction;
 use crate::gate::Shared;
 
@@ -182,6 +183,23 @@ struct Held {
 pub struct Frame {
     pub read: crate::store::FirstSeen,
     pub result: Result<Card, Rejected>,
+}
+
+/// The decoder's settings for a configured reader: its formats and frame timeout; the glitch
+/// gap is the decoder's own.
+pub fn decoder_config(w: &WiegandReader) -> WiegandConfig {
+    WiegandConfig {
+        frame_timeout_us: w.frame_timeout.as_micros() as u64,
+        formats: w
+            .formats
+            .iter()
+            .map(|f| match f {
+                WiegandFormat::W26 => Format::W26,
+                WiegandFormat::W34 => Format::W34,
+            })
+            .collect(),
+        ..WiegandConfig::default()
+    }
 }
 
 /// Turns the edges of one reader's two lines into frames: a card, or a rejection. A frame ends
@@ -509,6 +527,33 @@ mod tests {
                 at_us: t0 + i as u64 * gap_us,
             })
             .collect()
+    }
+
+    /// The decoder gets what `[[wiegand]]` says, and its own defaults where it says nothing.
+    #[test]
+    fn a_configured_reader_gets_its_decoder_settings() {
+        let text = |extra: &str| {
+            format!(
+                "[gate]\nsite = \"hq\"\ngate = \"g1\"\n[store]\npath = \"x.db\"\n\
+                 [[relay]]\nname = \"k\"\naddress = \"127.0.0.1:1\"\n[[lane]]\nid = 0\n\
+                 relay = \"k\"\n[[wiegand]]\nname = \"w\"\nd0 = 5\nd1 = 6\nlane = 0\n\
+                 direction = \"in\"\n{extra}"
+            )
+        };
+        let parse = |extra| crate::config::Config::parse("t.toml", &text(extra)).expect("valid");
+        assert_eq!(
+            decoder_config(&parse("").wiegand[0]),
+            WiegandConfig::default()
+        );
+        let c = parse("formats = [34]\nframe_timeout_ms = 40\n");
+        assert_eq!(
+            decoder_config(&c.wiegand[0]),
+            WiegandConfig {
+                frame_timeout_us: 40_000,
+                formats: vec![Format::W34],
+                ..WiegandConfig::default()
+            }
+        );
     }
 
     /// W26 of facility 123, number 45678, parity bits worked out by hand (see wiegand.rs).

@@ -37,16 +37,24 @@ pub struct SnapshotLimits {
     pub jpeg_quality: u8,
 }
 
+/// The limits a config's `[snapshot]` sets; the decoder's allocation limit is not configured.
+impl From<&crate::config::SnapshotConfig> for SnapshotLimits {
+    fn from(c: &crate::config::SnapshotConfig) -> Self {
+        Self {
+            max_bytes: c.max_bytes,
+            max_width: c.max_width,
+            max_height: c.max_height,
+            max_alloc: 64 * 1024 * 1024,
+            thumb_px: c.thumb_px,
+            jpeg_quality: c.jpeg_quality,
+        }
+    }
+}
+
+/// Those of a config without `[snapshot]`: the defaults are written once, in config.
 impl Default for SnapshotLimits {
     fn default() -> Self {
-        Self {
-            max_bytes: 120 * 1024,
-            max_width: 4096,
-            max_height: 4096,
-            max_alloc: 64 * 1024 * 1024,
-            thumb_px: 320,
-            jpeg_quality: 80,
-        }
+        Self::from(&crate::config::SnapshotConfig::default())
     }
 }
 
@@ -251,7 +259,7 @@ pub async fn run(
     shared: crate::gate::Shared,
 ) {
     while let Some(job) = jobs.recv().await {
-        let limits = cfg.limits.clone();
+        let limits = SnapshotLimits::from(&cfg);
         let Job {
             reader,
             event,
@@ -303,6 +311,31 @@ mod tests {
     use image::codecs::png::PngEncoder;
     use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage, Rgba, RgbaImage};
     use std::time::{Duration, Instant};
+
+    /// The limits of a config without `[snapshot]`, and of one that sets them.
+    #[test]
+    fn the_limits_are_the_configs_and_the_allocation_limit_is_fixed() {
+        let d = SnapshotLimits::default();
+        assert_eq!(
+            (d.max_bytes, d.max_width, d.max_height, d.max_alloc),
+            (120 * 1024, 4096, 4096, 64 * 1024 * 1024)
+        );
+        assert_eq!((d.thumb_px, d.jpeg_quality), (320, 80));
+        let c = crate::config::SnapshotConfig {
+            max_bytes: 2048,
+            max_width: 100,
+            max_height: 200,
+            thumb_px: 50,
+            jpeg_quality: 60,
+            keep: 3,
+        };
+        let l = SnapshotLimits::from(&c);
+        assert_eq!(
+            (l.max_bytes, l.max_width, l.max_height, l.max_alloc),
+            (2048, 100, 200, 64 * 1024 * 1024)
+        );
+        assert_eq!((l.thumb_px, l.jpeg_quality), (50, 60));
+    }
 
     /// Tiny xorshift64 so the tests need no `rand`.
     struct XorShift(u64);
