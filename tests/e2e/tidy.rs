@@ -4,7 +4,7 @@ use std::path::Path;
 
 fn sources(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read src/core") {
+    for entry in std::fs::read_dir(dir).expect("read a source directory") {
         let path = entry.expect("dir entry").path();
         if path.is_dir() {
             out.extend(sources(&path));
@@ -18,9 +18,9 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn the_core_does_no_io_and_reads_no_clock() {
-    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("core/src");
     let files = sources(&core);
-    assert!(!files.is_empty(), "src/core has sources");
+    assert!(!files.is_empty(), "core/src has sources");
     let forbidden = [
         "tokio::",
         "rusqlite::",

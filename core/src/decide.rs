@@ -24,8 +24,8 @@
 //! A credential held by both a staff entry and an invitation is granted if either grants;
 //! when both refuse, the staff entry's reason is reported.
 
-use super::time::{self, Calendar};
-use super::{
+use crate::time::{self, Calendar};
+use crate::{
     Context, Credential, CredentialKind, Direction, Factor, FirstFactor, FreeExit, LastPass,
     Lookups, Mode, PassbackMode, Policy, Reason, UnixMs, Validity,
 };
@@ -392,7 +392,7 @@ fn second_factor(v: Verdict, kind: CredentialKind, ctx: &Context, window: i64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{ClockState, InvitationMatch, StaffMatch, SwipeAge};
+    use crate::{ClockState, InvitationMatch, StaffMatch, SwipeAge};
     use proptest::prelude::*;
 
     const NOW: UnixMs = 1_795_000_000_000;
@@ -781,8 +781,8 @@ mod tests {
 
     // ---- the rules of schedules, anti-passback, clock, offline, two factors, free exit ---
 
-    use crate::core::time::Untrust;
-    use crate::core::{
+    use crate::time::Untrust;
+    use crate::{
         ExitLimit, ExitRules, Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode,
     };
 
@@ -790,7 +790,7 @@ mod tests {
     const MONDAY_NOON: UnixMs = 1_795_435_200_000;
     const HOUR: UnixMs = 3_600_000;
 
-    use crate::core::time::tests::office;
+    use crate::time::tests::office;
 
     fn rich_policy() -> Policy {
         let mut p = Policy::default();
@@ -1506,7 +1506,7 @@ mod tests {
             let l = if lane_hours { staff(everywhere()) } else { with_schedule(Some("office"), None) };
             let cx = Context { calendar: &cal, ..ctx(Mode::Normal, now) };
             let v = decide(&c, &l, &cx, &p);
-            let open = office().open_at("office", &cal, crate::core::time::local(p.tz, now));
+            let open = office().open_at("office", &cal, crate::time::local(p.tz, now));
             prop_assert!(!v.granted() || open, "granted at {} outside office hours", now);
         }
 
