@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gated_contract::is_safe_name;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -15,15 +16,6 @@ use crate::core::time::{Span, minute_of_day};
 use crate::core::{
     Direction, ExitLimit, FreeExit, LaneRules, Passback, PassbackMode, Policy, Schedule,
 };
-
-/// `site`, `gate` and MQTT root are made of `[A-Za-z0-9_-]`, so they can never inject `/`,
-/// `+` or `#` into a topic.
-pub fn is_safe_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1135,10 +1127,10 @@ impl Checker<'_> {
                 let t = t.into_inner();
                 let mut keys = BTreeMap::new();
                 for (i, k) in t.key.into_iter().enumerate() {
-                    if let Err(e) = crate::sync::envelope::check_key_id(&k.id) {
+                    if let Err(e) = gated_contract::envelope::check_key_id(&k.id) {
                         return self.err(span, &format!("trust.key[{i}].id"), e);
                     }
-                    let public = match crate::sync::envelope::parse_public_key(&k.public) {
+                    let public = match gated_contract::envelope::parse_public_key(&k.public) {
                         Ok(p) => p,
                         Err(e) => {
                             return self.err(span, &format!("trust.key[{i}].public"), e);
@@ -2169,7 +2161,7 @@ mod tests {
     /// A shipped config with a real key in place of its placeholder, which a gate with a
     /// centre refuses.
     fn with_real_key(text: &str) -> String {
-        let k = crate::sync::envelope::AdminKey::generate("ops-2026").expect("key");
+        let k = gated_contract::envelope::AdminKey::generate("ops-2026").expect("key");
         text.replace(
             "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
             &k.public_b64(),
@@ -2396,7 +2388,7 @@ mod tests {
         let bad = format!("{mqtt}[[trust.key]]\nid = \"ops\"\npublic = \"AAAA\"\n");
         let e = err(&bad);
         assert!(e.contains("trust.key[0].public") && e.contains("32"), "{e}");
-        let k = crate::sync::envelope::AdminKey::generate("ops").expect("key");
+        let k = gated_contract::envelope::AdminKey::generate("ops").expect("key");
         let one = format!(
             "[[trust.key]]\nid = \"ops\"\npublic = \"{}\"\n",
             k.public_b64()

@@ -14,10 +14,10 @@ use crate::hw::gpio::Gpio as _;
 use crate::hw::health::{Health, Transition};
 use crate::hw::{DeviceError, reader, relay};
 use crate::store::{GateId, Store, StoreError};
-use crate::sync::contract::PassEvent;
-use crate::sync::contract::Topics;
 use crate::sync::downlink::Downlink;
-use crate::sync::envelope::Verifier;
+use gated_contract::PassEvent;
+use gated_contract::Topics;
+use gated_contract::envelope::Verifier;
 
 /// A decision as the lane saw it, for the log and the demo.
 #[derive(Clone, Debug)]
@@ -80,7 +80,7 @@ impl Shared {
     /// Puts an alarm in the outbox.
     pub async fn alarm(&self, code: &str, source: &str, detail: &str) -> Result<(), StoreError> {
         // A detail can quote what a device or the broker sent: bounded, like every echo.
-        use crate::sync::contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, bounded};
+        use gated_contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, bounded};
         let (code, source) = (
             code.to_string(),
             bounded(source, MAX_ECHO_BYTES).into_owned(),

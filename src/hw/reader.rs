@@ -205,7 +205,7 @@ pub async fn decide(
     lane: &LaneConfig,
     reader: &str,
     input: PassInput,
-) -> Result<Option<crate::sync::contract::PassEvent>, crate::store::StoreError> {
+) -> Result<Option<gated_contract::PassEvent>, crate::store::StoreError> {
     match shared.store.pass(input).await {
         Ok(PassOutcome::Recorded { verdict, event }) => {
             release(shared, relay, lane, reader, verdict.granted(), &event).await;
@@ -267,7 +267,7 @@ pub async fn release(
     lane: &LaneConfig,
     reader: &str,
     granted: bool,
-    event: &crate::sync::contract::PassEvent,
+    event: &gated_contract::PassEvent,
 ) {
     if granted {
         let what = format!("pass {} granted", event.id);

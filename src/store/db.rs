@@ -14,7 +14,7 @@ use crate::core::{
     FirstFactor, InvitationMatch, LastPass, Lookups, Mode, PassbackMode, Policy, Reason, Span,
     StaffMatch, UnixMs, Validity, Verdict,
 };
-use crate::sync::contract::{
+use gated_contract::{
     Alarm, CredentialJson, CredentialRef, Delta, Entries, ListName, ListVersions,
     MAX_ATTEST_LIFETIME_MS, MAX_COMMAND_SKEW_MS, MAX_ECHO_BYTES, NO_RELEASE, Override, PassEvent,
     Refusal, Snapshot, bounded, format_ts, parse_date, parse_ts,

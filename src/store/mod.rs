@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::core::Policy;
-use crate::sync::contract::{ListName, Refusal, Snapshot};
+use gated_contract::{ListName, Refusal, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -25,7 +25,7 @@ use super::db::{
 };
 use super::{StoreError, files, schema};
 use crate::core::UnixMs;
-use crate::sync::contract::{ListName, MAX_DETAIL_BYTES, bounded};
+use gated_contract::{ListName, MAX_DETAIL_BYTES, bounded};
 
 /// Tables without which the gate cannot go on as itself.
 const CORE: [(&str, &str); 2] = [

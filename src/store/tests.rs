@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::core::{ClockSense, ClockState, Credential, CredentialKind, Direction, Mode, Reason};
-use crate::sync::contract::{ListName, NO_RELEASE, Refusal, parse_delta, parse_snapshot};
+use gated_contract::{ListName, NO_RELEASE, Refusal, parse_delta, parse_snapshot};
 
 const NOW: i64 = 1_795_000_000_000;
 
@@ -39,7 +39,7 @@ fn pass(id: &str, from: Option<(&str, u16)>) -> PassInput {
     }
 }
 
-fn staff_snapshot(version: u64, cards: &[(&str, &str)]) -> crate::sync::contract::Snapshot {
+fn staff_snapshot(version: u64, cards: &[(&str, &str)]) -> gated_contract::Snapshot {
     let entries: Vec<String> = cards
         .iter()
         .map(|(subj, c)| {
@@ -516,7 +516,7 @@ fn a_nonce_is_used_once_even_across_reopen_and_forgotten_after_expiry() {
 fn an_override_and_a_mode_change_are_recorded_with_their_nonce() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut db = open(&dir);
-    let ov = crate::sync::contract::Override {
+    let ov = gated_contract::Override {
         source: "remote".into(),
         input: "open".into(),
         by: Some("ops".into()),
@@ -710,7 +710,7 @@ fn at(id: &str, direction: Direction, now: i64) -> PassInput {
     }
 }
 
-fn events_of(db: &Db) -> Vec<crate::sync::contract::PassEvent> {
+fn events_of(db: &Db) -> Vec<gated_contract::PassEvent> {
     db.pending(0, 1000)
         .expect("pending")
         .into_iter()
@@ -758,7 +758,7 @@ fn anti_passback_state_is_kept_and_learned_from_other_gates() {
     let mut renewed = from_east[0].clone();
     renewed.id = uuid::Uuid::now_v7().to_string();
     renewed.direction = Direction::Out;
-    renewed.ts = crate::sync::contract::format_ts(NOW + 3);
+    renewed.ts = gated_contract::format_ts(NOW + 3);
     let pending_before = west.pending(0, 1000).expect("pending").len();
     assert_eq!(
         west.learn(&[from_east[0].clone(), renewed], NOW + 3)
@@ -789,7 +789,7 @@ fn anti_passback_state_is_kept_and_learned_from_other_gates() {
     ahead.gate = "north-1".into();
     ahead.seq = 1;
     ahead.subject = Some("E9".into());
-    ahead.ts = crate::sync::contract::format_ts(NOW + 365 * 86_400_000);
+    ahead.ts = gated_contract::format_ts(NOW + 365 * 86_400_000);
     assert_eq!(west.learn(&[forged, ahead], NOW + 3).expect("learn"), 1);
     assert_eq!(
         west.last_pass("E9").expect("state").map(|l| l.at),
@@ -810,7 +810,7 @@ fn anti_passback_state_is_kept_and_learned_from_other_gates() {
         Reason::AntiPassback
     );
     // A guard clears it at east; west forgets it too when it learns the override's event.
-    let ov = crate::sync::contract::Override {
+    let ov = gated_contract::Override {
         source: "remote".into(),
         input: CLEAR_PASSBACK.into(),
         by: Some("ops".into()),
@@ -1361,7 +1361,7 @@ fn a_clear_for_an_unknown_subject_is_refused_and_records_nothing() {
     east.apply_snapshot(&staff_snapshot(1, &[("E1", "c1")]))
         .expect("apply")
         .expect("applied");
-    let ov = || crate::sync::contract::Override {
+    let ov = || gated_contract::Override {
         source: "remote".into(),
         input: CLEAR_PASSBACK.into(),
         by: Some("ops".into()),
@@ -1411,7 +1411,7 @@ fn clear_passback_all_forgets_everyone_here_and_at_the_peers_up_to_its_time() {
     record_one(&mut east, at("c1", Direction::In, NOW));
     record_one(&mut east, at("c2", Direction::In, NOW + 1));
     west.learn(&events_of(&east), NOW + 2).expect("learn");
-    let ov = crate::sync::contract::Override {
+    let ov = gated_contract::Override {
         source: "remote".into(),
         input: CLEAR_PASSBACK_ALL.into(),
         by: Some("ops".into()),
@@ -1848,7 +1848,7 @@ async fn a_damaged_staff_table_is_salvaged_and_the_outbox_kept() {
         assert_eq!(&rows[i].1, payload, "outbox row {i} kept as it was");
     }
     assert_eq!(rows.len(), 4, "the outbox and the salvage alarm: {rows:?}");
-    let alarm: crate::sync::contract::Alarm = serde_json::from_str(&rows[3].1).expect("alarm json");
+    let alarm: gated_contract::Alarm = serde_json::from_str(&rows[3].1).expect("alarm json");
     assert_eq!(alarm.alarm, "store_salvaged");
     assert_eq!(alarm.seq, 2, "the alarm seq continues");
     let aside_name = aside[0].display().to_string();
@@ -1905,7 +1905,7 @@ async fn a_damaged_outbox_is_named_in_the_alarm_and_seq_continues_past_it() {
     let store = open_store(&path).expect("salvaged");
     let pending = store.call(|db| db.pending(0, 100)).await.expect("store");
     assert_eq!(pending.len(), 1, "only the salvage alarm: {pending:?}");
-    let alarm: crate::sync::contract::Alarm =
+    let alarm: gated_contract::Alarm =
         serde_json::from_str(&pending[0].payload).expect("alarm json");
     assert_eq!(alarm.alarm, "store_salvaged");
     assert_eq!(alarm.seq, 2);
@@ -2022,7 +2022,7 @@ async fn lost_list_versions_and_passback_are_named_and_the_lists_taken_again() {
     damage_page(&path, "passback");
     let store = open_store(&path).expect("salvaged");
     let pending = store.call(|db| db.pending(0, 100)).await.expect("store");
-    let alarm: crate::sync::contract::Alarm =
+    let alarm: gated_contract::Alarm =
         serde_json::from_str(&pending.last().expect("alarm").payload).expect("alarm json");
     assert_eq!(alarm.alarm, "store_salvaged");
     for list in ["staff", "visitors", "deny", "calendar"] {
@@ -2068,7 +2068,7 @@ async fn a_damaged_index_alone_loses_nothing() {
         .await
         .expect("store");
     assert_eq!(versions.staff, 2, "the staff list is kept");
-    let alarm: crate::sync::contract::Alarm =
+    let alarm: gated_contract::Alarm =
         serde_json::from_str(&pending.last().expect("alarm").payload).expect("alarm json");
     assert_eq!(alarm.alarm, "store_salvaged");
     assert!(

@@ -41,3 +41,30 @@ fn the_core_does_no_io_and_reads_no_clock() {
         }
     }
 }
+
+/// The contract crate is data and its checks: a central service or a tool that speaks the
+/// contract must be able to use it without an async runtime, SQLite or an MQTT client.
+#[test]
+fn the_contract_crate_holds_no_runtime_store_or_mqtt_client() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contract");
+    let mut files = sources(&dir.join("src"));
+    assert!(!files.is_empty(), "contract/src has sources");
+    let manifest = dir.join("Cargo.toml");
+    files.push((
+        manifest.display().to_string(),
+        std::fs::read_to_string(&manifest).expect("read contract/Cargo.toml"),
+    ));
+    for (path, text) in files {
+        for word in ["tokio", "rusqlite", "rumqttc"] {
+            // The manifest's comment names them to say they are not there.
+            let named = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#') && !l.trim_start().starts_with("//"))
+                .any(|l| l.contains(word));
+            assert!(
+                !named,
+                "{path} names `{word}`: the contract crate holds no runtime, store or MQTT client"
+            );
+        }
+    }
+}
