@@ -232,10 +232,6 @@ impl Db {
 
 // ---- statements run inside a transaction ---------------------------------------------------
 
-/// Makes `conn` wait up to 5 s for a lock another connection holds (the checkpoint thread's
-/// RESTART holds the write lock while it copies and syncs), retrying every 100 µs. SQLite's
-/// own busy timeout sleeps in growing steps, up to 100 ms at a time: a pass could sleep 50 ms
-/// for a lock freed after 2.
 /// `PRAGMA quick_check` (a pass over every page, without the index cross-checks): a damaged
 /// store is refused at start rather than failing every pass "malformed" later.
 fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -316,6 +312,10 @@ pub(super) fn is_corrupt(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Makes `conn` wait up to 5 s for a lock another connection holds (the checkpoint thread's
+/// RESTART holds the write lock while it copies and syncs), retrying every 100 µs. SQLite's
+/// own busy timeout sleeps in growing steps, up to 100 ms at a time: a pass could sleep 50 ms
+/// for a lock freed after 2.
 pub(super) fn wait_when_busy(conn: &mut Connection) -> rusqlite::Result<()> {
     const LIMIT: Duration = Duration::from_secs(5);
     std::thread_local! {
