@@ -275,8 +275,11 @@ impl Gate {
             Err(e) => {
                 // Another gated holds the store: it runs, under the same client ids, and
                 // connecting would knock it off the broker. It is not this gate's failure.
+                // Asked of the lock itself: the checks before it may fail for a store another
+                // gated is writing (busy, or its own damage found) without saying `InUse`.
                 if let (Some(m), Some(secrets)) = (&cfg.mqtt, &secrets)
                     && !matches!(e, StoreError::InUse { .. })
+                    && !Store::held_by_another(&cfg.store.path)
                 {
                     let topics = Topics {
                         root: m.root.clone(),

@@ -153,6 +153,8 @@ const HIGH_WATER_PERCENT: u64 = 80;
 
 pub struct Db {
     conn: Connection,
+    /// The device and inode of the file opened: a new connection must find the same one.
+    file: (u64, u64),
     gate: GateId,
     policy: Policy,
     quota: u64,
@@ -226,6 +228,7 @@ pub fn build_time() -> UnixMs {
 impl Db {
     pub fn open(path: &Path, gate: GateId, policy: Policy, quota: u64) -> Result<Db, StoreError> {
         let mut conn = connect(path)?;
+        let file = file_id(path)?;
         quick_check(&conn, path)?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         claim(&mut conn, &gate, path)?;
@@ -250,6 +253,7 @@ impl Db {
             offline_counts: OfflineCounts::default(),
             last_offline: None,
             first_factors: Default::default(),
+            file,
         };
         db.mode = db.read_mode()?;
         // Unreadable (written by another version): start the count over rather than refuse
@@ -271,7 +275,26 @@ impl Db {
     /// read-only, or that SQLite opened read-only, stays so after the disk is writable again:
     /// only a new one writes. The old connection is closed once the new one is open.
     pub fn reconnect(&mut self, path: &Path) -> Result<(), StoreError> {
-        let conn = connect(path)?;
+        let conn = connect_existing(path)?;
+        // The same file, not one put in its place meanwhile (a backup restored, a mount
+        // changed): its seq counters could be behind the ones this process has issued.
+        let now = file_id(path)?;
+        if now != self.file {
+            return Err(StoreError::Invalid(format!(
+                "{} is no longer the file this gate opened (device and inode changed): gated \
+                 does not write to a store replaced under it; it exits and opens it anew",
+                path.display()
+            )));
+        }
+        match made_for(&conn)? {
+            Some(made) => same_gate(path, &made, &self.gate)?,
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "{}: the store reopened says for no gate it was made",
+                    path.display()
+                )));
+            }
+        }
         drop(std::mem::replace(&mut self.conn, conn));
         Ok(())
     }
@@ -339,6 +362,7 @@ impl Db {
         let mut floor = self.floor;
         let mut counts = self.offline_counts;
         let tx = write(&mut self.conn)?;
+        let incomplete = lists_incomplete(&tx)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
         for input in inputs {
@@ -351,6 +375,7 @@ impl Db {
                 clock,
                 offline_ms: offline_ms(self.contact, input.now),
                 swipe_age: input.seen.map(|s| s.age()),
+                lists_incomplete: incomplete,
             };
             let o = record_pass(&tx, &rules, &mut factors, input)?;
             if let PassOutcome::Recorded { verdict, .. } = &o {
@@ -880,6 +905,7 @@ impl Db {
             clock: self.clock_state(now),
             offline_ms: offline_ms(self.contact, now),
             swipe_age: None,
+            lists_incomplete: lists_incomplete(&self.conn)?,
         };
         Ok(decide(
             &self.conn,
@@ -1430,10 +1456,35 @@ fn damage_found(conn: &Connection) -> Result<Option<String>, StoreError> {
     }
 }
 
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> Result<(u64, u64), StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).map_err(|e| StoreError::File {
+        path: path.display().to_string(),
+        what: "cannot read the metadata of",
+        source: e,
+    })?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// Opens the database at `path` and sets up the connection as every write of gated expects
 /// it (WAL, synced commits, the busy wait). Shared by `Db::open` and `Db::reconnect`.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = Connection::open(path).map_err(|e| StoreError::Open {
+    connect_with(path, rusqlite::OpenFlags::default())
+}
+
+/// Like `connect`, for a database that must exist already: SQLite's default would create an
+/// empty one where the store went missing (a mount gone), and gated must never start on one
+/// as a new gate.
+pub(super) fn connect_existing(path: &Path) -> Result<Connection, StoreError> {
+    connect_with(
+        path,
+        rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+    )
+}
+
+fn connect_with(path: &Path, flags: rusqlite::OpenFlags) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
         path: path.display().to_string(),
         source: e,
     })?;
@@ -1620,6 +1671,18 @@ struct Rules<'a> {
     offline_ms: Option<i64>,
     /// How long the credential waited before this decision, judged as late as possible.
     swipe_age: Option<core::SwipeAge>,
+    /// The deny list or the calendar was lost to a damaged store (`lists_incomplete`).
+    lists_incomplete: bool,
+}
+
+/// Whether a salvage lost the deny list or the calendar and its snapshot has not come: the
+/// core then grants nothing that needs the lists (`Lookups::incomplete`).
+fn lists_incomplete(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM list_version WHERE lost = 1 AND list IN ('deny', 'calendar')",
+    )?
+    .query_row([], |r| r.get::<_, i64>(0))
+    .map(|n| n > 0)
 }
 
 fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
@@ -1861,9 +1924,9 @@ fn claim_nonce(
         && stamp.issued_at < attested
     {
         return Ok(Err(Refusal::Stale(format!(
-            "issued at {}, before this gate's clock was attested at {}: a command from before \
-             an attestation is not taken (its nonce may have been forgotten while the clock \
-             ran ahead); send it again",
+            "issued at {}, before this gate's clock was attested, or its damaged store \
+             salvaged, at {}: a command from before that is not taken (its nonce may have been \
+             forgotten while the clock ran ahead, or lost with the damage); send it again",
             format_ts(stamp.issued_at),
             format_ts(attested)
         ))));
@@ -2351,7 +2414,8 @@ fn decide(
     now: UnixMs,
 ) -> rusqlite::Result<Verdict> {
     let passback = rules.policy.passback.mode != PassbackMode::Off;
-    let lookups = lookup(conn, cred.kind, &cred.id, passback)?;
+    let mut lookups = lookup(conn, cred.kind, &cred.id, passback)?;
+    lookups.incomplete = rules.lists_incomplete;
     let ctx = Context {
         gate: &rules.gate.gate,
         lane,
@@ -2488,5 +2552,6 @@ fn lookup(
         denied,
         staff,
         invitation,
+        incomplete: false,
     })
 }
