@@ -27,10 +27,13 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     pub(super) fn open(path: &Path) -> Result<Checkpointer, StoreError> {
-        let mut conn = rusqlite::Connection::open(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        // Never creates one: a store gone missing (a mount gone) stays missing, and is seen.
+        let flags = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+        let mut conn =
+            rusqlite::Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: e,
+            })?;
         // The log is synced before pages are copied and the database after: nothing a pass
         // committed can be lost when the log later starts over.
         conn.pragma_update(None, "synchronous", "FULL")?;

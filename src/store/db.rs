@@ -54,6 +54,8 @@ pub struct GateId {
 
 pub struct Db {
     conn: Connection,
+    /// The device and inode of the file opened: a new connection must find the same one.
+    file: (u64, u64),
     gate: GateId,
     policy: Policy,
     quota: u64,
@@ -95,6 +97,7 @@ pub fn build_time() -> UnixMs {
 impl Db {
     pub fn open(path: &Path, gate: GateId, policy: Policy, quota: u64) -> Result<Db, StoreError> {
         let mut conn = connect(path)?;
+        let file = file_id(path)?;
         quick_check(&conn, path)?;
         schema::migrate(&mut conn)?.map_err(StoreError::Invalid)?;
         claim(&mut conn, &gate, path)?;
@@ -119,6 +122,7 @@ impl Db {
             offline_counts: OfflineCounts::default(),
             last_offline: None,
             first_factors: Default::default(),
+            file,
         };
         db.mode = db.read_mode()?;
         // Unreadable (written by another version): start the count over rather than refuse
@@ -140,7 +144,26 @@ impl Db {
     /// read-only, or that SQLite opened read-only, stays so after the disk is writable again:
     /// only a new one writes. The old connection is closed once the new one is open.
     pub fn reconnect(&mut self, path: &Path) -> Result<(), StoreError> {
-        let conn = connect(path)?;
+        let conn = connect_existing(path)?;
+        // The same file, not one put in its place meanwhile (a backup restored, a mount
+        // changed): its seq counters could be behind the ones this process has issued.
+        let now = file_id(path)?;
+        if now != self.file {
+            return Err(StoreError::Invalid(format!(
+                "{} is no longer the file this gate opened (device and inode changed): gated \
+                 does not write to a store replaced under it; it exits and opens it anew",
+                path.display()
+            )));
+        }
+        match made_for(&conn)? {
+            Some(made) => same_gate(path, &made, &self.gate)?,
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "{}: the store reopened says for no gate it was made",
+                    path.display()
+                )));
+            }
+        }
         drop(std::mem::replace(&mut self.conn, conn));
         Ok(())
     }
@@ -261,10 +284,35 @@ fn damage_found(conn: &Connection) -> Result<Option<String>, StoreError> {
     }
 }
 
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> Result<(u64, u64), StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).map_err(|e| StoreError::File {
+        path: path.display().to_string(),
+        what: "cannot read the metadata of",
+        source: e,
+    })?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// Opens the database at `path` and sets up the connection as every write of gated expects
 /// it (WAL, synced commits, the busy wait). Shared by `Db::open` and `Db::reconnect`.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = Connection::open(path).map_err(|e| StoreError::Open {
+    connect_with(path, rusqlite::OpenFlags::default())
+}
+
+/// Like `connect`, for a database that must exist already: SQLite's default would create an
+/// empty one where the store went missing (a mount gone), and gated must never start on one
+/// as a new gate.
+pub(super) fn connect_existing(path: &Path) -> Result<Connection, StoreError> {
+    connect_with(
+        path,
+        rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+    )
+}
+
+fn connect_with(path: &Path, flags: rusqlite::OpenFlags) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
         path: path.display().to_string(),
         source: e,
     })?;

@@ -143,7 +143,11 @@ impl Store {
         files::create_dirs(path)?;
         // Before the database is created or migrated: a second gated changes nothing.
         let lock = files::lock(path)?;
-        if path.exists() {
+        if let Some(aside) = files::read_marker(path)? {
+            // A salvage was cut short after the damaged store's log was removed: the file at
+            // `path` must not be opened without it.
+            salvage::resume(path, &gate, &aside, crate::clock::now_ms())?;
+        } else if path.exists() {
             files::refuse_empty(path)?;
             // Found damaged: copied aside and salvaged into a new store, or refused (when
             // its seq counters or its gate cannot be read).
@@ -208,6 +212,12 @@ impl Store {
         }
     }
 
+    /// Whether another gated holds the store at `path` (its lock). `false` also when the lock
+    /// cannot be tried (a read-only file system, say): that is no running gate.
+    pub fn held_by_another(path: &Path) -> bool {
+        matches!(files::lock(path), Err(StoreError::InUse { .. }))
+    }
+
     /// What `open` would refuse, found without changing the store (for `gated check-config`):
     /// a place where the store cannot be made, a database from a newer gated, or one made for
     /// another gate. Nothing is created where there is no store yet; beside a stopped one,
@@ -215,7 +225,10 @@ impl Store {
     /// that is the state of the machine, not of the config, and a config is checked while
     /// its gate runs.
     pub fn check(path: &Path, gate: &GateId) -> Result<(), StoreError> {
-        if path.exists() {
+        if files::read_marker(path)?.is_some() {
+            // An interrupted salvage, which `open` finishes from its copy aside.
+            Ok(())
+        } else if path.exists() {
             files::refuse_empty(path)?;
             match db::damage(path)? {
                 Some(damage) => salvage::check(path, gate, &damage),

@@ -222,9 +222,9 @@ pub(super) fn claim_nonce(
         && stamp.issued_at < attested
     {
         return Ok(Err(Refusal::Stale(format!(
-            "issued at {}, before this gate's clock was attested at {}: a command from before \
-             an attestation is not taken (its nonce may have been forgotten while the clock \
-             ran ahead); send it again",
+            "issued at {}, before this gate's clock was attested, or its damaged store \
+             salvaged, at {}: a command from before that is not taken (its nonce may have been \
+             forgotten while the clock ran ahead, or lost with the damage); send it again",
             format_ts(stamp.issued_at),
             format_ts(attested)
         ))));

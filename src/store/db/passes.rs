@@ -75,6 +75,7 @@ impl Db {
         let mut floor = self.floor;
         let mut counts = self.offline_counts;
         let tx = write(&mut self.conn)?;
+        let incomplete = lists_incomplete(&tx)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut added = 0;
         for input in inputs {
@@ -87,6 +88,7 @@ impl Db {
                 clock,
                 offline_ms: offline_ms(self.contact, input.now),
                 swipe_age: input.seen.map(|s| s.age()),
+                lists_incomplete: incomplete,
             };
             let o = record_pass(&tx, &rules, &mut factors, input)?;
             if let PassOutcome::Recorded { verdict, .. } = &o {
@@ -133,6 +135,7 @@ impl Db {
             clock: self.clock_state(now),
             offline_ms: offline_ms(self.contact, now),
             swipe_age: None,
+            lists_incomplete: lists_incomplete(&self.conn)?,
         };
         Ok(decide(
             &self.conn,
@@ -250,6 +253,18 @@ struct Rules<'a> {
     offline_ms: Option<i64>,
     /// How long the credential waited before this decision, judged as late as possible.
     swipe_age: Option<core::SwipeAge>,
+    /// The deny list or the calendar was lost to a damaged store (`lists_incomplete`).
+    lists_incomplete: bool,
+}
+
+/// Whether a salvage lost the deny list or the calendar and its snapshot has not come: the
+/// core then grants nothing that needs the lists (`Lookups::incomplete`).
+fn lists_incomplete(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM list_version WHERE lost = 1 AND list IN ('deny', 'calendar')",
+    )?
+    .query_row([], |r| r.get::<_, i64>(0))
+    .map(|n| n > 0)
 }
 
 fn offline_ms(contact: Option<Contact>, now: UnixMs) -> Option<i64> {
@@ -394,7 +409,8 @@ fn decide(
     now: UnixMs,
 ) -> rusqlite::Result<Verdict> {
     let passback = rules.policy.passback.mode != PassbackMode::Off;
-    let lookups = lookup(conn, cred.kind, &cred.id, passback)?;
+    let mut lookups = lookup(conn, cred.kind, &cred.id, passback)?;
+    lookups.incomplete = rules.lists_incomplete;
     let ctx = Context {
         gate: &rules.gate.gate,
         lane,
@@ -531,5 +547,6 @@ fn lookup(
         denied,
         staff,
         invitation,
+        incomplete: false,
     })
 }

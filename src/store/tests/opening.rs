@@ -165,3 +165,39 @@ async fn a_connection_stuck_read_only_is_replaced_and_the_recovery_recorded() {
     );
     assert!(rx.try_recv().is_err(), "told once each way");
 }
+
+/// Review of the reconnect: a new connection made SQLite create an empty database where the
+/// store had gone (a mount gone), or wrote to another file put in its place (a backup, whose
+/// seq is behind). Neither is taken: the connection is only replaced by one to the same file.
+#[test]
+fn a_new_connection_is_only_to_the_same_file_and_never_creates_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let mut db = Db::open(&path, gate(), Policy::default(), 1000).expect("open");
+    db.reconnect(&path).expect("the same file");
+    let moved = dir.path().join("moved.db");
+    std::fs::rename(&path, &moved).expect("move away");
+    let e = db.reconnect(&path).expect_err("gone");
+    assert!(!path.exists(), "no empty database made in its place: {e}");
+    // A copy put in its place: same gate, another file.
+    std::fs::copy(&moved, &path).expect("copy back");
+    let e = db.reconnect(&path).expect_err("another file");
+    assert!(e.to_string().contains("no longer the file"), "{e}");
+}
+
+/// The start report connects only when no other gated holds the store (it would take over
+/// that gate's client id on the broker).
+#[test]
+fn another_gated_holding_the_store_is_seen_by_its_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    let store = Store::open(&path, gate(), Policy::default(), 1000).expect("open");
+    assert!(Store::held_by_another(&path));
+    drop(store);
+    // The lock goes with the store's threads: wait for them to end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Store::held_by_another(&path) {
+        assert!(std::time::Instant::now() < deadline, "still held");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -350,47 +350,123 @@ async fn a_store_damaged_while_running_decides_nothing_more_and_calls_its_hook()
     assert!(matches!(r, Err(StoreError::Stopped)), "{r:?}");
 }
 
-/// The table of list versions damaged: every list is left empty with its version unknown
-/// (each takes any snapshot), and other tables lost are named with what it means.
+/// Tables other than the lists and the outbox lost are named with what it means; with the
+/// nonces lost, commands issued before the salvage are refused.
 #[tokio::test]
-async fn lost_list_versions_and_passback_are_named_and_the_lists_taken_again() {
+async fn lost_passback_and_nonces_are_named_and_old_commands_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("g.db");
     store_with_history(&path);
-    damage_page(&path, "list_version");
     damage_page(&path, "passback");
+    damage_page(&path, "command_nonce");
     let store = open_store(&path).expect("salvaged");
     let pending = store.call(|db| db.pending(0, 100)).await.expect("store");
     let alarm: crate::sync::contract::Alarm =
         serde_json::from_str(&pending.last().expect("alarm").payload).expect("alarm json");
     assert_eq!(alarm.alarm, "store_salvaged");
-    for list in ["staff", "visitors", "deny", "calendar"] {
-        assert!(
-            alarm
-                .detail
-                .contains(&format!("list {list} (version unknown)")),
-            "{}",
-            alarm.detail
-        );
+    for named in [
+        "passback (anti-passback starts over",
+        "command_nonce (commands issued before the salvage are refused stale",
+        "outbox kept (3 rows)",
+    ] {
+        assert!(alarm.detail.contains(named), "{named}: {}", alarm.detail);
     }
-    assert!(
-        alarm.detail.contains("passback (anti-passback starts over"),
-        "{}",
-        alarm.detail
+    // A signed command issued before the salvage, not expired: its nonce may have been used
+    // and lost with the damage. It is refused, and one issued after is taken.
+    let now = crate::clock::now_ms();
+    let (old, fresh) = (
+        stamp("n-before", now - 60_000, now + 60_000),
+        stamp("n-after", now + 1_000, now + 60_000),
     );
+    let (old, fresh) = store
+        .call(move |db| {
+            Ok((
+                db.claim_nonce(&old, now + 1_000)?,
+                db.claim_nonce(&fresh, now + 1_000)?,
+            ))
+        })
+        .await
+        .expect("store");
+    assert!(matches!(old, Err(Refusal::Stale(_))), "{old:?}");
+    assert_eq!(fresh, Ok(()));
+}
+
+/// Review of the salvage: without `list_version` the version each list held is unknown, and
+/// a salvage that let any older signed snapshot in would undo anti-rollback. Refused, and the
+/// file left as it was.
+#[test]
+fn a_store_whose_list_versions_cannot_be_read_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    store_with_history(&path);
+    damage_page(&path, "list_version");
+    let before = std::fs::read(&path).expect("read");
+    let err = open_store(&path).err().expect("refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("list_version"), "{err}");
     assert!(
-        alarm.detail.contains("outbox kept (3 rows)"),
-        "{}",
-        alarm.detail
+        std::fs::read(&path).expect("read") == before,
+        "left as it was"
     );
-    let cards = [("subject-0007", "card-000007")];
+    assert!(set_aside(&path).is_empty(), "nothing left aside");
+}
+
+/// Review of the salvage: a deny list lost to the damage left revoked cards granted until its
+/// snapshot came. Until then nothing that needs the lists is granted.
+#[tokio::test]
+async fn with_the_deny_list_lost_no_card_is_granted_until_its_snapshot_comes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    store_with_history(&path);
+    damage_page(&path, "deny");
+    let store = open_store(&path).expect("salvaged");
+    let o = store.pass(pass("card-000007", None)).await.expect("pass");
+    assert_eq!(reason(&o), Reason::StoreUnavailable);
+    let deny =
+        r#"{"list":"deny","site":"hq","version":1,"entries":[{"kind":"card","id":"card-000008"}]}"#;
     let applied = store
-        .apply_snapshot(staff_snapshot(1, &cards))
+        .apply_snapshot(parse_snapshot(ListName::Deny, deny.as_bytes()).expect("deny"))
         .await
         .expect("store");
     assert_eq!(applied, Ok(Applied::Applied { version: 1 }));
     let o = store.pass(pass("card-000007", None)).await.expect("pass");
     assert_eq!(reason(&o), Reason::Staff);
+    let o = store.pass(pass("card-000008", None)).await.expect("pass");
+    assert_eq!(reason(&o), Reason::Denylisted);
+}
+
+/// Review of the salvage: a crash after the damaged store's log was removed and before the
+/// new store was in place left the damaged file without its log, and the next start opened
+/// it (its seq behind the one issued). The marker makes the start rebuild from the copy.
+#[tokio::test]
+async fn a_salvage_cut_short_after_the_log_was_removed_is_finished_from_the_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("g.db");
+    store_with_history(&path);
+    let outbox_before = outbox_of(&path);
+    damage_page(&path, "staff");
+    // What `salvage` did before the crash: the copy aside, the marker, the log removed.
+    let aside = files::set_aside(&path, "20261208T000000Z").expect("aside");
+    files::write_marker(&path, &aside).expect("marker");
+    files::remove_log(&path).expect("log removed");
+    Store::check(&path, &gate()).expect("check-config leaves it to run");
+    let store = open_store(&path).expect("the salvage is finished");
+    assert!(
+        files::read_marker(&path).expect("read").is_none(),
+        "marker gone"
+    );
+    let pending = store.call(|db| db.pending(0, 100)).await.expect("store");
+    for (i, (_, _, payload)) in outbox_before.iter().enumerate() {
+        assert_eq!(&pending[i].payload, payload, "outbox row {i} kept");
+    }
+    let alarm: crate::sync::contract::Alarm =
+        serde_json::from_str(&pending.last().expect("alarm").payload).expect("alarm json");
+    assert_eq!(alarm.alarm, "store_salvaged");
+    assert!(
+        alarm.detail.contains("was interrupted; resumed"),
+        "{}",
+        alarm.detail
+    );
 }
 
 /// Only an index damaged: every table reads whole, so nothing is lost (the new store builds
