@@ -119,6 +119,9 @@ pub fn decide(
     };
     match ctx.mode {
         Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, named),
+        Mode::Lockdown if lookups.incomplete => {
+            return Verdict::new(Reason::Lockdown, known_subject);
+        }
         Mode::Lockdown => {
             return lockdown_exempt(credential, lookups, ctx, policy)
                 .unwrap_or_else(|| Verdict::new(Reason::Lockdown, known_subject));
@@ -132,6 +135,9 @@ pub fn decide(
     }
     if unsure_face {
         return Verdict::new(Reason::LowFaceScore, known_subject);
+    }
+    if lookups.incomplete {
+        return Verdict::new(Reason::StoreUnavailable, known_subject);
     }
     let hours = [
         policy.gate_hours.as_deref(),
@@ -502,6 +508,33 @@ mod tests {
         ] {
             assert_eq!(run(&card("1"), &l, mode).reason, Reason::Denylisted);
         }
+    }
+
+    #[test]
+    /// Issue 22 (review of the salvage): a deny list or calendar a salvage lost left revoked
+    /// cards granted until its snapshot came.
+    fn with_lists_lost_nothing_that_needs_them_is_granted() {
+        let mut lost = staff(everywhere());
+        lost.incomplete = true;
+        let refused = run(&card("1"), &lost, Mode::Normal);
+        assert_eq!(refused.reason, Reason::StoreUnavailable);
+        assert!(!refused.granted());
+        if let Some(s) = lost.staff.as_mut() {
+            s.lockdown_exempt = true;
+        }
+        assert_eq!(
+            run(&card("1"), &lost, Mode::Lockdown).reason,
+            Reason::Lockdown
+        );
+        // What needs no list still opens: the open modes.
+        assert_eq!(
+            run(&card("1"), &lost, Mode::HoldOpen).reason,
+            Reason::HoldOpen
+        );
+        assert_eq!(
+            run(&card("1"), &staff(everywhere()), Mode::Normal).reason,
+            Reason::Staff
+        );
     }
 
     #[test]
@@ -1608,6 +1641,7 @@ mod tests {
             denied,
             staff,
             invitation,
+            incomplete: false,
         })
     }
 
