@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use gated::core::Policy;
 use gated::store::{GateId, Store};
-use gated::sync::contract::{ListName, parse_snapshot};
-use gated::sync::envelope::{AdminKey, Verifier};
+use gated_contract::envelope::{AdminKey, Verifier};
+use gated_contract::{ListName, parse_snapshot};
 
 const PEOPLE: usize = 250_000;
 

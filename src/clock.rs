@@ -117,7 +117,7 @@ impl Challenges {
 
 /// The alarm for a clock that reads earlier than what the gate has already seen.
 fn behind_detail(b: &crate::store::Behind, now: i64) -> String {
-    use crate::sync::contract::format_ts;
+    use gated_contract::format_ts;
     let mut seen = Vec::new();
     if let Some(t) = b.event {
         seen.push(format!("recorded an event at {}", format_ts(t)));

@@ -28,7 +28,7 @@ use crate::gate::Shared;
 use crate::hw::panel::{PanelInput, PanelPress};
 use crate::hw::relay::{Contact, ContactChange, RelayHandle};
 use crate::store::Stamp;
-use crate::sync::contract::{Override, Refusal};
+use gated_contract::{Override, Refusal};
 
 /// What started an emergency release that is in force before it is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use hw_sim::{
 use crate::config::Config;
 use crate::gate::{Decided, Gate};
 use crate::hw::health::Health;
-use crate::sync::contract::{ListName, parse_snapshot};
+use gated_contract::{ListName, parse_snapshot};
 
 /// A line for the person watching; a reader that went away is not an error
 /// (`crate::console`).
@@ -126,7 +126,7 @@ pub async fn run(mqtt: Option<String>) -> anyhow::Result<()> {
             // The demo's lists are put in the store directly; the gate still needs an admin
             // key to trust for anything sent over MQTT. A fresh one per run: nothing outside
             // this process can sign for it.
-            let key = crate::sync::envelope::AdminKey::generate("demo")
+            let key = gated_contract::envelope::AdminKey::generate("demo")
                 .map_err(|e| anyhow::anyhow!("demo key: {e}"))?;
             format!(
                 "[mqtt]\nhost = \"{host}\"\nport = {port}\n\

@@ -14,10 +14,10 @@ use crate::hw::gpio::Gpio as _;
 use crate::hw::health::{Health, Transition};
 use crate::hw::{DeviceError, reader, relay};
 use crate::store::{GateId, Store, StoreError};
-use crate::sync::contract::PassEvent;
-use crate::sync::contract::Topics;
 use crate::sync::downlink::Downlink;
-use crate::sync::envelope::Verifier;
+use gated_contract::PassEvent;
+use gated_contract::Topics;
+use gated_contract::envelope::Verifier;
 
 /// A decision as the lane saw it, for the log and the demo.
 #[derive(Clone, Debug)]
@@ -80,7 +80,7 @@ impl Shared {
     /// Puts an alarm in the outbox.
     pub async fn alarm(&self, code: &str, source: &str, detail: &str) -> Result<(), StoreError> {
         // A detail can quote what a device or the broker sent: bounded, like every echo.
-        use crate::sync::contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, bounded};
+        use gated_contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, bounded};
         let (code, source) = (
             code.to_string(),
             bounded(source, MAX_ECHO_BYTES).into_owned(),
@@ -232,7 +232,8 @@ fn check_machine(cfg: &Config) -> anyhow::Result<Host> {
 /// The store as the start finds it: checked, opened, and its persisted mode and open device
 /// faults read. Every step is the store's; a failure of any is what `start_report` tells.
 async fn open_store(cfg: &Config) -> Result<(Store, Mode, Vec<String>), StoreError> {
-    Store::check(&cfg.store.path, &gate_id(cfg))?;
+    // `Store::open` refuses all that `Store::check` would, under the store's lock (a check
+    // before it read the database twice more, and could fail on a store another gated holds).
     let store = Store::open(
         &cfg.store.path,
         gate_id(cfg),
@@ -275,8 +276,11 @@ impl Gate {
             Err(e) => {
                 // Another gated holds the store: it runs, under the same client ids, and
                 // connecting would knock it off the broker. It is not this gate's failure.
+                // Asked of the lock itself: the checks before it may fail for a store another
+                // gated is writing (busy, or its own damage found) without saying `InUse`.
                 if let (Some(m), Some(secrets)) = (&cfg.mqtt, &secrets)
                     && !matches!(e, StoreError::InUse { .. })
+                    && !Store::held_by_another(&cfg.store.path)
                 {
                     let topics = Topics {
                         root: m.root.clone(),

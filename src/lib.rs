@@ -5,7 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
-pub mod core;
+pub use gated_core as core;
 pub mod demo;
 pub mod gate;
 pub mod hw;

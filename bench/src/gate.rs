@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use gated::sync::envelope::AdminKey;
+use gated_contract::envelope::AdminKey;
 use hw_sim::{KIND_CARD, SimReader};
 use rand::Rng as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

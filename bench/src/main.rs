@@ -91,7 +91,7 @@ async fn main() -> Result<()> {
     let ctx = gate::Ctx {
         gated,
         dir,
-        admin: gated::sync::envelope::AdminKey::generate("bench").map_err(anyhow::Error::msg)?,
+        admin: gated_contract::envelope::AdminKey::generate("bench").map_err(anyhow::Error::msg)?,
     };
     let mut r = Results::default();
     let start = Instant::now();

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use gated::core::{Credential, CredentialKind, Direction, Policy};
 use gated::store::{Db, GateId, PassInput};
-use gated::sync::contract::{ListName, Snapshot, parse_snapshot};
+use gated_contract::{ListName, Snapshot, parse_snapshot};
 
 use crate::infra::{GATE, SITE};
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use gated::core::{Credential, CredentialKind, Policy};
 use gated::store::{MailboxPos, PassInput, Store};
-use gated::sync::contract::{ListName, parse_delta, parse_snapshot};
-use gated::sync::envelope::{AdminKey, Verifier};
+use gated_contract::envelope::{AdminKey, Verifier};
+use gated_contract::{ListName, parse_delta, parse_snapshot};
 use rand::Rng as _;
 
 use crate::Results;

@@ -10,12 +10,12 @@ use rand::RngCore as _;
 use serde::Serialize;
 
 use crate::core::{Direction, UnixMs};
-use crate::sync::contract::{
+use gated_contract::envelope::Verifier;
+use gated_contract::{
     CommandBody, CommandKind, DenyEntry, Entries, ListName, MAX_COMMAND_LIFETIME_MS, Refusal,
     Snapshot, StaffEntry, VisitorEntry, format_ts, parse_command, parse_delta, parse_snapshot,
     parse_ts,
 };
-use crate::sync::envelope::Verifier;
 
 #[derive(Serialize)]
 struct SnapshotOut<'a, T> {
@@ -429,8 +429,8 @@ pub fn deny(current: &[DenyEntry], entry: DenyEntry) -> Result<Edit, String> {
 mod tests {
     use super::*;
     use crate::core::CredentialKind;
-    use crate::sync::contract::CredentialRef;
-    use crate::sync::envelope::AdminKey;
+    use gated_contract::CredentialRef;
+    use gated_contract::envelope::AdminKey;
 
     fn inv(id: &str, token: &str, until: Option<&str>) -> VisitorEntry {
         VisitorEntry {

@@ -10,7 +10,7 @@
 //! - `ops`: the subcommands, from checked arguments to printed results.
 //!
 //! Architecture invariant: nothing here is signed or published before it has passed the
-//! parser the gate itself uses (`sync::contract`), so gatectl never sends what every gate
+//! parser the gate itself uses (`gated-contract`), so gatectl never sends what every gate
 //! would refuse as malformed.
 
 pub mod lists;

@@ -26,11 +26,11 @@ use super::mqtt::{ConnectOptions, Endpoint, Message, MqttError, Session};
 use super::rows::{self, Format};
 use super::show;
 use crate::core::{CredentialKind, UnixMs};
-use crate::sync::contract::{
+use gated_contract::envelope::{AdminKey, Verifier};
+use gated_contract::{
     Ack, Alarm, CommandKind, CredentialRef, DenyEntry, Entries, ListName, PassEvent, Refusal,
     Snapshot, Topics, VisitorEntry, format_ts, message_digest, parse_ts,
 };
-use crate::sync::envelope::{AdminKey, Verifier};
 
 /// How long to wait for retained messages to stop coming after the SUBACK.
 const QUIET: Duration = Duration::from_millis(500);
@@ -778,7 +778,7 @@ fn check_gates(what: &str, gates: &[String]) -> Result<(), Failure> {
         );
     }
     for g in gates {
-        if g != "*" && !crate::config::is_safe_name(g) {
+        if g != "*" && !gated_contract::is_safe_name(g) {
             return Err(Failure::new(
                 what,
                 format!("--gates: `{}` is not a gate id", g.escape_debug()),
@@ -834,7 +834,7 @@ pub async fn invite(
         return Err(Failure::new(what, "--entries must be at least 1").with_exit(64));
     }
     if let Some(s) = &req.schedule
-        && !crate::config::is_safe_name(s)
+        && !gated_contract::is_safe_name(s)
     {
         return Err(Failure::new(
             what,
@@ -1027,7 +1027,7 @@ pub async fn cmd(
 ) -> Result<(), Failure> {
     let what = format!("cmd {}", req.cmd.as_str());
     let key = load_key(key, &what)?;
-    if !crate::config::is_safe_name(&req.gate) {
+    if !gated_contract::is_safe_name(&req.gate) {
         return Err(
             Failure::new(&what, format!("--gate `{}` is not a gate id", req.gate)).with_exit(64),
         );
@@ -1270,7 +1270,7 @@ fn tail_line(
 pub async fn tail(site: &Site, req: TailRequest, out: &mut dyn Write) -> Result<(), Failure> {
     let what = "tail";
     if let Some(g) = &req.gate
-        && !crate::config::is_safe_name(g)
+        && !gated_contract::is_safe_name(g)
     {
         return Err(Failure::new(what, format!("--gate `{g}` is not a gate id")).with_exit(64));
     }

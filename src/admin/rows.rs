@@ -28,8 +28,9 @@ use std::path::Path;
 use serde_json::value::RawValue;
 
 use crate::core::CredentialKind;
-use crate::sync::contract::{
-    self, CalendarEntry, CredentialRef, DenyEntry, Entries, ListName, StaffEntry, VisitorEntry,
+use gated_contract as contract;
+use gated_contract::{
+    CalendarEntry, CredentialRef, DenyEntry, Entries, ListName, StaffEntry, VisitorEntry,
 };
 
 /// At most this many problems are listed; the rest are counted.
@@ -548,7 +549,7 @@ impl Fields<'_> {
             self.bad("gates", "is empty (write * for every gate)");
         }
         for g in &gates {
-            if g != "*" && !crate::config::is_safe_name(g) {
+            if g != "*" && !gated_contract::is_safe_name(g) {
                 self.bad(
                     "gates",
                     format!(

@@ -8,7 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use serde_json::Value;
 
 use crate::core::{Decision, UnixMs};
-use crate::sync::contract::{Ack, Alarm, PassEvent, parse_ts};
+use gated_contract::{Ack, Alarm, PassEvent, parse_ts};
 
 /// `s` with control characters escaped, so it cannot drive the terminal.
 pub fn clean(s: &str) -> Cow<'_, str> {
@@ -287,7 +287,7 @@ pub fn status_table(rows: &[(String, Value)], now: UnixMs) -> String {
 mod tests {
     use super::*;
     use crate::core::{CredentialKind, Decision, Direction, Reason};
-    use crate::sync::contract::{CredentialJson, Override};
+    use gated_contract::{CredentialJson, Override};
 
     fn event() -> PassEvent {
         PassEvent {

@@ -14,7 +14,7 @@ use gated::admin::lists::CommandRequest;
 use gated::admin::mqtt::Endpoint;
 use gated::admin::ops::{self, InviteRequest, PushRequest, RevokeTarget, Site, TailRequest};
 use gated::core::Direction;
-use gated::sync::contract::{CommandKind, ListName};
+use gated_contract::{CommandKind, ListName};
 
 const EX_USAGE: u8 = 64;
 
@@ -352,7 +352,7 @@ fn site(cli: &Cli, what: &str) -> Result<Site, Failure> {
         .clone()
         .ok_or_else(|| usage("--site (or GATECTL_SITE) is required".into()))?;
     for (name, v) in [("--site", &site), ("--root", &cli.root)] {
-        if !gated::config::is_safe_name(v) {
+        if !gated_contract::is_safe_name(v) {
             return Err(usage(format!(
                 "{name} `{v}` must be 1..=64 of [A-Za-z0-9_-]"
             )));
@@ -363,8 +363,8 @@ fn site(cli: &Cli, what: &str) -> Result<Site, Failure> {
         let (id, public) = t
             .split_once('=')
             .ok_or_else(|| usage(format!("--trust `{t}` is not ID=PUBKEY")))?;
-        gated::sync::envelope::check_key_id(id).map_err(|e| usage(format!("--trust: {e}")))?;
-        let key = gated::sync::envelope::parse_public_key(public)
+        gated_contract::envelope::check_key_id(id).map_err(|e| usage(format!("--trust: {e}")))?;
+        let key = gated_contract::envelope::parse_public_key(public)
             .map_err(|e| usage(format!("--trust {id}: {e}")))?;
         trust.push((id.to_string(), key));
     }

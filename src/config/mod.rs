@@ -25,14 +25,8 @@ mod tests;
 pub use describe::describe;
 pub use raw::DEFAULT_MAX_MESSAGE_BYTES;
 
-/// `site`, `gate` and MQTT root are made of `[A-Za-z0-9_-]`, so they can never inject `/`,
-/// `+` or `#` into a topic.
-pub fn is_safe_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+// `site`, `gate` and MQTT root are safe names (the contract's rule), checked in `checks`.
+use gated_contract::is_safe_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -27,7 +27,7 @@ use super::relay::Counted;
 use crate::config::VisitorEntry;
 use crate::core::{Direction, Reason};
 use crate::gate::Shared;
-use crate::sync::contract::PassEvent;
+use gated_contract::PassEvent;
 
 /// How long after its release ends a grant still waits for its passage.
 pub const SLACK: Duration = Duration::from_secs(2);
@@ -450,7 +450,7 @@ mod tests {
         assert!(!releases(&pass("a", 0, Reason::EmergencyRelease)));
         assert!(!releases(&pass("a", 0, Reason::Passage)));
         let mut clear = pass("a", 0, Reason::OverrideRemote);
-        clear.override_ = Some(crate::sync::contract::Override {
+        clear.override_ = Some(gated_contract::Override {
             source: "remote".into(),
             input: crate::store::CLEAR_PASSBACK.into(),
             by: None,

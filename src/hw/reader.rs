@@ -205,7 +205,7 @@ pub async fn decide(
     lane: &LaneConfig,
     reader: &str,
     input: PassInput,
-) -> Result<Option<crate::sync::contract::PassEvent>, crate::store::StoreError> {
+) -> Result<Option<gated_contract::PassEvent>, crate::store::StoreError> {
     match shared.store.pass(input).await {
         Ok(PassOutcome::Recorded { verdict, event }) => {
             release(shared, relay, lane, reader, verdict.granted(), &event).await;
@@ -230,6 +230,7 @@ pub async fn decide(
 pub fn watch_store(shared: &Shared) {
     shared.health.set("store", "ok");
     let (health, alarms) = (shared.health.clone(), shared.direct_alarms());
+    let releases = shared.releases.clone();
     shared.store.on_write_health(move |e| match e {
         crate::store::WriteEvent::Failing { detail } => {
             health.set("store", "error");
@@ -251,6 +252,12 @@ pub fn watch_store(shared: &Shared) {
                 crate::store::CORRUPT_EXIT
             );
             let id = alarms.send("store_corrupt", "store", &detail);
+            // Pulses already under way end before the process does (a GPIO relay would
+            // otherwise stay energised); one still unsettled is said, past the outbox too.
+            for r in releases.settle_blocking(std::time::Duration::from_secs(2)) {
+                let detail = super::relay::abandoned_detail(&r);
+                alarms.send("relay_unknown", &r.relay, &detail);
+            }
             if !alarms.wait_acked(&id, std::time::Duration::from_secs(2)) {
                 tracing::error!("store_corrupt alarm not acknowledged within 2 s; exiting anyway");
             }
@@ -267,7 +274,7 @@ pub async fn release(
     lane: &LaneConfig,
     reader: &str,
     granted: bool,
-    event: &crate::sync::contract::PassEvent,
+    event: &gated_contract::PassEvent,
 ) {
     if granted {
         let what = format!("pass {} granted", event.id);

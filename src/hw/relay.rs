@@ -141,6 +141,19 @@ impl InFlight {
         r.1.values().cloned().collect()
     }
 
+    /// `settle` for a thread outside the runtime (the store's, about to end the process):
+    /// blocks it, polling, while the runtime's tasks finish their pulses.
+    pub fn settle_blocking(&self, grace: Duration) -> Vec<Release> {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let left = self.pending();
+            if left.is_empty() || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits up to `grace` for every release in flight to settle; returns those that did not.
     /// Polled: shutdown is the only caller, and it waits only while a release is in flight.
     pub async fn settle(&self, grace: Duration) -> Vec<Release> {

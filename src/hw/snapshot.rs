@@ -246,7 +246,7 @@ pub const MAX_UPLOAD: usize = 1000 * 1024;
 pub struct Job {
     pub reader: String,
     /// The pass it shows.
-    pub event: crate::sync::contract::PassEvent,
+    pub event: gated_contract::PassEvent,
     pub bytes: Vec<u8>,
 }
 

@@ -289,3 +289,66 @@ pub fn remove_log(db: &Path) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// `<db>.salvage`: while it exists, a salvage of `db` has begun replacing it. It names the copy
+/// set aside, which holds the damaged store whole with its log.
+fn marker_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".salvage");
+    PathBuf::from(name)
+}
+
+/// Written and synced before the damaged store's log is removed: from then until the new
+/// database is in place, the log's only copy is the one aside, and a start after a crash
+/// must rebuild from it (`read_marker`), not open the file at `db` without its log.
+pub fn write_marker(db: &Path, aside: &Path) -> Result<(), StoreError> {
+    let marker = marker_path(db);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&marker)
+        .map_err(|e| io(&marker, "cannot create", e))?;
+    use std::os::unix::ffi::OsStrExt as _;
+    std::io::Write::write_all(&mut f, aside.as_os_str().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io(&marker, "cannot write", e))?;
+    sync_dir(db)
+}
+
+/// The copy aside of a salvage that began and did not finish, if any.
+pub fn read_marker(db: &Path) -> Result<Option<PathBuf>, StoreError> {
+    let marker = marker_path(db);
+    match std::fs::read(&marker) {
+        Ok(bytes) if !bytes.is_empty() => {
+            use std::os::unix::ffi::OsStringExt as _;
+            Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+        }
+        // Cut short before its name was synced: the log was not removed yet either (the next
+        // salvage writes the marker anew, and removes it).
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&marker, "cannot read", e)),
+    }
+}
+
+/// The salvage is done: the new database is in place.
+pub fn remove_marker(db: &Path) -> Result<(), StoreError> {
+    let marker = marker_path(db);
+    match std::fs::remove_file(&marker) {
+        Ok(()) => sync_dir(db),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&marker, "cannot remove", e)),
+    }
+}
+
+fn sync_dir(db: &Path) -> Result<(), StoreError> {
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(dir, "cannot sync the directory", e))
+}

@@ -25,14 +25,19 @@ use super::db::{
 };
 use super::{StoreError, files, schema};
 use crate::core::UnixMs;
-use crate::sync::contract::{ListName, MAX_DETAIL_BYTES, bounded};
+use gated_contract::{ListName, MAX_DETAIL_BYTES, bounded};
 
-/// Tables without which the gate cannot go on as itself.
-const CORE: [(&str, &str); 2] = [
+/// Tables without which the gate cannot go on as itself. Without `list_version`, the version
+/// each list held is unknown, and any older signed snapshot would be taken (anti-rollback).
+const CORE: [(&str, &str); 3] = [
     ("seq_counter", "the event and alarm seq counters"),
     (
         "state",
         "the gate this store was made for, the mode and the clock floor",
+    ),
+    (
+        "list_version",
+        "the version of each list, which no older snapshot may replace",
     ),
 ];
 
@@ -60,14 +65,38 @@ pub fn salvage(path: &Path, gate: &GateId, damage: &str, now: UnixMs) -> Result<
         }
     };
     // The old log holds frames of the damaged file: beside the new one it would be replayed
-    // into it. Its copy is aside.
+    // into it. Its copy is aside, and from here until the new database is in place that copy
+    // is the only one: the marker makes a start after a crash rebuild from it (`resume`).
+    files::write_marker(path, &aside)?;
     files::remove_log(path)?;
     files::put_in_place(&new, path)?;
+    files::remove_marker(path)?;
     tracing::error!(
         "store: {} was damaged ({damage}); it is copied aside to {} and salvaged: {lost}",
         path.display(),
         aside.display()
     );
+    Ok(())
+}
+
+/// Finishes a salvage that a crash or power cut interrupted after the damaged store's log was
+/// removed (`files::write_marker`): the new store is built again from the copy `aside`, which
+/// holds the damaged store whole, and put in place. The file at `path` is not read: without
+/// its log it may look sound and hold an older seq.
+pub fn resume(path: &Path, gate: &GateId, aside: &Path, now: UnixMs) -> Result<(), StoreError> {
+    let damage = format!(
+        "a salvage from {} was interrupted; resumed",
+        aside.display()
+    );
+    let new = files::new_path(path);
+    files::remove_new(&new)?;
+    files::create_db(&new)?;
+    let lost = rebuild(&new, aside, path, gate, &damage, now)?;
+    files::remove_shm(aside);
+    files::remove_log(path)?;
+    files::put_in_place(&new, path)?;
+    files::remove_marker(path)?;
+    tracing::error!("store: {}: {damage}: {lost}", path.display());
     Ok(())
 }
 
@@ -186,7 +215,9 @@ fn consequence(table: &str) -> Option<&'static str> {
     Some(match table {
         "passback" => "anti-passback starts over: everyone's last pass is forgotten",
         "invitation_usage" => "invitation entries already used count again",
-        "command_nonce" => "a command replayed before it expires is not recognised",
+        "command_nonce" => {
+            "commands issued before the salvage are refused stale: send again what is still wanted"
+        }
         "reader_head" => "a swipe still queued in a reader may be decided once more",
         "peer" => "events of the other gates may be learned twice",
         "snapshot" => "face snapshots not yet uploaded are gone",
@@ -315,33 +346,35 @@ fn rebuild(
         [],
     )?;
 
-    // The lists: each whole, or empty and marked lost at the version it held.
-    let versions_read = readable("list_version");
-    if versions_read.is_ok() {
-        copy(&tx, "list_version", has("list_version"))?;
-    }
+    // The lists: each whole, or empty and marked lost at the version it held (`list_version`
+    // is core: it was copied above).
     for list in ListName::ALL {
-        let whole =
-            versions_read.is_ok() && keyed_tables(list).iter().all(|(t, _)| readable(t).is_ok());
-        if whole {
+        if keyed_tables(list).iter().all(|(t, _)| readable(t).is_ok()) {
             for (table, _) in keyed_tables(list) {
                 copy(&tx, table, has(table))?;
             }
             continue;
         }
-        let version = match &versions_read {
-            Ok(()) => Some(tx.query_row(
-                "SELECT version FROM list_version WHERE list = ?1",
-                [list.as_str()],
-                |r| r.get(0),
-            )?),
-            Err(_) => None,
-        };
+        let version = tx.query_row(
+            "SELECT version FROM list_version WHERE list = ?1",
+            [list.as_str()],
+            |r| r.get(0),
+        )?;
         tx.execute(
             "UPDATE list_version SET lost = 1 WHERE list = ?1",
             [list.as_str()],
         )?;
-        lost.lists.push((list, version));
+        lost.lists.push((list, Some(version)));
+    }
+    // Nonces lost: a signed command not yet expired could be carried out again. Commands
+    // issued before now are refused `stale` from here on (as after a time attestation);
+    // the centre sends again what it still wants done.
+    if readable("command_nonce").is_err() {
+        tx.execute(
+            "INSERT INTO state (key, value) VALUES ('command_floor', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), ?1)",
+            [now],
+        )?;
     }
 
     // Everything else, table by table.

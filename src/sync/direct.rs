@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
-use super::contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, Topics, bounded, format_ts};
 use crate::core::UnixMs;
+use gated_contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, Topics, bounded, format_ts};
 
 /// Alarms waiting for the uplink at most.
 pub const MAX_WAITING: usize = 32;

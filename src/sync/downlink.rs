@@ -12,14 +12,14 @@
 
 use std::sync::Arc;
 
-use super::contract::{
-    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, MAX_DETAIL_BYTES, Refusal, Topics,
-    bounded, format_ts, message_digest, parse_command, parse_delta, parse_snapshot,
-};
-use super::envelope::Verifier;
 use crate::control::{Control, Origin};
 use crate::core::UnixMs;
 use crate::store::{Applied, Stamp, Store};
+use gated_contract::envelope::Verifier;
+use gated_contract::{
+    Ack, Command, CommandKind, ListName, MAX_COMMAND_BYTES, MAX_DETAIL_BYTES, Refusal, Topics,
+    bounded, format_ts, message_digest, parse_command, parse_delta, parse_snapshot,
+};
 
 /// Everything the downlink needs to judge and apply a message.
 pub struct Downlink {
@@ -272,14 +272,14 @@ impl Downlink {
 }
 
 enum Update {
-    Snapshot(super::contract::Snapshot),
-    Delta(super::contract::Delta),
+    Snapshot(gated_contract::Snapshot),
+    Delta(gated_contract::Delta),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::envelope::AdminKey;
+    use gated_contract::envelope::AdminKey;
 
     /// The default `max_message_bytes` takes a signed staff snapshot of 250k people, each
     /// with a card and a face credential, and the gate opens and parses it.

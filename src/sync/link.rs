@@ -30,16 +30,16 @@ use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoi
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::contract::{
-    Ack, LastOffline, ListVersions, MAX_DETAIL_BYTES, OutboxStatus, PassEvent, Status, Topics,
-    bounded, format_ts,
-};
 use super::downlink::{self, Downlink};
 use super::transport::{self, Secrets};
 use crate::config::MqttConfig;
 use crate::gate::Shared;
 use crate::hw::Backoff;
 use crate::store::Stream;
+use gated_contract::{
+    Ack, LastOffline, ListVersions, MAX_DETAIL_BYTES, OutboxStatus, PassEvent, Status, Topics,
+    bounded, format_ts,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tag {
@@ -682,7 +682,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     Ok(e) => {
-                        let gate = bounded(&e.gate, crate::sync::contract::MAX_ECHO_BYTES);
+                        let gate = bounded(&e.gate, gated_contract::MAX_ECHO_BYTES);
                         tracing::warn!(topic = %p.topic, %gate, "a pass event names another gate than its topic; skipped")
                     }
                     Err(e) => {

@@ -23,11 +23,11 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
 
-use super::contract::{MAX_DETAIL_BYTES, Topics, bounded, format_ts};
 use super::direct::Unrecorded;
 use super::transport::Secrets;
 use crate::config::MqttConfig;
 use crate::core::UnixMs;
+use gated_contract::{MAX_DETAIL_BYTES, Topics, bounded, format_ts};
 
 /// How long the report may take, connecting included.
 pub const DEADLINE: Duration = Duration::from_secs(5);

@@ -9,7 +9,7 @@
 //! meanwhile although every other command is refused `expired`.
 
 use crate::util::*;
-use gated::sync::contract::message_digest;
+use gated_contract::message_digest;
 use serde_json::{Value, json};
 
 #[tokio::test]

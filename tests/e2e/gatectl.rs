@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gated::sync::contract::{Entries, ListName, parse_snapshot};
-use gated::sync::envelope::{AdminKey, Verifier};
+use gated_contract::envelope::{AdminKey, Verifier};
+use gated_contract::{Entries, ListName, parse_snapshot};
 use hw_sim::{KIND_CARD, KIND_QR};
 use serde_json::Value;
 

@@ -5,7 +5,7 @@
 //! - commands open a lane (logged `override_remote`), change the mode (logged `mode_changed`,
 //!   persisted across a restart, coils follow), and `resync` republishes the status.
 
-use gated::sync::envelope::AdminKey;
+use gated_contract::envelope::AdminKey;
 use serde_json::{Value, json};
 
 use crate::util::*;

@@ -15,9 +15,10 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The admin key of the tests: every gate the harness starts trusts it as `ops-test`.
-pub fn admin() -> &'static gated::sync::envelope::AdminKey {
-    static KEY: std::sync::OnceLock<gated::sync::envelope::AdminKey> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| gated::sync::envelope::AdminKey::generate("ops-test").expect("key"))
+pub fn admin() -> &'static gated_contract::envelope::AdminKey {
+    static KEY: std::sync::OnceLock<gated_contract::envelope::AdminKey> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(|| gated_contract::envelope::AdminKey::generate("ops-test").expect("key"))
 }
 
 /// `body` in an envelope signed by the test admin key.

@@ -8,6 +8,7 @@ use toml::Spanned;
 use super::Checker;
 use crate::config::raw::{RawAuth, RawGate, RawMqtt, RawTrust};
 use crate::config::{AuthSource, ConfigError, MqttConfig, TlsConfig, TrustConfig, is_safe_name};
+use gated_contract::envelope::{check_key_id, parse_public_key};
 
 impl Checker<'_> {
     pub(super) fn mqtt(
@@ -173,31 +174,4 @@ impl Checker<'_> {
         }
         Ok(trust)
     }
-}
-
-/// Key ids name admin keys in `[[trust.key]]`: `[A-Za-z0-9_-]`, 1..=64. The same rule and
-/// message as the envelope's (`sync::envelope::check_key_id`, which gatectl uses), written here
-/// so that config needs nothing from the layers above it.
-fn check_key_id(id: &str) -> Result<(), String> {
-    if is_safe_name(id) {
-        Ok(())
-    } else {
-        Err(format!(
-            "key id `{}` must be 1..=64 characters of [A-Za-z0-9_-]",
-            id.escape_debug()
-        ))
-    }
-}
-
-/// Parses a public key as written in config: the base64 of its 32 bytes. The same parse and
-/// messages as `sync::envelope::parse_public_key`, for the same reason as `check_key_id`.
-fn parse_public_key(b64: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim().as_bytes())
-        .map_err(|e| format!("not base64: {e}"))?;
-    let bytes = <[u8; 32]>::try_from(bytes)
-        .map_err(|b| format!("{} bytes, an Ed25519 public key has 32", b.len()))?;
-    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-        .map_err(|e| format!("not an Ed25519 public key: {e}"))
 }

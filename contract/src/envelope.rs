@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::contract::{MAX_ECHO_BYTES, Refusal, bounded};
+use crate::{MAX_ECHO_BYTES, Refusal, bounded};
 
 /// The one envelope version this gated knows.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -146,7 +146,7 @@ impl Verifier {
 
 /// Key ids name keys in config and in envelopes: `[A-Za-z0-9_-]`, 1..=64.
 pub fn check_key_id(id: &str) -> Result<(), String> {
-    if crate::config::is_safe_name(id) {
+    if crate::is_safe_name(id) {
         Ok(())
     } else {
         Err(format!(

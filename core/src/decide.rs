@@ -24,8 +24,8 @@
 //! A credential held by both a staff entry and an invitation is granted if either grants;
 //! when both refuse, the staff entry's reason is reported.
 
-use super::time::{self, Calendar};
-use super::{
+use crate::time::{self, Calendar};
+use crate::{
     Context, Credential, CredentialKind, Direction, Factor, FirstFactor, FreeExit, LastPass,
     Lookups, Mode, PassbackMode, Policy, Reason, UnixMs, Validity,
 };
@@ -119,6 +119,9 @@ pub fn decide(
     };
     match ctx.mode {
         Mode::EmergencyRelease => return Verdict::new(Reason::EmergencyRelease, named),
+        Mode::Lockdown if lookups.incomplete => {
+            return Verdict::new(Reason::Lockdown, known_subject);
+        }
         Mode::Lockdown => {
             return lockdown_exempt(credential, lookups, ctx, policy)
                 .unwrap_or_else(|| Verdict::new(Reason::Lockdown, known_subject));
@@ -132,6 +135,9 @@ pub fn decide(
     }
     if unsure_face {
         return Verdict::new(Reason::LowFaceScore, known_subject);
+    }
+    if lookups.incomplete {
+        return Verdict::new(Reason::StoreUnavailable, known_subject);
     }
     let hours = [
         policy.gate_hours.as_deref(),
@@ -392,7 +398,7 @@ fn second_factor(v: Verdict, kind: CredentialKind, ctx: &Context, window: i64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{ClockState, InvitationMatch, StaffMatch, SwipeAge};
+    use crate::{ClockState, InvitationMatch, StaffMatch, SwipeAge};
     use proptest::prelude::*;
 
     const NOW: UnixMs = 1_795_000_000_000;
@@ -502,6 +508,33 @@ mod tests {
         ] {
             assert_eq!(run(&card("1"), &l, mode).reason, Reason::Denylisted);
         }
+    }
+
+    #[test]
+    /// Issue 22 (review of the salvage): a deny list or calendar a salvage lost left revoked
+    /// cards granted until its snapshot came.
+    fn with_lists_lost_nothing_that_needs_them_is_granted() {
+        let mut lost = staff(everywhere());
+        lost.incomplete = true;
+        let refused = run(&card("1"), &lost, Mode::Normal);
+        assert_eq!(refused.reason, Reason::StoreUnavailable);
+        assert!(!refused.granted());
+        if let Some(s) = lost.staff.as_mut() {
+            s.lockdown_exempt = true;
+        }
+        assert_eq!(
+            run(&card("1"), &lost, Mode::Lockdown).reason,
+            Reason::Lockdown
+        );
+        // What needs no list still opens: the open modes.
+        assert_eq!(
+            run(&card("1"), &lost, Mode::HoldOpen).reason,
+            Reason::HoldOpen
+        );
+        assert_eq!(
+            run(&card("1"), &staff(everywhere()), Mode::Normal).reason,
+            Reason::Staff
+        );
     }
 
     #[test]
@@ -781,8 +814,8 @@ mod tests {
 
     // ---- the rules of schedules, anti-passback, clock, offline, two factors, free exit ---
 
-    use crate::core::time::Untrust;
-    use crate::core::{
+    use crate::time::Untrust;
+    use crate::{
         ExitLimit, ExitRules, Factor, FirstFactor, FreeExit, LaneRules, Passback, PassbackMode,
     };
 
@@ -790,7 +823,7 @@ mod tests {
     const MONDAY_NOON: UnixMs = 1_795_435_200_000;
     const HOUR: UnixMs = 3_600_000;
 
-    use crate::core::time::tests::office;
+    use crate::time::tests::office;
 
     fn rich_policy() -> Policy {
         let mut p = Policy::default();
@@ -1506,7 +1539,7 @@ mod tests {
             let l = if lane_hours { staff(everywhere()) } else { with_schedule(Some("office"), None) };
             let cx = Context { calendar: &cal, ..ctx(Mode::Normal, now) };
             let v = decide(&c, &l, &cx, &p);
-            let open = office().open_at("office", &cal, crate::core::time::local(p.tz, now));
+            let open = office().open_at("office", &cal, crate::time::local(p.tz, now));
             prop_assert!(!v.granted() || open, "granted at {} outside office hours", now);
         }
 
@@ -1608,6 +1641,7 @@ mod tests {
             denied,
             staff,
             invitation,
+            incomplete: false,
         })
     }
 

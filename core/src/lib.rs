@@ -241,6 +241,10 @@ pub struct Lookups {
     pub denied: Option<String>,
     pub staff: Option<StaffMatch>,
     pub invitation: Option<InvitationMatch>,
+    /// The deny list or the calendar is missing: a salvage of a damaged store lost it and its
+    /// snapshot has not come yet. A credential is then granted by nothing that needs the lists
+    /// (a revoked card would pass, a holiday would be open): refused `store_unavailable`.
+    pub incomplete: bool,
 }
 
 /// Anti-passback, per gate.

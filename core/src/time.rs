@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 
-use super::UnixMs;
+use crate::UnixMs;
 
 /// Minutes in a day; a span may end at 24:00.
 pub const DAY_MINUTES: u16 = 24 * 60;
