@@ -1,5 +1,5 @@
 //! The admin's side of the MQTT contract, for `gatectl` (`src/bin/gatectl.rs` only parses its
-//! command line and calls `ops`).
+//! command line and calls `verbs`).
 //!
 //! - `rows`: list files (CSV or JSON) read into contract entries, errors by `file:line`.
 //! - `lists`: snapshot, delta and command bodies, checked by the gate's own parsers before
@@ -7,7 +7,7 @@
 //! - `mqtt`: one short-lived broker session: subscribe, read retained messages, publish QoS 1
 //!   and wait for the PUBACK.
 //! - `show`: what an operator reads: event, alarm and ack lines, the status table.
-//! - `ops`: the subcommands, from checked arguments to printed results.
+//! - `verbs`: the subcommands, one file per verb, from checked arguments to printed results.
 //!
 //! Architecture invariant: nothing here is signed or published before it has passed the
 //! parser the gate itself uses (`gated-contract`), so gatectl never sends what every gate
@@ -15,9 +15,9 @@
 
 pub mod lists;
 pub mod mqtt;
-pub mod ops;
 pub mod rows;
 pub mod show;
+pub mod verbs;
 
 /// A failed admin operation: `what` failed because of `why`. gatectl prints
 /// `gatectl: {what}: {why}` and exits with `exit`; an `exit` of 0 ends quietly (the reader of

@@ -1,4 +1,4 @@
-//! `gatectl`, the admin's tool: parse the command line, then call `gated::admin::ops`.
+//! `gatectl`, the admin's tool: parse the command line, then call `gated::admin::verbs`.
 //!
 //! Exit codes: 0 done; 1 failed, or a gate refused; 2 sent, but a gate that is online (for
 //! `cmd`: the gate) did not ack in time; 3 `cmd` to a gate whose status says offline (nothing
@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use gated::admin::Failure;
 use gated::admin::lists::CommandRequest;
 use gated::admin::mqtt::Endpoint;
-use gated::admin::ops::{self, InviteRequest, PushRequest, RevokeTarget, Site, TailRequest};
+use gated::admin::verbs::{self, InviteRequest, PushRequest, RevokeTarget, Site, TailRequest};
 use gated::core::Direction;
 use gated_contract::{CommandKind, ListName};
 
@@ -407,7 +407,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let out = &mut stdout;
     let key = cli.key.as_deref();
     match &cli.cmd {
-        Sub::Keygen { id, out: path } => ops::keygen(id, path, out),
+        Sub::Keygen { id, out: path } => verbs::keygen(id, path, out),
         Sub::Push {
             list,
             file,
@@ -424,7 +424,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 allow_empty: *allow_empty,
                 wait: Duration::from_secs(wait.wait),
             };
-            ops::push(&s, key, req, out).await
+            verbs::push(&s, key, req, out).await
         }
         Sub::Invite {
             visitor,
@@ -453,7 +453,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 id: id.clone(),
                 wait: Duration::from_secs(wait.wait),
             };
-            ops::invite(&s, key, req, out).await
+            verbs::invite(&s, key, req, out).await
         }
         Sub::Revoke { what } => {
             let s = site(&cli, "revoke")?;
@@ -471,12 +471,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     reason,
                     wait,
                 } => {
-                    let (kind, id) = ops::parse_credential(credential)
+                    let (kind, id) = verbs::parse_credential(credential)
                         .map_err(|e| Failure::new("revoke", e).with_exit(EX_USAGE))?;
                     (RevokeTarget::Credential(kind, id, reason.clone()), wait)
                 }
             };
-            ops::revoke(&s, key, target, Duration::from_secs(wait.wait), out).await
+            verbs::revoke(&s, key, target, Duration::from_secs(wait.wait), out).await
         }
         Sub::Tail {
             gate,
@@ -493,11 +493,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 count: *count,
                 timeout: timeout.map(Duration::from_secs),
             };
-            ops::tail(&s, req, out).await
+            verbs::tail(&s, req, out).await
         }
         Sub::Status { json } => {
             let s = site(&cli, "status")?;
-            ops::status(&s, *json, out).await
+            verbs::status(&s, *json, out).await
         }
         Sub::Cmd {
             action,
@@ -541,7 +541,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 challenge: None,
                 ttl_ms: i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX),
             };
-            ops::cmd(&s, key, req, Duration::from_secs(*wait), out).await
+            verbs::cmd(&s, key, req, Duration::from_secs(*wait), out).await
         }
     }
 }
