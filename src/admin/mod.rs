@@ -1,7 +1,7 @@
 //! The admin's side of the MQTT contract, for `gatectl` (`src/bin/gatectl.rs` only parses its
 //! command line and calls `verbs`).
 //!
-//! - `rows`: list files (CSV or JSON) read into contract entries, errors by `file:line`.
+//! - `list_files`: list files (CSV or JSON) read into contract entries, errors by `file:line`.
 //! - `lists`: snapshot, delta and command bodies, checked by the gate's own parsers before
 //!   they are signed; edits of a list (invite, revoke, deny); versions; tokens.
 //! - `mqtt`: one short-lived broker session: subscribe, read retained messages, publish QoS 1
@@ -13,9 +13,9 @@
 //! parser the gate itself uses (`gated-contract`), so gatectl never sends what every gate
 //! would refuse as malformed.
 
+pub mod list_files;
 pub mod lists;
 pub mod mqtt;
-pub mod rows;
 pub mod show;
 pub mod verbs;
 

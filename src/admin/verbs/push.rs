@@ -8,8 +8,8 @@ use super::keys::load_key;
 use super::publish::{finish, kib, plural, publish_and_gather, read_site, retained_snapshot};
 use super::{Site, now, say, warn};
 use crate::admin::Failure;
+use crate::admin::list_files::{self, Format};
 use crate::admin::lists;
-use crate::admin::rows::{self, Format};
 use gated_contract::ListName;
 
 pub struct PushRequest {
@@ -34,7 +34,7 @@ pub async fn push(
     let name = req.file.display().to_string();
     let bytes = std::fs::read(&req.file)
         .map_err(|e| Failure::new(&what, format!("cannot read {name}: {e}")))?;
-    let loaded = rows::read(req.list, &name, &bytes, format).map_err(|e| {
+    let loaded = list_files::read(req.list, &name, &bytes, format).map_err(|e| {
         Failure::new(
             &what,
             format!(
