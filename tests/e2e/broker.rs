@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use rumqttc::MqttOptions;
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 /// The logins of this test: the three connections of west-1, the same of east-1, the centre.
 const NAMES: [&str; 7] = [

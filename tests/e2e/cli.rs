@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::util::{DEADLINE, admin, free_port};
+use crate::harness::{DEADLINE, admin, free_port};
 
 fn gated(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gated"))

@@ -8,7 +8,7 @@
 //! commands again (and the same attestation sent again is refused), and a `lockdown` is taken
 //! meanwhile although every other command is refused `expired`.
 
-use crate::util::*;
+use crate::harness::*;
 use gated_contract::message_digest;
 use serde_json::{Value, json};
 

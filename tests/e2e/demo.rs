@@ -1,7 +1,7 @@
 //! `gated demo --mqtt`: a demo must never pass for a real gate. It publishes under a site and
 //! gate of its own, and says it is a demo in every message it sends.
 
-use crate::util::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_publishes_under_its_own_names_and_marks_every_message() {

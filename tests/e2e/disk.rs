@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use hw_sim::KIND_CARD;
 use serde_json::Value;
 
+use crate::harness::*;
 use crate::store::Tmpfs;
-use crate::util::*;
 
 /// Log lines (of every level) in `log` after its first `skip` bytes.
 fn lines_after(log: &str, skip: usize) -> Vec<&str> {

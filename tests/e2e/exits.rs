@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::*;
+use crate::harness::*;
 
 const HARD: &str = "[policy.anti_passback]\nmode = \"hard\"\n";
 const CARD: &str = "0012345678";

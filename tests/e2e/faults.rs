@@ -7,7 +7,7 @@ use hw_sim::{Fault, KIND_CARD};
 use serde_json::Value;
 use tokio_modbus::ExceptionCode;
 
-use crate::util::*;
+use crate::harness::*;
 
 fn alarms(centre: &Centre, code: &str, source: &str) -> usize {
     centre

@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use crate::util::*;
+use crate::harness::*;
 
 #[tokio::test]
 async fn the_fire_contact_releases_every_lane_and_stays_latched() {

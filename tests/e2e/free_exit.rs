@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 const LANE1: &str = "[[lane]]\nid = 1\nrelay = \"relay1\"\nrelease_ms = 2500\n";
 

@@ -10,7 +10,7 @@ use gated_contract::{Entries, ListName, parse_snapshot};
 use hw_sim::{KIND_CARD, KIND_QR};
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 fn s(p: &std::path::Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")

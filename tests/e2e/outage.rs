@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hw_sim::KIND_CARD;
 
-use crate::util::*;
+use crate::harness::*;
 
 fn seqs_and_ids(w: &World) -> (Vec<u64>, BTreeSet<String>) {
     let events = w.events();

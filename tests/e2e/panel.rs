@@ -9,7 +9,7 @@ use hw_sim::panel::{INPUT_EMERGENCY, INPUT_LOCKDOWN, INPUT_RESET};
 use hw_sim::{SimPanel, SimServer};
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 /// Waits until the panel has answered `n` more input reads.
 async fn reads(panel: &SimPanel, n: u64) {

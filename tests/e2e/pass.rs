@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hw_sim::{Fault, KIND_CARD};
 
-use crate::util::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staff_card_pulses_its_lane_and_the_event_has_every_contract_field() {

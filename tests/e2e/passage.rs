@@ -7,7 +7,7 @@
 use hw_sim::{KIND_CARD, KIND_QR};
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 const VISITORS_TOPIC: &str = "acs/hq/lists/visitors";
 

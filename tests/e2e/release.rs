@@ -8,7 +8,7 @@ use std::time::Duration;
 use hw_sim::{Fault, KIND_CARD};
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 /// Swipes the staff card on reader1 (lane 0, entry) and returns the relay alarm it causes.
 async fn swipe_until_relay_alarm(w: &World) -> Value {

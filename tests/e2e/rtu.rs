@@ -6,7 +6,7 @@
 use hw_sim::{Fault, KIND_CARD, ReaderRegisters, SimServer};
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 #[tokio::test]
 async fn readers_share_a_bus_and_a_dead_unit_spares_the_other() {

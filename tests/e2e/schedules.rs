@@ -6,7 +6,7 @@
 use hw_sim::KIND_QR;
 use serde_json::{Value, json};
 
-use crate::util::*;
+use crate::harness::*;
 
 const CALENDAR_TOPIC: &str = "acs/hq/lists/calendar";
 

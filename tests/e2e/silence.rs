@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use crate::util::*;
+use crate::harness::*;
 
 const MIB: usize = 1024 * 1024;
 /// The most an ack may carry, whatever it echoes: the gate bounds its `detail`.

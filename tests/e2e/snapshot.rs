@@ -9,7 +9,7 @@ use std::io::Cursor;
 use hw_sim::KIND_CARD;
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 fn jpeg(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {

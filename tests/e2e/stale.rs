@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hw_sim::{Fault, KIND_CARD};
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 const CARD: &str = "0012345678";
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::*;
+use crate::harness::*;
 
 /// A tmpfs mounted at a directory for the test, that can be made read-only and writable
 /// again; unmounted when the test ends, however it ends.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use crate::util::*;
+use crate::harness::*;
 
 /// The reference gate's config with the store at `db` and `gate` as its id. The broker is a
 /// closed port: these tests are about the start, not the sync.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use hw_sim::KIND_CARD;
 
-use crate::util::*;
+use crate::harness::*;
 
 fn auth_file_toml(path: &Path) -> String {
     format!("[mqtt.auth]\nfile = \"{}\"\n", path.display())

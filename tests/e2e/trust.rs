@@ -8,7 +8,7 @@
 use gated_contract::envelope::AdminKey;
 use serde_json::{Value, json};
 
-use crate::util::*;
+use crate::harness::*;
 
 const CMD: &str = "acs/hq/east-1/cmd";
 
