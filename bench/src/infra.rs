@@ -5,12 +5,11 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use hw_sim::{ReaderRegisters, RelayRegisters, SimReader, SimRelay, SimServer};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions};
 
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -120,21 +119,15 @@ impl Drop for Broker {
 
 // ---- MQTT ------------------------------------------------------------------------------------
 
-/// One received message.
-#[derive(Clone, Debug)]
-pub struct Msg {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
+// The e2e tests' recording subscriber, so the bench and the tests read the broker alike.
+#[path = "../../tests/e2e/harness/recorder.rs"]
+mod recorder;
+pub use recorder::Msg;
 
 /// Subscribes to `filter` (QoS 1) and keeps what arrives.
 pub struct Listener {
     pub client: AsyncClient,
-    msgs: Arc<Mutex<Vec<Msg>>>,
-    count: Arc<std::sync::atomic::AtomicUsize>,
-    first: Arc<Mutex<Option<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-    keep: bool,
+    rec: recorder::Recorder,
 }
 
 impl Listener {
@@ -149,76 +142,26 @@ impl Listener {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(160 << 20, 160 << 20);
         o.set_inflight(1000);
-        let (client, mut el) = AsyncClient::new(o, 1024);
-        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
-        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let first: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
-        let (m, n, f, c, filter) = (
-            msgs.clone(),
-            count.clone(),
-            first.clone(),
-            client.clone(),
-            filter.to_string(),
-        );
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c.subscribe(filter.clone(), QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let at = Instant::now();
-                        f.lock().expect("lock").get_or_insert(at);
-                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if keep {
-                            m.lock().expect("lock").push(Msg {
-                                topic: p.topic.clone(),
-                                payload: p.payload.to_vec(),
-                            });
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), subscribed)
+        let rec = recorder::Recorder::connect(o, 1024, &[filter], keep, Duration::from_secs(10))
             .await
-            .context("the benchmark's MQTT subscription was not acknowledged")??;
+            .map_err(anyhow::Error::msg)
+            .context("the benchmark's MQTT subscription was not acknowledged")?;
         Ok(Listener {
-            client,
-            msgs,
-            count,
-            first,
-            task,
-            keep,
+            client: rec.client.clone(),
+            rec,
         })
     }
 
     pub fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::Relaxed)
+        self.rec.count()
     }
 
     pub fn first_at(&self) -> Option<Instant> {
-        *self.first.lock().expect("lock")
+        self.rec.first_at()
     }
 
     pub fn on(&self, topic: &str) -> Vec<Msg> {
-        assert!(self.keep, "this listener keeps no messages");
-        self.msgs
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|m| m.topic == topic)
-            .cloned()
-            .collect()
+        self.rec.on(topic)
     }
 
     pub fn json_on(&self, topic: &str) -> Vec<serde_json::Value> {
@@ -226,12 +169,6 @@ impl Listener {
             .iter()
             .filter_map(|m| serde_json::from_slice(&m.payload).ok())
             .collect()
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

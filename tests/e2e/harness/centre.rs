@@ -1,30 +1,16 @@
 //! The MQTT client as the centre sees it: records every message under `acs/#`.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
 
 use super::*;
 
-#[derive(Clone, Debug)]
-pub struct Msg {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
-
-impl Msg {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
-    }
-}
-
 /// Subscribes to `acs/#` with a persistent session and records every message.
 pub struct Centre {
     pub client: AsyncClient,
-    msgs: Arc<Mutex<Vec<Msg>>>,
-    task: tokio::task::JoinHandle<()>,
+    rec: Recorder,
 }
 
 impl Centre {
@@ -34,43 +20,21 @@ impl Centre {
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(64 << 20, 64 << 20);
-        let (client, mut el) = AsyncClient::new(o, 256);
-        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
-        let subscribed = Arc::new(tokio::sync::Notify::new());
-        let (m, s, c) = (msgs.clone(), subscribed.clone(), client.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c.subscribe("acs/#", QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => s.notify_one(),
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        m.lock().expect("lock").push(Msg {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
-        tokio::time::timeout(DEADLINE, subscribed.notified())
+        let rec = Recorder::connect(o, 256, &["acs/#"], true, DEADLINE)
             .await
-            .expect("the centre's subscription was not acknowledged");
-        Centre { client, msgs, task }
+            .unwrap_or_else(|e| panic!("the centre's subscription was not acknowledged: {e}"));
+        Centre {
+            client: rec.client.clone(),
+            rec,
+        }
     }
 
     pub fn all(&self) -> Vec<Msg> {
-        self.msgs.lock().expect("lock").clone()
+        self.rec.all()
     }
 
     pub fn on(&self, topic: &str) -> Vec<Msg> {
-        self.all()
-            .into_iter()
-            .filter(|m| m.topic == topic)
-            .collect()
+        self.rec.on(topic)
     }
 
     /// Publishes as the admin would: `body` signed by the test admin key, QoS 1, retained for
@@ -96,11 +60,5 @@ impl Centre {
                 .find(|v| pred(v))
         })
         .await
-    }
-}
-
-impl Drop for Centre {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

@@ -2,7 +2,8 @@
 //! `gated` binary, and an MQTT subscriber that records what an operator would see. Waits are
 //! on conditions with a deadline, never fixed sleeps; nothing is shared between tests.
 //!
-//! One file per piece: `broker` (mosquitto), `centre` (the recording subscriber), `devices`
+//! One file per piece: `broker` (mosquitto), `recorder` (the recording MQTT subscriber, which
+//! the bench uses too), `centre` (it, as the centre), `devices`
 //! (hw-sim), `daemon` (`gated`), `world` (all of them as the reference gate, and the lists and
 //! commands a test sends it), `proxy` (a TCP proxy that can lose replies), `tls` (certificates,
 //! passwords, the TLS listener), `peer` (a raw client for the ACL tests), `gatectl` (the admin
@@ -15,6 +16,7 @@ mod devices;
 mod gatectl;
 mod peer;
 mod proxy;
+mod recorder;
 mod tls;
 mod world;
 
@@ -25,6 +27,7 @@ pub use devices::*;
 pub use gatectl::*;
 pub use peer::*;
 pub use proxy::*;
+pub use recorder::*;
 pub use tls::*;
 pub use world::*;
 
