@@ -351,7 +351,7 @@ impl Gate {
             passages: passage_tx,
         };
         // Lanes whose board has a passage sensor: their grants wait for the sensor.
-        let sensed: crate::hw::passage::Sensed = cfg
+        let sensed: crate::passage::Sensed = cfg
             .lanes
             .values()
             .filter(|l| {
@@ -362,7 +362,7 @@ impl Gate {
             .map(|l| ((l.relay.clone(), l.channel), (l.id, l.release_ms)))
             .collect();
         if !sensed.is_empty() {
-            tokio::spawn(crate::hw::passage::run(
+            tokio::spawn(crate::passage::run(
                 sensed,
                 cfg.visitor_entry,
                 shared.decisions.subscribe(),
