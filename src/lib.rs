@@ -13,3 +13,4 @@ pub mod logs;
 pub mod passage;
 pub mod store;
 pub mod sync;
+pub mod wall;

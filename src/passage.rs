@@ -268,7 +268,7 @@ pub async fn run(
 /// Records one fact. A fact the store cannot take is logged and lost: the pass itself was
 /// recorded before its release, and this is only what came of it.
 async fn record(shared: &Shared, fact: Fact) {
-    let now = crate::clock::now_ms();
+    let now = crate::wall::now_ms();
     let r = match fact {
         Fact::Passed(pass) => shared
             .store

@@ -106,13 +106,6 @@ impl StoreError {
     }
 }
 
-/// The wall clock now, in Unix milliseconds, for what the store stamps on its own (a salvage,
-/// a probe, a recovery alarm). Read here rather than through `crate::clock`, which is above the
-/// store (it watches the clock for the gate).
-pub(crate) fn wall_now() -> crate::core::UnixMs {
-    chrono::Utc::now().timestamp_millis()
-}
-
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A job on the database; returns what SQLite said if it found the database damaged.
@@ -153,13 +146,13 @@ impl Store {
         if let Some(aside) = files::read_marker(path)? {
             // A salvage was cut short after the damaged store's log was removed: the file at
             // `path` must not be opened without it.
-            salvage::resume(path, &gate, &aside, wall_now())?;
+            salvage::resume(path, &gate, &aside, crate::wall::now_ms())?;
         } else if path.exists() {
             files::refuse_empty(path)?;
             // Found damaged: copied aside and salvaged into a new store, or refused (when
             // its seq counters or its gate cannot be read).
             if let Some(damage) = db::damage(path)? {
-                salvage::salvage(path, &gate, &damage, wall_now())?;
+                salvage::salvage(path, &gate, &damage, crate::wall::now_ms())?;
             }
         } else {
             // A new database is made whole under another name and renamed into place, so that
