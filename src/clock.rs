@@ -26,10 +26,7 @@ use crate::config::{ClockConfig, SyncSource};
 use crate::core::ClockSense;
 use crate::gate::Shared;
 
-/// Now, in Unix milliseconds (UTC).
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::wall::now_ms;
 
 const TICK: Duration = Duration::from_secs(1);
 

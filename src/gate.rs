@@ -86,7 +86,7 @@ impl Shared {
             bounded(source, MAX_ECHO_BYTES).into_owned(),
         );
         let detail = bounded(detail, MAX_DETAIL_BYTES).into_owned();
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         let r = self
             .store
             .call(move |db| db.record_alarm(&code, &source, &detail, now))
@@ -154,7 +154,7 @@ pub struct DirectAlarms {
 impl DirectAlarms {
     /// Returns the alarm's id, for `wait_acked`.
     pub fn send(&self, code: &str, source: &str, detail: &str) -> String {
-        let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::clock::now_ms());
+        let a = crate::sync::direct::Unrecorded::new(code, source, detail, crate::wall::now_ms());
         tracing::error!(
             alarm = code,
             source,
@@ -351,7 +351,7 @@ impl Gate {
             passages: passage_tx,
         };
         // Lanes whose board has a passage sensor: their grants wait for the sensor.
-        let sensed: crate::hw::passage::Sensed = cfg
+        let sensed: crate::passage::Sensed = cfg
             .lanes
             .values()
             .filter(|l| {
@@ -362,7 +362,7 @@ impl Gate {
             .map(|l| ((l.relay.clone(), l.channel), (l.id, l.release_ms)))
             .collect();
         if !sensed.is_empty() {
-            tokio::spawn(crate::hw::passage::run(
+            tokio::spawn(crate::passage::run(
                 sensed,
                 cfg.visitor_entry,
                 shared.decisions.subscribe(),
@@ -591,11 +591,11 @@ async fn panels(mut presses: mpsc::Receiver<crate::hw::panel::PanelPress>, contr
     let worker = control.clone();
     tokio::spawn(async move {
         while let Some(p) = ordered.recv().await {
-            worker.panel(p, crate::clock::now_ms()).await;
+            worker.panel(p, crate::wall::now_ms()).await;
         }
     });
     while let Some(p) = presses.recv().await {
-        if let Some(p) = control.panel_now(p, crate::clock::now_ms()) {
+        if let Some(p) = control.panel_now(p, crate::wall::now_ms()) {
             let _ = ordered_tx.send(p);
         }
     }
@@ -638,7 +638,7 @@ async fn wiegand(
                 id: card.id(),
                 score: None,
             },
-            now: crate::clock::now_ms(),
+            now: crate::wall::now_ms(),
             // A Wiegand reader keeps nothing: its age is the time since the frame was read.
             seen: Some(frame.read),
         };
@@ -650,7 +650,7 @@ async fn wiegand(
 /// Hands the relay boards' contact changes (fire, tamper) to `Control`.
 async fn contacts(mut changes: mpsc::Receiver<relay::ContactChange>, control: Arc<Control>) {
     while let Some(c) = changes.recv().await {
-        control.contact(c, crate::clock::now_ms());
+        control.contact(c, crate::wall::now_ms());
     }
 }
 
@@ -662,7 +662,7 @@ async fn free_exits(
     shared: Shared,
 ) {
     while let Some(p) = presses.recv().await {
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         let event = match shared
             .store
             .call(move |db| db.record_button(p.lane, p.direction, now))

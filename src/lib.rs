@@ -10,5 +10,7 @@ pub mod demo;
 pub mod gate;
 pub mod hw;
 pub mod logs;
+pub mod passage;
 pub mod store;
 pub mod sync;
+pub mod wall;

@@ -64,17 +64,18 @@ pub struct Config {
     /// (anti-passback) and invitation entries used are learned from them.
     pub peers: Vec<String>,
     pub panels: Vec<PanelConfig>,
-    pub visitor_entry: VisitorEntry,
+    pub visitor_entry: EntryCountsAt,
     pub snapshot: SnapshotConfig,
     pub wiegand: Vec<WiegandReader>,
     pub gpio_panels: Vec<GpioPanelConfig>,
     pub gpio_relays: Vec<GpioRelayConfig>,
 }
 
-/// When an invitation's entry counts as used.
+/// When an invitation's entry counts as used (`[policy] visitor_entry`). Not to be confused
+/// with an entry of the visitors list, `gated_contract::VisitorEntry`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum VisitorEntry {
+pub enum EntryCountsAt {
     /// At the grant.
     #[default]
     Grant,

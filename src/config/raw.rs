@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Parity, SnapshotConfig, VisitorEntry};
+use super::{EntryCountsAt, Parity, SnapshotConfig};
 use crate::core::{Direction, ExitLimit, FreeExit, PassbackMode, Policy};
 
 #[derive(Deserialize)]
@@ -391,7 +391,7 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub(super) peers: Vec<String>,
     #[serde(default)]
-    pub(super) visitor_entry: VisitorEntry,
+    pub(super) visitor_entry: EntryCountsAt,
     #[serde(default)]
     pub(super) exit: Option<RawExit>,
     #[serde(default)]

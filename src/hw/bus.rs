@@ -359,7 +359,7 @@ async fn serve(port: &mut Port, unit: u8, op: &Op, wait: Duration) -> Result<Rep
         tokio::time::error::Elapsed,
     >| match r {
         Err(_) => Err(DeviceError::Timeout(ms)),
-        Ok(Err(e)) => Err(super::modbus::transport(e)),
+        Ok(Err(e)) => Err(transport(e)),
         Ok(Ok(Err(code))) => Err(DeviceError::Exception(format!("{code:?}"))),
         Ok(Ok(Ok(v))) => Ok(v),
     };
@@ -416,6 +416,38 @@ async fn serve(port: &mut Port, unit: u8, op: &Op, wait: Duration) -> Result<Rep
         }
         e => e,
     })
+}
+
+// The words for a link's failures, shared by the TCP links (`modbus.rs`) and the buses.
+
+/// A broken frame (a wrong function, a header that does not match) is the device talking
+/// nonsense, shown as `garbage`; an I/O error is a broken link.
+pub(super) fn transport(e: tokio_modbus::Error) -> DeviceError {
+    match e {
+        tokio_modbus::Error::Protocol(p) => DeviceError::Garbage(p.to_string()),
+        tokio_modbus::Error::Transport(io) => DeviceError::Transport(io_words(&io)),
+    }
+}
+
+/// An I/O error in words, for status and alarms: what happened, not the OS's error number.
+pub(super) fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let what = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset by the device",
+        K::ConnectionAborted => "connection aborted",
+        K::BrokenPipe | K::UnexpectedEof => "connection closed by the device",
+        K::NotConnected => "not connected",
+        K::TimedOut => "timed out",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable | K::NetworkDown => "network unreachable",
+        K::AddrNotAvailable => "address not available",
+        K::NotFound => "no such device or address",
+        K::PermissionDenied => "permission denied",
+        K::InvalidData => return format!("invalid data ({e})"),
+        _ => return format!("I/O error ({e})"),
+    };
+    what.to_string()
 }
 
 #[cfg(test)]

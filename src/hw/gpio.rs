@@ -261,7 +261,7 @@ pub async fn wiegand_frames(
         }
         // A frame's age starts when it is complete here: if deciding it is held up, it waits in
         // the channel, and is judged by how long it waited.
-        let read = crate::store::FirstSeen::now(crate::clock::now_ms());
+        let read = crate::store::FirstSeen::now(crate::wall::now_ms());
         for result in out {
             if frames.send(Frame { read, result }).await.is_err() {
                 return;

@@ -9,7 +9,6 @@ pub mod gpio;
 pub mod health;
 pub mod modbus;
 pub mod panel;
-pub mod passage;
 pub mod reader;
 pub mod relay;
 pub mod snapshot;

@@ -18,7 +18,7 @@ use tokio_modbus::client::{Context, Reader, Writer, tcp};
 use tokio_modbus::{ExceptionCode, Slave};
 
 use super::DeviceError;
-use super::bus::{BusHandle, Buses, Op, Reply};
+use super::bus::{BusHandle, Buses, Op, Reply, io_words, transport};
 use crate::config::Link;
 
 /// One device's link, whichever transport. Every reply's length is checked here.
@@ -128,15 +128,6 @@ impl Modbus {
             Op::WriteSingleRegister(addr, value)
         };
         self.call(op, repeat).await.map(drop)
-    }
-}
-
-/// A broken frame (a wrong function, a header that does not match) is the device talking
-/// nonsense, shown as `garbage`; an I/O error is a broken link.
-pub(super) fn transport(e: tokio_modbus::Error) -> DeviceError {
-    match e {
-        tokio_modbus::Error::Protocol(p) => DeviceError::Garbage(p.to_string()),
-        tokio_modbus::Error::Transport(io) => DeviceError::Transport(io_words(&io)),
     }
 }
 
@@ -416,27 +407,6 @@ impl ModbusTcp {
         }
         Ok(reply)
     }
-}
-
-/// An I/O error in words, for status and alarms: what happened, not the OS's error number.
-pub(super) fn io_words(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    let what = match e.kind() {
-        K::ConnectionRefused => "connection refused",
-        K::ConnectionReset => "connection reset by the device",
-        K::ConnectionAborted => "connection aborted",
-        K::BrokenPipe | K::UnexpectedEof => "connection closed by the device",
-        K::NotConnected => "not connected",
-        K::TimedOut => "timed out",
-        K::HostUnreachable => "host unreachable",
-        K::NetworkUnreachable | K::NetworkDown => "network unreachable",
-        K::AddrNotAvailable => "address not available",
-        K::NotFound => "no such device or address",
-        K::PermissionDenied => "permission denied",
-        K::InvalidData => return format!("invalid data ({e})"),
-        _ => return format!("I/O error ({e})"),
-    };
-    what.to_string()
 }
 
 #[cfg(test)]

@@ -324,7 +324,7 @@ async fn poll_once(
         } => (head_seq, credential),
     };
     seen.observe_head(Some(head_seq));
-    let now = crate::clock::now_ms();
+    let now = crate::wall::now_ms();
     let first = seen.first_seen(head_seq, now);
     let kept = seen.acked == Some(head_seq);
     let credential = match credential {

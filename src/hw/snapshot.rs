@@ -293,7 +293,7 @@ pub async fn run(
             }
         };
         let keep = cfg.keep;
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         match shared
             .store
             .call(move |db| db.store_snapshot(&event, &thumb.jpeg, keep, now))

@@ -146,13 +146,13 @@ impl Store {
         if let Some(aside) = files::read_marker(path)? {
             // A salvage was cut short after the damaged store's log was removed: the file at
             // `path` must not be opened without it.
-            salvage::resume(path, &gate, &aside, crate::clock::now_ms())?;
+            salvage::resume(path, &gate, &aside, crate::wall::now_ms())?;
         } else if path.exists() {
             files::refuse_empty(path)?;
             // Found damaged: copied aside and salvaged into a new store, or refused (when
             // its seq counters or its gate cannot be read).
             if let Some(damage) = db::damage(path)? {
-                salvage::salvage(path, &gate, &damage, crate::clock::now_ms())?;
+                salvage::salvage(path, &gate, &damage, crate::wall::now_ms())?;
             }
         } else {
             // A new database is made whole under another name and renamed into place, so that

@@ -262,7 +262,7 @@ impl Owner {
         );
         match self
             .db
-            .record_alarm("store_recovered", "store", &detail, crate::clock::now_ms())
+            .record_alarm("store_recovered", "store", &detail, crate::wall::now_ms())
         {
             Ok(_) => {
                 self.health.succeeded(now);
@@ -279,7 +279,7 @@ impl Owner {
         if !self.reconnect_if_due() {
             return None;
         }
-        match self.db.probe(crate::clock::now_ms()) {
+        match self.db.probe(crate::wall::now_ms()) {
             // A probe rewrites one row in place; a pass needs room for new rows, and a full
             // disk gives the one and refuses the other: after passes failed, only a pass
             // recorded ends the episode (the readers try their waiting swipe at each poll).

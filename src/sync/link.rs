@@ -199,7 +199,7 @@ async fn peer_worker(shared: Shared, mut events: mpsc::Receiver<PassEvent>) {
                 Err(_) => break,
             }
         }
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         match shared.store.call(move |db| db.learn(&batch, now)).await {
             Ok(n) if n > 0 => tracing::debug!(learned = n, "events of other gates learned"),
             Ok(_) => {}
@@ -235,7 +235,7 @@ async fn list_worker(
     done: mpsc::UnboundedSender<(String, Ack)>,
 ) {
     while let Some((topic, payload)) = lists.recv().await {
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         if let Some(ack) = link.downlink.handle(&topic, payload, now).await
             && done.send((topic, ack)).is_err()
         {
@@ -261,7 +261,7 @@ struct Link {
 impl Link {
     /// Tells the store whether the gate is in contact with the centre (`max_offline`).
     async fn contact(&self, connected: bool) {
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         if let Err(e) = self
             .shared
             .store
@@ -726,7 +726,7 @@ impl<'a> Connection<'a> {
             let _ = list_tx.send((topic.to_string(), payload)).await;
             return;
         }
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         let Some(ack) = link.downlink.handle(topic, payload, now).await else {
             return;
         };
@@ -1030,7 +1030,7 @@ impl<'a> Connection<'a> {
     /// Builds the status. A free-standing borrow of `Shared`, not of `self`: the client is not
     /// `Sync`, so `&self` must not be held across an await.
     async fn status(shared: &Shared, online: bool) -> Status {
-        let now = crate::clock::now_ms();
+        let now = crate::wall::now_ms();
         let store = shared
             .store
             .call(move |db| {

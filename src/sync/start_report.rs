@@ -133,7 +133,7 @@ pub async fn report(
     error: &str,
     memory: Option<&Path>,
 ) -> Outcome {
-    let now = crate::clock::now_ms();
+    let now = crate::wall::now_ms();
     let alarm = due(memory, error, now).then(|| {
         let detail = format!(
             "gated cannot start: {error}. It exits and systemd starts it again every few \

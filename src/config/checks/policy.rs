@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::Checker;
 use crate::config::raw::{RawGate, RawPolicy};
-use crate::config::{ConfigError, VisitorEntry, is_safe_name, parse_duration};
+use crate::config::{ConfigError, EntryCountsAt, is_safe_name, parse_duration};
 use crate::core::time::{Span, minute_of_day};
 use crate::core::{Passback, Policy, Schedule};
 
@@ -19,7 +19,7 @@ impl Checker<'_> {
         raw: Option<Spanned<RawPolicy>>,
         gate: &RawGate,
         gspan: std::ops::Range<usize>,
-    ) -> Result<(Policy, Vec<String>, VisitorEntry), ConfigError> {
+    ) -> Result<(Policy, Vec<String>, EntryCountsAt), ConfigError> {
         let tz = match &gate.timezone {
             None => chrono_tz::Tz::UTC,
             Some(name) => match name.parse::<chrono_tz::Tz>() {
@@ -34,7 +34,7 @@ impl Checker<'_> {
             },
         };
         let mut peers = Vec::new();
-        let mut visitor_entry = VisitorEntry::Grant;
+        let mut visitor_entry = EntryCountsAt::Grant;
         let mut policy = Policy {
             tz,
             ..Policy::default()

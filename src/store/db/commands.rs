@@ -1,7 +1,7 @@
 //! Remote commands and overrides: command nonces against replay, the mode, anti-passback
 //! clears.
 
-use super::outbox::EventDraft;
+use super::outbox::{EventDraft, insert_event};
 use super::*;
 
 /// A remote command's guard against replay: its nonce and when it is valid.
@@ -260,4 +260,43 @@ pub(super) fn claim_nonce(
         ))));
     }
     Ok(Ok(()))
+}
+
+/// Events that no credential decided (an override, a button press, a mode change), recorded
+/// with the nonce of the command behind them, if any, in one transaction.
+impl Db {
+    /// `record_event` for an event with no command behind it: with no nonce to claim, nothing
+    /// can be refused.
+    pub(super) fn record_local(
+        &mut self,
+        draft: EventDraft,
+        now: UnixMs,
+        also: impl FnOnce(&Transaction) -> rusqlite::Result<()>,
+    ) -> Result<PassEvent, StoreError> {
+        self.record_event(draft, None, now, also)?
+            .map_err(|r| StoreError::Invalid(format!("an event with no nonce was refused: {r}")))
+    }
+
+    /// Records one event that no credential decided (an override, a button press), in its own
+    /// transaction with `also` and, for a command, its nonce.
+    pub(super) fn record_event(
+        &mut self,
+        draft: EventDraft,
+        stamp: Option<&Stamp>,
+        now: UnixMs,
+        also: impl FnOnce(&Transaction) -> rusqlite::Result<()>,
+    ) -> Result<Result<PassEvent, Refusal>, StoreError> {
+        let tx = write(&mut self.conn)?;
+        if let Some(stamp) = stamp
+            && let Err(r) = claim_nonce(&tx, stamp, now, Judge::CommandClock)?
+        {
+            return Ok(Err(r));
+        }
+        also(&tx)?;
+        let event = insert_event(&tx, &self.gate, draft, now)?;
+        tx.commit()?;
+        self.pending += 1;
+        self.after_insert(now);
+        Ok(Ok(event))
+    }
 }

@@ -373,7 +373,7 @@ async fn lost_passback_and_nonces_are_named_and_old_commands_refused() {
     }
     // A signed command issued before the salvage, not expired: its nonce may have been used
     // and lost with the damage. It is refused, and one issued after is taken.
-    let now = crate::clock::now_ms();
+    let now = crate::wall::now_ms();
     let (old, fresh) = (
         stamp("n-before", now - 60_000, now + 60_000),
         stamp("n-after", now + 1_000, now + 60_000),

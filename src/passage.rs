@@ -23,10 +23,10 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::relay::Counted;
-use crate::config::VisitorEntry;
+use crate::config::EntryCountsAt;
 use crate::core::{Direction, Reason};
 use crate::gate::Shared;
+use crate::hw::relay::Counted;
 use gated_contract::PassEvent;
 
 /// How long after its release ends a grant still waits for its passage.
@@ -204,7 +204,7 @@ pub type Sensed = BTreeMap<(String, u16), (u16, u16)>;
 /// The task: grants from the decisions every lane reports, passages from the boards.
 pub async fn run(
     sensed: Sensed,
-    visitor_entry: VisitorEntry,
+    visitor_entry: EntryCountsAt,
     mut decisions: broadcast::Receiver<crate::gate::Decided>,
     mut passages: mpsc::Receiver<Counted>,
     shared: Shared,
@@ -224,7 +224,7 @@ pub async fn run(
                     let e = d.event;
                     match release.get(&e.lane) {
                         Some(&ms) if e.reason.is_granted() && releases(&e) => {
-                            let give_back = (visitor_entry == VisitorEntry::Passage
+                            let give_back = (visitor_entry == EntryCountsAt::Passage
                                 && e.reason == Reason::Visitor)
                                 .then(|| e.subject.clone())
                                 .flatten();
@@ -268,7 +268,7 @@ pub async fn run(
 /// Records one fact. A fact the store cannot take is logged and lost: the pass itself was
 /// recorded before its release, and this is only what came of it.
 async fn record(shared: &Shared, fact: Fact) {
-    let now = crate::clock::now_ms();
+    let now = crate::wall::now_ms();
     let r = match fact {
         Fact::Passed(pass) => shared
             .store
