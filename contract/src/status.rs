@@ -63,3 +63,21 @@ pub struct LastOffline {
     /// Of `denied`: refused `offline_limit`.
     pub offline_limit: u64,
 }
+
+/// The `state` of the status a gate publishes when it cannot start.
+pub const CANNOT_START: &str = "cannot_start";
+
+/// The retained status of a gate that cannot start (an extension of the contract): its store
+/// could not be opened, and systemd starts it again every few seconds. `online` is `false`;
+/// `state` is `cannot_start`; `error` says why (docs/mqtt.md, "Status").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CannotStart {
+    pub online: bool,
+    pub state: String,
+    pub error: String,
+    pub ts: String,
+    pub version: String,
+    /// `true` from `gated demo` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
+}

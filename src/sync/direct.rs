@@ -12,10 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
-
 use crate::core::UnixMs;
-use gated_contract::{MAX_DETAIL_BYTES, MAX_ECHO_BYTES, Topics, bounded, format_ts};
+use gated_contract::{
+    MAX_DETAIL_BYTES, MAX_ECHO_BYTES, Topics, UnrecordedAlarm, bounded, format_ts,
+};
 
 /// Alarms waiting for the uplink at most.
 pub const MAX_WAITING: usize = 32;
@@ -28,20 +28,6 @@ pub struct Unrecorded {
     pub alarm: String,
     pub source: String,
     pub detail: String,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    id: &'a str,
-    site: &'a str,
-    gate: &'a str,
-    ts: String,
-    alarm: &'a str,
-    source: &'a str,
-    detail: &'a str,
-    unrecorded: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    demo: bool,
 }
 
 impl Unrecorded {
@@ -57,14 +43,14 @@ impl Unrecorded {
 
     /// The message as the centre gets it on the alarm topic.
     pub fn body(&self, topics: &Topics, demo: bool) -> Vec<u8> {
-        let b = Body {
-            id: &self.id,
-            site: &topics.site,
-            gate: &topics.gate,
+        let b = UnrecordedAlarm {
+            id: self.id.clone(),
+            site: topics.site.clone(),
+            gate: topics.gate.clone(),
             ts: format_ts(self.ts),
-            alarm: &self.alarm,
-            source: &self.source,
-            detail: &self.detail,
+            alarm: self.alarm.clone(),
+            source: self.source.clone(),
+            detail: self.detail.clone(),
             unrecorded: true,
             demo,
         };

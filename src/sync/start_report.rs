@@ -27,7 +27,7 @@ use super::direct::Unrecorded;
 use super::transport::Secrets;
 use crate::config::MqttConfig;
 use crate::core::UnixMs;
-use gated_contract::{MAX_DETAIL_BYTES, Topics, bounded, format_ts};
+use gated_contract::{CANNOT_START, CannotStart, MAX_DETAIL_BYTES, Topics, bounded, format_ts};
 
 /// How long the report may take, connecting included.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -36,28 +36,14 @@ pub const REALARM_AFTER: Duration = Duration::from_secs(3600);
 /// The file in `$RUNTIME_DIRECTORY` that remembers the last alarmed error.
 pub const MEMORY_FILE: &str = "start-alarm.json";
 
-/// The `state` of a status published by a gate that cannot start.
-pub const CANNOT_START: &str = "cannot_start";
-
-#[derive(Serialize)]
-struct Status<'a> {
-    online: bool,
-    state: &'static str,
-    error: &'a str,
-    ts: String,
-    version: &'static str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    demo: bool,
-}
-
 /// The retained status of a gate that cannot start.
 pub fn status_body(error: &str, now: UnixMs, demo: bool) -> Vec<u8> {
-    let s = Status {
+    let s = CannotStart {
         online: false,
-        state: CANNOT_START,
-        error: &bounded(error, MAX_DETAIL_BYTES),
+        state: CANNOT_START.to_string(),
+        error: bounded(error, MAX_DETAIL_BYTES).into_owned(),
         ts: format_ts(now),
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         demo,
     };
     serde_json::to_vec(&s).expect("a struct of strings always serializes")
