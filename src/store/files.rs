@@ -181,13 +181,7 @@ pub fn put_in_place(new: &Path, db: &Path) -> Result<(), StoreError> {
         .and_then(|f| f.sync_all())
         .map_err(|e| io(new, "cannot sync", e))?;
     std::fs::rename(new, db).map_err(|e| io(db, "cannot rename the new database to", e))?;
-    let dir = db
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io(dir, "cannot sync the directory", e))?;
+    sync_dir(db)?;
     remove_new(new)
 }
 
@@ -232,13 +226,7 @@ pub fn set_aside(db: &Path, stamp: &str) -> Result<PathBuf, StoreError> {
             remove_aside(&aside);
             return Err(io(&aside_wal, "cannot copy the damaged store's log to", e));
         }
-        let dir = db
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(dir, "cannot sync the directory", e))?;
+        sync_dir(db)?;
         return Ok(aside);
     }
     unreachable!("the names run out only after u32::MAX copies")
@@ -343,6 +331,7 @@ pub fn remove_marker(db: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Syncs the directory holding `db`, so that a rename or a new file in it survives a power cut.
 fn sync_dir(db: &Path) -> Result<(), StoreError> {
     let dir = db
         .parent()
